@@ -1,0 +1,170 @@
+"""The backend-neutral per-pod firewall: what every backend renders and every view reads.
+
+One ``PodFirewall`` per pod. For each direction it says whether the pod is isolated, by
+which policies, and which traffic is allowed: a list of ``AllowRule``, one per policy rule
+(and port group), each matching a named set of peer addresses and a list of ports.
+
+Sets, not rule lists: the peers of one policy rule are one ``AddrSet`` (pod IPs as host
+prefixes, ipBlocks as CIDRs with their ``except`` ranges already subtracted), so the
+number of rules grows with policy rules, never with pods or peers. Egress rules with named
+ports resolve the name per destination pod, so they match an ``AddrPortSet`` of
+(address, protocol, port) elements instead.
+
+The fixed part of every pod's firewall (established/related accept, invalid drop,
+loopback and node accept, final drop) is implied: backends add it around the rules.
+Everything here is pure data; nothing touches the kernel.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+from typing import Union
+
+TABLE = "netpol"  # nftables table / iptables chain prefix inside each pod namespace
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where an allow rule comes from: the policy, the direction and the rule's index."""
+
+    policy: str  # "namespace/name"
+    direction: str  # "ingress" | "egress"
+    rule_index: int
+
+    def comment(self) -> str:
+        return f"{self.policy} {self.direction}[{self.rule_index}]"
+
+
+@dataclass(frozen=True)
+class PortMatch:
+    """A protocol and an inclusive port range; first None means every port."""
+
+    protocol: str  # "TCP" | "UDP" | "SCTP"
+    first: int | None = None
+    last: int | None = None
+
+    def matches(self, protocol: str, port: int) -> bool:
+        if protocol != self.protocol:
+            return False
+        if self.first is None:
+            return True
+        return self.first <= port <= (self.last if self.last is not None else self.first)
+
+    def __str__(self) -> str:
+        if self.first is None:
+            return self.protocol
+        if self.last is not None and self.last != self.first:
+            return f"{self.first}-{self.last}/{self.protocol}"
+        return f"{self.first}/{self.protocol}"
+
+
+@dataclass(frozen=True)
+class AddrSet:
+    """Peer addresses of one policy rule, as collapsed CIDRs per family."""
+
+    name: str
+    v4: tuple[str, ...] = ()
+    v6: tuple[str, ...] = ()
+    # Decided by the rule (it has an ipBlock peer), not by the elements, so that pod churn
+    # never changes a set's type: an interval set is a tree, a host set a hash.
+    interval: bool = False
+
+    def contains(self, addr: str) -> bool:
+        ip = ipaddress.ip_address(addr)
+        return any(ip in ipaddress.ip_network(c) for c in (self.v4 if ip.version == 4 else self.v6))
+
+    def elements(self) -> frozenset[str]:
+        return frozenset(self.v4 + self.v6)
+
+
+@dataclass(frozen=True)
+class AddrPortSet:
+    """(address, protocol, port) elements: egress named ports resolved per peer pod."""
+
+    name: str
+    v4: tuple[tuple[str, str, int], ...] = ()
+    v6: tuple[tuple[str, str, int], ...] = ()
+
+    interval = False
+
+    def contains(self, addr: str, protocol: str, port: int) -> bool:
+        ip = ipaddress.ip_address(addr)
+        return (str(ip), protocol, port) in (self.v4 if ip.version == 4 else self.v6)
+
+    def elements(self) -> frozenset[tuple[str, str, int]]:
+        return frozenset(self.v4 + self.v6)
+
+
+AnySet = Union[AddrSet, AddrPortSet]
+
+
+@dataclass(frozen=True)
+class AllowRule:
+    """Accept traffic whose peer is in ``peers`` (None: any address) on one of ``ports``
+    (empty: any protocol and port); or, when ``addr_ports`` is set, whose
+    (peer address, protocol, port) is in that set."""
+
+    provenance: Provenance
+    peers: str | None = None
+    ports: tuple[PortMatch, ...] = ()
+    addr_ports: str | None = None
+
+
+@dataclass(frozen=True)
+class DirectionPolicy:
+    isolated: bool = False
+    isolated_by: tuple[str, ...] = ()  # policy keys, sorted
+    rules: tuple[AllowRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class PodFirewall:
+    """Everything one pod's namespace needs. ``node_ips`` are always allowed (SEMANTICS 12)."""
+
+    pod: str  # "namespace/name"
+    ips: tuple[str, ...] = ()
+    node_ips: tuple[str, ...] = ()
+    ingress: DirectionPolicy = field(default_factory=DirectionPolicy)
+    egress: DirectionPolicy = field(default_factory=DirectionPolicy)
+    sets: tuple[AnySet, ...] = ()
+
+    def set(self, name: str) -> AnySet:
+        for s in self.sets:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def direction(self, name: str) -> DirectionPolicy:
+        return self.ingress if name == "ingress" else self.egress
+
+
+def structure(fw: PodFirewall) -> PodFirewall:
+    """The firewall with every set emptied but its kind and interval flag kept.
+
+    Two firewalls with equal structure differ only in set elements, so a backend may move
+    from one to the other by adding and deleting elements instead of replacing the table.
+    """
+
+    def hollow(s: AnySet) -> tuple:
+        return (type(s).__name__, s.name, s.interval)
+
+    return replace(fw, sets=tuple(sorted(hollow(s) for s in fw.sets)))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class SetDelta:
+    name: str
+    add: frozenset = frozenset()
+    remove: frozenset = frozenset()
+
+
+def set_deltas(old: PodFirewall, new: PodFirewall) -> list[SetDelta]:
+    """Element changes that turn old's sets into new's (same structure assumed)."""
+    out = []
+    old_sets = {s.name: s for s in old.sets}
+    for s in new.sets:
+        before = old_sets[s.name].elements()
+        after = s.elements()
+        if before != after:
+            out.append(SetDelta(s.name, after - before, before - after))
+    return out
