@@ -16,11 +16,17 @@ Everything here is pure data; nothing touches the kernel.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field, replace
 from typing import Union
 
-TABLE = "netpol"  # nftables table / iptables chain prefix inside each pod namespace
+TABLE = "netpol"
+
+
+@functools.lru_cache(maxsize=4096)
+def _as_set(items: tuple) -> frozenset:
+    return frozenset(items)  # nftables table / iptables chain prefix inside each pod namespace
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,10 @@ class AddrSet:
 
     def contains(self, addr: str) -> bool:
         ip = ipaddress.ip_address(addr)
-        return any(ip in ipaddress.ip_network(c) for c in (self.v4 if ip.version == 4 else self.v6))
+        cidrs = self.v4 if ip.version == 4 else self.v6
+        if not self.interval:
+            return f"{ip}/{ip.max_prefixlen}" in _as_set(cidrs)
+        return any(ip in ipaddress.ip_network(c) for c in cidrs)
 
     def elements(self) -> frozenset[str]:
         return frozenset(self.v4 + self.v6)

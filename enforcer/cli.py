@@ -1,0 +1,234 @@
+"""The ``netpol`` command line. Thin: parse options, call the pipeline, print.
+
+Every error the tool knows about is an ``enforcer.errors.NetpolError``; ``main`` prints it
+(one line per problem) and exits with its code. Anything else is a bug: we still print one
+line, not a traceback (set NETPOL_DEBUG=1 to see it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import click
+
+from enforcer import ipam
+from enforcer.errors import InputError, NetpolError
+
+FILES = click.option("-f", "--filename", "files", multiple=True, required=True,
+                     help="Manifest file, directory or - for stdin (repeatable).")
+LEGACY = click.option("--legacy-namespace-isolation", is_flag=True,
+                      help="Honour the pre-v1 namespace annotation net.beta.kubernetes.io/network-policy (DefaultDeny).")
+
+
+@dataclass
+class Loaded:
+    cluster: object
+    compiler: object
+
+    @property
+    def firewalls(self):
+        return self.compiler.firewalls()
+
+
+def load(files, *, legacy: bool = False, cidrs: tuple[str, ...] = (ipam.DEFAULT_POD_CIDR,)) -> Loaded:
+    """Load, validate, assign addresses and compile: the front half of the pipeline."""
+    from enforcer import manifests
+    from enforcer.compile import Compiler
+
+    result = manifests.load(list(files), stdin=sys.stdin, legacy_namespace_isolation=legacy)
+    for w in result.warnings:
+        click.echo(str(w), err=True)
+    for n in result.notes:
+        click.echo(n, err=True)
+    cluster = result.cluster
+    if any(":" in ip for p in cluster.pods.values() for ip in p.ips) and ipam.DEFAULT_POD_CIDR6 not in cidrs:
+        cidrs = cidrs + (ipam.DEFAULT_POD_CIDR6,)
+    cluster = ipam.assign_ips(cluster, cidrs)
+    compiler = Compiler(cluster, node_ips=ipam.node_ips(cidrs), legacy_namespace_isolation=legacy)
+    return Loaded(cluster, compiler)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="netpol-enforcer")
+def cli() -> None:
+    """Enforce and explain Kubernetes NetworkPolicy with nftables or iptables in network namespaces."""
+
+
+@cli.command()
+@FILES
+@LEGACY
+def validate(files, legacy_namespace_isolation) -> None:
+    """Check every object as the API server would (exit 1 if anything is invalid)."""
+    from enforcer import manifests
+
+    result = manifests.load(list(files), stdin=sys.stdin, legacy_namespace_isolation=legacy_namespace_isolation)
+    for w in result.warnings:
+        click.echo(str(w), err=True)
+    for n in result.notes:
+        click.echo(n, err=True)
+    c = result.cluster
+    click.echo(f"valid: {len(c.namespaces)} namespaces, {len(c.pods)} pods, "
+               f"{len(c.policies)} network policies, {len(c.externals)} external hosts")
+
+
+def _family(value: str) -> int:
+    return 6 if value == "ipv6" else 4
+
+
+@cli.command()
+@FILES
+@LEGACY
+@click.option("--ports", help="Ports to check, e.g. 80/TCP,81/UDP (default: every port the destination declares).")
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "dot", "svg", "png"]), default="table")
+@click.option("--family", type=click.Choice(["ipv4", "ipv6"]), default="ipv4")
+@click.option("--out-file", type=click.Path(dir_okay=False), help="Where -o svg|png writes (default matrix.svg/png).")
+def matrix(files, legacy_namespace_isolation, ports, fmt, family, out_file) -> None:
+    """The model's verdict for every ordered pair of endpoints (no root needed)."""
+    from enforcer import verdict
+
+    loaded = load(files, legacy=legacy_namespace_isolation)
+    rows = verdict.matrix(loaded.cluster, loaded.firewalls, verdict.parse_ports(ports), _family(family))
+    emit_rows(rows, fmt, backend="model", out_file=out_file)
+
+
+def emit_rows(rows: list[dict], fmt: str, *, backend: str, out_file: str | None = None) -> None:
+    """Print matrix/probe rows in the requested format (shared by matrix and the lab)."""
+    from enforcer import reachability
+
+    if fmt == "json":
+        click.echo(json.dumps({"backend": backend, "results": rows}, indent=2))
+    elif fmt == "table":
+        click.echo(reachability.truth_table(rows, title=backend))
+    else:
+        from enforcer import pictures
+
+        dot = pictures.matrix_dot(rows, title=backend)
+        if fmt == "dot":
+            click.echo(dot)
+        else:
+            path = out_file or f"matrix.{fmt}"
+            pictures.render_dot(dot, fmt, path)
+            click.echo(f"wrote {path}", err=True)
+
+
+@cli.command()
+@FILES
+@LEGACY
+@click.option("--from", "src", required=True, help="Source: NAMESPACE/POD, an ExternalHost name or an IP.")
+@click.option("--to", "dst", required=True, help="Destination: NAMESPACE/POD, an ExternalHost name or an IP.")
+@click.option("--port", "port", required=True, help="PORT/PROTOCOL, e.g. 80/TCP.")
+@click.option("--family", type=click.Choice(["ipv4", "ipv6"]), default="ipv4")
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text")
+def trace(files, legacy_namespace_isolation, src, dst, port, family, fmt) -> None:
+    """Verdict for one connection and the reasons (exit 0 allowed, 1 denied)."""
+    from enforcer import explain, verdict
+
+    loaded = load(files, legacy=legacy_namespace_isolation)
+    (p, proto), = verdict.parse_ports(port) or [(0, "")]
+    a = verdict.resolve(loaded.cluster, src)
+    b = verdict.resolve(loaded.cluster, dst)
+    v = verdict.verdict(loaded.firewalls, a, b, p, proto, _family(family))
+    if fmt == "json":
+        click.echo(json.dumps(explain.trace_json(v), indent=2))
+    else:
+        click.echo("\n".join(explain.trace_lines(loaded.cluster, v)))
+    sys.exit(0 if v.allowed else 1)
+
+
+@cli.command()
+@FILES
+@LEGACY
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table")
+def explain(files, legacy_namespace_isolation, fmt) -> None:
+    """Per policy: the pods it selects, its directions, its peers and ports in words."""
+    from enforcer import explain as ex
+
+    loaded = load(files, legacy=legacy_namespace_isolation)
+    sel = {k: loaded.compiler.selected_pods(k) for k in loaded.cluster.policies}
+    rows = ex.explain_rows(loaded.cluster, sel)
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from enforcer import output
+
+    click.echo(output.explain_table(rows))
+
+
+@cli.command()
+@FILES
+@LEGACY
+@click.option("--backend", "backend", default="nftables",
+              help="nftables, iptables, iptables-legacy, or all (side by side).")
+@click.option("--pod", "pods", multiple=True, help="NAMESPACE/POD (repeatable; default: every pod).")
+def render(files, legacy_namespace_isolation, backend, pods) -> None:
+    """The exact ruleset that would be installed in each pod's namespace."""
+    from backends import registry
+    from enforcer import output
+
+    loaded = load(files, legacy=legacy_namespace_isolation)
+    fws = loaded.firewalls
+    for p in pods:
+        if p not in fws:
+            raise InputError(f"--pod {p}: no such pod in the input")
+    keys = list(pods) or sorted(fws)
+    names = ["nftables", "iptables"] if backend == "all" else [backend]
+    impls = [registry.get(n, probe=False) for n in names]
+    for key in keys:
+        texts = [(b.name, b.render(fws[key])) for b in impls]
+        click.echo(output.render_block(key, texts))
+
+
+def _register_optional() -> None:
+    """Commands that live in their own packages (lab, daemon, diff), if present."""
+    try:
+        from enforcer.lab.commands import lab, probe
+
+        cli.add_command(lab)
+        cli.add_command(probe)
+    except ImportError:
+        pass
+    try:
+        from enforcer.daemon.commands import run, status
+
+        cli.add_command(run)
+        cli.add_command(status)
+    except ImportError:
+        pass
+    try:
+        from enforcer.diff import diff
+
+        cli.add_command(diff)
+    except ImportError:
+        pass
+
+
+_register_optional()
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except NetpolError as e:
+        click.echo(str(e), err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except SystemExit:
+        raise
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception as e:  # a bug: one line, not a traceback
+        if os.environ.get("NETPOL_DEBUG"):
+            raise
+        click.echo(f"internal error: {type(e).__name__}: {e} (set NETPOL_DEBUG=1 for details)", err=True)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

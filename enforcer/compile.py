@@ -1,0 +1,491 @@
+"""Cluster state -> per-pod firewall IR (enforcer.ir), pure and incremental.
+
+How a pod's firewall is derived (SEMANTICS.md 1-10):
+
+* A policy *selects* the pods of its own namespace that match ``spec.podSelector``. A pod is
+  isolated for a direction iff some selecting policy has that direction in its effective
+  policyTypes; the allow rules are the union of those policies' rules.
+* Each policy rule becomes a ``RuleContent`` computed once for all the pods the policy
+  selects: the pods its selector peers match, its ipBlocks with ``except`` subtracted, its
+  ports. Peer addresses do not depend on which pod the rule protects, so one content is
+  shared by every selected pod; only ingress named ports are resolved per pod (against the
+  protected pod's own container ports).
+* ``Compiler`` keeps indexes (labels -> pods, namespaces; label key -> rules that look at
+  it) so that a pod or namespace change recomputes only the rules it can affect and
+  reports the pods whose firewall changed. ``compile_cluster`` is the one-shot form.
+"""
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from typing import Iterable
+
+from enforcer import ir
+from enforcer.labelindex import LabelIndex
+from enforcer.model import (EGRESS, INGRESS, Cluster, IPBlock, Namespace, NetworkPolicy,
+                            Peer, Pod, Rule)
+from enforcer.selectors import matches
+
+RuleId = tuple[str, str, int]  # (policy key, "ingress"|"egress", rule index)
+LEGACY = "[legacy DefaultDeny annotation]"
+
+
+@functools.lru_cache(maxsize=None)
+def block_networks(block: IPBlock) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """An ipBlock as collapsed CIDRs with its except ranges cut out, split by family.
+
+    Interval arithmetic, not a deny: an except removes addresses from this peer only, so
+    another peer or rule may still allow them (SEMANTICS 7).
+    """
+    nets = [ipaddress.ip_network(block.cidr, strict=False)]
+    for exc in block.except_:
+        hole = ipaddress.ip_network(exc, strict=False)
+        out = []
+        for n in nets:
+            if hole.version == n.version and hole.subnet_of(n):  # type: ignore[arg-type]
+                out.extend(n.address_exclude(hole))  # type: ignore[arg-type]
+            elif hole.version == n.version and n.subnet_of(hole):  # type: ignore[arg-type]
+                continue
+            else:
+                out.append(n)
+        nets = out
+    v4 = tuple(str(n) for n in ipaddress.collapse_addresses(n for n in nets if n.version == 4))
+    v6 = tuple(str(n) for n in ipaddress.collapse_addresses(n for n in nets if n.version == 6))
+    return v4, v6
+
+
+@functools.lru_cache(maxsize=1 << 20)
+def _ip_key(addr: str) -> tuple[int, int]:
+    ip = ipaddress.ip_address(addr)
+    return ip.version, int(ip)
+
+
+def _net_key(cidr: str) -> tuple[int, int, int]:
+    n = ipaddress.ip_network(cidr)
+    return n.version, int(n.network_address), n.prefixlen
+
+
+@dataclass(frozen=True)
+class RuleContent:
+    """What one policy rule allows, independent of the pod it protects."""
+
+    all_peers: bool
+    members: frozenset[str]  # pod keys matched by selector peers
+    blocks: tuple[IPBlock, ...]
+    numeric: tuple[ir.PortMatch, ...]
+    named: tuple[tuple[str, str], ...]  # (port name, protocol)
+    all_ports: bool
+
+
+class Compiler:
+    """Incremental compiler. Build it from a cluster, then call the ``set_*``/``remove_*``
+    methods; each returns the keys of the pods whose ``firewall()`` changed."""
+
+    def __init__(self, cluster: Cluster, *, node_ips: tuple[str, ...] = (),
+                 legacy_namespace_isolation: bool = False) -> None:
+        self.node_ips = tuple(node_ips)
+        self.legacy = legacy_namespace_isolation
+        self.namespaces: dict[str, Namespace] = {}
+        self.pods: dict[str, Pod] = {}
+        self.policies: dict[str, NetworkPolicy] = {}
+        self._ns_index = LabelIndex()
+        self._pod_index = LabelIndex()  # all pods, keyed "ns/name"
+        self._pods_by_ns: dict[str, set[str]] = defaultdict(set)
+        self._policies_by_ns: dict[str, set[str]] = defaultdict(set)
+        self._selected: dict[str, frozenset[str]] = {}  # policy -> pods it selects
+        self._selecting: dict[str, set[str]] = defaultdict(set)  # pod -> policies selecting it
+        self._content: dict[RuleId, RuleContent] = {}
+        # Reverse indexes: which rules a change can touch.
+        self._rules_by_pod_key: dict[str, set[RuleId]] = defaultdict(set)  # pod label key
+        self._rules_by_ns_key: dict[str, set[RuleId]] = defaultdict(set)  # ns label key
+        self._rules_pod_scope: dict[str, set[RuleId]] = defaultdict(set)  # ns -> rules whose podSelector-only peers look there
+        self._rules_ns_scoped: set[RuleId] = set()  # rules with namespaceSelector peers
+        self._rules_all_pods: set[RuleId] = set()  # rules whose content reads every pod (egress named ports to any/ipBlock)
+        self._elements: dict[tuple[RuleId, str], tuple] = {}  # cached set elements
+        self._firewalls: dict[str, ir.PodFirewall] = {}
+        for ns in cluster.namespaces.values():
+            self._put_namespace(ns)
+        for pod in cluster.pods.values():
+            self._put_pod(pod)
+        for pol in cluster.policies.values():
+            self._policies_by_ns[pol.namespace].add(pol.key)
+            self.policies[pol.key] = pol
+        for pol in self.policies.values():
+            self._index_policy(pol)
+        for key in self.pods:
+            self._firewalls[key] = self._build(key)
+
+    # ----------------------------------------------------------------- queries
+
+    def firewall(self, pod_key: str) -> ir.PodFirewall:
+        return self._firewalls[pod_key]
+
+    def firewalls(self) -> dict[str, ir.PodFirewall]:
+        return dict(self._firewalls)
+
+    def namespace(self, name: str) -> Namespace:
+        return self.namespaces.get(name) or Namespace(name, {"kubernetes.io/metadata.name": name})
+
+    def selected_pods(self, policy_key: str) -> frozenset[str]:
+        return self._selected.get(policy_key, frozenset())
+
+    def rule_members(self, rule: RuleId) -> frozenset[str]:
+        return self._content[rule].members
+
+    # ----------------------------------------------------------------- changes
+
+    def set_pod(self, pod: Pod) -> set[str]:
+        old = self.pods.get(pod.key)
+        if old is not None and old == pod and dict(old.labels) == dict(pod.labels):
+            return set()
+        if old is None:
+            touched = self._rules_in_scope_of(pod)
+        else:
+            changed_keys = {k for k in set(old.labels) | set(pod.labels)
+                            if old.labels.get(k) != pod.labels.get(k)}
+            touched = set().union(*(self._rules_by_pod_key.get(k, ()) for k in changed_keys))
+            if old.ips != pod.ips or old.ports != pod.ports:
+                touched |= self._rules_in_scope_of(pod)
+        self._put_pod(pod)
+        affected = {pod.key}
+        affected |= self._reselect_pod(pod.key)
+        affected |= self._refresh_rules(touched)
+        return self._rebuild(affected)
+
+    def remove_pod(self, key: str) -> set[str]:
+        pod = self.pods.get(key)
+        if pod is None:
+            return set()
+        touched = self._rules_in_scope_of(pod)
+        del self.pods[key]
+        self._pod_index.remove(key)
+        self._pods_by_ns[pod.namespace].discard(key)
+        for pol in self._selecting.pop(key, set()):
+            self._selected[pol] = self._selected[pol] - {key}
+        self._firewalls.pop(key, None)
+        affected = self._refresh_rules(touched)
+        affected.discard(key)
+        return self._rebuild(affected) | {key}
+
+    def set_namespace(self, ns: Namespace) -> set[str]:
+        old = self.namespaces.get(ns.name)
+        old_labels = dict(old.labels) if old else {"kubernetes.io/metadata.name": ns.name}
+        changed_keys = {k for k in set(old_labels) | set(ns.labels)
+                        if old_labels.get(k) != ns.labels.get(k)}
+        legacy_changed = (old.legacy_default_deny if old else False) != ns.legacy_default_deny
+        self._put_namespace(ns)
+        touched = set().union(*(self._rules_by_ns_key.get(k, ()) for k in changed_keys))
+        affected = self._refresh_rules(touched)
+        if legacy_changed:
+            affected |= self._pods_by_ns.get(ns.name, set())
+        return self._rebuild(affected)
+
+    def remove_namespace(self, name: str) -> set[str]:
+        if name not in self.namespaces:
+            return set()
+        # An undeclared namespace still exists with its name label (Cluster.namespace).
+        affected = self.set_namespace(Namespace(name, {"kubernetes.io/metadata.name": name}))
+        del self.namespaces[name]
+        return affected
+
+    def set_policy(self, pol: NetworkPolicy) -> set[str]:
+        old = self.policies.get(pol.key)
+        if old == pol:
+            return set()
+        affected: set[str] = set()
+        if old is not None:
+            affected |= self._unindex_policy(old)
+        self.policies[pol.key] = pol
+        self._policies_by_ns[pol.namespace].add(pol.key)
+        affected |= self._index_policy(pol)
+        return self._rebuild(affected)
+
+    def remove_policy(self, key: str) -> set[str]:
+        old = self.policies.pop(key, None)
+        if old is None:
+            return set()
+        self._policies_by_ns[old.namespace].discard(key)
+        return self._rebuild(self._unindex_policy(old))
+
+    def sync(self, cluster: Cluster) -> set[str]:
+        """Make ``cluster`` the whole desired state; returns the pods whose firewall changed."""
+        changed: set[str] = set()
+        for name in list(self.namespaces):
+            if name not in cluster.namespaces:
+                changed |= self.remove_namespace(name)
+        for ns in cluster.namespaces.values():
+            old = self.namespaces.get(ns.name)
+            if old is None or old != ns or dict(old.labels) != dict(ns.labels):
+                changed |= self.set_namespace(ns)
+        for key in list(self.policies):
+            if key not in cluster.policies:
+                changed |= self.remove_policy(key)
+        for key in list(self.pods):
+            if key not in cluster.pods:
+                changed |= self.remove_pod(key)
+        for pod in cluster.pods.values():
+            changed |= self.set_pod(pod)
+        for pol in cluster.policies.values():
+            changed |= self.set_policy(pol)
+        return changed
+
+    # ----------------------------------------------------------------- internals
+
+    def _put_namespace(self, ns: Namespace) -> None:
+        self.namespaces[ns.name] = ns
+        self._ns_index.add(ns.name, ns.labels)
+
+    def _ns_labels(self, name: str):
+        ns = self.namespaces.get(name)
+        return ns.labels if ns else {"kubernetes.io/metadata.name": name}
+
+    def _put_pod(self, pod: Pod) -> None:
+        self.pods[pod.key] = pod
+        if pod.namespace not in self._ns_index.labels:
+            # A namespace nobody declared still exists, with the label the API server sets.
+            self._ns_index.add(pod.namespace, {"kubernetes.io/metadata.name": pod.namespace})
+        self._pod_index.add(pod.key, pod.labels)
+        self._pods_by_ns[pod.namespace].add(pod.key)
+
+    def _reselect_pod(self, key: str) -> set[str]:
+        """Recompute which policies select this pod; returns pods to rebuild (just it)."""
+        pod = self.pods[key]
+        now = {p for p in self._policies_by_ns.get(pod.namespace, ())
+               if matches(self.policies[p].pod_selector, pod.labels)}
+        before = self._selecting.get(key, set())
+        for p in before - now:
+            self._selected[p] = self._selected[p] - {key}
+        for p in now - before:
+            self._selected[p] = self._selected.get(p, frozenset()) | {key}
+        self._selecting[key] = now
+        return {key}
+
+    def _rules_in_scope_of(self, pod: Pod) -> set[RuleId]:
+        """Rules whose members could include this pod whatever its labels."""
+        out = set(self._rules_pod_scope.get(pod.namespace, ()))
+        ns_labels = self._ns_labels(pod.namespace)
+        for rid in self._rules_ns_scoped:
+            rule = self._rule(rid)
+            if any(peer.namespace_selector is not None and matches(peer.namespace_selector, ns_labels)
+                   for peer in rule.peers):
+                out.add(rid)
+        return out | self._rules_all_pods
+
+    def _rule(self, rid: RuleId) -> Rule:
+        pol = self.policies[rid[0]]
+        return (pol.ingress if rid[1] == "ingress" else pol.egress)[rid[2]]
+
+    def _rule_ids(self, pol: NetworkPolicy) -> Iterable[tuple[RuleId, Rule]]:
+        for direction, rules in (("ingress", pol.ingress), ("egress", pol.egress)):
+            for i, rule in enumerate(rules):
+                yield (pol.key, direction, i), rule
+
+    def _index_policy(self, pol: NetworkPolicy) -> set[str]:
+        pods = self._pods_by_ns.get(pol.namespace, ())
+        selected = frozenset(k for k in pods if matches(pol.pod_selector, self.pods[k].labels))
+        self._selected[pol.key] = selected
+        for k in selected:
+            self._selecting[k].add(pol.key)
+        for rid, rule in self._rule_ids(pol):
+            for peer in rule.peers:
+                if peer.pod_selector is not None:
+                    for key in peer.pod_selector.keys():
+                        self._rules_by_pod_key[key].add(rid)
+                if peer.namespace_selector is not None:
+                    self._rules_ns_scoped.add(rid)
+                    for key in peer.namespace_selector.keys():
+                        self._rules_by_ns_key[key].add(rid)
+                elif peer.pod_selector is not None:
+                    self._rules_pod_scope[pol.namespace].add(rid)
+            if rid[1] == "egress" and any(isinstance(p.port, str) for p in rule.ports) and (
+                    not rule.peers or any(p.ip_block for p in rule.peers)):
+                self._rules_all_pods.add(rid)
+            self._content[rid] = self._compute(pol, rule)
+            self._elements.pop((rid, "a"), None)
+            self._elements.pop((rid, "p"), None)
+        return set(selected)
+
+    def _unindex_policy(self, pol: NetworkPolicy) -> set[str]:
+        selected = self._selected.pop(pol.key, frozenset())
+        for k in selected:
+            self._selecting[k].discard(pol.key)
+        for rid, _ in self._rule_ids(pol):
+            self._content.pop(rid, None)
+            self._elements.pop((rid, "a"), None)
+            self._elements.pop((rid, "p"), None)
+            for index in (self._rules_by_pod_key, self._rules_by_ns_key, self._rules_pod_scope):
+                for s in index.values():
+                    s.discard(rid)
+            self._rules_ns_scoped.discard(rid)
+            self._rules_all_pods.discard(rid)
+        return set(selected)
+
+    def _compute(self, pol: NetworkPolicy, rule: Rule) -> RuleContent:
+        members: set[str] = set()
+        blocks = []
+        for peer in rule.peers:
+            if peer.ip_block is not None:
+                blocks.append(peer.ip_block)
+            else:
+                members |= self._peer_pods(pol.namespace, peer)
+        numeric, named = [], []
+        for p in rule.ports:
+            if isinstance(p.port, str):
+                named.append((p.port, p.protocol))
+            else:
+                last = (p.end_port or p.port) if p.port is not None else None
+                numeric.append(ir.PortMatch(p.protocol, p.port, last))
+        return RuleContent(not rule.peers, frozenset(members), tuple(blocks),
+                           tuple(numeric), tuple(named), not rule.ports)
+
+    def _peer_pods(self, policy_ns: str, peer: Peer) -> set[str]:
+        if peer.namespace_selector is None:
+            namespaces = {policy_ns}
+        else:
+            namespaces = self._ns_index.select(peer.namespace_selector)
+        sel = peer.pod_selector
+        if sel is None or sel.is_empty:
+            return set().union(*(self._pods_by_ns.get(n, ()) for n in namespaces))
+        cands = self._pod_index.candidates(sel)
+        in_ns = sum(len(self._pods_by_ns.get(n, ())) for n in namespaces)
+        if cands is not None and len(cands) < in_ns:
+            pool: Iterable[str] = (k for k in cands if self.pods[k].namespace in namespaces)
+        else:
+            pool = (k for n in namespaces for k in self._pods_by_ns.get(n, ()))
+        return {k for k in pool if matches(sel, self.pods[k].labels)}
+
+    def _refresh_rules(self, rids: Iterable[RuleId]) -> set[str]:
+        """Recompute rule contents; return the pods whose firewall may have changed."""
+        affected: set[str] = set()
+        for rid in rids:
+            if rid not in self._content:
+                continue
+            pol = self.policies[rid[0]]
+            new = self._compute(pol, self._rule(rid))
+            if new != self._content[rid] or rid in self._rules_all_pods:
+                self._content[rid] = new
+                self._elements.pop((rid, "a"), None)
+                self._elements.pop((rid, "p"), None)
+                affected |= self._selected.get(rid[0], frozenset())
+        return affected
+
+    def _rebuild(self, pods: Iterable[str]) -> set[str]:
+        changed = set()
+        for key in pods:
+            if key not in self.pods:
+                continue
+            fw = self._build(key)
+            if self._firewalls.get(key) != fw:
+                self._firewalls[key] = fw
+                changed.add(key)
+        return changed
+
+    # ----------------------------------------------------------------- per-pod IR
+
+    def _addr_elements(self, rid: RuleId) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        cached = self._elements.get((rid, "a"))
+        if cached is not None:
+            return cached
+        c = self._content[rid]
+        v4: list[str] = []
+        v6: list[str] = []
+        for k in c.members:
+            for ip in self.pods[k].ips:
+                (v6 if ":" in ip else v4).append(ip)
+        if c.blocks:
+            nets = [ipaddress.ip_network(a) for a in v4 + v6]
+            for b in c.blocks:
+                b4, b6 = block_networks(b)
+                nets.extend(ipaddress.ip_network(n) for n in b4 + b6)
+            e4 = tuple(str(n) for n in ipaddress.collapse_addresses(n for n in nets if n.version == 4))
+            e6 = tuple(str(n) for n in ipaddress.collapse_addresses(n for n in nets if n.version == 6))
+            out = (tuple(sorted(e4, key=_net_key)), tuple(sorted(e6, key=_net_key)))
+        else:
+            out = (tuple(f"{a}/32" for a in sorted(set(v4), key=_ip_key)),
+                   tuple(f"{a}/128" for a in sorted(set(v6), key=_ip_key)))
+        self._elements[(rid, "a")] = out
+        return out
+
+    def _addrport_elements(self, rid: RuleId) -> tuple[tuple, tuple]:
+        """Egress named ports: (address, protocol, port) of every destination pod that the
+        rule's peers cover and that declares the name (SEMANTICS 9)."""
+        cached = self._elements.get((rid, "p"))
+        if cached is not None:
+            return cached
+        c = self._content[rid]
+        if c.all_peers:
+            pods: Iterable[str] = self.pods
+        else:
+            pods = set(c.members)
+            if c.blocks:
+                nets = [ipaddress.ip_network(n) for b in c.blocks for n in sum(block_networks(b), ())]
+                pods |= {k for k, p in self.pods.items()
+                         if any(ipaddress.ip_address(ip) in n for ip in p.ips for n in nets
+                                if n.version == ipaddress.ip_address(ip).version)}
+        v4, v6 = set(), set()
+        for k in pods:
+            pod = self.pods[k]
+            for name, proto in c.named:
+                for cp in pod.ports:
+                    if cp.name == name and cp.protocol == proto:
+                        for ip in pod.ips:
+                            (v6 if ":" in ip else v4).add((ip, proto, cp.port))
+        out = (tuple(sorted(v4, key=lambda e: (_ip_key(e[0]), e[1], e[2]))),
+               tuple(sorted(v6, key=lambda e: (_ip_key(e[0]), e[1], e[2]))))
+        self._elements[(rid, "p")] = out
+        return out
+
+    def _build(self, key: str) -> ir.PodFirewall:
+        pod = self.pods[key]
+        policies = sorted(self._selecting.get(key, ()))
+        sets: list[ir.AnySet] = []
+        directions = {}
+        for direction, ptype, prefix in (("ingress", INGRESS, "in"), ("egress", EGRESS, "eg")):
+            isolating = [p for p in policies if ptype in self.policies[p].policy_types]
+            isolated_by = list(isolating)
+            if direction == "ingress" and self.legacy and self.namespace(pod.namespace).legacy_default_deny:
+                isolated_by.append(f"{pod.namespace}/{LEGACY}")
+            rules: list[ir.AllowRule] = []
+            for pkey in isolating:
+                pol = self.policies[pkey]
+                for i, _ in enumerate(pol.ingress if direction == "ingress" else pol.egress):
+                    rid = (pkey, direction, i)
+                    rules.extend(self._allow_rules(pod, rid, f"{prefix}{len(sets)}", sets))
+            directions[direction] = ir.DirectionPolicy(bool(isolated_by), tuple(sorted(isolated_by)), tuple(rules))
+        return ir.PodFirewall(key, pod.ips, self.node_ips, directions["ingress"], directions["egress"], tuple(sets))
+
+    def _allow_rules(self, pod: Pod, rid: RuleId, name: str, sets: list) -> list[ir.AllowRule]:
+        c = self._content[rid]
+        prov = ir.Provenance(rid[0], rid[1], rid[2])
+        out = []
+        peers = None
+        if not c.all_peers:
+            v4, v6 = self._addr_elements(rid)
+            sets.append(ir.AddrSet(name, v4, v6, interval=bool(c.blocks)))
+            peers = name
+        if c.all_ports:
+            return [ir.AllowRule(prov, peers, ())]
+        ports = list(c.numeric)
+        if c.named and rid[1] == "ingress":
+            # Ingress: the destination is this pod, so the name is resolved here.
+            for pname, proto in c.named:
+                ports += [ir.PortMatch(proto, cp.port, cp.port) for cp in pod.ports
+                          if cp.name == pname and cp.protocol == proto]
+        if ports:
+            out.append(ir.AllowRule(prov, peers, tuple(dict.fromkeys(ports))))
+        if c.named and rid[1] == "egress":
+            ap4, ap6 = self._addrport_elements(rid)
+            sets.append(ir.AddrPortSet(name + "p", ap4, ap6))
+            out.append(ir.AllowRule(prov, None, (), addr_ports=name + "p"))
+        if peers is not None and not out:
+            sets.pop()  # nothing can match: no port resolves on this pod
+        return out
+
+
+def compile_cluster(cluster: Cluster, *, node_ips: tuple[str, ...] = (),
+                    legacy_namespace_isolation: bool = False) -> dict[str, ir.PodFirewall]:
+    """One-shot compile: pod key -> its firewall."""
+    return Compiler(cluster, node_ips=node_ips,
+                    legacy_namespace_isolation=legacy_namespace_isolation).firewalls()

@@ -1,0 +1,139 @@
+"""Words for policies and verdicts: what ``explain`` and ``trace`` print.
+
+Pure functions over the model and the verdicts of enforcer.verdict; nothing here decides
+anything, it only says why the IR decided what it did.
+"""
+from __future__ import annotations
+
+from enforcer.model import Cluster, NetworkPolicy, Peer, Rule
+from enforcer.selectors import describe
+from enforcer.verdict import Side, Verdict
+
+
+def describe_peer(pol: NetworkPolicy, peer: Peer) -> str:
+    if peer.ip_block is not None:
+        text = f"addresses in {peer.ip_block.cidr}"
+        if peer.ip_block.except_:
+            text += f" except {', '.join(peer.ip_block.except_)}"
+        return text
+    pods = describe(peer.pod_selector, "pods") if peer.pod_selector is not None else "all pods"
+    if peer.namespace_selector is None:
+        return f"{pods} in namespace {pol.namespace}"
+    if peer.namespace_selector.is_empty:
+        return f"{pods} in every namespace"
+    return f"{pods} in namespaces labelled {peer.namespace_selector}"
+
+
+def describe_ports(rule: Rule) -> str:
+    if not rule.ports:
+        return "on every port"
+    parts = []
+    for p in rule.ports:
+        if p.port is None:
+            parts.append(f"every {p.protocol} port")
+        elif p.end_port:
+            parts.append(f"{p.port}-{p.end_port}/{p.protocol}")
+        elif isinstance(p.port, str):
+            parts.append(f"named port {p.port}/{p.protocol}")
+        else:
+            parts.append(f"{p.port}/{p.protocol}")
+    return "on " + ", ".join(parts)
+
+
+def describe_rule(pol: NetworkPolicy, direction: str, index: int) -> str:
+    rule = (pol.ingress if direction == "ingress" else pol.egress)[index]
+    who = "sources" if direction == "ingress" else "destinations"
+    if not rule.peers:
+        peers = f"all {who} (pods and outside addresses)"
+    else:
+        peers = " or ".join(describe_peer(pol, p) for p in rule.peers)
+    return f"{pol.key} {direction}[{index}] admits {peers} {describe_ports(rule)}"
+
+
+def describe_endpoint(cluster: Cluster, ident: str) -> str:
+    pod = cluster.pods.get(ident)
+    if pod is None:
+        if ident in cluster.externals:
+            return f"{ident} is outside the cluster ({', '.join(cluster.externals[ident].ips)})"
+        return f"{ident} is an address outside the cluster"
+    labels = ",".join(f"{k}={v}" for k, v in sorted(pod.labels.items())) or "no labels"
+    ns_labels = ",".join(f"{k}={v}" for k, v in sorted(cluster.namespace(pod.namespace).labels.items()))
+    return f"{ident} has {labels} (namespace {pod.namespace}: {ns_labels})"
+
+
+def _side_text(cluster: Cluster, s: Side, other: str) -> str:
+    d = s.direction
+    if s.always:
+        return f"{s.pod} {d}: allowed, {s.always}."
+    if not s.isolated:
+        return f"{s.pod} is not isolated for {d}: every {'source' if d == 'ingress' else 'destination'} is allowed."
+    by = " and ".join(s.isolated_by)
+    if s.allowed_by:
+        rules = "; ".join(_rule_text(cluster, p.policy, p.direction, p.rule_index) for p in s.allowed_by)
+        return f"{s.pod} is isolated for {d} by {by}; allowed by {rules}."
+    pols = [cluster.policies[k] for k in s.isolated_by if k in cluster.policies]
+    rules = [_rule_text(cluster, p.key, d, i) for p in pols
+             for i in range(len(p.ingress if d == "ingress" else p.egress))]
+    why = "; ".join(rules) if rules else "they have no " + d + " rules (default deny)"
+    return (f"{s.pod} is isolated for {d} by {by}; "
+            f"{'none allows' if len(pols) != 1 else 'it does not allow'} {other}: {why}. "
+            f"{describe_endpoint(cluster, other)}.")
+
+
+def _rule_text(cluster: Cluster, policy: str, direction: str, index: int) -> str:
+    pol = cluster.policies.get(policy)
+    if pol is None:
+        return f"{policy} {direction}[{index}]"
+    return describe_rule(pol, direction, index)
+
+
+def trace_lines(cluster: Cluster, v: Verdict) -> list[str]:
+    head = (f"{v.src.id} -> {v.dst.id} {v.port}/{v.protocol} "
+            f"({v.src_ip} -> {v.dst_ip}): {'allowed' if v.allowed else 'denied'}.")
+    lines = [head]
+    if v.always:
+        lines.append(f"  {v.always}.")
+        return lines
+    if v.egress is None:
+        lines.append(f"  {v.src.id} is outside the cluster: no egress policy applies to it.")
+    else:
+        lines.append("  " + _side_text(cluster, v.egress, v.dst.id))
+    if v.ingress is None:
+        lines.append(f"  {v.dst.id} is outside the cluster: no ingress policy applies to it.")
+    else:
+        lines.append("  " + _side_text(cluster, v.ingress, v.src.id))
+    if v.allowed:
+        lines.append("  Replies on this connection are allowed too (conntrack), whatever the policies say about the reverse direction.")
+    return lines
+
+
+def trace_json(v: Verdict) -> dict:
+    def side(s: Side | None):
+        if s is None:
+            return None
+        return {"pod": s.pod, "direction": s.direction, "isolated": s.isolated,
+                "isolated_by": list(s.isolated_by), "allowed": s.allowed, "always": s.always or None,
+                "allowed_by": [{"policy": p.policy, "direction": p.direction, "rule": p.rule_index}
+                               for p in s.allowed_by]}
+    return {"from": v.src.id, "to": v.dst.id, "port": v.port, "protocol": v.protocol,
+            "from_ip": v.src_ip, "to_ip": v.dst_ip, "allowed": v.allowed,
+            "always": v.always or None, "egress": side(v.egress), "ingress": side(v.ingress)}
+
+
+def explain_rows(cluster: Cluster, selected: dict[str, frozenset[str]]) -> list[dict]:
+    """One row per policy: target pods, directions, and each rule in words."""
+    rows = []
+    for key, pol in sorted(cluster.policies.items()):
+        rules = []
+        for direction in ("ingress", "egress"):
+            if direction.capitalize() not in pol.policy_types:
+                continue
+            rs = pol.ingress if direction == "ingress" else pol.egress
+            if not rs:
+                rules.append({"direction": direction, "rule": None, "text": f"{direction}: deny all (no rules)"})
+            for i in range(len(rs)):
+                rules.append({"direction": direction, "rule": i, "text": describe_rule(pol, direction, i)})
+        rows.append({"policy": key, "pod_selector": str(pol.pod_selector),
+                     "targets": sorted(selected.get(key, ())),
+                     "policy_types": sorted(pol.policy_types), "rules": rules})
+    return rows
