@@ -1,27 +1,44 @@
 """The seam between the rule model and the kernel.
 
 A backend turns a ``PodFirewall`` (enforcer.ir) into a ruleset and installs it inside one
-network namespace. It imports only the IR and the errors: never the loader or compiler.
+network namespace. It imports only the IR and the errors (and ``enforcer.netns`` to enter
+namespaces): never the loader or compiler.
+
+This module also holds the small pure helpers both kernel backends share, so that the
+nftables and iptables renderings say the same thing in the same order: port grouping,
+comment texts, the nflog prefix.
 
 ``FakeBackend`` keeps "installed" rulesets in a dict: unit tests and ``--dry-run`` use it.
 """
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from enforcer.errors import ApplyError
-from enforcer.ir import PodFirewall, set_deltas, structure
+from enforcer.errors import ApplyError, BackendError
+from enforcer.ir import AllowRule, PodFirewall, PortMatch, set_deltas, structure
+
+# What the final drop of an isolated direction logs to: nflog group, at most this many
+# packets per second (a flood of dropped packets must not become a flood of log lines).
+LOG_GROUP = 100
+LOG_RATE_PER_SECOND = 10
+LOG_PREFIX_MAX = 63  # iptables' NFLOG allows 64 bytes with the NUL; nft allows more
+PROTOCOLS = ("TCP", "UDP", "SCTP")  # render order of per-protocol rules
+DIRECTIONS = ("ingress", "egress")
 
 
 @dataclass(frozen=True)
 class ApplyResult:
     """What an apply did: ``"none"`` (already in place), ``"delta"`` (set elements only) or
-    ``"full"`` (table replaced in one transaction)."""
+    ``"full"`` (table replaced in one transaction). ``note`` says why a delta became a
+    full replace (the kernel refused the delta, e.g. after drift)."""
 
     kind: str
     elements_added: int = 0
     elements_removed: int = 0
+    note: str = ""
 
 
 def plan(previous: PodFirewall | None, desired: PodFirewall) -> str:
@@ -55,6 +72,121 @@ class Backend(Protocol):
 
     def read(self, netns: str) -> str | None:
         """What of ours is installed in ``netns`` (ruleset text), or None if nothing."""
+
+    def verify(self, netns: str, fw: PodFirewall) -> bool:
+        """True iff exactly what ``fw`` renders is installed in ``netns`` (counters, handles
+        and element order ignored). The daemon's drift repair asks this."""
+
+    def counters(self, netns: str) -> list[tuple[str, int, int]]:
+        """(comment, packets, bytes) per rule comment, in rule order; rules that share a
+        comment (the IPv4 and IPv6 halves of one policy rule) are summed."""
+
+
+# ---------------------------------------------------------------------------------------
+# Pure helpers shared by the renderers
+
+
+def fit(text: str, limit: int) -> str:
+    """``text`` made safe for a quoted comment and cut to ``limit`` characters.
+
+    A cut text ends in a short hash of the whole, so two long texts that share a prefix
+    still read differently (and deterministically)."""
+    text = text.replace('"', "'").replace("\\", "/").replace("\n", " ")
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:6]
+    return text[: limit - 8] + "~" + digest
+
+
+def rule_comment(rule: AllowRule) -> str:
+    return rule.provenance.comment()
+
+
+def fixed_comment(direction: str, what: str) -> str:
+    """Comments of the rules every pod has: "ingress established", "egress node", ..."""
+    return f"{direction} {what}"
+
+
+def isolation_comment(direction: str, isolated_by: tuple[str, ...]) -> str:
+    """The final drop names the policies that isolate the direction, so a reader of a
+    counter or a log line can find them."""
+    return f"{direction} isolated by {','.join(isolated_by) or '?'}"
+
+
+def open_comment(direction: str) -> str:
+    return f"{direction} not isolated"
+
+
+def log_comment(direction: str) -> str:
+    return f"{direction} log drop"
+
+
+def nflog_prefix(direction: str, pod: str) -> str:
+    """The nflog prefix of a direction's drop: names the direction and the pod."""
+    return fit(f"netpol drop {direction} {pod}: ", LOG_PREFIX_MAX)
+
+
+def port_groups(ports: tuple[PortMatch, ...]) -> list[tuple[str | None, list[tuple[int, int]] | None]]:
+    """Group a rule's ports per protocol, in a fixed protocol order.
+
+    Returns ``[(protocol, ranges)]``; ``ranges`` None means every port of the protocol,
+    otherwise a sorted list of inclusive ``(first, last)`` ranges with overlapping and
+    adjacent ranges merged (nft merges them itself in interval sets and refuses overlaps,
+    and a merged list renders the same text the kernel lists back). Empty ``ports`` gives
+    ``[(None, None)]``: any protocol, any port.
+    """
+    if not ports:
+        return [(None, None)]
+    by_proto: dict[str, list[tuple[int, int]] | None] = {}
+    for p in ports:
+        proto = p.protocol.upper()
+        if p.first is None:
+            by_proto[proto] = None
+            continue
+        if proto in by_proto and by_proto[proto] is None:
+            continue
+        last = p.last if p.last is not None else p.first
+        by_proto.setdefault(proto, []).append((p.first, last))  # type: ignore[union-attr]
+    order = {name: i for i, name in enumerate(PROTOCOLS)}
+    out: list[tuple[str | None, list[tuple[int, int]] | None]] = []
+    for proto in sorted(by_proto, key=lambda n: (order.get(n, len(order)), n)):
+        ranges = by_proto[proto]
+        out.append((proto, None if ranges is None else merge_ranges(ranges)))
+    return out
+
+
+def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(ranges):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
+
+
+def host_or_cidr(cidr: str) -> str:
+    """``10.0.0.5/32`` -> ``10.0.0.5``; other prefixes in their canonical form."""
+    net = ipaddress.ip_network(cidr, strict=False)
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return str(net)
+
+
+def host_only(cidr: str, set_name: str) -> str:
+    """An element of a host (non-interval) set: must be one address."""
+    net = ipaddress.ip_network(cidr, strict=False)
+    if net.prefixlen != net.max_prefixlen:
+        raise BackendError(f"set {set_name}: {cidr} is a network, but the set holds single "
+                           "addresses (the compiler must mark sets with ipBlocks as interval)")
+    return str(net.network_address)
+
+
+def family_of(addr: str) -> int:
+    return 6 if ":" in addr else 4
+
+
+# ---------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -91,3 +223,18 @@ class FakeBackend:
     def read(self, netns: str) -> str | None:
         fw = self.installed.get(netns)
         return None if fw is None else self.render(fw)
+
+    def verify(self, netns: str, fw: PodFirewall) -> bool:
+        return self.installed.get(netns) == fw
+
+    def counters(self, netns: str) -> list[tuple[str, int, int]]:
+        """Every allow rule's comment with zero counts (nothing flows through a fake)."""
+        fw = self.installed.get(netns)
+        if fw is None:
+            return []
+        out: list[tuple[str, int, int]] = []
+        for d in DIRECTIONS:
+            for r in fw.direction(d).rules:
+                if all(c != r.provenance.comment() for c, _, _ in out):
+                    out.append((r.provenance.comment(), 0, 0))
+        return out
