@@ -68,20 +68,43 @@ def _net_key(cidr: str) -> tuple[int, int, int]:
 
 
 @dataclass(frozen=True)
-class RuleContent:
-    """What one policy rule allows, independent of the pod it protects."""
+class RuleSpec:
+    """What one policy rule says about ports, and whether it names peers (no cluster state)."""
 
     all_peers: bool
-    members: frozenset[str]  # pod keys matched by selector peers
     blocks: tuple[IPBlock, ...]
     numeric: tuple[ir.PortMatch, ...]
     named: tuple[tuple[str, str], ...]  # (port name, protocol)
     all_ports: bool
 
 
+def rule_spec(rule: Rule) -> RuleSpec:
+    numeric, named = [], []
+    for p in rule.ports:
+        if isinstance(p.port, str):
+            named.append((p.port, p.protocol))
+        else:
+            last = (p.end_port or p.port) if p.port is not None else None
+            numeric.append(ir.PortMatch(p.protocol, p.port, last))
+    blocks = tuple(p.ip_block for p in rule.peers if p.ip_block is not None)
+    return RuleSpec(not rule.peers, blocks, tuple(numeric), tuple(named), not rule.ports)
+
+
+# A peer group is the peers of a rule together with the namespace that scopes its
+# podSelector-only peers. Rules with equal groups share one member set, as CNIs share one
+# IP set per selector: 2,500 policies that all admit "role in (cache) in env=prod
+# namespaces" cost one membership update when a pod is relabelled, not 2,500.
+GroupKey = tuple[str, tuple[Peer, ...]]
+
+
+def group_key(policy_ns: str, rule: Rule) -> GroupKey:
+    scoped = any(p.ip_block is None and p.namespace_selector is None for p in rule.peers)
+    return (policy_ns if scoped else "", rule.peers)
+
+
 class Compiler:
     """Incremental compiler. Build it from a cluster, then call the ``set_*``/``remove_*``
-    methods; each returns the keys of the pods whose ``firewall()`` changed."""
+    methods (or ``sync``); each returns the keys of the pods whose ``firewall()`` changed."""
 
     def __init__(self, cluster: Cluster, *, node_ips: tuple[str, ...] = (),
                  legacy_namespace_isolation: bool = False) -> None:
@@ -94,26 +117,26 @@ class Compiler:
         self._pod_index = LabelIndex()  # all pods, keyed "ns/name"
         self._pods_by_ns: dict[str, set[str]] = defaultdict(set)
         self._policies_by_ns: dict[str, set[str]] = defaultdict(set)
-        self._selected: dict[str, frozenset[str]] = {}  # policy -> pods it selects
+        self._selected: dict[str, set[str]] = {}  # policy -> pods it selects
         self._selecting: dict[str, set[str]] = defaultdict(set)  # pod -> policies selecting it
-        self._content: dict[RuleId, RuleContent] = {}
-        # Reverse indexes: which rules a change can touch.
-        self._rules_by_pod_key: dict[str, set[RuleId]] = defaultdict(set)  # pod label key
-        self._rules_by_ns_key: dict[str, set[RuleId]] = defaultdict(set)  # ns label key
-        self._rules_pod_scope: dict[str, set[RuleId]] = defaultdict(set)  # ns -> rules whose podSelector-only peers look there
-        self._rules_ns_scoped: set[RuleId] = set()  # rules with namespaceSelector peers
-        self._rules_all_pods: set[RuleId] = set()  # rules whose content reads every pod (egress named ports to any/ipBlock)
-        self._elements: dict[tuple[RuleId, str], tuple] = {}  # cached set elements
+        self._spec: dict[RuleId, RuleSpec] = {}
+        self._group_of: dict[RuleId, GroupKey] = {}
+        self._group_rules: dict[GroupKey, set[RuleId]] = defaultdict(set)
+        self._members: dict[GroupKey, set[str]] = {}
+        # Reverse indexes: which groups a change can touch.
+        self._groups_by_pod_key: dict[str, set[GroupKey]] = defaultdict(set)
+        self._groups_by_ns_key: dict[str, set[GroupKey]] = defaultdict(set)
+        self._groups_pod_scope: dict[str, set[GroupKey]] = defaultdict(set)  # ns -> groups with podSelector-only peers there
+        self._groups_ns_scoped: set[GroupKey] = set()  # groups with namespaceSelector peers
+        self._rules_all_pods: set[RuleId] = set()  # egress named ports to any/ipBlock: read every pod
+        self._elements: dict[object, tuple] = {}  # cached set elements
         self._firewalls: dict[str, ir.PodFirewall] = {}
-        for ns in cluster.namespaces.values():
-            self._put_namespace(ns)
+        for n in cluster.namespaces.values():
+            self._put_namespace(n)
         for pod in cluster.pods.values():
             self._put_pod(pod)
         for pol in cluster.policies.values():
-            self._policies_by_ns[pol.namespace].add(pol.key)
-            self.policies[pol.key] = pol
-        for pol in self.policies.values():
-            self._index_policy(pol)
+            self._add_policy(pol)
         for key in self.pods:
             self._firewalls[key] = self._build(key)
 
@@ -129,10 +152,10 @@ class Compiler:
         return self.namespaces.get(name) or Namespace(name, {"kubernetes.io/metadata.name": name})
 
     def selected_pods(self, policy_key: str) -> frozenset[str]:
-        return self._selected.get(policy_key, frozenset())
+        return frozenset(self._selected.get(policy_key, ()))
 
     def rule_members(self, rule: RuleId) -> frozenset[str]:
-        return self._content[rule].members
+        return frozenset(self._members[self._group_of[rule]])
 
     # ----------------------------------------------------------------- changes
 
@@ -140,44 +163,58 @@ class Compiler:
         old = self.pods.get(pod.key)
         if old is not None and old == pod and dict(old.labels) == dict(pod.labels):
             return set()
+        groups: set[GroupKey] = set()
         if old is None:
-            touched = self._rules_in_scope_of(pod)
+            groups = self._groups_in_scope_of(pod)
         else:
             changed_keys = {k for k in set(old.labels) | set(pod.labels)
                             if old.labels.get(k) != pod.labels.get(k)}
-            touched = set().union(*(self._rules_by_pod_key.get(k, ()) for k in changed_keys))
-            if old.ips != pod.ips or old.ports != pod.ports:
-                touched |= self._rules_in_scope_of(pod)
+            for k in changed_keys:
+                groups |= self._groups_by_pod_key.get(k, set())
         self._put_pod(pod)
-        affected = {pod.key}
-        affected |= self._reselect_pod(pod.key)
-        affected |= self._refresh_rules(touched)
+        affected = self._reselect_pod(pod.key)
+        affected |= self._update_membership(pod.key, groups)
+        if old is None or old.ips != pod.ips:
+            # The pod's addresses are elements of every group it belongs to.
+            affected |= self._invalidate_groups({g for g in self._groups_in_scope_of(pod) if pod.key in self._members[g]})
+        if old is None or old.ips != pod.ips or old.ports != pod.ports:
+            affected |= self._invalidate_all_pods_rules()
         return self._rebuild(affected)
 
     def remove_pod(self, key: str) -> set[str]:
         pod = self.pods.get(key)
         if pod is None:
             return set()
-        touched = self._rules_in_scope_of(pod)
+        groups = {g for g in self._groups_in_scope_of(pod) if key in self._members[g]}
         del self.pods[key]
         self._pod_index.remove(key)
         self._pods_by_ns[pod.namespace].discard(key)
         for pol in self._selecting.pop(key, set()):
-            self._selected[pol] = self._selected[pol] - {key}
+            self._selected[pol].discard(key)
         self._firewalls.pop(key, None)
-        affected = self._refresh_rules(touched)
+        for g in groups:
+            self._members[g].discard(key)
+        affected = self._invalidate_groups(groups) | self._invalidate_all_pods_rules()
         affected.discard(key)
         return self._rebuild(affected) | {key}
 
     def set_namespace(self, ns: Namespace) -> set[str]:
         old = self.namespaces.get(ns.name)
-        old_labels = dict(old.labels) if old else {"kubernetes.io/metadata.name": ns.name}
+        old_labels = dict(old.labels) if old else dict(self._ns_index.labels.get(
+            ns.name, {"kubernetes.io/metadata.name": ns.name}))
         changed_keys = {k for k in set(old_labels) | set(ns.labels)
                         if old_labels.get(k) != ns.labels.get(k)}
         legacy_changed = (old.legacy_default_deny if old else False) != ns.legacy_default_deny
         self._put_namespace(ns)
-        touched = set().union(*(self._rules_by_ns_key.get(k, ()) for k in changed_keys))
-        affected = self._refresh_rules(touched)
+        groups: set[GroupKey] = set()
+        for k in changed_keys:
+            groups |= self._groups_by_ns_key.get(k, set())
+        affected = set()
+        for g in groups:
+            members = self._select_members(g)
+            if members != self._members[g]:
+                self._members[g] = members
+                affected |= self._invalidate_groups({g})
         if legacy_changed:
             affected |= self._pods_by_ns.get(ns.name, set())
         return self._rebuild(affected)
@@ -196,18 +233,15 @@ class Compiler:
             return set()
         affected: set[str] = set()
         if old is not None:
-            affected |= self._unindex_policy(old)
-        self.policies[pol.key] = pol
-        self._policies_by_ns[pol.namespace].add(pol.key)
-        affected |= self._index_policy(pol)
+            affected |= self._drop_policy(old)
+        affected |= self._add_policy(pol)
         return self._rebuild(affected)
 
     def remove_policy(self, key: str) -> set[str]:
-        old = self.policies.pop(key, None)
+        old = self.policies.get(key)
         if old is None:
             return set()
-        self._policies_by_ns[old.namespace].discard(key)
-        return self._rebuild(self._unindex_policy(old))
+        return self._rebuild(self._drop_policy(old))
 
     def sync(self, cluster: Cluster) -> set[str]:
         """Make ``cluster`` the whole desired state; returns the pods whose firewall changed."""
@@ -215,10 +249,10 @@ class Compiler:
         for name in list(self.namespaces):
             if name not in cluster.namespaces:
                 changed |= self.remove_namespace(name)
-        for ns in cluster.namespaces.values():
-            old = self.namespaces.get(ns.name)
-            if old is None or old != ns or dict(old.labels) != dict(ns.labels):
-                changed |= self.set_namespace(ns)
+        for n in cluster.namespaces.values():
+            old = self.namespaces.get(n.name)
+            if old is None or old != n or dict(old.labels) != dict(n.labels):
+                changed |= self.set_namespace(n)
         for key in list(self.policies):
             if key not in cluster.policies:
                 changed |= self.remove_policy(key)
@@ -238,8 +272,7 @@ class Compiler:
         self._ns_index.add(ns.name, ns.labels)
 
     def _ns_labels(self, name: str):
-        ns = self.namespaces.get(name)
-        return ns.labels if ns else {"kubernetes.io/metadata.name": name}
+        return self._ns_index.labels.get(name) or {"kubernetes.io/metadata.name": name}
 
     def _put_pod(self, pod: Pod) -> None:
         self.pods[pod.key] = pod
@@ -256,93 +289,148 @@ class Compiler:
                if matches(self.policies[p].pod_selector, pod.labels)}
         before = self._selecting.get(key, set())
         for p in before - now:
-            self._selected[p] = self._selected[p] - {key}
+            self._selected[p].discard(key)
         for p in now - before:
-            self._selected[p] = self._selected.get(p, frozenset()) | {key}
+            self._selected.setdefault(p, set()).add(key)
         self._selecting[key] = now
         return {key}
 
-    def _rules_in_scope_of(self, pod: Pod) -> set[RuleId]:
-        """Rules whose members could include this pod whatever its labels."""
-        out = set(self._rules_pod_scope.get(pod.namespace, ()))
+    def _groups_in_scope_of(self, pod: Pod) -> set[GroupKey]:
+        """Groups whose members could include this pod, whatever its labels."""
+        out = set(self._groups_pod_scope.get(pod.namespace, ()))
         ns_labels = self._ns_labels(pod.namespace)
-        for rid in self._rules_ns_scoped:
-            rule = self._rule(rid)
-            if any(peer.namespace_selector is not None and matches(peer.namespace_selector, ns_labels)
-                   for peer in rule.peers):
-                out.add(rid)
-        return out | self._rules_all_pods
+        for g in self._groups_ns_scoped:
+            if any(p.namespace_selector is not None and matches(p.namespace_selector, ns_labels) for p in g[1]):
+                out.add(g)
+        return out
+
+    def _pod_in_group(self, pod: Pod, g: GroupKey) -> bool:
+        scope, peers = g
+        for peer in peers:
+            if peer.ip_block is not None:
+                continue
+            if peer.namespace_selector is None:
+                if pod.namespace != scope:
+                    continue
+            elif not matches(peer.namespace_selector, self._ns_labels(pod.namespace)):
+                continue
+            if peer.pod_selector is None or matches(peer.pod_selector, pod.labels):
+                return True
+        return False
+
+    def _update_membership(self, key: str, groups: set[GroupKey]) -> set[str]:
+        pod = self.pods[key]
+        changed = set()
+        for g in groups:
+            members = self._members[g]
+            now = self._pod_in_group(pod, g)
+            if now != (key in members):
+                (members.add if now else members.discard)(key)
+                changed.add(g)
+        return self._invalidate_groups(changed)
+
+    def _invalidate_groups(self, groups: set[GroupKey]) -> set[str]:
+        """Drop cached elements of these groups; return the pods whose sets they feed."""
+        affected: set[str] = set()
+        for g in groups:
+            self._elements.pop(g, None)
+            for rid in self._group_rules.get(g, ()):
+                self._elements.pop(rid, None)
+                affected |= self._selected.get(rid[0], set())
+        return affected
+
+    def _invalidate_all_pods_rules(self) -> set[str]:
+        affected: set[str] = set()
+        for rid in self._rules_all_pods:
+            self._elements.pop(rid, None)
+            affected |= self._selected.get(rid[0], set())
+        return affected
 
     def _rule(self, rid: RuleId) -> Rule:
         pol = self.policies[rid[0]]
         return (pol.ingress if rid[1] == "ingress" else pol.egress)[rid[2]]
 
-    def _rule_ids(self, pol: NetworkPolicy) -> Iterable[tuple[RuleId, Rule]]:
+    @staticmethod
+    def _rule_ids(pol: NetworkPolicy) -> Iterable[tuple[RuleId, Rule]]:
         for direction, rules in (("ingress", pol.ingress), ("egress", pol.egress)):
             for i, rule in enumerate(rules):
                 yield (pol.key, direction, i), rule
 
-    def _index_policy(self, pol: NetworkPolicy) -> set[str]:
-        pods = self._pods_by_ns.get(pol.namespace, ())
-        selected = frozenset(k for k in pods if matches(pol.pod_selector, self.pods[k].labels))
+    def _add_policy(self, pol: NetworkPolicy) -> set[str]:
+        self.policies[pol.key] = pol
+        self._policies_by_ns[pol.namespace].add(pol.key)
+        selected = {k for k in self._pods_by_ns.get(pol.namespace, ()) if matches(pol.pod_selector, self.pods[k].labels)}
         self._selected[pol.key] = selected
         for k in selected:
             self._selecting[k].add(pol.key)
         for rid, rule in self._rule_ids(pol):
-            for peer in rule.peers:
-                if peer.pod_selector is not None:
-                    for key in peer.pod_selector.keys():
-                        self._rules_by_pod_key[key].add(rid)
-                if peer.namespace_selector is not None:
-                    self._rules_ns_scoped.add(rid)
-                    for key in peer.namespace_selector.keys():
-                        self._rules_by_ns_key[key].add(rid)
-                elif peer.pod_selector is not None:
-                    self._rules_pod_scope[pol.namespace].add(rid)
-            if rid[1] == "egress" and any(isinstance(p.port, str) for p in rule.ports) and (
-                    not rule.peers or any(p.ip_block for p in rule.peers)):
+            spec = rule_spec(rule)
+            self._spec[rid] = spec
+            g = group_key(pol.namespace, rule)
+            self._group_of[rid] = g
+            if g not in self._members:
+                self._index_group(g)
+            self._group_rules[g].add(rid)
+            if rid[1] == "egress" and spec.named and (spec.all_peers or spec.blocks):
                 self._rules_all_pods.add(rid)
-            self._content[rid] = self._compute(pol, rule)
-            self._elements.pop((rid, "a"), None)
-            self._elements.pop((rid, "p"), None)
         return set(selected)
 
-    def _unindex_policy(self, pol: NetworkPolicy) -> set[str]:
-        selected = self._selected.pop(pol.key, frozenset())
+    def _drop_policy(self, pol: NetworkPolicy) -> set[str]:
+        del self.policies[pol.key]
+        self._policies_by_ns[pol.namespace].discard(pol.key)
+        selected = self._selected.pop(pol.key, set())
         for k in selected:
             self._selecting[k].discard(pol.key)
         for rid, _ in self._rule_ids(pol):
-            self._content.pop(rid, None)
-            self._elements.pop((rid, "a"), None)
-            self._elements.pop((rid, "p"), None)
-            for index in (self._rules_by_pod_key, self._rules_by_ns_key, self._rules_pod_scope):
-                for s in index.values():
-                    s.discard(rid)
-            self._rules_ns_scoped.discard(rid)
+            self._spec.pop(rid, None)
+            self._elements.pop(rid, None)
             self._rules_all_pods.discard(rid)
+            g = self._group_of.pop(rid)
+            self._group_rules[g].discard(rid)
+            if not self._group_rules[g]:
+                self._unindex_group(g)
         return set(selected)
 
-    def _compute(self, pol: NetworkPolicy, rule: Rule) -> RuleContent:
-        members: set[str] = set()
-        blocks = []
-        for peer in rule.peers:
-            if peer.ip_block is not None:
-                blocks.append(peer.ip_block)
-            else:
-                members |= self._peer_pods(pol.namespace, peer)
-        numeric, named = [], []
-        for p in rule.ports:
-            if isinstance(p.port, str):
-                named.append((p.port, p.protocol))
-            else:
-                last = (p.end_port or p.port) if p.port is not None else None
-                numeric.append(ir.PortMatch(p.protocol, p.port, last))
-        return RuleContent(not rule.peers, frozenset(members), tuple(blocks),
-                           tuple(numeric), tuple(named), not rule.ports)
+    def _index_group(self, g: GroupKey) -> None:
+        scope, peers = g
+        for peer in peers:
+            if peer.pod_selector is not None:
+                for key in peer.pod_selector.keys():
+                    self._groups_by_pod_key[key].add(g)
+            if peer.namespace_selector is not None:
+                self._groups_ns_scoped.add(g)
+                for key in peer.namespace_selector.keys():
+                    self._groups_by_ns_key[key].add(g)
+            elif peer.ip_block is None:
+                self._groups_pod_scope[scope].add(g)
+        self._members[g] = self._select_members(g)
 
-    def _peer_pods(self, policy_ns: str, peer: Peer) -> set[str]:
+    def _unindex_group(self, g: GroupKey) -> None:
+        scope, peers = g
+        for peer in peers:
+            if peer.pod_selector is not None:
+                for key in peer.pod_selector.keys():
+                    self._groups_by_pod_key[key].discard(g)
+            if peer.namespace_selector is not None:
+                for key in peer.namespace_selector.keys():
+                    self._groups_by_ns_key[key].discard(g)
+        self._groups_ns_scoped.discard(g)
+        self._groups_pod_scope.get(scope, set()).discard(g)
+        del self._members[g]
+        del self._group_rules[g]
+        self._elements.pop(g, None)
+
+    def _select_members(self, g: GroupKey) -> set[str]:
+        scope, peers = g
+        members: set[str] = set()
+        for peer in peers:
+            if peer.ip_block is None:
+                members |= self._peer_pods(scope, peer)
+        return members
+
+    def _peer_pods(self, scope: str, peer: Peer) -> set[str]:
         if peer.namespace_selector is None:
-            namespaces = {policy_ns}
+            namespaces = {scope}
         else:
             namespaces = self._ns_index.select(peer.namespace_selector)
         sel = peer.pod_selector
@@ -355,21 +443,6 @@ class Compiler:
         else:
             pool = (k for n in namespaces for k in self._pods_by_ns.get(n, ()))
         return {k for k in pool if matches(sel, self.pods[k].labels)}
-
-    def _refresh_rules(self, rids: Iterable[RuleId]) -> set[str]:
-        """Recompute rule contents; return the pods whose firewall may have changed."""
-        affected: set[str] = set()
-        for rid in rids:
-            if rid not in self._content:
-                continue
-            pol = self.policies[rid[0]]
-            new = self._compute(pol, self._rule(rid))
-            if new != self._content[rid] or rid in self._rules_all_pods:
-                self._content[rid] = new
-                self._elements.pop((rid, "a"), None)
-                self._elements.pop((rid, "p"), None)
-                affected |= self._selected.get(rid[0], frozenset())
-        return affected
 
     def _rebuild(self, pods: Iterable[str]) -> set[str]:
         changed = set()
@@ -385,18 +458,19 @@ class Compiler:
     # ----------------------------------------------------------------- per-pod IR
 
     def _addr_elements(self, rid: RuleId) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        cached = self._elements.get((rid, "a"))
+        g = self._group_of[rid]
+        cached = self._elements.get(g)
         if cached is not None:
             return cached
-        c = self._content[rid]
         v4: list[str] = []
         v6: list[str] = []
-        for k in c.members:
+        for k in self._members[g]:
             for ip in self.pods[k].ips:
                 (v6 if ":" in ip else v4).append(ip)
-        if c.blocks:
+        blocks = [p.ip_block for p in g[1] if p.ip_block is not None]
+        if blocks:
             nets = [ipaddress.ip_network(a) for a in v4 + v6]
-            for b in c.blocks:
+            for b in blocks:
                 b4, b6 = block_networks(b)
                 nets.extend(ipaddress.ip_network(n) for n in b4 + b6)
             e4 = tuple(str(n) for n in ipaddress.collapse_addresses(n for n in nets if n.version == 4))
@@ -405,36 +479,36 @@ class Compiler:
         else:
             out = (tuple(f"{a}/32" for a in sorted(set(v4), key=_ip_key)),
                    tuple(f"{a}/128" for a in sorted(set(v6), key=_ip_key)))
-        self._elements[(rid, "a")] = out
+        self._elements[g] = out
         return out
 
     def _addrport_elements(self, rid: RuleId) -> tuple[tuple, tuple]:
         """Egress named ports: (address, protocol, port) of every destination pod that the
         rule's peers cover and that declares the name (SEMANTICS 9)."""
-        cached = self._elements.get((rid, "p"))
+        cached = self._elements.get(rid)
         if cached is not None:
             return cached
-        c = self._content[rid]
-        if c.all_peers:
+        spec = self._spec[rid]
+        if spec.all_peers:
             pods: Iterable[str] = self.pods
         else:
-            pods = set(c.members)
-            if c.blocks:
-                nets = [ipaddress.ip_network(n) for b in c.blocks for n in sum(block_networks(b), ())]
+            pods = set(self._members[self._group_of[rid]])
+            if spec.blocks:
+                nets = [ipaddress.ip_network(n) for b in spec.blocks for n in sum(block_networks(b), ())]
                 pods |= {k for k, p in self.pods.items()
                          if any(ipaddress.ip_address(ip) in n for ip in p.ips for n in nets
                                 if n.version == ipaddress.ip_address(ip).version)}
         v4, v6 = set(), set()
         for k in pods:
             pod = self.pods[k]
-            for name, proto in c.named:
+            for name, proto in spec.named:
                 for cp in pod.ports:
                     if cp.name == name and cp.protocol == proto:
                         for ip in pod.ips:
                             (v6 if ":" in ip else v4).add((ip, proto, cp.port))
         out = (tuple(sorted(v4, key=lambda e: (_ip_key(e[0]), e[1], e[2]))),
                tuple(sorted(v6, key=lambda e: (_ip_key(e[0]), e[1], e[2]))))
-        self._elements[(rid, "p")] = out
+        self._elements[rid] = out
         return out
 
     def _build(self, key: str) -> ir.PodFirewall:
@@ -450,32 +524,31 @@ class Compiler:
             rules: list[ir.AllowRule] = []
             for pkey in isolating:
                 pol = self.policies[pkey]
-                for i, _ in enumerate(pol.ingress if direction == "ingress" else pol.egress):
-                    rid = (pkey, direction, i)
-                    rules.extend(self._allow_rules(pod, rid, f"{prefix}{len(sets)}", sets))
+                for i in range(len(pol.ingress if direction == "ingress" else pol.egress)):
+                    rules.extend(self._allow_rules(pod, (pkey, direction, i), f"{prefix}{len(sets)}", sets))
             directions[direction] = ir.DirectionPolicy(bool(isolated_by), tuple(sorted(isolated_by)), tuple(rules))
         return ir.PodFirewall(key, pod.ips, self.node_ips, directions["ingress"], directions["egress"], tuple(sets))
 
     def _allow_rules(self, pod: Pod, rid: RuleId, name: str, sets: list) -> list[ir.AllowRule]:
-        c = self._content[rid]
+        spec = self._spec[rid]
         prov = ir.Provenance(rid[0], rid[1], rid[2])
         out = []
         peers = None
-        if not c.all_peers:
+        if not spec.all_peers:
             v4, v6 = self._addr_elements(rid)
-            sets.append(ir.AddrSet(name, v4, v6, interval=bool(c.blocks)))
+            sets.append(ir.AddrSet(name, v4, v6, interval=bool(spec.blocks)))
             peers = name
-        if c.all_ports:
+        if spec.all_ports:
             return [ir.AllowRule(prov, peers, ())]
-        ports = list(c.numeric)
-        if c.named and rid[1] == "ingress":
+        ports = list(spec.numeric)
+        if spec.named and rid[1] == "ingress":
             # Ingress: the destination is this pod, so the name is resolved here.
-            for pname, proto in c.named:
+            for pname, proto in spec.named:
                 ports += [ir.PortMatch(proto, cp.port, cp.port) for cp in pod.ports
                           if cp.name == pname and cp.protocol == proto]
         if ports:
             out.append(ir.AllowRule(prov, peers, tuple(dict.fromkeys(ports))))
-        if c.named and rid[1] == "egress":
+        if spec.named and rid[1] == "egress":
             ap4, ap6 = self._addrport_elements(rid)
             sets.append(ir.AddrPortSet(name + "p", ap4, ap6))
             out.append(ir.AllowRule(prov, None, (), addr_ports=name + "p"))
