@@ -35,6 +35,7 @@ CellKey = tuple[str, str, int, str]  # (from, to, port, protocol)
 Selector = Union[str, Mapping[str, str], Callable[[str], bool], None]
 
 ALLOWED, BLOCKED, SELF = ".", "X", "-"
+MAX_LISTED = 25  # wrong cells spelled out one per line under the tables
 
 
 # --------------------------------------------------------------------------- ports, ids
@@ -403,7 +404,9 @@ def compare(expected_rows: Iterable[Mapping] | Reachability,
                          (BLOCKED if (f, t, _k[0], _k[1]) in bad else ALLOWED)))
         out.append(f"{label}: {n_wrong} wrong, {len(exp_k) - n_wrong} correct")
         out.append("")
-    for cell in wrong_cells:
+    for cell in wrong_cells[:MAX_LISTED]:
         out.append(f"wrong: {cell}")
+    if len(wrong_cells) > MAX_LISTED:
+        out.append(f"... and {len(wrong_cells) - MAX_LISTED} more wrong cells (see the tables)")
     out.append(f"{len(wrong_cells)} wrong, {correct} correct")
     return Comparison("\n".join(out) + "\n", len(wrong_cells), correct, wrong_cells)
