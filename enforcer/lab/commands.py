@@ -1,0 +1,212 @@
+"""``netpol lab up|apply|probe|down|list`` and the one-shot ``netpol probe``.
+
+Thin: load the manifests, call enforcer.lab.control, print. Errors are NetpolError (the
+main CLI prints them, no traceback). Notes and load warnings go to stderr, results to
+stdout, so ``-o json`` output can be piped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import click
+
+from enforcer.errors import InputError, LabError
+from enforcer.lab import control
+
+FILES = click.option("-f", "--filename", "files", multiple=True, required=True,
+                     help="Manifest file, directory or - for stdin (repeatable).")
+NAME = click.option("--name", required=True, help="The lab's name (letters, digits, '-', '_', '.').")
+BACKEND = click.option("--backend", default="nftables", show_default=True,
+                       help="nftables, iptables, iptables-legacy or fake.")
+PORTS = click.option("--ports", help="Ports to probe, e.g. 80/TCP,81/UDP (default: every port the destination declares).")
+OUTPUT = click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table",
+                      show_default=True)
+EXPECT = click.option("--expect", help="Compare with expected results: a JSON file (the matrix/probe "
+                                       "schema) or 'model' (the model's verdicts); exit 1 on any wrong cell.")
+TIMEOUT = click.option("--timeout", type=click.FloatRange(0.05, 30.0), default=1.0, show_default=True,
+                       help="Seconds to wait for an answer before a probe counts as blocked.")
+FAMILY = click.option("--family", type=click.Choice(["ipv4", "ipv6"]), default="ipv4", show_default=True)
+
+
+def load_cluster(files):
+    """Load and validate the manifests; print warnings and notes on stderr."""
+    try:
+        from enforcer import manifests
+    except ImportError as e:  # pragma: no cover - the loader ships with the package
+        raise InputError(f"the manifest loader is not available: {e}") from e
+    result = manifests.load(list(files), stdin=sys.stdin)
+    for w in result.warnings:
+        click.echo(str(w), err=True)
+    for n in result.notes:
+        click.echo(str(n), err=True)
+    return result.cluster
+
+
+def _notes(notes) -> None:
+    for n in notes:
+        click.echo(f"note: {n}", err=True)
+
+
+def _ports(text):
+    from enforcer import verdict
+
+    return verdict.parse_ports(text)
+
+
+def _expected_rows(spec: str, name: str, ports, family: int) -> list[dict]:
+    from enforcer import reachability
+
+    if spec == "model":
+        return control.expected(name, ports, family=family)
+    rows = reachability.load_rows(spec)
+    return [r for r in rows if r["protocol"] in control.PROBE_PROTOCOLS]
+
+
+def _emit(report: control.ProbeReport, fmt: str, name: str, expect_rows: list[dict] | None) -> bool:
+    """Print a probe report; with expectations also the comparison. True when all match."""
+    from enforcer import reachability
+
+    _notes(report.notes)
+    comparison = None
+    if expect_rows is not None:
+        comparison = reachability.compare(expect_rows, report.rows, title=f"lab {name}, backend {report.backend}")
+    if fmt == "json":
+        doc: dict = {"backend": report.backend, "lab": name, "seconds": report.seconds,
+                     "results": report.rows}
+        if comparison is not None:
+            doc["comparison"] = {"wrong": comparison.wrong, "correct": comparison.correct,
+                                 "wrong_cells": [str(c) for c in comparison.wrong_cells]}
+        click.echo(json.dumps(doc, indent=2))
+    elif comparison is not None:
+        click.echo(comparison.text, nl=False)
+    else:
+        click.echo(reachability.truth_table(report.rows, title=report.backend), nl=False)
+    return comparison is None or comparison.wrong == 0
+
+
+@click.group()
+def lab() -> None:
+    """A cluster of pods as network namespaces, with real servers and real probes (root)."""
+
+
+@lab.command("up")
+@FILES
+@NAME
+@BACKEND
+@click.option("--ipv6", is_flag=True, help="Give every pod an IPv6 address too (fd00:10:244::/64).")
+def up_cmd(files, name, backend, ipv6) -> None:
+    """Create the lab: node namespace, bridge, pods, external hosts, servers, then policies."""
+    _need_root()
+    cluster = load_cluster(files)
+    out = control.up(name, cluster, backend, ipv6=ipv6)
+    _notes(out.notes)
+    pods = sum(1 for k in out.added if "/" in k)
+    click.echo(f"lab {name} is up: {pods} pods, {len(out.added) - pods} external hosts, "
+               f"{len(cluster.policies)} network policies, backend {backend} ({out.seconds:.2f}s)")
+
+
+@lab.command("apply")
+@NAME
+@FILES
+def apply_cmd(name, files) -> None:
+    """Make the input the lab's whole desired state (converges incrementally)."""
+    _need_root()
+    cluster = load_cluster(files)
+    out = control.apply(name, cluster)
+    _notes(out.notes)
+    kinds = {}
+    for k in out.applies.values():
+        kinds[k] = kinds.get(k, 0) + 1
+    changed = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"
+    click.echo(f"lab {name}: {len(out.added)} added, {len(out.removed)} removed, "
+               f"firewalls changed: {changed} ({out.seconds:.2f}s)")
+
+
+@lab.command("probe")
+@NAME
+@PORTS
+@OUTPUT
+@EXPECT
+@TIMEOUT
+@FAMILY
+def probe_cmd(name, ports, fmt, expect, timeout, family) -> None:
+    """Real connections between every ordered pair of endpoints, in parallel."""
+    _need_root()
+    fam = 6 if family == "ipv6" else 4
+    parsed = _ports(ports)
+    expect_rows = _expected_rows(expect, name, parsed, fam) if expect else None
+    report = control.probe(name, parsed, family=fam, timeout=timeout)
+    if not _emit(report, fmt, name, expect_rows):
+        sys.exit(1)
+
+
+@lab.command("down")
+@NAME
+def down_cmd(name) -> None:
+    """Remove everything the lab created (also a half-built or crashed lab)."""
+    _need_root()
+    if control.down(name):
+        click.echo(f"lab {name} removed")
+    else:
+        click.echo(f"note: no lab named {name}: nothing to remove", err=True)
+
+
+@lab.command("list")
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def list_cmd(fmt) -> None:
+    """The labs on this machine."""
+    labs = control.list_labs()
+    if fmt == "json":
+        click.echo(json.dumps({"labs": labs}, indent=2))
+        return
+    if not labs:
+        click.echo("no labs")
+        return
+    click.echo(f"{'NAME':20} {'BACKEND':16} {'PODS':>5} {'EXT':>4} {'POLICIES':>8}  {'SERVER':8} PHASE")
+    for item in labs:
+        click.echo(f"{item['name']:20} {item.get('backend', '-'):16} {item.get('pods', 0):>5} "
+                   f"{item.get('externals', 0):>4} {item.get('policies', 0):>8}  "
+                   f"{item.get('server', '-'):8} {item.get('phase', '-')}")
+
+
+@click.command("probe")
+@FILES
+@BACKEND
+@PORTS
+@OUTPUT
+@EXPECT
+@TIMEOUT
+@FAMILY
+@click.option("--ipv6", is_flag=True, help="Give every pod an IPv6 address too.")
+def probe(files, backend, ports, fmt, expect, timeout, family, ipv6) -> None:
+    """Up, probe, down in one: a throw-away lab (always removed, also on errors or Ctrl-C)."""
+    _need_root()
+    cluster = load_cluster(files)
+    fam = 6 if family == "ipv6" else 4
+    parsed = _ports(ports)
+    name = f"probe-{os.getpid()}"
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        out = control.up(name, cluster, backend, ipv6=ipv6 or fam == 6)
+        _notes(out.notes)
+        expect_rows = _expected_rows(expect, name, parsed, fam) if expect else None
+        report = control.probe(name, parsed, family=fam, timeout=timeout)
+    finally:
+        try:
+            control.down(name)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    if not _emit(report, fmt, name, expect_rows):
+        sys.exit(1)
+
+
+def _terminate(signum, _frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through ``finally``: the lab is removed
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (it creates network namespaces); run it with sudo")

@@ -1,0 +1,409 @@
+"""The lab's lifecycle: up, apply, probe, down, list. Commands and the pytest plugin call this.
+
+Order of work, and why:
+
+    up      claim the name (mkdir) -> node namespace, bridge, gateways
+            -> per pod: namespace, firewall (backend.apply, before any link or server
+               exists: fail-closed, SEMANTICS 15), veth, addresses, routes
+            -> per external host: namespace, veth, addresses, routes
+            -> one server daemon for every declared port -> state "ready"
+            Any failure (or Ctrl-C) removes everything made so far.
+    apply   the input is the lab's whole desired state. Removed endpoints: the server
+            closes their sockets, then their links and namespaces go. New endpoints are
+            made as in ``up``. Every pod's new firewall is handed to the backend with the
+            firewall it has now, so an unchanged pod is not touched and a set-only change
+            is a delta. Then the server opens the ports of new endpoints.
+    down    stop the server, remove every namespace the lab made (its state, the journal,
+            and a scan for its prefix), forget the state. Works on half-built labs.
+
+Every command on a lab holds the lab's lock (state.locked).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from enforcer import ipam, netns
+from enforcer.errors import LabError, NetnsError
+from enforcer.ir import PodFirewall
+from enforcer.lab import naming, servers, state, topology
+from enforcer.lab.probe import Target
+from enforcer.lab.probe import run as run_probes
+from enforcer.lab.state import Endpoint, LabState
+from enforcer.model import Cluster
+
+PROBE_PROTOCOLS = ("TCP", "UDP")
+SCTP_NOTE = "SCTP sockets not available on this kernel: {n} SCTP case(s) not probed"
+
+
+def get_backend(name: str):
+    from backends import registry
+
+    return registry.get(name)
+
+
+@dataclass
+class Outcome:
+    """What a lifecycle command did, for the command line to print."""
+
+    notes: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    applies: dict[str, str] = field(default_factory=dict)  # pod -> "full" | "delta"
+    seconds: float = 0.0
+
+
+@dataclass
+class ProbeReport:
+    backend: str
+    rows: list[dict]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------- endpoints
+
+
+def _ports(items) -> tuple[tuple[int, str], ...]:
+    return tuple(sorted({(p.port, p.protocol) for p in items}))
+
+
+def _unique_netns(st: LabState, name: str) -> str:
+    """Pod ``a-b/c`` and pod ``a/b-c`` would share a name; the second gets a suffix."""
+    used = {e.netns for e in st.endpoints.values()}
+    if name not in used:
+        return name
+    n = 2
+    while f"{name}~{n}" in used:
+        n += 1
+    return f"{name}~{n}"
+
+
+def _new_endpoint(st: LabState, cluster: Cluster, key: str, kind: str) -> Endpoint:
+    index = st.next_index
+    st.next_index += 1
+    if kind == "pod":
+        pod = cluster.pods[key]
+        return Endpoint(key, "pod", _unique_netns(st, naming.pod_netns(st.name, key)),
+                        naming.pod_link(st.name, index), tuple(pod.ips), _ports(pod.ports))
+    ext = cluster.externals[key]
+    return Endpoint(key, "external", _unique_netns(st, naming.external_netns(st.name, key)),
+                    naming.external_link(st.name, index), tuple(ext.ips), _ports(ext.ports),
+                    topology.external_node_addrs(cluster, key))
+
+
+def _journal(st: LabState):
+    return lambda name: state.journal(st.name, name)
+
+
+def _add_pod(st: LabState, node: topology.Node, backend, ep: Endpoint, fw: PodFirewall) -> None:
+    topology.create_netns(st.name, ep.netns, _journal(st))
+    st.endpoints[ep.key] = ep
+    backend.apply(ep.netns, fw)  # isolation first: nothing in the pod can talk yet
+    st.firewalls[ep.key] = fw
+    node.add_pod(ep, st.cidrs)
+
+
+def _add_external(st: LabState, node: topology.Node, ep: Endpoint) -> None:
+    topology.create_netns(st.name, ep.netns, _journal(st))
+    st.endpoints[ep.key] = ep
+    node.add_external(ep)
+
+
+def _prefixlen(cidr: str) -> int:
+    return int(cidr.rsplit("/", 1)[1])
+
+
+def _compile(cluster: Cluster, node_ips: tuple[str, ...]) -> dict[str, PodFirewall]:
+    from enforcer.compile import compile_cluster
+
+    return compile_cluster(cluster, node_ips=node_ips)
+
+
+def _server_sync(st: LabState, endpoints: Iterable[Endpoint]) -> list[str]:
+    st.server_generation += 1
+    notes = servers.write_config(st.name, endpoints, st.server_generation)
+    if st.server_pid and servers.is_ours(st.server_pid, st.name):
+        servers.reload(st.name, st.server_pid, st.server_generation)
+    else:
+        st.server_pid = servers.start(st.name, st.node_netns, st.server_generation)
+    return notes
+
+
+# ------------------------------------------------------------------- up
+
+
+def up(name: str, cluster: Cluster, backend_name: str = "nftables", *, ipv6: bool = False) -> Outcome:
+    """Build lab ``name`` from ``cluster`` and enforce its policies with ``backend_name``."""
+    t0 = time.monotonic()
+    naming.check_lab_name(name)
+    backend = get_backend(backend_name)
+    leftovers = _scan(name)
+    if leftovers and not state.exists(name):
+        raise LabError(f"namespaces of an earlier lab {name} are still there ({leftovers[0]}, ...); "
+                       f"remove them with: netpol lab down --name {name}")
+    state.claim(name)
+    try:
+        with state.locked(name):
+            out = _build(name, cluster, backend, backend_name, ipv6)
+    except BaseException:
+        try:
+            _teardown(name)
+        except Exception:
+            pass  # the original error matters more; lab down can be run again
+        raise
+    out.seconds = round(time.monotonic() - t0, 3)
+    return out
+
+
+def _build(name: str, cluster: Cluster, backend, backend_name: str, ipv6: bool) -> Outcome:
+    out = Outcome()
+    st = LabState(name=name, backend=backend_name, node_netns=naming.node_netns(name),
+                  bridge=naming.bridge_link(name), created=time.time())
+    v6 = topology.wants_ipv6(cluster, ipv6)
+    base = topology.base_cidrs(v6)
+    cluster = ipam.assign_ips(cluster, base)
+    st.cidrs = topology.pod_cidrs(cluster, base)
+    st.gateways = ipam.node_ips(st.cidrs)
+    topology.check_addresses(cluster, st.cidrs)
+    firewalls = _compile(cluster, st.gateways)
+    state.save(st)
+
+    topology.create_netns(name, st.node_netns, _journal(st))
+    with topology.Node.build(st.node_netns, st.bridge,
+                             [(gw, _prefixlen(c)) for gw, c in zip(st.gateways, st.cidrs)]) as node:
+        try:
+            for key in sorted(cluster.pods):
+                _add_pod(st, node, backend, _new_endpoint(st, cluster, key, "pod"), firewalls[key])
+                out.added.append(key)
+            for key in sorted(cluster.externals):
+                _add_external(st, node, _new_endpoint(st, cluster, key, "external"))
+                out.added.append(key)
+        finally:
+            st.cluster = cluster
+            state.save(st)
+    out.notes += _server_sync(st, st.endpoints.values())
+    st.phase = "ready"
+    state.save(st)
+    return out
+
+
+# ------------------------------------------------------------------- apply
+
+
+def apply(name: str, cluster: Cluster) -> Outcome:
+    """Make ``cluster`` the lab's whole desired state, touching only what changed."""
+    t0 = time.monotonic()
+    with state.locked(name):
+        st = state.load(name)
+        if st.phase != "ready":
+            raise LabError(f"lab {name} was never completed; remove it with: netpol lab down --name {name}")
+        backend = get_backend(st.backend)
+        out = _converge(st, cluster, backend)
+    out.seconds = round(time.monotonic() - t0, 3)
+    return out
+
+
+def _converge(st: LabState, cluster: Cluster, backend) -> Outcome:
+    out = Outcome()
+    old = dict(st.endpoints)
+    running = {k: e.ips for k, e in old.items() if e.kind == "pod"}
+    v6 = topology.wants_ipv6(cluster) or any(":" in c for c in st.cidrs)
+    base = topology.base_cidrs(v6)
+    cluster = ipam.assign_ips(cluster, base, existing=running)
+    cidrs = topology.pod_cidrs(cluster, tuple(st.cidrs) + base)
+
+    def same(key: str, kind: str) -> bool:
+        e = old.get(key)
+        if e is None or e.kind != kind:
+            return False
+        want = cluster.pods[key].ips if kind == "pod" else cluster.externals[key].ips
+        return tuple(want) == tuple(e.ips)
+
+    kept = {k for k in cluster.pods if same(k, "pod")} | {k for k in cluster.externals if same(k, "external")}
+    gone = sorted(k for k in old if k not in kept)
+    busy = [a for k in kept if old[k].kind == "external" for a in old[k].node_addrs]
+    topology.check_addresses(cluster, cidrs, busy)
+    new_cidrs = [c for c in cidrs if c not in st.cidrs]
+    gateways = ipam.node_ips(cidrs)
+    firewalls = _compile(cluster, gateways)
+
+    # 1. Endpoints that go: close their sockets first (a socket keeps a namespace alive).
+    if gone:
+        out.notes += _server_sync(st, [old[k] for k in sorted(kept)])
+    with topology.Node(st.node_netns, st.bridge) as node:
+        for key in gone:
+            ep = st.endpoints.pop(key)
+            st.firewalls.pop(key, None)
+            node.remove_link(ep.link)
+            _remove_netns(st.name, ep.netns, backend)
+            out.removed.append(key)
+        state.save(st)
+        # 2. New pod CIDRs (pods with fixed addresses elsewhere): the node's gateways.
+        for c in new_cidrs:
+            node.add_gateway(ipam.gateway(c), _prefixlen(c))
+        st.cidrs, st.gateways = tuple(cidrs), tuple(gateways)
+        # 3. Every pod that stays gets its new firewall; the backend does deltas.
+        try:
+            for key in sorted(kept):
+                if old[key].kind != "pod":
+                    continue
+                fw = firewalls[key]
+                previous = st.firewalls.get(key)
+                if fw != previous:
+                    res = backend.apply(st.endpoints[key].netns, fw, previous)
+                    st.firewalls[key] = fw
+                    out.applies[key] = res.kind
+            # 4. New endpoints, isolated before they have a link or a server.
+            for key in sorted(k for k in cluster.pods if k not in kept):
+                _add_pod(st, node, backend, _new_endpoint(st, cluster, key, "pod"), firewalls[key])
+                out.added.append(key)
+                out.applies[key] = "full"
+            for key in sorted(k for k in cluster.externals if k not in kept):
+                _add_external(st, node, _new_endpoint(st, cluster, key, "external"))
+                out.added.append(key)
+            # Ports may change on endpoints that stay.
+            for key in kept:
+                items = cluster.pods[key].ports if key in cluster.pods else cluster.externals[key].ports
+                st.endpoints[key].ports = _ports(items)
+        finally:
+            st.cluster = cluster
+            state.save(st)
+    # 5. Servers for the new endpoints and ports, now that their firewalls are in place.
+    out.notes += _server_sync(st, st.endpoints.values())
+    state.save(st)
+    return out
+
+
+# ------------------------------------------------------------------- probe
+
+
+def probe(name: str, ports: list[tuple[int, str]] | None = None, *, family: int = 4,
+          timeout: float = 1.0, retries: int = 1) -> ProbeReport:
+    """Real connections between every ordered pair of endpoints, in parallel."""
+    from enforcer import verdict
+
+    t0 = time.monotonic()
+    with state.locked(name):
+        st = state.load(name)
+        if st.phase != "ready":
+            raise LabError(f"lab {name} was never completed; remove it with: netpol lab down --name {name}")
+        cases = verdict.probe_cases(st.cluster, ports, family)
+        skipped = [c for c in cases if c.protocol not in PROBE_PROTOCOLS]
+        cases = [c for c in cases if c.protocol in PROBE_PROTOCOLS]
+        targets = [Target(st.endpoints[c.src].netns, c.dst_ip, c.port, c.protocol) for c in cases]
+        outcomes = run_probes(targets, timeout=timeout, retries=retries)
+    rows = []
+    for c, o in zip(cases, outcomes):
+        row = {"from": c.src, "to": c.dst, "port": c.port, "protocol": c.protocol,
+               "allowed": o.allowed, "detail": o.detail, "ms": o.ms}
+        if o.error:
+            row["error"] = o.error
+        rows.append(row)
+    notes = [SCTP_NOTE.format(n=len(skipped))] if skipped else []
+    return ProbeReport(st.backend, rows, notes, round(time.monotonic() - t0, 3))
+
+
+def expected(name: str, ports: list[tuple[int, str]] | None = None, *, family: int = 4) -> list[dict]:
+    """The model's verdicts for the lab as it is (the firewalls it installed), on the cases
+    ``probe`` would try."""
+    from enforcer import verdict
+
+    with state.locked(name):
+        st = state.load(name)
+    firewalls = dict(st.firewalls)
+    missing = [k for k in st.cluster.pods if k not in firewalls]
+    if missing:
+        firewalls.update({k: fw for k, fw in _compile(st.cluster, st.gateways).items() if k in missing})
+    rows = verdict.matrix(st.cluster, firewalls, ports, family)
+    return [r for r in rows if r["protocol"] in PROBE_PROTOCOLS]
+
+
+def cluster_of(name: str) -> Cluster:
+    with state.locked(name):
+        return state.load(name).cluster
+
+
+# ------------------------------------------------------------------- down, list
+
+
+def _scan(name: str) -> list[str]:
+    labs = set(state.names()) | {name}
+    return [n for n in netns.list_names(naming.node_netns(name)) if naming.owned_by(name, n, labs)]
+
+
+def _remove_netns(lab: str, name: str, backend=None) -> None:
+    if not naming.carries(lab, name):  # never anything without this lab's prefix
+        return
+    netns.remove(name)
+    if backend is not None:
+        try:
+            backend.remove(name)  # drops handles kept for the (now gone) namespace
+        except Exception:
+            pass
+
+
+def _teardown(name: str) -> int:
+    st = None
+    try:
+        st = state.load(name)
+    except LabError:
+        pass
+    servers.stop(name, [st.server_pid] if st else [])
+    names = set(state.journaled(name)) | set(_scan(name))
+    backend = None
+    if st is not None:
+        names |= {e.netns for e in st.endpoints.values()} | {st.node_netns}
+        try:
+            from backends import registry
+
+            backend = registry.get(st.backend, check=False)
+        except Exception:
+            backend = None
+    node = naming.node_netns(name)
+    errors = []
+    for n in sorted(names, key=lambda x: (x == node, x)):  # the node last
+        try:
+            _remove_netns(name, n, backend)
+        except NetnsError as e:
+            errors.append(str(e))
+    state.forget(name)
+    if errors:
+        raise LabError(f"lab {name}: {len(errors)} namespace(s) could not be removed: {errors[0]}")
+    return len(names)
+
+
+def down(name: str) -> bool:
+    """Remove lab ``name`` entirely; False when there was nothing to remove."""
+    naming.check_lab_name(name)
+    if not state.exists(name):
+        if not _scan(name) and not servers.find(name):
+            return False
+        _teardown(name)
+        return True
+    with state.locked(name):
+        _teardown(name)
+    return True
+
+
+def list_labs() -> list[dict]:
+    out = []
+    for n in state.names():
+        item = {"name": n}
+        try:
+            st = state.load(n)
+        except LabError as e:
+            item.update({"phase": "broken", "problem": str(e)})
+            out.append(item)
+            continue
+        item.update({
+            "backend": st.backend, "phase": st.phase,
+            "pods": sum(1 for e in st.endpoints.values() if e.kind == "pod"),
+            "externals": sum(1 for e in st.endpoints.values() if e.kind == "external"),
+            "policies": len(st.cluster.policies),
+            "server": "running" if servers.is_ours(st.server_pid, n) else "stopped",
+            "node_netns": st.node_netns, "cidrs": list(st.cidrs),
+        })
+        out.append(item)
+    return out

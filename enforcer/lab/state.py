@@ -1,0 +1,183 @@
+"""A lab's state on disk: /run/netpol-enforcer/labs/<LAB>/.
+
+    state.json        what the lab is: backend, pod CIDRs, endpoints (netns, links,
+                      addresses, ports), the cluster in force and the firewall installed
+                      in each pod (so ``lab apply`` in a new process can ask for deltas)
+    netns.journal     every namespace name, appended BEFORE the namespace is created, so a
+                      crash at any point leaves a complete list for ``lab down``
+    lock              flock'd by every command that reads or changes the lab
+    servers.json      the server daemon's configuration (see servers.py)
+    servers.ready     the daemon's answer: the configuration generation it has opened
+    server.log        the daemon's stderr
+
+/run is a tmpfs, like /run/netns: a reboot forgets labs and their namespaces together.
+The directory is created with ``mkdir`` (atomic): that is how ``lab up`` claims a name.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from enforcer.errors import LabError
+from enforcer.ir import PodFirewall
+from enforcer.lab import codec
+from enforcer.model import Cluster
+
+LABS_DIR = os.environ.get("NETPOL_LABS_DIR", "/run/netpol-enforcer/labs")
+VERSION = 1
+
+
+def lab_dir(name: str) -> str:
+    return os.path.join(LABS_DIR, name)
+
+
+def exists(name: str) -> bool:
+    return os.path.isdir(lab_dir(name))
+
+
+def names() -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(LABS_DIR) if os.path.isdir(os.path.join(LABS_DIR, n)))
+    except FileNotFoundError:
+        return []
+
+
+@dataclass
+class Endpoint:
+    """One pod or external host as built: its namespace, node-side link and addresses."""
+
+    key: str
+    kind: str  # "pod" | "external"
+    netns: str
+    link: str  # node-side veth name
+    ips: tuple[str, ...]
+    ports: tuple[tuple[int, str], ...] = ()
+    node_addrs: tuple[str, ...] = ()  # externals: node-side addresses on their link
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "kind": self.kind, "netns": self.netns, "link": self.link,
+                "ips": list(self.ips), "ports": [list(p) for p in self.ports],
+                "node_addrs": list(self.node_addrs)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Endpoint":
+        return cls(d["key"], d["kind"], d["netns"], d["link"], tuple(d["ips"]),
+                   tuple((int(p), str(q)) for p, q in d.get("ports", [])),
+                   tuple(d.get("node_addrs", ())))
+
+
+@dataclass
+class LabState:
+    name: str
+    backend: str
+    node_netns: str
+    bridge: str
+    cidrs: tuple[str, ...] = ()
+    gateways: tuple[str, ...] = ()
+    next_index: int = 0
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    cluster: Cluster = field(default_factory=Cluster)
+    firewalls: dict[str, PodFirewall] = field(default_factory=dict)
+    server_pid: int | None = None
+    server_generation: int = 0
+    created: float = 0.0
+    phase: str = "building"  # "building" until lab up finished, then "ready"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": VERSION, "name": self.name, "backend": self.backend,
+            "phase": self.phase, "created": self.created,
+            "node_netns": self.node_netns, "bridge": self.bridge,
+            "cidrs": list(self.cidrs), "gateways": list(self.gateways),
+            "next_index": self.next_index,
+            "endpoints": {k: e.to_json() for k, e in sorted(self.endpoints.items())},
+            "server_pid": self.server_pid, "server_generation": self.server_generation,
+            "cluster": codec.encode(self.cluster),
+            "firewalls": {k: codec.encode(v) for k, v in sorted(self.firewalls.items())},
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "LabState":
+        return cls(
+            name=d["name"], backend=d["backend"], node_netns=d["node_netns"],
+            bridge=d["bridge"], cidrs=tuple(d.get("cidrs", ())),
+            gateways=tuple(d.get("gateways", ())), next_index=d.get("next_index", 0),
+            endpoints={k: Endpoint.from_json(e) for k, e in d.get("endpoints", {}).items()},
+            cluster=codec.decode(d["cluster"]) if d.get("cluster") else Cluster(),
+            firewalls={k: codec.decode(v) for k, v in d.get("firewalls", {}).items()},
+            server_pid=d.get("server_pid"), server_generation=d.get("server_generation", 0),
+            created=d.get("created", 0.0),
+            phase=d.get("phase", "ready"),
+        )
+
+
+def claim(name: str) -> str:
+    """Create the lab's directory; fail clearly if the name is taken."""
+    os.makedirs(LABS_DIR, mode=0o755, exist_ok=True)
+    path = lab_dir(name)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        raise LabError(f"lab {name} exists already (remove it with: netpol lab down --name {name})") from None
+    return path
+
+
+def save(st: LabState) -> None:
+    """Write state.json atomically (a crash leaves the old or the new file, never half)."""
+    path = os.path.join(lab_dir(st.name), "state.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(st.to_json(), f, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def load(name: str) -> LabState:
+    path = os.path.join(lab_dir(name), "state.json")
+    if not exists(name):
+        raise LabError(f"no lab named {name} (see: netpol lab list)")
+    try:
+        with open(path) as f:
+            return LabState.from_json(json.load(f))
+    except FileNotFoundError:
+        raise LabError(f"lab {name} was never completed (a crashed lab up?); remove it with: "
+                       f"netpol lab down --name {name}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise LabError(f"lab {name}: unreadable state ({e}); remove it with: netpol lab down --name {name}") from e
+
+
+def journal(name: str, netns_name: str) -> None:
+    """Record a namespace we are about to create (before creating it)."""
+    with open(os.path.join(lab_dir(name), "netns.journal"), "a") as f:
+        f.write(netns_name + "\n")
+
+
+def journaled(name: str) -> list[str]:
+    try:
+        with open(os.path.join(lab_dir(name), "netns.journal")) as f:
+            return [line.strip() for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+@contextlib.contextmanager
+def locked(name: str) -> Iterator[None]:
+    """Serialise commands on one lab (an apply and a probe must not interleave)."""
+    path = os.path.join(lab_dir(name), "lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:
+        raise LabError(f"no lab named {name} (see: netpol lab list)") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def forget(name: str) -> None:
+    shutil.rmtree(lab_dir(name), ignore_errors=True)

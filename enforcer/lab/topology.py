@@ -1,0 +1,307 @@
+"""The lab's wiring: a node namespace with a bridge, pods and external hosts around it.
+
+    +-------------------- netpol-<lab> (node) ---------------------+
+    |  bridge <lab5>-br: 10.244.0.1/16 [fd00:10:244::1/64]        |
+    |    |- <lab5>-0 ==veth== eth0 in netpol-<lab>-<ns>-<pod>      |   pods: ip/16, default
+    |    |- <lab5>-1 ==veth== eth0 in ...                          |   route via the gateway
+    |  <lab5>-x0: 192.168.50.1/32, route 192.168.50.10/32 ==veth== eth0 in netpol-<lab>-ext.<name>
+    |  ip_forward=1 (this namespace only), no NAT                  |
+    +--------------------------------------------------------------+
+
+Pods share one L2 segment (the bridge) and talk directly; external hosts sit on their own
+link, routed by the node, so ipBlock rules see their real addresses (SEMANTICS 13). An
+external host's side is ``ip/24`` (``/64``) with a default route to the node's address in
+that subnet; the node side holds that address as a host address plus a host route to the
+external, so two external hosts may share a subnet. The node's address in a subnet is its
+first host address, or the last when an external host has the first, and so on.
+
+The planning half (addresses, CIDRs, conflicts) is pure; the building half is the only
+code that touches links, through pyroute2 sockets opened inside the lab's namespaces.
+Nothing here ever opens a socket in the host's namespace.
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable
+
+from enforcer import ipam, netns
+from enforcer.errors import LabError, NetnsError
+from enforcer.lab.state import Endpoint
+from enforcer.model import Cluster
+
+IFA_F_NODAD = 0x02  # no duplicate address detection: a v6 address is usable at once
+EXT_PREFIX = {4: 24, 6: 64}
+POD_EXTRA_PREFIX = {4: 24, 6: 64}
+
+# Sysctls written inside every pod and external namespace: no rate limit on ICMP errors,
+# so a UDP probe to a closed port always gets its port-unreachable (an "allowed" answer)
+# even when hundreds of probes arrive in the same second.
+ENDPOINT_SYSCTLS = {
+    "net/ipv4/icmp_ratemask": "0",
+    "net/ipv4/icmp_msgs_per_sec": "1000000",
+    "net/ipv4/icmp_msgs_burst": "1000000",
+    "net/ipv6/icmp/ratelimit": "0",
+}
+NODE_SYSCTLS = {
+    "net/ipv4/ip_forward": "1",
+    "net/ipv6/conf/all/forwarding": "1",
+    # Pods of two pod CIDRs share the bridge; the node routes between them and must not
+    # tell them to talk directly (they have no on-link route to each other).
+    "net/ipv4/conf/all/send_redirects": "0",
+    "net/ipv4/conf/default/send_redirects": "0",
+}
+
+
+# ---------------------------------------------------------------- planning (pure)
+
+def _ip(a: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(a)
+
+
+def wants_ipv6(cluster: Cluster, ipv6: bool = False) -> bool:
+    addrs = [a for p in cluster.pods.values() for a in p.ips]
+    addrs += [a for e in cluster.externals.values() for a in e.ips]
+    return ipv6 or any(_ip(a).version == 6 for a in addrs)
+
+
+def base_cidrs(ipv6: bool) -> tuple[str, ...]:
+    return (ipam.DEFAULT_POD_CIDR,) + ((ipam.DEFAULT_POD_CIDR6,) if ipv6 else ())
+
+
+def pod_cidrs(cluster: Cluster, cidrs: Iterable[str]) -> tuple[str, ...]:
+    """``cidrs`` plus a /24 (/64) around every pod address that lies outside all of them:
+    pods with fixed addresses from their manifests still get a gateway on the bridge."""
+    out = list(dict.fromkeys(cidrs))
+    nets = [ipaddress.ip_network(c) for c in out]
+    for key in sorted(cluster.pods):
+        for a in cluster.pods[key].ips:
+            ip = _ip(a)
+            if not any(ip in n for n in nets if n.version == ip.version):
+                net = ipaddress.ip_network(f"{ip}/{POD_EXTRA_PREFIX[ip.version]}", strict=False)
+                nets.append(net)
+                out.append(str(net))
+    return tuple(out)
+
+
+def cidr_of(addr: str, cidrs: Iterable[str]) -> str:
+    ip = _ip(addr)
+    for c in cidrs:
+        net = ipaddress.ip_network(c)
+        if net.version == ip.version and ip in net:
+            return c
+    raise LabError(f"address {addr} is in none of the lab's pod CIDRs {', '.join(cidrs)}")
+
+
+def check_addresses(cluster: Cluster, cidrs: tuple[str, ...],
+                    node_addrs: Iterable[str] = ()) -> None:
+    """Refuse address plans the lab cannot wire: duplicates, a pod on the gateway, an
+    external host inside a pod CIDR (the bridge would claim it), an external host on a
+    node address already in use."""
+    gateways = {ipam.gateway(c) for c in cidrs}
+    owner: dict[str, str] = {}
+    for key, pod in sorted(cluster.pods.items()):
+        if not pod.ips:
+            raise LabError(f"pod {key} has no address")
+        for a in pod.ips:
+            if a in gateways:
+                raise LabError(f"pod {key}: address {a} is the lab node's gateway")
+            if a in owner:
+                raise LabError(f"address {a} is used by both {owner[a]} and pod {key}")
+            owner[a] = f"pod {key}"
+    nets = [ipaddress.ip_network(c) for c in cidrs]
+    busy = set(node_addrs)
+    for key, ext in sorted(cluster.externals.items()):
+        if not ext.ips:
+            raise LabError(f"external host {key} has no address (spec.ips)")
+        for a in ext.ips:
+            ip = _ip(a)
+            if any(ip in n for n in nets if n.version == ip.version):
+                raise LabError(f"external host {key}: address {a} lies inside the lab's pod CIDR; "
+                               "give external hosts addresses outside the pod network")
+            if a in owner:
+                raise LabError(f"address {a} is used by both {owner[a]} and external host {key}")
+            if a in busy:
+                raise LabError(f"external host {key}: address {a} is the lab node's address on "
+                               "another external link; recreate the lab (lab down, lab up)")
+            owner[a] = f"external host {key}"
+
+
+def external_node_addrs(cluster: Cluster, key: str) -> tuple[str, ...]:
+    """The node's address facing external host ``key``: one per address of the host, in
+    its /24 (/64): the first host address unless an external host has it, then the last."""
+    others = {a for e in cluster.externals.values() for a in e.ips}
+    out: list[str] = []
+    for a in cluster.externals[key].ips:
+        ip = _ip(a)
+        net = ipaddress.ip_network(f"{ip}/{EXT_PREFIX[ip.version]}", strict=False)
+        first = net.network_address + 1
+        last = net.broadcast_address - (1 if ip.version == 4 else 0)
+        candidates = [first, last] + [first + i for i in range(1, 256)]
+        for c in candidates:
+            if str(c) not in others:
+                out.append(str(c))
+                break
+        else:
+            raise LabError(f"external host {key}: no free node address in {net}")
+    return tuple(dict.fromkeys(out))
+
+
+# ---------------------------------------------------------------- building (kernel)
+
+def _nl_error(what: str, e: Exception) -> LabError:
+    return LabError(f"{what}: {e}")
+
+
+def _iproute_in(name: str):
+    """An IPRoute whose netlink socket lives in namespace ``name`` (opened while inside)."""
+    from pyroute2 import IPRoute
+
+    with netns.entered(name):
+        return IPRoute()
+
+
+def write_sysctls(name: str, values: dict[str, str]) -> None:
+    """Write sysctls of namespace ``name`` only: /proc/sys/net follows the calling thread's
+    namespace, and the thread is inside ``name`` while the files are written."""
+    with netns.entered(name):
+        for key, value in values.items():
+            try:
+                with open(f"/proc/sys/{key}", "w") as f:
+                    f.write(value)
+            except FileNotFoundError:
+                pass  # e.g. IPv6 disabled: nothing to tune
+
+
+def _addr_add(ipr, index: int, addr: str, prefixlen: int) -> None:
+    kw = {"flags": IFA_F_NODAD} if _ip(addr).version == 6 else {}
+    ipr.addr("add", index=index, address=addr, prefixlen=prefixlen, **kw)
+
+
+def _lo_up(ipr) -> None:
+    ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+
+
+class Node:
+    """The lab's node namespace, with one netlink socket kept open for a whole command."""
+
+    def __init__(self, netns_name: str, bridge: str):
+        self.netns = netns_name
+        self.bridge = bridge
+        self.ipr = _iproute_in(netns_name)
+        found = self.ipr.link_lookup(ifname=bridge)
+        self.bridge_index = found[0] if found else None
+
+    def close(self) -> None:
+        self.ipr.close()
+
+    def __enter__(self) -> "Node":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @classmethod
+    def build(cls, netns_name: str, bridge: str, gateways: Iterable[tuple[str, int]]) -> "Node":
+        """Create the node namespace's bridge and gateways (the namespace exists already)."""
+        write_sysctls(netns_name, NODE_SYSCTLS)
+        node = cls(netns_name, bridge)
+        try:
+            _lo_up(node.ipr)
+            node.ipr.link("add", ifname=bridge, kind="bridge")
+            node.bridge_index = node.ipr.link_lookup(ifname=bridge)[0]
+            for addr, prefixlen in gateways:
+                _addr_add(node.ipr, node.bridge_index, addr, prefixlen)
+            node.ipr.link("set", index=node.bridge_index, state="up")
+        except Exception as e:
+            node.close()
+            raise _nl_error(f"building bridge {bridge} in {netns_name}", e) from e
+        return node
+
+    def add_gateway(self, addr: str, prefixlen: int) -> None:
+        try:
+            _addr_add(self.ipr, self.bridge_index, addr, prefixlen)
+        except Exception as e:
+            raise _nl_error(f"adding gateway {addr} in {self.netns}", e) from e
+
+    def _veth(self, ep: Endpoint) -> int:
+        self.ipr.link("add", ifname=ep.link, kind="veth",
+                      peer={"ifname": "eth0", "net_ns_fd": netns.path(ep.netns)})
+        return self.ipr.link_lookup(ifname=ep.link)[0]
+
+    def add_pod(self, ep: Endpoint, cidrs: tuple[str, ...]) -> None:
+        """Join the pod's (existing, empty) namespace to the bridge and address it."""
+        try:
+            index = self._veth(ep)
+            self.ipr.link("set", index=index, master=self.bridge_index, state="up")
+            addrs = []
+            routes: dict[int, str] = {}
+            for a in ep.ips:
+                c = cidr_of(a, cidrs)
+                addrs.append((a, ipaddress.ip_network(c).prefixlen))
+                routes.setdefault(_ip(a).version, ipam.gateway(c))
+            _configure_inside(ep.netns, addrs, routes)
+        except LabError:
+            raise
+        except Exception as e:
+            raise _nl_error(f"wiring pod {ep.key} ({ep.netns})", e) from e
+
+    def add_external(self, ep: Endpoint) -> None:
+        try:
+            index = self._veth(ep)
+            self.ipr.link("set", index=index, state="up")
+            for na in ep.node_addrs:
+                _addr_add(self.ipr, index, na, 32 if _ip(na).version == 4 else 128)
+            addrs = []
+            routes: dict[int, str] = {}
+            for a in ep.ips:
+                v = _ip(a).version
+                self.ipr.route("add", dst=a, dst_len=32 if v == 4 else 128, oif=index)
+                net = ipaddress.ip_network(f"{a}/{EXT_PREFIX[v]}", strict=False)
+                addrs.append((a, EXT_PREFIX[v]))
+                for na in ep.node_addrs:
+                    if _ip(na) in net:
+                        routes.setdefault(v, na)
+            _configure_inside(ep.netns, addrs, routes)
+        except LabError:
+            raise
+        except Exception as e:
+            raise _nl_error(f"wiring external host {ep.key} ({ep.netns})", e) from e
+
+    def remove_link(self, link: str) -> None:
+        """Delete a node-side veth (its peer in the endpoint's namespace goes with it)."""
+        found = self.ipr.link_lookup(ifname=link)
+        if found:
+            try:
+                self.ipr.link("del", index=found[0])
+            except Exception as e:
+                raise _nl_error(f"removing link {link} in {self.netns}", e) from e
+
+
+def _configure_inside(name: str, addrs: list[tuple[str, int]], routes: dict[int, str]) -> None:
+    """Inside an endpoint's namespace: lo and eth0 up, addresses, default routes."""
+    write_sysctls(name, ENDPOINT_SYSCTLS)
+    ipr = _iproute_in(name)
+    with ipr:
+        _lo_up(ipr)
+        eth0 = ipr.link_lookup(ifname="eth0")[0]
+        for a, prefixlen in addrs:
+            _addr_add(ipr, eth0, a, prefixlen)
+        ipr.link("set", index=eth0, state="up")
+        for version, gw in sorted(routes.items()):
+            ipr.route("add", dst="0.0.0.0/0" if version == 4 else "::/0", gateway=gw)
+
+
+def create_netns(lab: str, name: str, journal) -> None:
+    """Create one of the lab's namespaces, journaled first so a crash cannot leak it.
+
+    A name that exists already is refused before it is journaled: it is not ours, and
+    ``lab down`` must never remove it.
+    """
+    if netns.exists(name):
+        raise LabError(f"network namespace {name} exists already (another lab, or a leftover: "
+                       f"netpol lab down --name {lab})")
+    journal(name)
+    try:
+        netns.create(name)
+    except NetnsError as e:
+        raise LabError(str(e)) from e
