@@ -30,6 +30,7 @@ from enforcer.lab.state import Endpoint
 from enforcer.model import Cluster
 
 IFA_F_NODAD = 0x02  # no duplicate address detection: a v6 address is usable at once
+IFA_F_NOPREFIXROUTE = 0x200  # the address keeps its prefix but adds no on-link route
 EXT_PREFIX = {4: 24, 6: 64}
 POD_EXTRA_PREFIX = {4: 24, 6: 64}
 
@@ -172,8 +173,10 @@ def write_sysctls(name: str, values: dict[str, str]) -> None:
                 pass  # e.g. IPv6 disabled: nothing to tune
 
 
-def _addr_add(ipr, index: int, addr: str, prefixlen: int) -> None:
-    kw = {"flags": IFA_F_NODAD} if _ip(addr).version == 6 else {}
+def _addr_add(ipr, index: int, addr: str, prefixlen: int, flags: int = 0) -> None:
+    if _ip(addr).version == 6:
+        flags |= IFA_F_NODAD
+    kw = {"flags": flags} if flags else {}
     ipr.addr("add", index=index, address=addr, prefixlen=prefixlen, **kw)
 
 
@@ -261,7 +264,9 @@ class Node:
                 for na in ep.node_addrs:
                     if _ip(na) in net:
                         routes.setdefault(v, na)
-            _configure_inside(ep.netns, addrs, routes)
+            # Everything goes through the node, even the rest of the host's own subnet:
+            # another external host there sits behind another link of the node.
+            _configure_inside(ep.netns, addrs, routes, via_node_only=True)
         except LabError:
             raise
         except Exception as e:
@@ -277,17 +282,23 @@ class Node:
                 raise _nl_error(f"removing link {link} in {self.netns}", e) from e
 
 
-def _configure_inside(name: str, addrs: list[tuple[str, int]], routes: dict[int, str]) -> None:
-    """Inside an endpoint's namespace: lo and eth0 up, addresses, default routes."""
+def _configure_inside(name: str, addrs: list[tuple[str, int]], routes: dict[int, str],
+                      via_node_only: bool = False) -> None:
+    """Inside an endpoint's namespace: lo and eth0 up, addresses, default routes.
+
+    ``via_node_only``: the addresses add no on-link route for their subnet; only the
+    gateway is on-link, so every packet goes to the node."""
     write_sysctls(name, ENDPOINT_SYSCTLS)
     ipr = _iproute_in(name)
     with ipr:
         _lo_up(ipr)
         eth0 = ipr.link_lookup(ifname="eth0")[0]
         for a, prefixlen in addrs:
-            _addr_add(ipr, eth0, a, prefixlen)
+            _addr_add(ipr, eth0, a, prefixlen, IFA_F_NOPREFIXROUTE if via_node_only else 0)
         ipr.link("set", index=eth0, state="up")
         for version, gw in sorted(routes.items()):
+            if via_node_only:
+                ipr.route("add", dst=gw, dst_len=32 if version == 4 else 128, oif=eth0, scope=253)
             ipr.route("add", dst="0.0.0.0/0" if version == 4 else "::/0", gateway=gw)
 
 
