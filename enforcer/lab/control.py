@@ -86,11 +86,13 @@ def _new_endpoint(st: LabState, cluster: Cluster, key: str, kind: str) -> Endpoi
     if kind == "pod":
         pod = cluster.pods[key]
         return Endpoint(key, "pod", _unique_netns(st, naming.pod_netns(st.name, key)),
-                        naming.pod_link(st.name, index), tuple(pod.ips), _ports(pod.ports))
+                        naming.pod_link(st.name, index), tuple(pod.ips), _ports(pod.ports),
+                        mac=topology.mac("pod", index))
     ext = cluster.externals[key]
     return Endpoint(key, "external", _unique_netns(st, naming.external_netns(st.name, key)),
                     naming.external_link(st.name, index), tuple(ext.ips), _ports(ext.ports),
-                    topology.external_node_addrs(cluster, key))
+                    topology.external_node_addrs(cluster, key),
+                    mac=topology.mac("ext", index), node_mac=topology.mac("node", index))
 
 
 def _journal(st: LabState):
@@ -236,7 +238,7 @@ def _converge(st: LabState, cluster: Cluster, backend) -> Outcome:
         for key in gone:
             ep = st.endpoints.pop(key)
             st.firewalls.pop(key, None)
-            node.remove_link(ep.link)
+            node.remove(ep)
             _remove_netns(st.name, ep.netns, backend)
             out.removed.append(key)
         state.save(st)

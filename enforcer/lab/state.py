@@ -58,17 +58,19 @@ class Endpoint:
     ips: tuple[str, ...]
     ports: tuple[tuple[int, str], ...] = ()
     node_addrs: tuple[str, ...] = ()  # externals: node-side addresses on their link
+    mac: str = ""  # the endpoint's eth0
+    node_mac: str = ""  # externals: the node's side of their link
 
     def to_json(self) -> dict:
         return {"key": self.key, "kind": self.kind, "netns": self.netns, "link": self.link,
                 "ips": list(self.ips), "ports": [list(p) for p in self.ports],
-                "node_addrs": list(self.node_addrs)}
+                "node_addrs": list(self.node_addrs), "mac": self.mac, "node_mac": self.node_mac}
 
     @classmethod
     def from_json(cls, d: dict) -> "Endpoint":
         return cls(d["key"], d["kind"], d["netns"], d["link"], tuple(d["ips"]),
                    tuple((int(p), str(q)) for p, q in d.get("ports", [])),
-                   tuple(d.get("node_addrs", ())))
+                   tuple(d.get("node_addrs", ())), d.get("mac", ""), d.get("node_mac", ""))
 
 
 @dataclass

@@ -2,21 +2,30 @@
 
     +-------------------- netpol-<lab> (node) ---------------------+
     |  bridge <lab5>-br: 10.244.0.1/16 [fd00:10:244::1/64]        |
-    |    |- <lab5>-0 ==veth== eth0 in netpol-<lab>-<ns>-<pod>      |   pods: ip/16, default
-    |    |- <lab5>-1 ==veth== eth0 in ...                          |   route via the gateway
+    |    |- <lab5>-0 ==veth== eth0 in netpol-<lab>-<ns>-<pod>      |   pods: ip/16, routed
+    |    |- <lab5>-1 ==veth== eth0 in ...                          |   via the gateway
     |  <lab5>-x0: 192.168.50.1/32, route 192.168.50.10/32 ==veth== eth0 in netpol-<lab>-ext.<name>
     |  ip_forward=1 (this namespace only), no NAT                  |
     +--------------------------------------------------------------+
 
-Pods share one L2 segment (the bridge) and talk directly; external hosts sit on their own
-link, routed by the node, so ipBlock rules see their real addresses (SEMANTICS 13). An
-external host's side is ``ip/24`` (``/64``) with a default route to the node's address in
-that subnet; the node side holds that address as a host address plus a host route to the
-external, so two external hosts may share a subnet. The node's address in a subnet is its
-first host address, or the last when an external host has the first, and so on.
+Every packet between two endpoints goes through the node, one routed hop, with its real
+addresses (no NAT, so ipBlock rules see what they should, SEMANTICS 13). An endpoint's
+address keeps its prefix (``ip/16`` for a pod, ``ip/24`` or ``/64`` for an external host)
+but adds no on-link route: only the gateway is on-link, and the default route goes to it.
 
-The planning half (addresses, CIDRs, conflicts) is pure; the building half is the only
-code that touches links, through pyroute2 sockets opened inside the lab's namespaces.
+Why routed and not bridged: the kernel's neighbour (ARP/NDP) table is shared by ALL
+network namespaces, and its hard limit (gc_thresh3, 1024 by default) can only be raised
+from the host's namespace, which the lab never touches. A bridged 250-pod lab needs ~62,000
+ARP entries when every pod talks to every other; a routed one needs one per pod, and the
+lab writes even those as permanent entries (they do not count towards the limit) with
+MAC addresses it chose itself. So a lab resolves no neighbour at all.
+
+External hosts sit on their own veth; the node holds its address in the host's subnet
+(first host address, or the last when an external host has the first) as a host address,
+plus a host route to the external, so two external hosts may share a subnet.
+
+The planning half (addresses, CIDRs, conflicts, MACs) is pure; the building half is the
+only code that touches links, through pyroute2 sockets opened inside the lab's namespaces.
 Nothing here ever opens a socket in the host's namespace.
 """
 from __future__ import annotations
@@ -31,6 +40,9 @@ from enforcer.model import Cluster
 
 IFA_F_NODAD = 0x02  # no duplicate address detection: a v6 address is usable at once
 IFA_F_NOPREFIXROUTE = 0x200  # the address keeps its prefix but adds no on-link route
+NUD_PERMANENT = 0x80
+RT_SCOPE_LINK = 253
+BRIDGE_MAC = "02:6e:70:00:00:01"  # locally administered; fixed so pods can pin it
 EXT_PREFIX = {4: 24, 6: 64}
 POD_EXTRA_PREFIX = {4: 24, 6: 64}
 
@@ -147,6 +159,14 @@ def external_node_addrs(cluster: Cluster, key: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def mac(kind: str, index: int) -> str:
+    """A locally administered MAC for the endpoint with this index: ``pod`` (a pod's eth0),
+    ``ext`` (an external host's eth0), ``node`` (the node's side of an external's link)."""
+    prefix = {"pod": 0x71, "ext": 0x72, "node": 0x73}[kind]
+    i = index & 0xFFFFFF
+    return f"02:6e:{prefix:02x}:{i >> 16:02x}:{(i >> 8) & 0xFF:02x}:{i & 0xFF:02x}"
+
+
 # ---------------------------------------------------------------- building (kernel)
 
 def _nl_error(what: str, e: Exception) -> LabError:
@@ -210,7 +230,7 @@ class Node:
         node = cls(netns_name, bridge)
         try:
             _lo_up(node.ipr)
-            node.ipr.link("add", ifname=bridge, kind="bridge")
+            node.ipr.link("add", ifname=bridge, kind="bridge", address=BRIDGE_MAC)
             node.bridge_index = node.ipr.link_lookup(ifname=bridge)[0]
             for addr, prefixlen in gateways:
                 _addr_add(node.ipr, node.bridge_index, addr, prefixlen)
@@ -227,9 +247,13 @@ class Node:
             raise _nl_error(f"adding gateway {addr} in {self.netns}", e) from e
 
     def _veth(self, ep: Endpoint) -> int:
-        self.ipr.link("add", ifname=ep.link, kind="veth",
-                      peer={"ifname": "eth0", "net_ns_fd": netns.path(ep.netns)})
+        kw = {"address": ep.node_mac} if ep.node_mac else {}
+        self.ipr.link("add", ifname=ep.link, kind="veth", **kw,
+                      peer={"ifname": "eth0", "address": ep.mac, "net_ns_fd": netns.path(ep.netns)})
         return self.ipr.link_lookup(ifname=ep.link)[0]
+
+    def _pin(self, index: int, addr: str, lladdr: str) -> None:
+        self.ipr.neigh("replace", dst=addr, lladdr=lladdr, ifindex=index, state=NUD_PERMANENT)
 
     def add_pod(self, ep: Endpoint, cidrs: tuple[str, ...]) -> None:
         """Join the pod's (existing, empty) namespace to the bridge and address it."""
@@ -242,7 +266,9 @@ class Node:
                 c = cidr_of(a, cidrs)
                 addrs.append((a, ipaddress.ip_network(c).prefixlen))
                 routes.setdefault(_ip(a).version, ipam.gateway(c))
-            _configure_inside(ep.netns, addrs, routes)
+                self._pin(self.bridge_index, a, ep.mac)
+            gateways = {ipam.gateway(cidr_of(a, cidrs)) for a in ep.ips}
+            _configure_inside(ep.netns, addrs, routes, {gw: BRIDGE_MAC for gw in gateways})
         except LabError:
             raise
         except Exception as e:
@@ -259,46 +285,51 @@ class Node:
             for a in ep.ips:
                 v = _ip(a).version
                 self.ipr.route("add", dst=a, dst_len=32 if v == 4 else 128, oif=index)
+                self._pin(index, a, ep.mac)
                 net = ipaddress.ip_network(f"{a}/{EXT_PREFIX[v]}", strict=False)
                 addrs.append((a, EXT_PREFIX[v]))
                 for na in ep.node_addrs:
                     if _ip(na) in net:
                         routes.setdefault(v, na)
-            # Everything goes through the node, even the rest of the host's own subnet:
-            # another external host there sits behind another link of the node.
-            _configure_inside(ep.netns, addrs, routes, via_node_only=True)
+            _configure_inside(ep.netns, addrs, routes, {na: ep.node_mac for na in ep.node_addrs})
         except LabError:
             raise
         except Exception as e:
             raise _nl_error(f"wiring external host {ep.key} ({ep.netns})", e) from e
 
-    def remove_link(self, link: str) -> None:
-        """Delete a node-side veth (its peer in the endpoint's namespace goes with it)."""
-        found = self.ipr.link_lookup(ifname=link)
-        if found:
-            try:
+    def remove(self, ep: Endpoint) -> None:
+        """Delete an endpoint's node-side veth (its peer goes with it) and, for a pod, the
+        permanent neighbour entries on the bridge (they would outlive the pod)."""
+        try:
+            if ep.kind == "pod":
+                for a in ep.ips:
+                    try:
+                        self.ipr.neigh("del", dst=a, ifindex=self.bridge_index)
+                    except Exception:
+                        pass  # already gone
+            found = self.ipr.link_lookup(ifname=ep.link)
+            if found:
                 self.ipr.link("del", index=found[0])
-            except Exception as e:
-                raise _nl_error(f"removing link {link} in {self.netns}", e) from e
+        except Exception as e:
+            raise _nl_error(f"removing link {ep.link} in {self.netns}", e) from e
 
 
 def _configure_inside(name: str, addrs: list[tuple[str, int]], routes: dict[int, str],
-                      via_node_only: bool = False) -> None:
-    """Inside an endpoint's namespace: lo and eth0 up, addresses, default routes.
-
-    ``via_node_only``: the addresses add no on-link route for their subnet; only the
-    gateway is on-link, so every packet goes to the node."""
+                      neighbours: dict[str, str]) -> None:
+    """Inside an endpoint's namespace: lo and eth0 up, addresses that add no on-link
+    route, the gateway on-link and pinned to its MAC, default routes via the gateway."""
     write_sysctls(name, ENDPOINT_SYSCTLS)
     ipr = _iproute_in(name)
     with ipr:
         _lo_up(ipr)
         eth0 = ipr.link_lookup(ifname="eth0")[0]
         for a, prefixlen in addrs:
-            _addr_add(ipr, eth0, a, prefixlen, IFA_F_NOPREFIXROUTE if via_node_only else 0)
+            _addr_add(ipr, eth0, a, prefixlen, IFA_F_NOPREFIXROUTE)
         ipr.link("set", index=eth0, state="up")
+        for gw, lladdr in neighbours.items():
+            ipr.neigh("replace", dst=gw, lladdr=lladdr, ifindex=eth0, state=NUD_PERMANENT)
         for version, gw in sorted(routes.items()):
-            if via_node_only:
-                ipr.route("add", dst=gw, dst_len=32 if version == 4 else 128, oif=eth0, scope=253)
+            ipr.route("add", dst=gw, dst_len=32 if version == 4 else 128, oif=eth0, scope=RT_SCOPE_LINK)
             ipr.route("add", dst="0.0.0.0/0" if version == 4 else "::/0", gateway=gw)
 
 
