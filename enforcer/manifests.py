@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence, TextIO
 
 import yaml
+import yaml.reader
 from yaml.events import (
     AliasEvent,
     DocumentEndEvent,
@@ -209,7 +210,7 @@ def _read_stdin(stdin: TextIO) -> tuple[str, str | None, Problem | None]:
 
 def _decode_bytes(name: str, data: bytes) -> tuple[str, str | None, Problem | None]:
     if len(data) > MAX_FILE_BYTES:
-        return name, None, Problem(name, "", "", f"input larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")
+        return name, None, Problem(name, "", "", _too_large())
     if b"\x00" in data:
         return name, None, Problem(name, "", "", "binary data (NUL bytes), not YAML or JSON text")
     try:
@@ -221,9 +222,15 @@ def _decode_bytes(name: str, data: bytes) -> tuple[str, str | None, Problem | No
     return name, text, None
 
 
+def _too_large() -> str:
+    mib = 1024 * 1024
+    limit = f"{MAX_FILE_BYTES // mib} MiB" if MAX_FILE_BYTES % mib == 0 else f"{MAX_FILE_BYTES} bytes"
+    return f"input larger than {limit}: refusing to parse it"
+
+
 def _check_text(name: str, text: str) -> Problem | None:
     if len(text) > MAX_FILE_BYTES:
-        return Problem(name, "", "", f"input larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")
+        return Problem(name, "", "", _too_large())
     if "\x00" in text:
         return Problem(name, "", "", "binary data (NUL bytes), not YAML or JSON text")
     return None
@@ -441,7 +448,8 @@ def _stack_path(stack: list[list]) -> list[str | int]:
 def _yaml_documents(text: str, filename: str) -> tuple[list[_Doc], list[Problem]]:
     """Build documents from libyaml events, iteratively (no recursion whatever the depth).
 
-    A frame is [container, is_mapping, pending_key, size_at_start, anchor, merges].
+    A frame is [container, is_mapping, pending_key, size_at_start, anchor, merges, line of
+    the last merge key]; merges are (value, line) pairs.
     Keys are kept as the text the user wrote (go-yaml turns scalar keys into strings too).
     """
     docs: list[_Doc] = []
@@ -467,6 +475,7 @@ def _yaml_documents(text: str, filename: str) -> tuple[list[_Doc], list[Problem]
                 if top[1] and top[2] is missing:  # a mapping key
                     if ev.implicit[0] and ev.value == "<<":
                         top[2] = _MERGE
+                        top[6] = _line_of(ev)
                     else:
                         key = ev.value
                         if key in top[0]:
@@ -494,7 +503,7 @@ def _yaml_documents(text: str, filename: str) -> tuple[list[_Doc], list[Problem]
                 if ev.tag not in _COLLECTION_TAGS:
                     raise _ParseFail(_line_of(ev), f"unsupported YAML tag {ev.tag}")
                 is_map = cls is MappingStartEvent
-                stack.append([{} if is_map else [], is_map, _MISSING, parsed + expanded, ev.anchor, None])
+                stack.append([{} if is_map else [], is_map, _MISSING, parsed + expanded, ev.anchor, None, None])
                 if ev.anchor is not None:
                     open_anchors.add(ev.anchor)
                 continue
@@ -502,7 +511,7 @@ def _yaml_documents(text: str, filename: str) -> tuple[list[_Doc], list[Problem]
                 frame = stack.pop()
                 value = frame[0]
                 if frame[5] is not None:
-                    _apply_merges(value, frame[5], _line_of(ev))
+                    _apply_merges(value, frame[5])
                 if frame[4] is not None:
                     anchors[frame[4]] = (value, parsed + expanded - frame[3] + 1)
                     open_anchors.discard(frame[4])
@@ -516,8 +525,8 @@ def _yaml_documents(text: str, filename: str) -> tuple[list[_Doc], list[Problem]
                 value, size = entry
                 expanded += size
                 if expanded > ALIAS_BUDGET + ALIAS_FACTOR * parsed:
-                    raise _ParseFail(_line_of(ev), f"aliases expand to more than {expanded} nodes "
-                                     f"from {parsed} written: refusing a possible alias bomb")
+                    raise _ParseFail(_line_of(ev), f"aliases expand to {expanded} nodes from only "
+                                     f"{parsed} written: refusing a possible alias bomb")
                 top = stack[-1]
                 if top[1] and top[2] is _MISSING:
                     if not isinstance(value, str):
@@ -529,7 +538,7 @@ def _yaml_documents(text: str, filename: str) -> tuple[list[_Doc], list[Problem]
             elif cls is DocumentStartEvent:
                 index += 1
                 line = _line_of(ev)
-                stack = [[[], False, _MISSING, 0, None, None]]
+                stack = [[[], False, _MISSING, 0, None, None, None]]
                 anchors = {}
                 open_anchors = set()
                 dups = []
@@ -551,7 +560,7 @@ def _yaml_documents(text: str, filename: str) -> tuple[list[_Doc], list[Problem]
                 if key is _MERGE:
                     if top[5] is None:
                         top[5] = []
-                    top[5].append(value)
+                    top[5].append((value, top[6]))
                 else:
                     top[0][key] = value
                 top[2] = missing
@@ -564,7 +573,12 @@ def _yaml_documents(text: str, filename: str) -> tuple[list[_Doc], list[Problem]
         if e.context:
             detail = f"{detail} ({e.context})"
         return docs, [Problem(filename, "", where, f"YAML syntax error: {detail}")]
-    except yaml.YAMLError as e:  # reader errors: control characters, bad encodings
+    except yaml.reader.ReaderError as e:  # control characters
+        line = text.count("\n", 0, e.position) + 1
+        char = e.character if isinstance(e.character, int) else ord(e.character)
+        return docs, [Problem(filename, "", f"line {line}",
+                              f"unacceptable character #x{char:04x}: {e.reason}")]
+    except yaml.YAMLError as e:
         return docs, [Problem(filename, "", "", f"YAML error: {e}")]
     except _ParseFail as e:
         where = f"line {e.line}" if e.line else ""
@@ -572,10 +586,10 @@ def _yaml_documents(text: str, filename: str) -> tuple[list[_Doc], list[Problem]
     return docs, []
 
 
-def _apply_merges(target: dict, merges: list, line: int | None) -> None:
+def _apply_merges(target: dict, merges: list[tuple[object, int | None]]) -> None:
     """YAML merge keys (<<): keys written in the mapping win; earlier merges win over later."""
     sources: list = []
-    for m in merges:
+    for m, line in merges:
         if isinstance(m, dict):
             sources.append(m)
         elif isinstance(m, list) and all(isinstance(x, dict) for x in m):
