@@ -224,6 +224,7 @@ def _converge(st: LabState, cluster: Cluster, backend) -> Outcome:
         return tuple(want) == tuple(e.ips)
 
     kept = {k for k in cluster.pods if same(k, "pod")} | {k for k in cluster.externals if same(k, "external")}
+    before_ports = {k: old[k].ports for k in kept}
     gone = sorted(k for k in old if k not in kept)
     busy = [a for k in kept if old[k].kind == "external" for a in old[k].node_addrs]
     topology.check_addresses(cluster, cidrs, busy)
@@ -273,7 +274,9 @@ def _converge(st: LabState, cluster: Cluster, backend) -> Outcome:
             st.cluster = cluster
             state.save(st)
     # 5. Servers for the new endpoints and ports, now that their firewalls are in place.
-    out.notes += _server_sync(st, st.endpoints.values())
+    if gone or out.added or any(old[k].ports != before_ports[k] for k in kept) or \
+            not servers.is_ours(st.server_pid, st.name):
+        out.notes += _server_sync(st, st.endpoints.values())
     state.save(st)
     return out
 

@@ -254,6 +254,13 @@ def test_apply_adds_and_removes_pods_keeping_addresses(lab):
     assert not netns.exists(before.endpoints["y/c"].netns)
     rows = control.probe(lab, timeout=FAST).rows
     assert not any("y/c" in (r["from"], r["to"]) for r in rows)
+    # A port added to a pod that stays: the server opens it (connected, not refused).
+    assert {r["detail"] for r in control.probe(lab, [(8081, "TCP")], timeout=FAST).rows
+            if r["to"] == "y/a"} == {"refused"}
+    grown.pods["y/a"] = pod("y", "a", {"app": "a"}, ports=((80, "TCP"), (8081, "TCP")))
+    assert control.apply(lab, grown).applies == {}
+    assert {r["detail"] for r in control.probe(lab, [(8081, "TCP")], timeout=FAST).rows
+            if r["to"] == "y/a"} == {"connected"}
     if backend != "fake":
         # The new pod was isolated from its first packet on: port 8080 in x is denied.
         into_new = [r for r in rows if r["to"] == "x/new"]
