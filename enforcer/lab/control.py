@@ -334,8 +334,18 @@ def cluster_of(name: str) -> Cluster:
 
 
 def _scan(name: str) -> list[str]:
+    """Namespaces of lab ``name`` found by their prefix. Lab ``a``'s pod ``b/p`` and lab
+    ``a-b``'s namespaces share a prefix: a name another lab journaled is that lab's, and
+    otherwise the lab with the longest matching name owns it."""
     labs = set(state.names()) | {name}
-    return [n for n in netns.list_names(naming.node_netns(name)) if naming.owned_by(name, n, labs)]
+    found = [n for n in netns.list_names(naming.node_netns(name)) if naming.owned_by(name, n, labs)]
+    if not found:
+        return []
+    foreign: set[str] = set()
+    for other in labs - {name}:
+        if naming.carries(name, naming.node_netns(other)) or naming.carries(other, naming.node_netns(name)):
+            foreign.update(state.journaled(other))
+    return [n for n in found if n not in foreign]
 
 
 def _remove_netns(lab: str, name: str, backend=None) -> None:

@@ -126,13 +126,24 @@ def test_topology_plan():
 # ------------------------------------------------------------------- the lab (root)
 
 
+def host_network() -> tuple:
+    """Link names, addresses and routes of the host's own namespace (which the lab never touches)."""
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    addrs = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+    routes = subprocess.run(["ip", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    return ({line.split(":")[1].strip() for line in links.splitlines()},
+            {" ".join(line.split()[1:4]) for line in addrs.splitlines()}, set(routes.splitlines()))
+
+
 @pytest.mark.root
 @pytest.mark.skipif(not ROOT, reason="needs root")
 @pytest.mark.parametrize("backend", REAL_BACKENDS)
 def test_small_lab_up_probe_deny_down(backend):
     name = lab_name()
+    host = host_network()
     try:
         out = control.up(name, small_cluster(), backend)
+        assert host_network() == host
         assert len(out.added) == 5
         # Everything is built where it should be: the pod's eth0 and default route.
         ep = state.load(name).endpoints["x/a"]
@@ -203,6 +214,30 @@ def test_two_labs_side_by_side_do_not_see_each_other():
         control.down(a)
         control.down(b)
     assert leftovers(a) == [] and leftovers(b) == []
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not ROOT, reason="needs root")
+def test_down_of_a_lab_spares_the_lab_with_a_longer_name():
+    a = lab_name()
+    b = f"{a}-b"  # its namespaces carry lab a's prefix too
+    one = Cluster({}, {"b/p": pod("b", "p", {})}, {}, {})
+    try:
+        control.up(a, one, "fake")
+        control.up(b, one, "fake")
+        # Lab a's pod b/p is netpol-<a>-b-p: it carries lab b's prefix, yet it is a's.
+        assert naming.carries(b, naming.pod_netns(a, "b/p"))
+        assert control.down(b)
+        assert netns.exists(naming.pod_netns(a, "b/p")) and netns.exists(naming.node_netns(a))
+        control.up(b, one, "fake")
+        control.down(a)
+        assert not netns.exists(naming.pod_netns(a, "b/p"))
+        assert netns.exists(naming.pod_netns(b, "b/p")) and netns.exists(naming.node_netns(b))
+        assert servers.is_ours(state.load(b).server_pid, b)
+    finally:
+        control.down(a)
+        control.down(b)
+    assert leftovers(b) == []
 
 
 CRASH = textwrap.dedent("""
