@@ -101,7 +101,11 @@ def up_cmd(files, name, backend, ipv6) -> None:
     """Create the lab: node namespace, bridge, pods, external hosts, servers, then policies."""
     _need_root()
     cluster = load_cluster(files)
-    out = control.up(name, cluster, backend, ipv6=ipv6)
+    previous = signal.signal(signal.SIGTERM, _terminate)  # a killed up removes what it built
+    try:
+        out = control.up(name, cluster, backend, ipv6=ipv6)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     _notes(out.notes)
     pods = sum(1 for k in out.added if "/" in k)
     click.echo(f"lab {name} is up: {pods} pods, {len(out.added) - pods} external hosts, "

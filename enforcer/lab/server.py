@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -153,6 +154,10 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m enforcer.lab.server CONFIG.json", file=sys.stderr)
         return 2
+    # Every port of every pod is one socket: a 250-pod lab easily needs more than 1024.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     server = Server(argv[0])
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, server.on_signal)
