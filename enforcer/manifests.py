@@ -21,12 +21,15 @@ containers[].ports, status.podIP(s)); the many other Pod fields are tolerated.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
+import socket
 import sys
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence, TextIO
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Sequence, TextIO
 
 import yaml
 import yaml.reader
@@ -67,7 +70,7 @@ try:  # libyaml's parser is ~5x faster; the pure-Python one behaves the same
 except ImportError:  # pragma: no cover - depends on how PyYAML was built
     from yaml import SafeLoader as _Parser  # type: ignore[assignment]
 
-MAX_FILE_BYTES = 32 * 1024 * 1024
+MAX_FILE_BYTES = 128 * 1024 * 1024  # 150,000 pods in one YAML file are ~45 MB
 MAX_DEPTH = 100  # a Kubernetes object nests ~15 deep; libyaml's composer crashes near 100k
 # Aliases may add at most ALIAS_BUDGET + ALIAS_FACTOR x (nodes written) nodes to a document:
 # yaml.dump writes shared objects as aliases (legitimate, ~1x); a bomb is ~10^9 x.
@@ -115,17 +118,22 @@ def load(paths: Sequence[str], *, stdin: TextIO | None = None,
     """Load ``-f`` arguments: files, directories (their *.yaml, *.yml, *.json, sorted, not
     recursive, dot-files skipped) and '-' for stdin. Raises InputError with every problem
     (errors and warnings, in input order) if any error was found."""
+    with _gc_paused():
+        return _load(paths, stdin, legacy_namespace_isolation)
+
+
+def _load(paths: Sequence[str], stdin: TextIO | None, legacy: bool) -> LoadResult:
     problems: list[Problem] = []
     notes: list[str] = []
     decoded: list[Decoded] = []
-    seen: dict[tuple[str, str], str] = {}
+    seen: dict[tuple[str, str], str] = {}  # (kind, key) -> where it was first defined
     for path in paths:
         for name, text, problem in _read_path(path, stdin):
             if problem is not None:
                 problems.append(problem)
                 continue
             assert text is not None
-            objs, file_problems, file_notes = _decode_text(text, name, legacy_namespace_isolation, seen)
+            objs, file_problems, file_notes = _decode_text(text, name, legacy, seen)
             problems.extend(file_problems)
             for d in objs:
                 problems.extend(d.problems)
@@ -141,7 +149,8 @@ def decode_text(text: str, filename: str, *, legacy_namespace_isolation: bool = 
     """Decode one file's text: (objects, file-level problems such as YAML syntax errors,
     notes). Objects of documents before a syntax error are still returned; a duplicate
     object inside the file is returned invalid."""
-    return _decode_text(text, filename, legacy_namespace_isolation, {})
+    with _gc_paused():
+        return _decode_text(text, filename, legacy_namespace_isolation, {})
 
 
 def build_cluster(objects: Iterable[Decoded]) -> Cluster:
@@ -160,6 +169,19 @@ def build_cluster(objects: Iterable[Decoded]) -> Cluster:
         if d.key not in table:
             table[d.key] = d.obj
     return cluster
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Loading creates millions of containers and no cycles; the cyclic collector would
+    rescan all of them again and again (~25% of a 150,000-pod load)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 # ==== reading =================================================================================
@@ -259,16 +281,28 @@ class _ParseFail(Exception):
         self.message = message
 
 
-def _parse_documents(text: str, filename: str) -> tuple[list[_Doc], list[Problem]]:
+def _parse_documents(text: str, filename: str, problems: list[Problem]) -> Iterable[_Doc]:
+    """The documents of one file, lazily for YAML (each can be decoded, then freed, before the
+    next is built). A syntax error ends the stream and is appended to ``problems``."""
     stripped = text.lstrip()
     if stripped[:1] in ("{", "["):
         docs, problem = _json_documents(text, filename)
         if problem is None:
-            return docs, []
+            return docs
         # Flow-style YAML also starts with a brace; report JSON's error only if YAML fails too.
-        ydocs, yproblems = _yaml_documents(text, filename)
-        return (ydocs, []) if not yproblems else (docs, [problem])
-    return _yaml_documents(text, filename)
+        yaml_problems: list[Problem] = []
+        yaml_docs = list(_yaml_documents(text, filename, yaml_problems))
+        if not yaml_problems:
+            return yaml_docs
+        problems.append(problem)
+        return docs
+    return _yaml_documents(text, filename, problems)
+
+
+def _parse_all(text: str, filename: str) -> tuple[list[_Doc], list[Problem]]:
+    problems: list[Problem] = []
+    docs = list(_parse_documents(text, filename, problems))
+    return docs, problems
 
 
 class _DupDict(dict):
@@ -445,14 +479,13 @@ def _stack_path(stack: list[list]) -> list[str | int]:
     return path
 
 
-def _yaml_documents(text: str, filename: str) -> tuple[list[_Doc], list[Problem]]:
+def _yaml_documents(text: str, filename: str, problems: list[Problem]) -> Iterator[_Doc]:
     """Build documents from libyaml events, iteratively (no recursion whatever the depth).
 
     A frame is [container, is_mapping, pending_key, size_at_start, anchor, merges, line of
     the last merge key]; merges are (value, line) pairs.
     Keys are kept as the text the user wrote (go-yaml turns scalar keys into strings too).
     """
-    docs: list[_Doc] = []
     parser = _Parser(text)
     get = parser.get_event
     stack: list[list] = []
@@ -546,7 +579,7 @@ def _yaml_documents(text: str, filename: str) -> tuple[list[_Doc], list[Problem]
                 continue
             elif cls is DocumentEndEvent:
                 root = stack[0][0]
-                docs.append(_Doc(root[0] if root else None, index, line or 1, dups))
+                yield _Doc(root[0] if root else None, index, line or 1, dups)
                 stack = []
                 continue
             elif cls is StreamEndEvent:
@@ -572,18 +605,16 @@ def _yaml_documents(text: str, filename: str) -> tuple[list[_Doc], list[Problem]
         detail = e.problem or str(e)
         if e.context:
             detail = f"{detail} ({e.context})"
-        return docs, [Problem(filename, "", where, f"YAML syntax error: {detail}")]
+        problems.append(Problem(filename, "", where, f"YAML syntax error: {detail}"))
     except yaml.reader.ReaderError as e:  # control characters
         line = text.count("\n", 0, e.position) + 1
         char = e.character if isinstance(e.character, int) else ord(e.character)
-        return docs, [Problem(filename, "", f"line {line}",
-                              f"unacceptable character #x{char:04x}: {e.reason}")]
+        problems.append(Problem(filename, "", f"line {line}",
+                                f"unacceptable character #x{char:04x}: {e.reason}"))
     except yaml.YAMLError as e:
-        return docs, [Problem(filename, "", "", f"YAML error: {e}")]
+        problems.append(Problem(filename, "", "", f"YAML error: {e}"))
     except _ParseFail as e:
-        where = f"line {e.line}" if e.line else ""
-        return docs, [Problem(filename, "", where, e.message)]
-    return docs, []
+        problems.append(Problem(filename, "", f"line {e.line}" if e.line else "", e.message))
 
 
 def _apply_merges(target: dict, merges: list[tuple[object, int | None]]) -> None:
@@ -1010,6 +1041,18 @@ def _container_port_errors(p: dict, pp: str, names: set[str], errs: Errs) -> Non
 
 
 def _pod_ips(status: dict, errs: Errs, warns: Errs) -> tuple[str, ...]:
+    # Fast path for what kubectl prints: podIP alone, or with podIPs [{ip: the same}].
+    pod_ip = status.get("podIP")
+    pod_ips = status.get("podIPs")
+    if pod_ip.__class__ is str and (
+            pod_ips is None or (pod_ips.__class__ is list and len(pod_ips) == 1
+                                and pod_ips[0].__class__ is dict and len(pod_ips[0]) == 1
+                                and pod_ips[0].get("ip") == pod_ip)):
+        try:
+            socket.inet_pton(socket.AF_INET, pod_ip)  # canonical IPv4 (no leading zeros)
+            return (pod_ip,)
+        except (OSError, ValueError):
+            pass
     pod_ip_text = _string(status.get("podIP"), "status.podIP", errs) or ""
     parsed = []
     texts = []
@@ -1141,8 +1184,8 @@ def _decode_text(text: str, filename: str, legacy: bool, seen: dict[tuple[str, s
     problem = _check_text(filename, text)
     if problem is not None:
         return [], [problem], []
-    docs, problems = _parse_documents(text, filename)
-    for doc in docs:
+    problems: list[Problem] = []
+    for doc in _parse_documents(text, filename, problems):
         _decode_value(doc.value, doc.where, doc.dups, None, None, ctx, 0)
     ctx.problems.extend(problems)
     _mark_duplicates(ctx, seen)

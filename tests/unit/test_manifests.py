@@ -193,13 +193,13 @@ a: *labels
 def test_scalars_resolve_like_pyyaml(scalar):
     """Our event-level builder agrees with PyYAML's SafeLoader (YAML 1.1) on every type."""
     text = f"v: {scalar}\n"
-    docs, probs = manifests._parse_documents(text, "s.yaml")
+    docs, probs = manifests._parse_all(text, "s.yaml")
     assert probs == []
     assert docs[0].value == yaml.load(text, Loader=yaml.SafeLoader)
 
 
 def test_timestamps_stay_strings_as_in_kubectl():
-    docs, _ = manifests._parse_documents("a: 2024-01-01\nb: 2024-01-01 10:00:00\n", "t.yaml")
+    docs, _ = manifests._parse_all("a: 2024-01-01\nb: 2024-01-01 10:00:00\n", "t.yaml")
     assert docs[0].value == {"a": "2024-01-01", "b": "2024-01-01 10:00:00"}
 
 
