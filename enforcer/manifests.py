@@ -486,7 +486,11 @@ def _yaml_documents(text: str, filename: str, problems: list[Problem]) -> Iterat
     the last merge key]; merges are (value, line) pairs.
     Keys are kept as the text the user wrote (go-yaml turns scalar keys into strings too).
     """
-    parser = _Parser(text)
+    try:
+        parser = _Parser(text)
+    except UnicodeEncodeError as e:  # lone surrogates in a str that did not come from bytes
+        problems.append(Problem(filename, "", "", f"not valid Unicode text: {e.reason}"))
+        return
     get = parser.get_event
     stack: list[list] = []
     anchors: dict[str, tuple[object, int]] = {}
@@ -770,6 +774,7 @@ _META_STRINGS = ("generateName", "selfLink", "uid", "resourceVersion", "creation
                  "deletionTimestamp")
 _META_INTS = ("generation", "deletionGracePeriodSeconds")
 _META_LISTS = ("ownerReferences", "managedFields")
+_META_READ = frozenset(("name", "namespace", "labels", "annotations"))
 
 
 @dataclass
@@ -797,7 +802,7 @@ def _metadata(v: object, errs: Errs, namespaced: bool, name_rule) -> _Meta:
     namespace = "default"
     if namespaced:
         ns = d.get("namespace")
-        if ns:
+        if ns is not None and ns != "":  # empty means "default", as kubectl reads it
             if ns.__class__ is str:
                 namespace = ns
                 for m in V.dns1123_label_cached(ns):
@@ -813,7 +818,7 @@ def _metadata(v: object, errs: Errs, namespaced: bool, name_rule) -> _Meta:
     if annotations:
         for m in V.annotations(annotations):
             errs.append(("metadata.annotations", m))
-    if len(d) > 4:  # the fields nobody reads: types only
+    if not d.keys() <= _META_READ:  # the fields nobody reads: types only
         for k in _META_STRINGS:
             _string(d.get(k), f"metadata.{k}", errs)
         for k in _META_INTS:
@@ -982,7 +987,7 @@ def _pod(d: dict, meta: _Meta, errs: Errs, warns: Errs, source: str) -> Pod:
     return Pod(meta.namespace, meta.name, meta.labels, ips, tuple(ports), source)
 
 
-_CONTAINER_ANC: Anc = (("spec.containers[]", frozenset(("name", "image", "ports"))),)
+_CONTAINER_FIELDS = frozenset(("name", "image", "ports"))  # for the mis-indentation hint
 _CONTAINER_PORT_CACHE: dict[tuple[int, str, str | None], ContainerPort] = {}
 
 
@@ -995,7 +1000,8 @@ def _container_ports(v: object, container: int, errs: Errs, out: list[ContainerP
     path = f"spec.containers[{container}].ports"
     for i, p in enumerate(_items(v, path, errs)):
         if p.__class__ is not dict or not p.keys() <= _CONTAINER_PORT:
-            p = _struct(p, f"{path}[{i}]", _CONTAINER_PORT, errs, _CONTAINER_ANC) or {}
+            anc: Anc = ((f"spec.containers[{container}]", _CONTAINER_FIELDS),)
+            p = _struct(p, f"{path}[{i}]", _CONTAINER_PORT, errs, anc) or {}
         name = p.get("name")
         number = p.get("containerPort")
         proto = p.get("protocol") or "TCP"  # the API server defaults "" too
@@ -1233,9 +1239,9 @@ def _decode_list(value: dict, kind: str, version: str, where: str, dups: list, c
     _struct(value, "", _LIST_FIELDS, errs)
     items = _items(value.get("items"), "items", errs)
     for path, msg in errs:
-        ctx.problems.append(Problem(ctx.filename, f"{kind} ({where})", path, msg))
+        ctx.problems.append(Problem(ctx.filename, f"{kind} in {where}", path, msg))
     if depth > 5:
-        ctx.problems.append(Problem(ctx.filename, f"{kind} ({where})", "items", "Lists nested too deeply"))
+        ctx.problems.append(Problem(ctx.filename, f"{kind} in {where}", "items", "Lists nested too deeply"))
         return
     # Typed lists as the API returns them (PodList) may leave kind/apiVersion off their items.
     item_kind = kind[:-4] if kind != "List" else None
@@ -1245,7 +1251,7 @@ def _decode_list(value: dict, kind: str, version: str, where: str, dups: list, c
         if len(path) >= 2 and path[0] == "items" and isinstance(path[1], int):
             by_item.setdefault(path[1], []).append((path[2:], key, line))
         else:
-            ctx.problems.append(Problem(ctx.filename, f"{kind} ({where})", _render_path(path + [key]),
+            ctx.problems.append(Problem(ctx.filename, f"{kind} in {where}", _render_path(path + [key]),
                                         _dup_message(key, line)))
     for i, item in enumerate(items):
         _decode_value(item, f"{where} items[{i}]", by_item.get(i, []), item_version, item_kind, ctx,

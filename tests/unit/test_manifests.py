@@ -318,8 +318,8 @@ def test_duplicate_object_within_one_file_is_invalid_in_decode_text():
      '"extensions/v1beta1" (use "networking.k8s.io/v1")'),
     ("apiVersion: networking.k8s.io/v1\nkind: networkpolicy\nmetadata: {name: a}\n",
      't.yaml: networkpolicy a: kind: Unsupported value: "networkpolicy": supported values: "NetworkPolicy"'),
-    ("apiVersion: v1\nkind: List\nitems: {}\n", "t.yaml: List (document 1 (line 1)): items: Invalid type: expected a list, got a mapping"),
-    ("apiVersion: v1\nkind: List\nitems: []\nextra: 1\n", "t.yaml: List (document 1 (line 1)): extra: unknown field"),
+    ("apiVersion: v1\nkind: List\nitems: {}\n", "t.yaml: List in document 1 (line 1): items: Invalid type: expected a list, got a mapping"),
+    ("apiVersion: v1\nkind: List\nitems: []\nextra: 1\n", "t.yaml: List in document 1 (line 1): extra: unknown field"),
 ])
 def test_documents_that_are_not_objects(text, expected):
     assert problems(text) == [expected]

@@ -282,7 +282,7 @@ POD_CASES = [
     ("port unknown field", pod([{"containerport": 80}]),
      [(f"{C}[0].containerport", "unknown field"), (f"{C}[0].containerPort", "Required value")]),
     ("ports inside a port", pod([{"containerPort": 80, "ports": []}]),
-     [(f"{C}[0].ports", 'unknown field ("ports" is a field of spec.containers[]: check the indentation)')]),
+     [(f"{C}[0].ports", 'unknown field ("ports" is a field of spec.containers[0]: check the indentation)')]),
     ("ports not a list", pod({"containerPort": 80}), [(C, "Invalid type: expected a list, got a mapping")]),
     ("podIP", pod(status={"podIP": "10.0.0.300"}), [("status.podIP", f'Invalid value: "10.0.0.300": {IP}')]),
     ("podIP ipv4-mapped", pod(status={"podIP": "::ffff:10.0.0.1"}),
