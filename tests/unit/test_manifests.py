@@ -463,3 +463,50 @@ def test_load_performance_smoke():
     objs, probs, _ = decode_text(text, "p.yaml")
     assert time.monotonic() - start < 1.5
     assert probs == [] and len(objs) == 2000 and all(d.obj is not None for d in objs)
+
+
+# ---- never a traceback ------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FIELDS = ["apiVersion", "kind", "metadata", "spec", "status", "name", "namespace", "labels",
+          "annotations", "podSelector", "namespaceSelector", "ipBlock", "cidr", "except", "ingress",
+          "egress", "from", "to", "ports", "port", "endPort", "protocol", "policyTypes", "matchLabels",
+          "matchExpressions", "key", "operator", "values", "containers", "containerPort", "podIP",
+          "podIPs", "ip", "ips", "items", "<<", "x"]
+SCALARS = (st.none() | st.booleans() | st.integers(-70000, 70000) | st.floats(allow_nan=False)
+           | st.sampled_from(["", "TCP", "In", "Exists", "10.0.0.0/8", "10.0.0.1", "http", "v1",
+                              "Ingress", "NetworkPolicy", "Pod", "a/b", "-"]) | st.text(max_size=6))
+VALUES = st.recursive(SCALARS, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.sampled_from(FIELDS), c, max_size=4),
+                      max_leaves=25)
+KINDS = [("networking.k8s.io/v1", "NetworkPolicy"), ("v1", "Pod"), ("v1", "Namespace"),
+         ("netpol-enforcer/v1alpha1", "ExternalHost"), ("v1", "List"), ("v1", "PodList")]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(KINDS), st.dictionaries(st.sampled_from(FIELDS), VALUES, max_size=5), st.booleans())
+def test_random_objects_give_problems_never_exceptions(kind, body, as_json):
+    import json
+    doc = {"apiVersion": kind[0], "kind": kind[1], **body}
+    text = json.dumps(doc) if as_json else yaml.safe_dump(doc)
+    objs, file_problems, _ = decode_text(text, "r.yaml", legacy_namespace_isolation=True)
+    for d in objs:
+        assert (d.obj is None) == any(not p.warning for p in d.problems)
+    build_cluster(objs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab:-[]{}&*!|>'\"#%@`,? \n\t\\0123<~.")), max_size=80))
+def test_random_text_gives_problems_never_exceptions(text):
+    decode_text(text, "r.yaml")
+
+
+def test_real_kubectl_get_output_loads_cleanly():
+    r = load([str(DATA / "kubectl-get.yaml")])
+    c = r.cluster
+    assert r.warnings == [] and r.notes == []
+    assert c.namespaces["shop"].labels == {"kubernetes.io/metadata.name": "shop"}
+    web = c.pods["shop/web-7d4b9c8f6d-x2x9k"]
+    assert web.ips == ("10.244.0.17",) and web.ports == (ContainerPort(8080, "TCP", "http"),)
+    assert c.policies["shop/web"].ingress[0].ports == (PortSpec("TCP", "http"),)
