@@ -499,7 +499,6 @@ def _yaml_documents(text: str, filename: str, problems: list[Problem]) -> Iterat
     index = 0
     line: int | None = 1
     parsed = expanded = 0
-    ev: object = None
     missing = _MISSING
     resolvable = _RESOLVABLE_FIRST
     try:
@@ -698,16 +697,6 @@ def _unknown(key: str, anc: Anc) -> str:
         if key in parent_allowed:
             return f"unknown field ({V.quote(key)} is a field of {parent_path or 'the object'}: check the indentation)"
     return "unknown field"
-
-
-def _tolerant(v: object, path: str, errs: Errs) -> dict | None:
-    """A mapping of which we only read some fields (Pod spec, containers, status)."""
-    if v is None:
-        return None
-    if not isinstance(v, dict):
-        _type_error(errs, path, v, "a mapping")
-        return None
-    return v
 
 
 def _items(v: object, path: str, errs: Errs) -> list:
