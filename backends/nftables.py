@@ -184,7 +184,7 @@ def delta_commands(previous: PodFirewall, fw: PodFirewall) -> tuple[str, int, in
     adds: list[str] = []
     n_add = n_del = 0
     kinds = {s.name: s for s in fw.sets}
-    for d in set_deltas(previous, fw):
+    for d in sorted(set_deltas(previous, fw), key=lambda d: d.name):
         s = kinds[d.name]
         for verb, elems, out in (("delete", d.remove, deletes), ("add", d.add, adds)):
             for fam in (4, 6):
