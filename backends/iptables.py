@@ -486,6 +486,18 @@ def _rule_class(family: int) -> type:
 _PROTO_NUMBERS = {"tcp": "6", "udp": "17", "sctp": "132", "icmp": "1", "ipv6-icmp": "58"}
 
 
+def _fix_iface_mask(rule, family: int, flag: str, name: str) -> None:
+    """python-iptables 1.2.0 writes IPv6 interface masks with 0x01 bytes instead of 0xff, so
+    the kernel compares one bit per character and ``-i lo`` matches ``v1`` too. Write the
+    mask of an exact interface name ourselves (for both families, to be sure)."""
+    ip = rule.entry.ip if family == 4 else rule.entry.ipv6
+    mask = b"\xff" * (len(name) + 1) + b"\x00" * (16 - len(name) - 1)
+    if flag == "-i":
+        ip.iniface_mask = mask
+    else:
+        ip.outiface_mask = mask
+
+
 def _keep_udata(ext):
     """Give an extension a scratch buffer that lives as long as the extension.
 
@@ -562,6 +574,8 @@ class _IptcInstaller(_RestoreInstaller):
                 if tok == "-p":
                     value = _PROTO_NUMBERS.get(value, value)  # python-iptables knows few names
                 setattr(rule, attr, value)
+                if tok in ("-i", "-o"):
+                    _fix_iface_mask(rule, family, tok, value)
                 i += 2
                 continue
             if tok == "-m":
