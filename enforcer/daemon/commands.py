@@ -1,0 +1,100 @@
+"""``netpol run`` and ``netpol status`` (registered by enforcer.cli)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from enforcer.daemon import status as statusfile
+from enforcer.errors import NetpolError
+
+
+def _positive(ctx, param, value):
+    if value is not None and value <= 0:
+        raise click.BadParameter("must be > 0")
+    return value
+
+
+@click.command()
+@click.option("--watch", "watch", multiple=True, required=True, type=click.Path(file_okay=False),
+              help="Directory of manifests (namespaces, pods with status.podIP(s), policies); repeatable.")
+@click.option("--backend", default="nftables", show_default=True,
+              help="nftables, iptables, iptables-legacy or fake (no kernel changes).")
+@click.option("--metrics-addr", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus /metrics and /healthz here, e.g. 127.0.0.1:9617.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+@click.option("--min-interval", type=float, default=0.05, show_default=True, callback=_positive,
+              help="Seconds between two syncs at least (bursts of changes become one sync).")
+@click.option("--resync", type=float, default=60.0, show_default=True, callback=_positive,
+              help="Seconds between full resyncs (re-scan files and namespaces) whatever happens.")
+@click.option("--repair-interval", type=float, default=10.0, show_default=True, callback=_positive,
+              help="Seconds between read-backs of every managed table (drift repair).")
+@click.option("--cleanup-on-exit", is_flag=True,
+              help="Remove our rules when stopped by SIGTERM/SIGINT (default: leave them in force).")
+@click.option("--conntrack-strict", is_flag=True,
+              help="After a change, delete conntrack entries the new policy no longer allows.")
+@click.option("--state-file", default=statusfile.DEFAULT_STATE_FILE, show_default=True,
+              help="Where the daemon writes its state for `netpol status`.")
+@click.option("--netns-prefix", default="", metavar="PREFIX",
+              help="Only look at network namespaces whose name starts with PREFIX.")
+@click.option("--node-ip", "node_ips", multiple=True, metavar="IP",
+              help="Address of this node on the pod network, always allowed (repeatable; "
+                   "default: the lab's gateways 10.244.0.1 and fd00:10:244::1).")
+@click.option("--settle", type=float, default=1.0, show_default=True, callback=_positive,
+              help="Seconds to wait for a file that is modified but not closed before reading it.")
+@click.option("--apply-workers", type=click.IntRange(1, 32), default=2, show_default=True,
+              help="Namespaces applied in parallel when several change at once.")
+@click.option("--legacy-namespace-isolation", is_flag=True,
+              help="Honour the pre-v1 namespace annotation net.beta.kubernetes.io/network-policy.")
+def run(watch, backend, metrics_addr, log_format, log_level, min_interval, resync, repair_interval,
+        cleanup_on_exit, conntrack_strict, state_file, netns_prefix, node_ips, settle, apply_workers,
+        legacy_namespace_isolation) -> None:
+    """The daemon: watch manifest directories and keep every local pod's namespace enforcing
+    its policies (fail-static on start and stop, fail-closed for new pods)."""
+    import ipaddress
+
+    from backends import registry
+    from enforcer.daemon import logs
+    from enforcer.daemon.notify import Notifier
+    from enforcer.daemon.service import DEFAULT_NODE_IPS, Daemon, Options
+
+    for ip in node_ips:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise click.BadParameter(f"{ip!r} is not an IP address", param_hint="--node-ip") from None
+    log = logs.setup(log_format, log_level)
+    opts = Options(watch=list(watch), backend=backend, metrics_addr=metrics_addr, log_format=log_format,
+                   min_interval=min_interval, resync=resync, repair_interval=repair_interval,
+                   cleanup_on_exit=cleanup_on_exit, conntrack_strict=conntrack_strict,
+                   state_file=state_file or None, netns_prefix=netns_prefix,
+                   node_ips=tuple(node_ips) or DEFAULT_NODE_IPS, settle=settle,
+                   legacy_namespace_isolation=legacy_namespace_isolation, apply_workers=apply_workers)
+    try:
+        impl = registry.get(backend)
+        daemon = Daemon(opts, backend=impl, log=log, notifier=Notifier())
+        code = daemon.serve()
+    except NetpolError as e:
+        log.error("cannot start", error=str(e))
+        raise
+    sys.exit(code)
+
+
+@click.command()
+@click.option("--state-file", default=statusfile.DEFAULT_STATE_FILE, show_default=True,
+              help="The state file the daemon writes (its --state-file).")
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def status(state_file, fmt) -> None:
+    """What the daemon enforces: isolated pods and their policies, the last sync, errors in
+    force. Exit 0 if it runs without errors, 1 if it is not running or has errors."""
+    data = statusfile.read(state_file)
+    if fmt == "json":
+        data = dict(data, running=statusfile.running(data))
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(statusfile.render(data))
+    errors = data.get("input_errors") or data.get("apply_errors") or data.get("conflicts")
+    sys.exit(0 if statusfile.running(data) and not errors else 1)

@@ -1,0 +1,325 @@
+"""Make the kernel match the compiled firewalls, one pod namespace at a time, never failing open.
+
+The reconciler owns the record of what it installed (``managed``: netns -> pod, firewall,
+namespace inode) and is the only daemon code that calls the backend. Its rules:
+
+* First contact with a namespace (start-up, a new pod, a re-created namespace): nothing is
+  flushed. ``verify`` tells whether exactly the desired rules are there already (adopted
+  as they are); otherwise the table is *swapped* in one transaction (the backend's full
+  apply), so the namespace never goes without rules, not even for a moment.
+* Later changes pass the firewall in force as ``previous``: set-element deltas where the
+  structure is unchanged, an atomic full swap otherwise.
+* Fail closed: when a pod's firewall cannot be installed (the backend refused it), a
+  deny-only firewall for the directions the pod is isolated in is installed instead (the
+  rules in force may allow what the new policy denies), and the real one is retried; when the firewalls cannot be computed at all the daemon calls
+  ``isolate_only`` with isolation worked out from the policies alone.
+* Errors never escape: a failing namespace is recorded with its own backoff and retried;
+  a namespace that vanished mid-apply is forgotten (discovery notices it too).
+* A namespace that stops holding its pod (pod deleted from the input, address moved) is
+  released: its rules stay in place (fail-static), the daemon just stops managing it.
+* Drift: ``repair`` reads back every managed namespace and restores what differs.
+
+Applies run on a small thread pool when several namespaces change at once (libnftables
+calls release the GIL and every namespace commits under its own lock in the kernel).
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterable, Mapping
+
+from enforcer import netns as nsmod
+from enforcer.errors import NetnsError, NetpolError
+from enforcer.ir import DirectionPolicy, PodFirewall
+from enforcer.model import EGRESS, INGRESS, Cluster
+from enforcer.selectors import matches
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Managed:
+    pod: str
+    fw: PodFirewall  # what is installed (may be a deny-only stand-in)
+    inode: int | None
+    wanted: PodFirewall | None = None  # set when ``fw`` is a stand-in for this one
+
+
+@dataclass
+class Failure:
+    pod: str
+    netns: str
+    message: str
+    count: int
+    retry_at: float
+
+
+@dataclass
+class Outcome:
+    """What one converge or repair did."""
+
+    applied: dict[str, str] = field(default_factory=dict)  # netns -> none|delta|full|adopted|deny-only
+    released: list[str] = field(default_factory=list)  # netns no longer managed (rules kept)
+    vanished: list[str] = field(default_factory=list)  # managed netns that went away
+    errors: dict[str, str] = field(default_factory=dict)  # netns -> message
+    repaired: list[str] = field(default_factory=list)
+    changed: dict[str, tuple[PodFirewall | None, PodFirewall]] = field(default_factory=dict)  # netns -> (before, after)
+    gone_ips: set[str] = field(default_factory=set)  # addresses of pods that left this node
+
+
+def deny_only(fw: PodFirewall) -> PodFirewall:
+    """``fw`` with its isolation kept and every allow rule dropped: what an isolated pod
+    gets while its real rules cannot be installed or computed."""
+    return replace(fw, ingress=DirectionPolicy(fw.ingress.isolated, fw.ingress.isolated_by, ()),
+                   egress=DirectionPolicy(fw.egress.isolated, fw.egress.isolated_by, ()), sets=())
+
+
+def isolation_only(cluster: Cluster, key: str, node_ips: tuple[str, ...] = (),
+                   legacy: bool = False) -> PodFirewall | None:
+    """Which directions pod ``key`` is isolated in, from the policies alone (SEMANTICS 1),
+    as a firewall without allow rules: the fail-closed stand-in when the compiler cannot
+    produce the real firewall. None if the pod is unknown."""
+    pod = cluster.pods.get(key)
+    if pod is None:
+        return None
+    by: dict[str, list[str]] = {INGRESS: [], EGRESS: []}
+    for pol in cluster.policies.values():
+        if pol.namespace == pod.namespace and matches(pol.pod_selector, pod.labels):
+            for t in pol.policy_types:
+                if t in by:
+                    by[t].append(pol.key)
+    if legacy and cluster.namespace(pod.namespace).legacy_default_deny:
+        by[INGRESS].append(f"{pod.namespace}/[legacy DefaultDeny annotation]")
+    ing, eg = sorted(by[INGRESS]), sorted(by[EGRESS])
+    return PodFirewall(key, pod.ips, tuple(node_ips), DirectionPolicy(bool(ing), tuple(ing)),
+                       DirectionPolicy(bool(eg), tuple(eg)))
+
+
+def isolated(fw: PodFirewall) -> bool:
+    return fw.ingress.isolated or fw.egress.isolated
+
+
+def default_inode(netns: str) -> int | None:
+    try:
+        return os.stat(nsmod.path(netns)).st_ino
+    except OSError:
+        return None
+
+
+class Reconciler:
+    def __init__(self, backend, *, clock: Clock = time.monotonic, workers: int = 1,
+                 inode: Callable[[str], int | None] = default_inode,
+                 exists: Callable[[str], bool] = nsmod.exists, max_backoff: float = 30.0) -> None:
+        self.backend = backend
+        self.clock = clock
+        self.workers = max(1, workers)
+        self.inode = inode
+        self.exists = exists
+        self.max_backoff = max_backoff
+        self.managed: dict[str, Managed] = {}
+        self.failures: dict[str, Failure] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------------ converge
+
+    def converge(self, local: Mapping[str, str], firewall: Callable[[str], PodFirewall],
+                 candidates: Iterable[str] | None = None) -> Outcome:
+        """Make every local pod's namespace (``local``: pod key -> netns) hold ``firewall(pod)``.
+
+        ``candidates``: pods whose firewall may have changed (None: check all). Pods new to
+        this node, re-created namespaces and failed namespaces are always checked."""
+        out = Outcome()
+        netns_of = dict(local)
+        owner = {ns: key for key, ns in netns_of.items()}
+        # 1. Namespaces we manage that no longer belong to the same pod: release them.
+        for ns, m in list(self.managed.items()):
+            if owner.get(ns) != m.pod or self.inode(ns) != m.inode:
+                del self.managed[ns]
+                out.gone_ips.update(m.fw.ips)
+                (out.released if self.exists(ns) else out.vanished).append(ns)
+        for ns in list(self.failures):
+            if ns not in owner:
+                del self.failures[ns]
+        # 2. What to look at.
+        check = set(netns_of) if candidates is None else set(candidates) & set(netns_of)
+        check |= {key for key, ns in netns_of.items() if ns not in self.managed}
+        check |= {self.failures[ns].pod for ns in self.failures if ns in owner}
+        now = self.clock()
+        jobs = []
+        for key in check:
+            ns = netns_of[key]
+            fail = self.failures.get(ns)
+            if fail is not None and fail.retry_at > now:
+                continue
+            try:
+                fw = firewall(key)
+            except KeyError:
+                continue
+            m = self.managed.get(ns)
+            if m is not None and m.fw == fw and m.wanted is None:
+                self.failures.pop(ns, None)
+                continue
+            jobs.append((m is not None, key, ns, fw))
+        # New namespaces first (fail closed: isolation before anything else), isolated first.
+        jobs.sort(key=lambda j: (j[0], not isolated(j[3]), j[2]))
+        for ns, result in self._run(jobs):
+            self._record(out, ns, result)
+        return out
+
+    def isolate_only(self, local: Mapping[str, str], isolation: Callable[[str], PodFirewall | None]) -> Outcome:
+        """Fail closed when firewalls cannot be computed: every local pod not yet managed
+        that ``isolation`` says is isolated gets a deny-only firewall."""
+        jobs = []
+        for key, ns in local.items():
+            if ns in self.managed:
+                continue
+            fw = isolation(key)
+            if fw is not None and isolated(fw):
+                jobs.append((False, key, ns, deny_only(fw)))
+        out = Outcome()
+        for ns, result in self._run(jobs, standin=True):
+            self._record(out, ns, result)
+        return out
+
+    def next_retry(self) -> float | None:
+        return min((f.retry_at for f in self.failures.values()), default=None)
+
+    # ------------------------------------------------------------------ repair
+
+    def repair(self) -> Outcome:
+        """Read back every managed namespace; restore anything changed or flushed."""
+        out = Outcome()
+        for ns, m in list(self.managed.items()):
+            if self.inode(ns) != m.inode:
+                del self.managed[ns]
+                out.vanished.append(ns)
+                out.gone_ips.update(m.fw.ips)
+                continue
+            try:
+                if self.backend.verify(ns, m.fw):
+                    continue
+                self.backend.apply(ns, m.fw, None)
+                out.repaired.append(ns)
+                out.applied[ns] = "full"
+            except NetnsError as e:
+                if not self.exists(ns):
+                    del self.managed[ns]
+                    out.vanished.append(ns)
+                    out.gone_ips.update(m.fw.ips)
+                else:
+                    self._fail(out, m.pod, ns, str(e))
+            except Exception as e:  # a repair that fails is retried at the next round
+                self._fail(out, m.pod, ns, _message(e))
+        return out
+
+    # ------------------------------------------------------------------ cleanup
+
+    def remove_all(self) -> dict[str, str]:
+        """--cleanup-on-exit: remove our rules from every managed namespace."""
+        errors = {}
+        for ns in list(self.managed):
+            try:
+                self.backend.remove(ns)
+            except Exception as e:
+                errors[ns] = _message(e)
+            self.managed.pop(ns, None)
+        return errors
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    # ------------------------------------------------------------------ internals
+
+    def _run(self, jobs, *, standin: bool = False):
+        if len(jobs) > 1 and self.workers > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="apply")
+            # New namespaces (first in ``jobs``) are still submitted first.
+            futures = [(j[2], self._pool.submit(self._apply_one, j, standin)) for j in jobs]
+            return [(ns, f.result()) for ns, f in futures]
+        return [(j[2], self._apply_one(j, standin)) for j in jobs]
+
+    def _apply_one(self, job, standin: bool) -> tuple:
+        """Returns ("ok", kind, Managed, before) | ("gone",) | ("error", pod, message) |
+        ("standin", Managed, message, before). Runs on a pool thread: touches nothing shared."""
+        known, key, ns, fw = job
+        ino = self.inode(ns)
+        if ino is None:
+            return ("gone",)
+        m = self.managed.get(ns)
+        before = m.fw if m is not None else None
+        try:
+            if m is None:
+                # First contact: adopt what is there if it is exactly right, else swap.
+                if self.backend.verify(ns, fw):
+                    kind = "adopted"
+                else:
+                    kind = self.backend.apply(ns, fw, None).kind
+            else:
+                kind = self.backend.apply(ns, fw, m.fw).kind
+            managed = Managed(key, fw, ino, fw if standin else None)
+            return ("ok", "deny-only" if standin else kind, managed, before)
+        except NetnsError as e:
+            if not self.exists(ns):
+                return ("gone",)
+            err = _message(e)
+        except Exception as e:
+            if self.inode(ns) is None:  # removed while we applied: not an error
+                return ("gone",)
+            err = _message(e)
+        if standin or not isolated(fw):
+            return ("error", key, err)
+        # Fail closed: the real rules were refused. Whatever is in force now (nothing, or
+        # the rules of an older policy) may allow what the new policy denies, so the
+        # isolation goes in without allow rules until the real rules are accepted.
+        stand = deny_only(fw)
+        try:
+            self.backend.apply(ns, stand, None)
+        except Exception as e2:
+            return ("error", key, f"{err}; deny-only fallback failed too: {_message(e2)}")
+        return ("standin", Managed(key, stand, ino, fw), err, before)
+
+    def _record(self, out: Outcome, ns: str, result: tuple) -> None:
+        tag = result[0]
+        if tag == "gone":
+            m = self.managed.pop(ns, None)
+            self.failures.pop(ns, None)
+            if m is not None:
+                out.vanished.append(ns)
+                out.gone_ips.update(m.fw.ips)
+            return
+        if tag == "ok":
+            _, kind, managed, before = result
+            self.managed[ns] = managed
+            if managed.wanted is None:
+                self.failures.pop(ns, None)
+            out.applied[ns] = kind
+            if kind != "adopted" and kind != "none":
+                out.changed[ns] = (before, managed.fw)
+            return
+        if tag == "standin":
+            _, managed, err, before = result
+            self.managed[ns] = managed
+            out.applied[ns] = "deny-only"
+            out.changed[ns] = (before, managed.fw)
+            self._fail(out, managed.pod, ns, err)
+            return
+        _, pod, err = result
+        self._fail(out, pod, ns, err)
+
+    def _fail(self, out: Outcome, pod: str, ns: str, message: str) -> None:
+        prev = self.failures.get(ns)
+        count = prev.count + 1 if prev is not None else 1
+        delay = min(self.max_backoff, 0.1 * (2 ** (count - 1)))
+        self.failures[ns] = Failure(pod, ns, message, count, self.clock() + delay)
+        out.errors[ns] = message
+
+
+def _message(e: BaseException) -> str:
+    if isinstance(e, NetpolError):
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"{type(e).__name__}: {e}"

@@ -1,0 +1,556 @@
+"""``netpol run``: the daemon that keeps every local pod's namespace enforcing the watched
+policies. This module wires the parts; each part is its own module:
+
+    sources.DirSource ----(file closed / moved / deleted)----+
+    discovery.NetnsWatcher --(namespace or address change)---+--> runner.BoundedRunner.request
+    SIGHUP (full re-read), resync timer (--resync) ----------+            |
+                                                                       one worker thread
+                                                                          |
+    sync: read due files (ManifestStore: last good per object) -> re-read dirty namespaces
+          -> feed the changes to the incremental Compiler -> place pods in namespaces
+          -> Reconciler.converge (adopt / swap / delta, fail closed) -> conntrack (strict)
+          -> metrics, state file, logs
+    repair timer (--repair-interval): Reconciler.repair (read back, restore, count)
+
+Start-up never flushes: the files and namespaces are read completely first, then each
+local pod's namespace is verified and either adopted as it is or swapped in one
+transaction. SIGTERM and SIGINT stop the loop and leave every rule in place (unless
+--cleanup-on-exit); a kill -9 leaves them in place too. The main thread only waits and
+handles signals; all kernel work happens on the worker thread, one thing at a time.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from enforcer import ipam
+from enforcer.compile import Compiler
+from enforcer.daemon import status as statusfile
+from enforcer.daemon.conntrack import Conntrack
+from enforcer.daemon.discovery import Discovery, NetnsWatcher, place
+from enforcer.daemon.logs import Log
+from enforcer.daemon.metrics import Metrics, MetricsServer
+from enforcer.daemon.notify import Notifier, watchdog_interval
+from enforcer.daemon.reconcile import Outcome, Reconciler, isolation_only
+from enforcer.daemon.runner import BoundedRunner, Periodic, RunInfo
+from enforcer.daemon.sources import KIND_ORDER, DirSource, Issue, ManifestStore, ObjKey
+from enforcer.errors import NetpolError
+
+DEFAULT_NODE_IPS = ipam.node_ips((ipam.DEFAULT_POD_CIDR, ipam.DEFAULT_POD_CIDR6))
+
+
+@dataclass
+class Options:
+    watch: list[str]
+    backend: str = "nftables"
+    metrics_addr: str | None = None
+    log_format: str = "text"
+    min_interval: float = 0.05
+    resync: float = 60.0
+    repair_interval: float = 10.0
+    cleanup_on_exit: bool = False
+    conntrack_strict: bool = False
+    state_file: str | None = statusfile.DEFAULT_STATE_FILE
+    netns_prefix: str = ""
+    node_ips: tuple[str, ...] = DEFAULT_NODE_IPS
+    legacy_namespace_isolation: bool = False
+    settle: float = 1.0
+    apply_workers: int = 1
+
+
+@dataclass
+class Totals:
+    syncs: int = 0
+    sync_errors: int = 0
+    apply_errors: int = 0
+    drift_repairs: int = 0
+    conntrack_deleted: int = 0
+    applies: dict[str, int] = field(default_factory=dict)
+
+
+class Daemon:
+    def __init__(self, opts: Options, *, backend, log: Log, clock: Callable[[], float] = time.monotonic,
+                 notifier: Notifier | None = None, discovery: Discovery | None = None,
+                 conntrack: Conntrack | None = None, watch_netns: bool = True) -> None:
+        self.opts = opts
+        self.log = log
+        self.clock = clock
+        self.backend = backend
+        self.notifier = notifier or Notifier("")
+        self.metrics = Metrics()
+        self.store = ManifestStore(legacy_namespace_isolation=opts.legacy_namespace_isolation)
+        self.source = DirSource(opts.watch, self.store, settle=opts.settle, clock=clock)
+        self.discovery = discovery or Discovery(opts.netns_prefix)
+        self.watch_netns = watch_netns
+        self.netns_watcher: NetnsWatcher | None = None
+        self.reconciler = Reconciler(backend, clock=clock, workers=opts.apply_workers)
+        self.conntrack = conntrack if conntrack is not None else (Conntrack() if opts.conntrack_strict else None)
+        self.compiler: Compiler | None = None
+        self.runner = BoundedRunner(self._sync, clock=clock, min_interval=opts.min_interval,
+                                    resync=opts.resync)
+        self.repair_timer = Periodic(opts.repair_interval, clock=clock)
+        wd = watchdog_interval()
+        self.watchdog_timer = Periodic(wd, clock=clock, start_now=True) if wd else None
+        self.totals = Totals()
+        self.server: MetricsServer | None = None
+        self.started_wall = time.time()
+        self.phase = "starting"
+        self.local: dict[str, str] = {}
+        self.conflicts: list[str] = []
+        self._cond = threading.Condition()
+        self._kick = False
+        self._stop = False
+        self._reload = False
+        self._force_read = False
+        self._dirty_ns: set[str] = set()
+        self._ns_lock = threading.Lock()
+        self._said_issues: dict[str, Issue] = {}
+        self._said_conflicts: set[str] = set()
+        self._said_failures: dict[str, str] = {}
+        self._changes: dict[ObjKey, Any] = {}  # read but not yet compiled (a failed sync keeps them)
+        self._last_loop = clock()
+        self.last_sync_wall: float | None = None
+        self.last_info: RunInfo | None = None
+        self.last_sync_ms = 0.0
+
+    # ================================================================== lifecycle
+
+    def start(self) -> None:
+        """Everything up to READY: watchers first (no event is missed), then the complete
+        load, then the first converge."""
+        for d in self.opts.watch:
+            if not os.path.isdir(d):
+                raise NetpolError(f"--watch {d}: not a directory")
+        self.backend.check()
+        if self.opts.metrics_addr:
+            self.server = MetricsServer(self.opts.metrics_addr, self.metrics, self.health)
+            self.server.start()
+        self.source.on_ready = lambda at, nb: self.request(at=at, not_before=nb)
+        self.source.start()
+        if self.watch_netns:
+            self.netns_watcher = NetnsWatcher(self.opts.netns_prefix, self._netns_changed)
+            self.netns_watcher.start()
+        self._force_read = True
+        info = self.runner.run_now(full=True)
+        self._after_run(info)
+        self.phase = "running"
+        self._write_state()
+        text = self._status_line()
+        self.log.info("started", backend=self.backend.name, watch=self.opts.watch,
+                      netns_prefix=self.opts.netns_prefix, pods=len(self.local),
+                      managed=len(self.reconciler.managed), metrics_addr=self.opts.metrics_addr or "",
+                      conntrack_strict=self.opts.conntrack_strict)
+        self.notifier.ready(text)
+
+    def serve(self) -> int:
+        """Run until SIGTERM/SIGINT (from the main thread: it handles the signals while a
+        worker thread does the work). Returns the exit code."""
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self.start()
+                self.loop()
+            except BaseException as e:  # reported by the main thread
+                errors.append(e)
+                with self._cond:
+                    self._stop = True
+
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        worker = threading.Thread(target=work, name="netpol-daemon")
+        worker.start()
+        try:
+            while worker.is_alive():
+                worker.join(0.5)  # interruptible: signal handlers run on this thread
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        if errors:
+            raise errors[0]
+        return 0
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        if signum == signal.SIGHUP:
+            self.reload()
+        else:
+            self.stop()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+
+    def reload(self) -> None:
+        with self._cond:
+            self._reload = True
+            self._cond.notify_all()
+
+    def request(self, *, at: float | None = None, not_before: float | None = None, full: bool = False) -> None:
+        self.runner.request(at=at, not_before=not_before, full=full)
+        with self._cond:
+            self._kick = True
+            self._cond.notify_all()
+
+    def _netns_changed(self, name: str, when: float) -> None:
+        with self._ns_lock:
+            self._dirty_ns.add(name)
+        self.request(at=when)
+
+    def loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._stop:
+                    break
+                reload, self._reload = self._reload, False
+            self._last_loop = self.clock()
+            if reload:
+                self.log.info("reload", reason="SIGHUP")
+                self.notifier.reloading()
+                self._force_read = True
+                self._after_run(self.runner.run_now(full=True))
+                self._repair()
+                self.notifier.ready(self._status_line())
+            else:
+                info = self.runner.run_if_due()
+                if info is not None:
+                    self._after_run(info)
+            if self.repair_timer.is_due():
+                self._repair()
+            if self.watchdog_timer is not None and self.watchdog_timer.is_due():
+                self.notifier.watchdog()
+                self.watchdog_timer.done()
+            wake = min(self.runner.due(), self.repair_timer.due(),
+                       self.watchdog_timer.due() if self.watchdog_timer else float("inf"))
+            with self._cond:
+                if not self._kick and not self._stop and not self._reload:
+                    self._cond.wait(timeout=max(0.0, min(wake - self.clock(), 3600.0)))
+                self._kick = False
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        self.phase = "stopped"
+        removed = 0
+        if self.opts.cleanup_on_exit:
+            n = len(self.reconciler.managed)
+            errors = self.reconciler.remove_all()
+            removed = n - len(errors)
+            for ns, msg in errors.items():
+                self.log.error("cleanup failed", netns=ns, error=msg)
+        self.log.info("stopped", rules_left_in_place=not self.opts.cleanup_on_exit,
+                      namespaces_cleaned=removed)
+        self.close()
+        self._write_state()
+
+    def close(self) -> None:
+        self.source.stop()
+        if self.netns_watcher is not None:
+            self.netns_watcher.stop()
+            self.netns_watcher = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        self.reconciler.close()
+        self.notifier.close()
+
+    # ================================================================== the sync
+
+    def _sync(self, full: bool) -> float | None:
+        force, self._force_read = self._force_read, False
+        # 1. Input: files due, and every file on a full run (their stat signature decides).
+        if full:
+            self._changes.update(self.source.scan(force=force))
+        paths, _ = self.source.take_due()
+        self._changes.update(self.source.load(paths))
+        self._report_issues()
+        # 2. Namespaces: the dirty ones, all of them on a full run.
+        with self._ns_lock:
+            dirty, self._dirty_ns = self._dirty_ns, set()
+        if full:
+            if force:
+                self.discovery.spaces.clear()
+            self.discovery.scan()
+            if self.netns_watcher is not None:
+                self.netns_watcher.poke_all()
+        for name in sorted(dirty):
+            self.discovery.refresh(name)
+        # 3. Compile (incrementally, unless there is no compiler yet).
+        gone_ips: set[str] = set()
+        try:
+            if self.compiler is None:
+                self.compiler = Compiler(self.store.cluster(), node_ips=self.opts.node_ips,
+                                         legacy_namespace_isolation=self.opts.legacy_namespace_isolation)
+                candidates: set[str] | None = None
+                self._changes.clear()
+            else:
+                candidates, gone_ips = self._feed(self._changes)
+                self._changes.clear()
+        except Exception as e:
+            # The firewalls cannot be computed: fail closed for pods that have no rules of
+            # ours yet, rebuild the compiler from scratch on the retry.
+            self.compiler = None
+            cluster = self.store.cluster()
+            placement = place({k: p.ips for k, p in cluster.pods.items()}, self.discovery.index())
+            out = self.reconciler.isolate_only(
+                placement.local, lambda key: isolation_only(cluster, key, self.opts.node_ips,
+                                                            self.opts.legacy_namespace_isolation))
+            self.log.error("compile failed", error=f"{type(e).__name__}: {e}",
+                           deny_only=sorted(out.applied))
+            raise
+        if full:
+            candidates = None
+        # 4. Which pods live here.
+        placement = place({k: p.ips for k, p in self.compiler.pods.items()}, self.discovery.index())
+        self.local = placement.local
+        self._report_conflicts(placement.conflicts)
+        # 5. Converge.
+        out = self.reconciler.converge(placement.local, self.compiler.firewall, candidates)
+        self._report_outcome(out)
+        if self.conntrack is not None:
+            self._conntrack(out, gone_ips | out.gone_ips)
+        self._update_gauges()
+        if out.errors:
+            self.totals.apply_errors += len(out.errors)
+        return self.reconciler.next_retry()
+
+    def _feed(self, changes: dict[ObjKey, Any]) -> tuple[set[str], set[str]]:
+        """Changed objects -> compiler calls, in the compiler's own order (namespaces, then
+        policy removals, pod removals, pods, policies). Returns (pods whose firewall changed,
+        addresses of pods that went away)."""
+        assert self.compiler is not None
+        c = self.compiler
+        affected: set[str] = set()
+        gone: set[str] = set()
+        items = sorted(changes.items(), key=lambda kv: (KIND_ORDER.get(kv[0][0], 9), kv[0][1]))
+        for (kind, key), obj in items:
+            if kind == "Namespace":
+                affected |= c.remove_namespace(key) if obj is None else c.set_namespace(obj)
+        for (kind, key), obj in items:
+            if kind == "NetworkPolicy" and obj is None:
+                affected |= c.remove_policy(key)
+        for (kind, key), obj in items:
+            if kind == "Pod":
+                old = c.pods.get(key)
+                if obj is None:
+                    if old is not None:
+                        gone.update(old.ips)
+                    affected |= c.remove_pod(key)
+                else:
+                    if old is not None and old.ips != obj.ips:
+                        gone.update(set(old.ips) - set(obj.ips))
+                    affected |= c.set_pod(obj)
+        for (kind, key), obj in items:
+            if kind == "NetworkPolicy" and obj is not None:
+                affected |= c.set_policy(obj)
+        return affected, gone
+
+    def _conntrack(self, out: Outcome, gone_ips: set[str]) -> None:
+        assert self.conntrack is not None
+        for ns, (before, after) in sorted(out.changed.items()):
+            try:
+                n = self.conntrack.cut(ns, after)
+            except Exception as e:
+                self.log.warning("conntrack cleanup failed", netns=ns, error=str(e))
+                continue
+            if n:
+                self.totals.conntrack_deleted += n
+                self.metrics.conntrack_deleted.inc(n)
+                self.log.info("conntrack entries deleted", netns=ns, pod=after.pod, entries=n,
+                              reason="no longer allowed")
+        if gone_ips:
+            for ns in sorted(self.reconciler.managed):
+                try:
+                    n = self.conntrack.forget_ips(ns, gone_ips)
+                except Exception as e:
+                    self.log.warning("conntrack cleanup failed", netns=ns, error=str(e))
+                    continue
+                if n:
+                    self.totals.conntrack_deleted += n
+                    self.metrics.conntrack_deleted.inc(n)
+                    self.log.info("conntrack entries deleted", netns=ns, entries=n, reason="pod went away")
+
+    def _repair(self) -> None:
+        self.repair_timer.done()
+        out = self.reconciler.repair()
+        for ns in out.repaired:
+            m = self.reconciler.managed.get(ns)
+            self.totals.drift_repairs += 1
+            self.metrics.drift_repairs.inc()
+            self.log.warning("drift repaired", netns=ns, pod=m.pod if m else "",
+                             reason="rules changed or removed outside the daemon")
+        self._report_outcome(out)
+        if out.errors or out.repaired or out.vanished:
+            self._update_gauges()
+            self._write_state()
+        if self.reconciler.failures:
+            self.runner.wake_at(self.reconciler.next_retry() or self.clock())
+
+    # ================================================================== reporting
+
+    def _after_run(self, info: RunInfo) -> None:
+        self.last_info = info
+        self.last_sync_ms = round((info.finished - info.started) * 1000, 3)
+        kind = "full" if info.full else "incremental"
+        self.metrics.sync_duration.labels(kind).observe(info.finished - info.started)
+        self.totals.syncs += 1
+        if info.ok:
+            self.metrics.syncs.labels("ok").inc()
+            self.last_sync_wall = time.time()
+            self.metrics.last_sync.set(self.last_sync_wall)
+            if info.first_request is not None:
+                self.metrics.impl_delay.observe(max(0.0, info.finished - info.first_request))
+            self.log.debug("sync done", kind=kind, ms=self.last_sync_ms, pods=len(self.local))
+        else:
+            self.totals.sync_errors += 1
+            self.metrics.syncs.labels("error").inc()
+            self.log.error("sync failed", kind=kind, error=_msg(info.error),
+                           retry_in_s=round(self.runner.backoff(self.runner.failures), 3))
+        self._write_state()
+
+    def _report_issues(self) -> None:
+        now = {str(i): i for i in self.store.issues()}
+        for text, issue in now.items():
+            if text not in self._said_issues:
+                p = issue.problem
+                fields = dict(file=p.file, object=p.obj, field=p.field, reason=p.message,
+                              consequence=issue.consequence)
+                if issue.consequence == "warning":
+                    self.log.warning("input warning", **fields)
+                else:
+                    self.log.error("input error", **fields)
+        for text, issue in self._said_issues.items():
+            if text not in now:
+                p = issue.problem
+                self.log.info("input error resolved", file=p.file, object=p.obj, field=p.field)
+        self._said_issues = now
+        self.metrics.input_errors.set(sum(1 for i in now.values() if i.consequence != "warning"))
+
+    def _report_conflicts(self, conflicts: list[str]) -> None:
+        self.conflicts = conflicts
+        for c in conflicts:
+            if c not in self._said_conflicts:
+                self.log.error("namespace conflict", reason=c)
+        self._said_conflicts = set(conflicts)
+
+    def _report_outcome(self, out: Outcome) -> None:
+        for ns, kind in sorted(out.applied.items()):
+            self.metrics.applies.labels(kind if kind in ("delta", "full", "adopted", "deny-only") else "full").inc()
+            self.totals.applies[kind] = self.totals.applies.get(kind, 0) + 1
+            m = self.reconciler.managed.get(ns)
+            pod = m.pod if m else ""
+            if kind == "deny-only":
+                self.log.warning("deny-only installed", netns=ns, pod=pod,
+                                 reason="the pod's rules could not be installed; isolation without allow rules until they can")
+            elif kind != "none":
+                self.log.debug("applied", netns=ns, pod=pod, kind=kind)
+        for ns, msg in sorted(out.errors.items()):
+            self.metrics.apply_errors.inc()
+            if self._said_failures.get(ns) != msg:
+                f = self.reconciler.failures.get(ns)
+                self.log.error("apply failed", netns=ns, pod=f.pod if f else "", error=msg,
+                               retry_in_s=round(max(0.0, f.retry_at - self.clock()), 3) if f else None)
+                self._said_failures[ns] = msg
+        for ns in list(self._said_failures):
+            if ns not in self.reconciler.failures:
+                del self._said_failures[ns]
+                if ns in self.reconciler.managed:
+                    self.log.info("apply recovered", netns=ns, pod=self.reconciler.managed[ns].pod)
+        for ns in out.released:
+            self.log.info("namespace released", netns=ns,
+                          reason="it no longer holds a watched pod; our rules stay in place")
+        for ns in out.vanished:
+            self.log.info("namespace gone", netns=ns)
+
+    def _update_gauges(self) -> None:
+        managed = self.reconciler.managed.values()
+        self.metrics.managed.set(len(self.reconciler.managed))
+        self.metrics.isolated.labels("ingress").set(sum(1 for m in managed if m.fw.ingress.isolated))
+        self.metrics.isolated.labels("egress").set(sum(1 for m in managed if m.fw.egress.isolated))
+        self.metrics.rules.set(sum(len(m.fw.ingress.rules) + len(m.fw.egress.rules) for m in managed))
+        self.metrics.sets.set(sum(len(m.fw.sets) for m in managed))
+        self.metrics.set_elements.set(sum(len(s.v4) + len(s.v6) for m in managed for s in m.fw.sets))
+        self.metrics.errors_in_force.set(len(self.reconciler.failures))
+        for kind, n in self._object_counts().items():
+            self.metrics.objects.labels(kind).set(n)
+
+    def _object_counts(self) -> dict[str, int]:
+        counts = {"Namespace": 0, "Pod": 0, "NetworkPolicy": 0, "ExternalHost": 0}
+        for kind, _ in self.store.view:
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
+    def health(self) -> tuple[bool, str]:
+        if self.phase == "starting":
+            return False, "starting: the first sync has not finished"
+        if self.phase == "stopped":
+            return False, "stopped"
+        stalled = self.clock() - self._last_loop
+        limit = max(120.0, 3 * self.opts.repair_interval)
+        if stalled > limit:
+            return False, f"stalled: the worker has not looped for {stalled:.0f}s"
+        return True, "ok: " + self._status_line()
+
+    def _status_line(self) -> str:
+        errs = len(self.store.errors()) + len(self.reconciler.failures) + len(self.conflicts)
+        return (f"{len(self.reconciler.managed)} pod namespaces enforced, "
+                f"{errs} error(s) in force, last sync {self.last_sync_ms} ms")
+
+    def state(self) -> dict[str, Any]:
+        c = self.compiler
+        pods = []
+        for ns, m in sorted(self.reconciler.managed.items(), key=lambda kv: kv[1].pod):
+            fw = m.wanted or m.fw
+            st = "deny-only" if m.wanted is not None else ("error" if ns in self.reconciler.failures else "enforced")
+            pods.append({"pod": m.pod, "netns": ns, "state": st,
+                         "ingress": list(fw.ingress.isolated_by) if fw.ingress.isolated else [],
+                         "egress": list(fw.egress.isolated_by) if fw.egress.isolated else [],
+                         "rules": len(fw.ingress.rules) + len(fw.egress.rules)})
+        info = self.last_info
+        counts = self._object_counts()
+        return {
+            "version": statusfile.VERSION,
+            "pid": os.getpid(),
+            "phase": self.phase,
+            "started": statusfile.iso(self.started_wall),
+            "updated": statusfile.iso(time.time()),
+            "backend": self.backend.name,
+            "watch": list(self.opts.watch),
+            "netns_prefix": self.opts.netns_prefix,
+            "conntrack_strict": self.opts.conntrack_strict,
+            "last_sync": None if info is None else {
+                "at": statusfile.iso(self.last_sync_wall) if info.ok else statusfile.iso(time.time()),
+                "ok": info.ok, "kind": "full" if info.full else "incremental",
+                "ms": self.last_sync_ms, "error": None if info.ok else _msg(info.error)},
+            "counts": {"pods": counts["Pod"], "policies": counts["NetworkPolicy"],
+                       "namespaces": counts["Namespace"], "local_pods": len(self.local),
+                       "managed": len(self.reconciler.managed),
+                       "compiled_pods": len(c.pods) if c is not None else 0},
+            "totals": {"syncs": self.totals.syncs, "sync_errors": self.totals.sync_errors,
+                       "apply_errors": self.totals.apply_errors, "drift_repairs": self.totals.drift_repairs,
+                       "conntrack_deleted": self.totals.conntrack_deleted, "applies": self.totals.applies},
+            "pods": pods,
+            "input_errors": [str(i) for i in self.store.errors()],
+            "apply_errors": [{"netns": f.netns, "pod": f.pod, "message": f.message, "count": f.count}
+                             for f in sorted(self.reconciler.failures.values(), key=lambda f: f.netns)],
+            "conflicts": list(self.conflicts),
+        }
+
+    def _write_state(self) -> None:
+        if not self.opts.state_file:
+            return
+        try:
+            statusfile.write(self.opts.state_file, self.state())
+        except OSError as e:
+            self.log.warning("state file not written", path=self.opts.state_file, error=str(e))
+
+
+def _msg(e: BaseException | None) -> str:
+    if e is None:
+        return ""
+    if isinstance(e, NetpolError):
+        return str(e)
+    return f"{type(e).__name__}: {e}"

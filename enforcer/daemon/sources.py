@@ -1,0 +1,412 @@
+"""Where the desired state comes from: manifest files in watched directories.
+
+Two parts:
+
+``ManifestStore`` (pure, no threads, no clock) holds, per file, the objects it contributes
+and merges the files into one view, keyed by (kind, key). Bad input never costs
+enforcement (DESIGN "Daemon behaviour"):
+
+* an object that is invalid now keeps its last good version in force (and its problems
+  are reported); an invalid object that never had a good version is not loaded;
+* a file with any error never *removes* an object: a half-written or truncated file may
+  simply not show the objects that follow the damage, so objects it no longer shows are
+  kept until the file is whole again;
+* an empty file that had objects is treated as being written, not as "delete everything"
+  (delete the file to remove its objects); an unreadable file keeps its objects too;
+* a deleted file removes its objects; a watched directory that disappears or cannot be
+  read removes nothing;
+* the same object in two files: the first file in path order wins (as ``netpol validate``
+  and friends load), the other is reported.
+
+Every update returns the objects whose version in force changed, so the compiler is fed
+incremental changes, and the problems in force can be diffed to log each exactly once.
+
+``DirSource`` watches the directories (inotify, through watchdog) and decides *when* a file
+is read: a file is read after it is closed or moved into place, not while it is written
+(IN_MODIFY alone waits ``settle`` seconds for the close). A periodic ``scan`` compares
+every file's stat signature as a safety net for lost events.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from enforcer import manifests
+from enforcer.errors import Problem
+from enforcer.model import Cluster
+
+ObjKey = tuple[str, str]  # (kind, key): ("NetworkPolicy", "prod/db"), ("Namespace", "prod")
+
+KEPT = "last good version stays in force"
+NOT_LOADED = "not loaded"
+FILE_KEPT = "objects of this file stay in force"
+
+KIND_ORDER = {"Namespace": 0, "Pod": 1, "NetworkPolicy": 2, "ExternalHost": 3}
+
+
+@dataclass(frozen=True)
+class Issue:
+    """A problem in force and what it costs: the object's last good version stays,
+    the object is not loaded, or the file's objects are all kept."""
+
+    problem: Problem
+    consequence: str
+
+    def __str__(self) -> str:
+        return f"{self.problem} ({self.consequence})"
+
+
+@dataclass
+class FileEntry:
+    path: str
+    sig: tuple | None = None
+    objects: dict[ObjKey, object] = field(default_factory=dict)  # in force from this file
+    issues: list[Issue] = field(default_factory=list)
+
+
+def describe(key: ObjKey) -> str:
+    return f"{key[0]} {key[1]}"
+
+
+class ManifestStore:
+    def __init__(self, *, legacy_namespace_isolation: bool = False) -> None:
+        self.legacy = legacy_namespace_isolation
+        self.files: dict[str, FileEntry] = {}
+        self.owners: dict[ObjKey, set[str]] = {}  # which files hold each object
+        self.view: dict[ObjKey, object] = {}  # the object in force per key
+        self.dir_issues: dict[str, Issue] = {}  # watched directory -> problem reading it
+
+    # ------------------------------------------------------------------ updates
+
+    def put_text(self, path: str, text: str, sig: tuple | None = None) -> dict[ObjKey, object | None]:
+        """The new content of ``path``; returns {key: object in force now, or None if gone}."""
+        entry = self.files.get(path) or FileEntry(path)
+        old = dict(entry.objects)
+        decoded, file_problems, _notes = manifests.decode_text(
+            text, path, legacy_namespace_isolation=self.legacy)
+        objects: dict[ObjKey, object] = {}
+        issues: list[Issue] = []
+        broken = any(not p.warning for p in file_problems)
+        for p in file_problems:
+            issues.append(Issue(p, FILE_KEPT if not p.warning else "warning"))
+        for d in decoded:
+            key = (d.kind, d.key)
+            errors = [p for p in d.problems if not p.warning]
+            warnings = [p for p in d.problems if p.warning]
+            issues.extend(Issue(p, "warning") for p in warnings)
+            if d.obj is not None and not errors:
+                if key not in objects:  # a duplicate inside the file: the first wins
+                    objects[key] = d.obj
+                continue
+            broken = True
+            if d.key and key in old and key not in objects:
+                objects[key] = old[key]
+                issues.extend(Issue(p, KEPT) for p in errors)
+            else:
+                consequence = NOT_LOADED if d.key else FILE_KEPT
+                issues.extend(Issue(p, consequence) for p in errors)
+        if not text.strip() and old:
+            broken = True
+            issues.append(Issue(Problem(path, "", "", f"file is empty; treated as being written, "
+                                        f"its {len(old)} object(s) stay in force (delete the file "
+                                        "to remove them)"), FILE_KEPT))
+        if broken:
+            # Objects this file no longer shows may sit behind the damage: keep them.
+            for key, obj in old.items():
+                objects.setdefault(key, obj)
+        entry.objects = objects
+        entry.issues = issues
+        entry.sig = sig
+        self.files[path] = entry
+        return self._reindex(path, old, objects)
+
+    def put_unreadable(self, path: str, problem: Problem, sig: tuple | None = None) -> dict[ObjKey, object | None]:
+        """``path`` exists but cannot be read or is not text: its objects stay."""
+        entry = self.files.get(path) or FileEntry(path)
+        entry.issues = [Issue(problem, FILE_KEPT)]
+        entry.sig = sig
+        self.files[path] = entry
+        return {}
+
+    def drop(self, path: str) -> dict[ObjKey, object | None]:
+        """``path`` was deleted: its objects go."""
+        entry = self.files.pop(path, None)
+        if entry is None:
+            return {}
+        return self._reindex(path, entry.objects, {})
+
+    def set_dir_issue(self, directory: str, problem: Problem | None) -> None:
+        if problem is None:
+            self.dir_issues.pop(directory, None)
+        else:
+            self.dir_issues[directory] = Issue(problem, "objects of its files stay in force")
+
+    def _reindex(self, path: str, old: dict[ObjKey, object], new: dict[ObjKey, object]
+                 ) -> dict[ObjKey, object | None]:
+        changes: dict[ObjKey, object | None] = {}
+        for key in old.keys() - new.keys():
+            owners = self.owners.get(key)
+            if owners is not None:
+                owners.discard(path)
+                if not owners:
+                    del self.owners[key]
+        for key in new.keys() - old.keys():
+            self.owners.setdefault(key, set()).add(path)
+        for key in old.keys() | new.keys():
+            owners = self.owners.get(key)
+            now = self.files[min(owners)].objects[key] if owners else None
+            before = self.view.get(key)
+            if now is None:
+                if key in self.view:
+                    del self.view[key]
+                    changes[key] = None
+            elif before is None or not same_object(before, now):
+                self.view[key] = now
+                changes[key] = now
+        return changes
+
+    # ------------------------------------------------------------------ queries
+
+    def cluster(self) -> Cluster:
+        c = Cluster()
+        tables = {"Namespace": c.namespaces, "Pod": c.pods, "NetworkPolicy": c.policies,
+                  "ExternalHost": c.externals}
+        for (kind, key), obj in self.view.items():
+            tables[kind][key] = obj
+        return c
+
+    def issues(self) -> list[Issue]:
+        """Every problem in force: per directory, per file, and duplicates across files."""
+        out = list(self.dir_issues.values())
+        for path in sorted(self.files):
+            out.extend(self.files[path].issues)
+        for key, owners in self.owners.items():
+            if len(owners) > 1:
+                first = min(owners)
+                for other in sorted(owners - {first}):
+                    out.append(Issue(Problem(other, describe(key), "metadata.name",
+                                             f"Duplicate value: also defined in {first}"),
+                                     f"the one in {first} is used"))
+        return out
+
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues() if i.consequence != "warning"]
+
+
+def same_object(a: object, b: object) -> bool:
+    """Model objects compare labels by identity-free value only through ``dict()`` (the
+    dataclasses exclude labels from hashing, not from ==; be explicit anyway)."""
+    if a != b:
+        return False
+    la, lb = getattr(a, "labels", None), getattr(b, "labels", None)
+    return la is None or dict(la) == dict(lb)
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def signature(st: os.stat_result) -> tuple:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def read_text(path: str) -> tuple[str | None, Problem | None]:
+    """A manifest file's text, or the problem that stops us reading it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(manifests.MAX_FILE_BYTES + 1)
+    except OSError as e:
+        return None, Problem(path, "", "", f"cannot read: {(e.strerror or str(e)).lower()}")
+    if len(data) > manifests.MAX_FILE_BYTES:
+        return None, Problem(path, "", "", "file too large: refusing to parse it")
+    if b"\x00" in data:
+        return None, Problem(path, "", "", "binary data (NUL bytes), not YAML or JSON text")
+    try:
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError as e:
+        return None, Problem(path, "", "", f"not UTF-8 text (invalid byte at offset {e.start})")
+
+
+def is_manifest(name: str) -> bool:
+    return not name.startswith(".") and name.endswith(manifests.MANIFEST_SUFFIXES)
+
+
+def list_dir(directory: str) -> tuple[dict[str, tuple], Problem | None]:
+    """Manifest files directly in ``directory`` with their signatures (not recursive)."""
+    try:
+        names = os.listdir(directory)
+    except OSError as e:
+        return {}, Problem(directory, "", "", f"cannot read directory: {(e.strerror or str(e)).lower()}")
+    out = {}
+    for name in names:
+        if not is_manifest(name):
+            continue
+        full = os.path.join(directory, name)
+        try:
+            st = os.stat(full)
+        except OSError:
+            continue  # gone between listdir and stat: the next scan sees it
+        if os.path.isdir(full):
+            continue
+        out[full] = signature(st)
+    return out, None
+
+
+# ---------------------------------------------------------------------- watching
+
+
+class DirSource:
+    """The watched directories: which files must be (re)read, and when.
+
+    ``on_ready(event_time, not_before)`` is called from the watcher thread whenever a file
+    becomes due; the daemon turns it into a runner request. ``take_due`` and ``scan`` run
+    on the daemon's worker thread.
+    """
+
+    def __init__(self, dirs: Iterable[str], store: ManifestStore, *, settle: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.dirs = [os.path.abspath(d) for d in dirs]
+        self.store = store
+        self.settle = settle
+        self.clock = clock
+        self.on_ready: Callable[[float, float | None], None] = lambda at, nb: None
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[float, float]] = {}  # path -> (event time, ready at)
+        self._observer = None
+        self._watched: set[str] = set()
+
+    # -- events (watcher thread)
+
+    def note(self, path: str, ready: bool, at: float | None = None) -> None:
+        """A file changed; ``ready``: it is complete now (closed, moved in, deleted)."""
+        if os.path.dirname(path) not in self.dirs or not is_manifest(os.path.basename(path)):
+            return
+        now = self.clock()
+        at = now if at is None else at
+        with self._lock:
+            held = self._pending.get(path)
+            if held is not None:
+                at = min(at, held[0])
+            if ready or (held is not None and held[1] <= now):
+                ready_at = now  # complete (or already due and not yet read)
+            else:
+                ready_at = now + self.settle  # still being written: wait for its close
+            self._pending[path] = (at, ready_at)
+        self.on_ready(at, None if ready_at <= now else ready_at)
+
+    def next_ready(self) -> float | None:
+        with self._lock:
+            return min((r for _, r in self._pending.values()), default=None)
+
+    def take_due(self) -> tuple[list[str], float | None]:
+        """Paths due for reading now, and the oldest event time among them."""
+        now = self.clock()
+        with self._lock:
+            due = [p for p, (_, r) in self._pending.items() if r <= now]
+            first = min((self._pending[p][0] for p in due), default=None)
+            for p in due:
+                del self._pending[p]
+        return sorted(due), first
+
+    # -- reading (worker thread)
+
+    def load(self, paths: Iterable[str]) -> dict[ObjKey, object | None]:
+        """(Re)read ``paths`` into the store; returns the objects whose version changed."""
+        changes: dict[ObjKey, object | None] = {}
+        for path in paths:
+            directory = os.path.dirname(path)
+            if directory in self.store.dir_issues:
+                continue  # the directory is unreadable: keep everything as it was
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                if os.path.isdir(directory):
+                    changes.update(self.store.drop(path))
+                continue
+            except OSError as e:
+                changes.update(self.store.put_unreadable(path, Problem(path, "", "", f"cannot stat: {e.strerror}")))
+                continue
+            text, problem = read_text(path)
+            if problem is not None:
+                changes.update(self.store.put_unreadable(path, problem, signature(st)))
+            else:
+                changes.update(self.store.put_text(path, text, signature(st)))  # type: ignore[arg-type]
+        return changes
+
+    def scan(self, *, force: bool = False) -> dict[ObjKey, object | None]:
+        """Compare every file with what the store read last; read what differs (all files
+        with ``force``). A file modified less than ``settle`` ago is left to its events."""
+        changes: dict[ObjKey, object | None] = {}
+        wall = time.time()
+        for d in self.dirs:
+            listing, problem = list_dir(d)
+            self.store.set_dir_issue(d, problem)
+            if problem is not None:
+                continue
+            self._ensure_watch(d)
+            known = {p for p in self.store.files if os.path.dirname(p) == d}
+            stale = []
+            for path, sig in listing.items():
+                entry = self.store.files.get(path)
+                if not force and entry is not None and entry.sig == sig:
+                    continue
+                if not force and entry is not None and wall - sig[2] / 1e9 < self.settle:
+                    continue  # being written right now; its close event reads it
+                stale.append(path)
+            stale += sorted(known - listing.keys())
+            changes.update(self.load(sorted(stale)))
+        return changes
+
+    # -- inotify
+
+    def start(self) -> None:
+        from watchdog.observers import Observer
+
+        self._observer = Observer()
+        self._observer.daemon = True
+        for d in self.dirs:
+            self._ensure_watch(d)
+        self._observer.start()
+
+    def _ensure_watch(self, directory: str) -> None:
+        if self._observer is None or directory in self._watched:
+            return
+        try:
+            self._observer.schedule(_Handler(self), directory, recursive=False)
+            self._watched.add(directory)
+        except OSError:
+            pass  # missing now; the scan reports it and tries again next time
+
+    def lost_watch(self, directory: str) -> None:
+        self._watched.discard(directory)
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=2)
+            self._observer = None
+
+
+class _Handler:
+    """watchdog event handler (duck-typed: ``dispatch`` is all the observer calls)."""
+
+    def __init__(self, source: DirSource) -> None:
+        self.source = source
+
+    def dispatch(self, event) -> None:
+        kind = event.event_type
+        src = os.fsdecode(event.src_path)
+        if event.is_directory:
+            if kind in ("deleted", "moved") and src in self.source.dirs:
+                self.source.lost_watch(src)
+            return
+        if kind == "moved":
+            self.source.note(src, True)
+            self.source.note(os.fsdecode(event.dest_path), True)
+        elif kind in ("closed", "deleted"):
+            self.source.note(src, True)
+        elif kind in ("created", "modified"):
+            self.source.note(src, False)
+        # opened, closed_no_write, attrib: content unchanged

@@ -1,0 +1,112 @@
+"""The daemon's state file (``--state-file``, default /run/netpol-enforcer/daemon.json) and
+``netpol status``, which reads it.
+
+The daemon rewrites the file atomically (temporary file + rename) after every sync and
+repair, so a reader never sees half of it. It says which local pods are isolated by which
+policies, when the last sync ran and how it ended, and every error in force (input
+problems, failed applies, ambiguous namespaces).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+from enforcer.errors import NetpolError
+
+DEFAULT_STATE_FILE = "/run/netpol-enforcer/daemon.json"
+VERSION = 1
+
+
+def iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+def write(path: str, data: dict[str, Any]) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".daemon-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=False)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise NetpolError(f"no daemon state at {path}: is `netpol run` running "
+                          "(or started with another --state-file)?") from None
+    except (OSError, ValueError) as e:
+        raise NetpolError(f"cannot read the daemon state {path}: {e}") from None
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        raise NetpolError(f"{path}: not a netpol daemon state file (version {VERSION})")
+    return data
+
+
+def alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running(data: dict[str, Any]) -> bool:
+    return data.get("phase") in ("starting", "running") and alive(data.get("pid"))
+
+
+def render(data: dict[str, Any]) -> str:
+    """The text of ``netpol status``."""
+    lines = []
+    state = "running" if running(data) else f"not running (state {data.get('phase')})"
+    lines.append(f"netpol daemon: {state}, pid {data.get('pid')}, backend {data.get('backend')}, "
+                 f"started {data.get('started')}")
+    ls = data.get("last_sync") or {}
+    if ls:
+        how = "ok" if ls.get("ok") else f"FAILED: {ls.get('error')}"
+        lines.append(f"last sync: {ls.get('at')} ({ls.get('kind')}, {ls.get('ms')} ms): {how}")
+    c = data.get("counts", {})
+    lines.append(f"cluster: {c.get('pods', 0)} pods, {c.get('policies', 0)} policies, "
+                 f"{c.get('namespaces', 0)} namespaces; on this node: {c.get('local_pods', 0)} pods "
+                 f"enforced in {c.get('managed', 0)} network namespaces")
+    t = data.get("totals", {})
+    lines.append(f"drift repairs: {t.get('drift_repairs', 0)}, apply errors: {t.get('apply_errors', 0)}, "
+                 f"syncs: {t.get('syncs', 0)}")
+    errors = data.get("input_errors", []) + [f"{e['netns']} ({e['pod']}): {e['message']} "
+                                             f"(failed {e['count']}x, retrying)" for e in data.get("apply_errors", [])]
+    errors += data.get("conflicts", [])
+    if errors:
+        lines.append(f"errors in force: {len(errors)}")
+        lines += [f"  {e}" for e in errors]
+    else:
+        lines.append("errors in force: none")
+    pods = data.get("pods", [])
+    if pods:
+        rows = [("POD", "NETNS", "STATE", "INGRESS ISOLATED BY", "EGRESS ISOLATED BY")]
+        for p in pods:
+            rows.append((p["pod"], p["netns"], p.get("state", ""),
+                         ",".join(p.get("ingress") or []) or "-", ",".join(p.get("egress") or []) or "-"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines.append("")
+        for r in rows:
+            lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    return "\n".join(lines)
