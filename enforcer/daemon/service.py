@@ -75,7 +75,8 @@ class Totals:
 class Daemon:
     def __init__(self, opts: Options, *, backend, log: Log, clock: Callable[[], float] = time.monotonic,
                  notifier: Notifier | None = None, discovery: Discovery | None = None,
-                 conntrack: Conntrack | None = None, watch_netns: bool = True) -> None:
+                 conntrack: Conntrack | None = None, watch_netns: bool = True,
+                 reconciler: Reconciler | None = None) -> None:
         self.opts = opts
         self.log = log
         self.clock = clock
@@ -87,7 +88,7 @@ class Daemon:
         self.discovery = discovery or Discovery(opts.netns_prefix)
         self.watch_netns = watch_netns
         self.netns_watcher: NetnsWatcher | None = None
-        self.reconciler = Reconciler(backend, clock=clock, workers=opts.apply_workers)
+        self.reconciler = reconciler or Reconciler(backend, clock=clock, workers=opts.apply_workers)
         self.conntrack = conntrack if conntrack is not None else (Conntrack() if opts.conntrack_strict else None)
         self.compiler: Compiler | None = None
         self.runner = BoundedRunner(self._sync, clock=clock, min_interval=opts.min_interval,
@@ -205,31 +206,37 @@ class Daemon:
             with self._cond:
                 if self._stop:
                     break
-                reload, self._reload = self._reload, False
-            self._last_loop = self.clock()
-            if reload:
-                self.log.info("reload", reason="SIGHUP")
-                self.notifier.reloading()
-                self._force_read = True
-                self._after_run(self.runner.run_now(full=True))
-                self._repair()
-                self.notifier.ready(self._status_line())
-            else:
-                info = self.runner.run_if_due()
-                if info is not None:
-                    self._after_run(info)
-            if self.repair_timer.is_due():
-                self._repair()
-            if self.watchdog_timer is not None and self.watchdog_timer.is_due():
-                self.notifier.watchdog()
-                self.watchdog_timer.done()
-            wake = min(self.runner.due(), self.repair_timer.due(),
-                       self.watchdog_timer.due() if self.watchdog_timer else float("inf"))
+            wake = self.step()
             with self._cond:
                 if not self._kick and not self._stop and not self._reload:
                     self._cond.wait(timeout=max(0.0, min(wake - self.clock(), 3600.0)))
                 self._kick = False
         self.shutdown()
+
+    def step(self) -> float:
+        """One turn of the loop: a reload, a sync, a repair, a watchdog ping, whatever is
+        due. Returns when the next thing is due."""
+        with self._cond:
+            reload, self._reload = self._reload, False
+        self._last_loop = self.clock()
+        if reload:
+            self.log.info("reload", reason="SIGHUP")
+            self.notifier.reloading()
+            self._force_read = True
+            self._after_run(self.runner.run_now(full=True))
+            self._repair()
+            self.notifier.ready(self._status_line())
+        else:
+            info = self.runner.run_if_due()
+            if info is not None:
+                self._after_run(info)
+        if self.repair_timer.is_due():
+            self._repair()
+        if self.watchdog_timer is not None and self.watchdog_timer.is_due():
+            self.notifier.watchdog()
+            self.watchdog_timer.done()
+        return min(self.runner.due(), self.repair_timer.due(),
+                   self.watchdog_timer.due() if self.watchdog_timer else float("inf"))
 
     def shutdown(self) -> None:
         self.notifier.stopping()

@@ -11,6 +11,7 @@ enforcement (DESIGN "Daemon behaviour"):
 * a file with any error never *removes* an object: a half-written or truncated file may
   simply not show the objects that follow the damage, so objects it no longer shows are
   kept until the file is whole again;
+* a last document whose kind is cut off ("kind: Netw") marks the file as damaged too;
 * an empty file that had objects is treated as being written, not as "delete everything"
   (delete the file to remove its objects); an unreadable file keeps its objects too;
 * a deleted file removes its objects; a watched directory that disappears or cannot be
@@ -29,6 +30,7 @@ every file's stat signature as a safety net for lost events.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -85,11 +87,19 @@ class ManifestStore:
         """The new content of ``path``; returns {key: object in force now, or None if gone}."""
         entry = self.files.get(path) or FileEntry(path)
         old = dict(entry.objects)
-        decoded, file_problems, _notes = manifests.decode_text(
+        decoded, file_problems, notes = manifests.decode_text(
             text, path, legacy_namespace_isolation=self.legacy)
         objects: dict[ObjKey, object] = {}
         issues: list[Issue] = []
         broken = any(not p.warning for p in file_problems)
+        for note in notes:
+            kind = truncated_kind(note)
+            if kind is not None:
+                # "kind: Netw" is a kind we skip, but it is also what a file cut in the
+                # middle of "kind: NetworkPolicy" looks like.
+                broken = True
+                issues.append(Issue(Problem(path, "", "kind", f"{kind!r} looks like a cut-off kind "
+                                            "(the file may be half-written)"), FILE_KEPT))
         for p in file_problems:
             issues.append(Issue(p, FILE_KEPT if not p.warning else "warning"))
         for d in decoded:
@@ -194,6 +204,20 @@ class ManifestStore:
 
     def errors(self) -> list[Issue]:
         return [i for i in self.issues() if i.consequence != "warning"]
+
+
+_SKIPPED = re.compile(r": skipped (\S+) ")
+
+
+def truncated_kind(note: str) -> str | None:
+    """The kind of a "skipped KIND ..." note if KIND is a proper prefix of a kind we read."""
+    m = _SKIPPED.search(note)
+    if m is None:
+        return None
+    kind = m.group(1)
+    if any(k != kind and k.startswith(kind) for k in KIND_ORDER):
+        return kind
+    return None
 
 
 def same_object(a: object, b: object) -> bool:

@@ -1,0 +1,298 @@
+"""The reconciler against backends.base.FakeBackend, and pod placement (no root)."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from backends.base import FakeBackend
+from enforcer.compile import Compiler
+from enforcer.daemon.discovery import Discovery, place
+from enforcer.daemon.reconcile import Reconciler, deny_only, isolation_only
+from enforcer.daemon.runner import FakeClock
+from enforcer.errors import ApplyError, NetnsError
+from enforcer.model import (Cluster, ContainerPort, LabelSelector, Namespace, NetworkPolicy, Peer,
+                            Pod, Rule)
+
+NODE = ("10.244.0.1",)
+
+
+def cluster(policies=(), pods=None) -> Cluster:
+    pods = pods or [Pod("x", n, {"app": n}, (f"10.244.0.{i + 2}",), (ContainerPort(80),))
+                    for i, n in enumerate("abc")]
+    return Cluster({"x": Namespace("x", {"kubernetes.io/metadata.name": "x"})},
+                   {p.key: p for p in pods}, {p.key: p for p in policies})
+
+
+def allow_from(peer: str, name="p", target="b") -> NetworkPolicy:
+    return NetworkPolicy("x", name, LabelSelector((("app", target),)), frozenset({"Ingress"}),
+                         ingress=(Rule((Peer(pod_selector=LabelSelector((("app", peer),))),)),))
+
+
+class World:
+    """Namespaces that exist (name -> inode) and a fake backend."""
+
+    def __init__(self, names=("ns-a", "ns-b", "ns-c")):
+        self.inodes = {n: i + 100 for i, n in enumerate(names)}
+        self.backend = FakeBackend()
+        self.clock = FakeClock()
+
+    def reconciler(self, **kw) -> Reconciler:
+        return Reconciler(self.backend, clock=self.clock, inode=self.inodes.get,
+                          exists=lambda n: n in self.inodes, **kw)
+
+
+LOCAL = {"x/a": "ns-a", "x/b": "ns-b", "x/c": "ns-c"}
+
+
+def test_first_contact_swaps_and_later_changes_are_deltas():
+    w = World()
+    r = w.reconciler()
+    comp = Compiler(cluster([allow_from("a")]), node_ips=NODE)
+    out = r.converge(LOCAL, comp.firewall)
+    assert out.applied == {"ns-a": "full", "ns-b": "full", "ns-c": "full"}
+    assert w.backend.installed["ns-b"] == comp.firewall("x/b")
+    # Same policy, other peer: only set elements change.
+    changed = comp.sync(cluster([allow_from("c")]))
+    out = r.converge(LOCAL, comp.firewall, changed)
+    assert out.applied == {"ns-b": "delta"}
+    assert w.backend.installed["ns-b"] == comp.firewall("x/b")
+    # Nothing changed: nothing applied, not even with every pod a candidate.
+    assert r.converge(LOCAL, comp.firewall).applied == {}
+
+
+def test_start_adopts_exactly_matching_tables_and_never_flushes():
+    w = World()
+    comp = Compiler(cluster([allow_from("a")]), node_ips=NODE)
+    # A previous daemon left ns-a exactly right and ns-b with an older policy.
+    w.backend.installed["ns-a"] = comp.firewall("x/a")
+    old = Compiler(cluster([allow_from("c")]), node_ips=NODE).firewall("x/b")
+    w.backend.installed["ns-b"] = old
+    removed = []
+    w.backend.remove = removed.append
+    r = w.reconciler()
+    out = r.converge(LOCAL, comp.firewall)
+    # ns-b: the fake plans against what it holds (a delta); the kernel backends are given
+    # previous=None and swap the whole table in one transaction. Never a remove first.
+    assert out.applied == {"ns-a": "adopted", "ns-b": "delta", "ns-c": "full"}
+    assert removed == []
+    assert w.backend.installed["ns-b"] == comp.firewall("x/b")
+
+
+def test_new_namespaces_are_applied_first_isolated_first():
+    w = World(("ns-a", "ns-b", "ns-c", "ns-d"))
+    pods = [Pod("x", n, {"app": n}, (f"10.244.0.{i + 2}",)) for i, n in enumerate("abcd")]
+    comp = Compiler(cluster([allow_from("a", target="d")], pods), node_ips=NODE)
+    r = w.reconciler()
+    r.converge({"x/a": "ns-a", "x/b": "ns-b"}, comp.firewall)
+    comp.sync(cluster([allow_from("c", target="d"), allow_from("c", "q", "a")], pods))
+    w.backend.calls.clear()
+    r.converge({"x/a": "ns-a", "x/b": "ns-b", "x/c": "ns-c", "x/d": "ns-d"}, comp.firewall, {"x/a"})
+    order = [ns for _, ns in w.backend.calls]
+    assert order[0] == "ns-d"  # new and isolated
+    assert order[1] == "ns-c"  # new
+    assert order[2] == "ns-a"  # known
+
+
+class RefusingBackend(FakeBackend):
+    """Refuses firewalls that have allow rules (what a backend error looks like)."""
+
+    def apply(self, netns, fw, previous=None):
+        if fw.ingress.rules or fw.egress.rules:
+            raise ApplyError(f"{netns}: refused")
+        return super().apply(netns, fw, previous)
+
+
+def test_refused_isolated_firewall_falls_back_to_deny_only_and_retries():
+    w = World()
+    w.backend = RefusingBackend()
+    r = w.reconciler()
+    comp = Compiler(cluster([allow_from("a")]), node_ips=NODE)
+    out = r.converge(LOCAL, comp.firewall)
+    assert out.applied["ns-b"] == "deny-only"
+    installed = w.backend.installed["ns-b"]
+    assert installed.ingress.isolated and not installed.ingress.rules  # closed, not open
+    assert "ns-b" in out.errors and r.failures["ns-b"].count == 1
+    # Retried after its backoff, not before.
+    assert r.converge(LOCAL, comp.firewall).applied == {}
+    w.clock.advance(r.next_retry() - w.clock.now)
+    w.backend.__class__ = FakeBackend  # the backend accepts it now
+    out = r.converge(LOCAL, comp.firewall)
+    assert out.applied == {"ns-b": "full"}
+    assert w.backend.installed["ns-b"] == comp.firewall("x/b")
+    assert r.failures == {}
+
+
+def test_failure_of_an_open_pod_is_retried_with_growing_backoff():
+    w = World()
+    w.backend.fail_on = {"ns-a"}
+    r = w.reconciler()
+    comp = Compiler(cluster([allow_from("a")]), node_ips=NODE)
+    delays = []
+    for _ in range(4):
+        out = r.converge(LOCAL, comp.firewall)
+        assert "ns-a" in out.errors or out.applied == {}
+        delays.append(round(r.next_retry() - w.clock.now, 2))
+        w.clock.advance(r.next_retry() - w.clock.now)
+    assert delays == [0.1, 0.2, 0.4, 0.8]
+    assert "ns-a" not in w.backend.installed
+    assert w.backend.installed["ns-b"] == comp.firewall("x/b")  # others proceed
+
+
+def test_tightened_policy_that_cannot_be_installed_does_not_keep_old_allows():
+    w = World()
+    r = w.reconciler()
+    comp = Compiler(cluster([allow_from("a")]), node_ips=NODE)
+    r.converge(LOCAL, comp.firewall)
+    w.backend.__class__ = RefusingBackend
+    changed = comp.sync(cluster([allow_from("c")]))
+    out = r.converge(LOCAL, comp.firewall, changed)
+    assert out.applied == {"ns-b": "deny-only"}
+    assert not w.backend.installed["ns-b"].ingress.rules
+    w.backend.__class__ = FakeBackend
+
+
+class VanishingBackend(FakeBackend):
+    def __init__(self, world):
+        super().__init__()
+        self.world = world
+
+    def apply(self, netns, fw, previous=None):
+        self.world.inodes.pop(netns, None)  # removed while we apply
+        raise NetnsError(f"network namespace {netns} does not exist")
+
+
+def test_namespace_vanishing_mid_apply_is_not_an_error():
+    w = World()
+    w.backend = VanishingBackend(w)
+    r = w.reconciler()
+    comp = Compiler(cluster([allow_from("a")]), node_ips=NODE)
+    out = r.converge({"x/b": "ns-b"}, comp.firewall)
+    assert out.errors == {} and r.failures == {} and "ns-b" not in r.managed
+
+
+def test_namespace_that_loses_its_pod_is_released_with_rules_in_place():
+    w = World()
+    r = w.reconciler()
+    comp = Compiler(cluster([allow_from("a")]), node_ips=NODE)
+    r.converge(LOCAL, comp.firewall)
+    out = r.converge({"x/a": "ns-a", "x/c": "ns-c"}, comp.firewall)
+    assert out.released == ["ns-b"]
+    assert "ns-b" in w.backend.installed  # fail-static: rules stay
+    assert out.gone_ips == {"10.244.0.3"}
+    # A re-created namespace (same name, new inode) is first contact again.
+    w.inodes["ns-c"] = 999
+    out = r.converge({"x/a": "ns-a", "x/c": "ns-c"}, comp.firewall)
+    assert out.applied == {"ns-c": "adopted"}  # FakeBackend keeps it by name
+
+
+def test_repair_restores_and_counts_drift():
+    w = World()
+    r = w.reconciler()
+    comp = Compiler(cluster([allow_from("a")]), node_ips=NODE)
+    r.converge(LOCAL, comp.firewall)
+    assert r.repair().repaired == []
+    del w.backend.installed["ns-b"]  # "nft flush ruleset" in the pod
+    w.backend.installed["ns-c"] = deny_only(comp.firewall("x/b"))  # someone changed it
+    out = r.repair()
+    assert sorted(out.repaired) == ["ns-b", "ns-c"]
+    assert w.backend.installed["ns-b"] == comp.firewall("x/b")
+    assert w.backend.installed["ns-c"] == comp.firewall("x/c")
+    del w.inodes["ns-a"]
+    out = r.repair()
+    assert out.vanished == ["ns-a"] and "ns-a" not in r.managed
+
+
+def test_isolate_only_installs_deny_only_for_isolated_unmanaged_pods():
+    w = World()
+    r = w.reconciler()
+    c = cluster([allow_from("a")])
+    out = r.isolate_only(LOCAL, lambda key: isolation_only(c, key, NODE))
+    assert out.applied == {"ns-b": "deny-only"}
+    fw = w.backend.installed["ns-b"]
+    assert fw.ingress.isolated and fw.ingress.isolated_by == ("x/p",) and not fw.ingress.rules
+    assert not fw.egress.isolated
+    # The real firewall replaces it at the next converge.
+    comp = Compiler(c, node_ips=NODE)
+    out = r.converge(LOCAL, comp.firewall)
+    assert out.applied["ns-b"] == "full" and w.backend.installed["ns-b"] == comp.firewall("x/b")
+
+
+def test_isolation_only_matches_the_compiler():
+    pols = [allow_from("a"), NetworkPolicy("x", "eg", LabelSelector(), frozenset({"Egress"}))]
+    c = cluster(pols)
+    comp = Compiler(c, node_ips=NODE)
+    for key in c.pods:
+        want = comp.firewall(key)
+        got = isolation_only(c, key, NODE)
+        assert (got.ingress.isolated, got.ingress.isolated_by) == (want.ingress.isolated, want.ingress.isolated_by)
+        assert (got.egress.isolated, got.egress.isolated_by) == (want.egress.isolated, want.egress.isolated_by)
+    assert isolation_only(c, "x/nope") is None
+
+
+def test_parallel_workers_give_the_same_result():
+    w1, w2 = World(), World()
+    comp = Compiler(cluster([allow_from("a")]), node_ips=NODE)
+    r1, r2 = w1.reconciler(), w2.reconciler(workers=4)
+    assert r1.converge(LOCAL, comp.firewall).applied == r2.converge(LOCAL, comp.firewall).applied
+    assert w1.backend.installed == w2.backend.installed
+    r2.close()
+
+
+def test_remove_all_for_cleanup_on_exit():
+    w = World()
+    r = w.reconciler()
+    comp = Compiler(cluster([allow_from("a")]), node_ips=NODE)
+    r.converge(LOCAL, comp.firewall)
+    assert r.remove_all() == {}
+    assert w.backend.installed == {} and r.managed == {}
+
+
+def test_pod_without_ip_or_unknown_pod_is_skipped():
+    w = World()
+    r = w.reconciler()
+    comp = Compiler(cluster([allow_from("a")]), node_ips=NODE)
+    out = r.converge({"x/nope": "ns-a"}, comp.firewall)
+    assert out.applied == {} and out.errors == {}
+
+
+# ----------------------------------------------------------------------- placement
+
+
+def test_place_maps_pods_by_address_and_refuses_to_guess():
+    index = {"10.0.0.2": {"ns-a"}, "10.0.0.3": {"ns-b", "ns-x"}, "10.0.0.4": {"ns-c"},
+             "10.0.0.5": {"ns-c"}, "fd00::2": {"ns-a"}}
+    pods = {"x/a": ("10.0.0.2", "fd00::0002"), "x/b": ("10.0.0.3",), "x/c": ("10.0.0.4",),
+            "x/d": ("10.0.0.5",), "x/remote": ("10.9.9.9",), "x/noip": ()}
+    p = place(pods, index)
+    assert p.local == {"x/a": "ns-a"}
+    assert len(p.conflicts) == 2
+    assert any("x/b" in c and "several network namespaces" in c for c in p.conflicts)
+    assert any("ns-c" in c and "x/c" in c and "x/d" in c for c in p.conflicts)
+
+
+def test_discovery_reads_only_new_or_recreated_namespaces():
+    addrs = {"n1": frozenset({"10.0.0.2"}), "n2": frozenset({"10.0.0.3"}), "other": frozenset({"10.0.0.9"})}
+    inodes = {"n1": 1, "n2": 2, "other": 3}
+    reads = []
+
+    def reader(name):
+        reads.append(name)
+        if name not in addrs:
+            raise NetnsError("gone")
+        return addrs[name]
+
+    d = Discovery("n", reader=reader, lister=lambda p: sorted(n for n in inodes if n.startswith(p)),
+                  inode=inodes.get)
+    assert d.scan()
+    assert reads == ["n1", "n2"]  # the prefix keeps "other" out
+    assert d.index() == {"10.0.0.2": {"n1"}, "10.0.0.3": {"n2"}}
+    reads.clear()
+    assert not d.scan() and reads == []
+    inodes["n2"] = 22  # re-created
+    addrs["n2"] = frozenset({"10.0.0.4"})
+    assert d.scan() and reads == ["n2"]
+    assert d.index() == {"10.0.0.2": {"n1"}, "10.0.0.4": {"n2"}}
+    del inodes["n1"]
+    assert d.scan() and set(d.spaces) == {"n2"}
+    assert not d.refresh("other")  # outside the prefix: never read

@@ -1,0 +1,277 @@
+"""The per-object last-good store and the directory source (no root)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from enforcer.daemon.runner import FakeClock
+from enforcer.daemon.sources import (FILE_KEPT, KEPT, NOT_LOADED, DirSource, ManifestStore,
+                                     read_text)
+
+POLICY = """apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: {name}, namespace: x}}
+spec:
+  podSelector: {{matchLabels: {{app: b}}}}
+  ingress:
+  - from:
+    - podSelector: {{matchLabels: {{app: {peer}}}}}
+"""
+POD = """apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: x, labels: {{app: {name}}}}}
+status: {{podIP: {ip}}}
+"""
+
+
+def policy(name="p", peer="a"):
+    return POLICY.format(name=name, peer=peer)
+
+
+def pod(name, ip):
+    return POD.format(name=name, ip=ip)
+
+
+def peer_of(store, key="x/p"):
+    pol = store.view[("NetworkPolicy", key)]
+    return dict(pol.ingress[0].peers[0].pod_selector.match_labels)["app"]
+
+
+def test_valid_file_loads_every_object():
+    s = ManifestStore()
+    changes = s.put_text("/d/f.yaml", policy() + "---\n" + pod("a", "10.0.0.2"))
+    assert set(changes) == {("NetworkPolicy", "x/p"), ("Pod", "x/a")}
+    c = s.cluster()
+    assert set(c.policies) == {"x/p"} and set(c.pods) == {"x/a"}
+    assert s.errors() == []
+
+
+def test_invalid_object_keeps_its_last_good_version_and_others_proceed():
+    s = ManifestStore()
+    s.put_text("/d/f.yaml", policy(peer="a") + "---\n" + pod("a", "10.0.0.2"))
+    bad = policy(peer="a").replace("podSelector: {matchLabels: {app: a}}", "podSelectr: {}")
+    changes = s.put_text("/d/f.yaml", bad + "---\n" + pod("a", "10.0.0.9"))
+    # The pod (valid) changed; the policy (invalid) did not.
+    assert set(changes) == {("Pod", "x/a")}
+    assert s.view[("Pod", "x/a")].ips == ("10.0.0.9",)
+    assert peer_of(s) == "a"
+    errors = s.errors()
+    assert errors and all(e.consequence == KEPT for e in errors)
+    text = str(errors[0])
+    assert "/d/f.yaml" in text and "NetworkPolicy x/p" in text and "podSelectr" in text
+    # Fixed: the new version is in force and the error is gone.
+    changes = s.put_text("/d/f.yaml", policy(peer="c") + "---\n" + pod("a", "10.0.0.9"))
+    assert set(changes) == {("NetworkPolicy", "x/p")}
+    assert peer_of(s) == "c" and s.errors() == []
+
+
+def test_invalid_new_object_is_not_loaded():
+    s = ManifestStore()
+    bad = policy().replace("podSelector: {matchLabels: {app: a}}", "podSelectr: {}")
+    assert s.put_text("/d/f.yaml", bad) == {}
+    assert s.view == {}
+    assert {e.consequence for e in s.errors()} == {NOT_LOADED}
+
+
+def test_half_written_file_removes_nothing():
+    s = ManifestStore()
+    whole = policy("p1") + "---\n" + policy("p2") + "---\n" + pod("a", "10.0.0.2")
+    s.put_text("/d/f.yaml", whole)
+    for cut in (len(policy("p1")) + 10, len(whole) - 20, 7):
+        changes = s.put_text("/d/f.yaml", whole[:cut])
+        assert all(v is not None for v in changes.values()), cut
+        assert set(s.cluster().policies) == {"x/p1", "x/p2"}, cut
+        assert set(s.cluster().pods) == {"x/a"}, cut
+    # A YAML syntax error: the whole file's objects stay.
+    s.put_text("/d/f.yaml", "kind: [\n")
+    assert set(s.cluster().policies) == {"x/p1", "x/p2"}
+    assert any(e.consequence == FILE_KEPT for e in s.errors())
+
+
+def test_truncated_document_with_valid_prefix_keeps_the_rest():
+    s = ManifestStore()
+    s.put_text("/d/f.yaml", policy("p1") + "---\n" + policy("p2"))
+    # Only p1 survives the truncation, and the tail is damage: p2 stays.
+    s.put_text("/d/f.yaml", policy("p1") + "---\napiVersion: networking.k8s.io/v1\nkind: Netw")
+    assert set(s.cluster().policies) == {"x/p1", "x/p2"}
+
+
+def test_empty_file_is_being_written_not_a_deletion():
+    s = ManifestStore()
+    s.put_text("/d/f.yaml", policy())
+    assert s.put_text("/d/f.yaml", "") == {}
+    assert set(s.cluster().policies) == {"x/p"}
+    assert "empty" in str(s.errors()[0])
+    # An empty file that never had objects is simply empty.
+    assert s.put_text("/d/g.yaml", "  \n") == {}
+    assert [e for e in s.errors() if "/d/g.yaml" in str(e)] == []
+
+
+def test_valid_file_without_an_object_removes_it():
+    s = ManifestStore()
+    s.put_text("/d/f.yaml", policy("p1") + "---\n" + policy("p2"))
+    changes = s.put_text("/d/f.yaml", policy("p1"))
+    assert changes == {("NetworkPolicy", "x/p2"): None}
+    assert set(s.cluster().policies) == {"x/p1"}
+
+
+def test_deleted_file_removes_its_objects():
+    s = ManifestStore()
+    s.put_text("/d/f.yaml", policy())
+    assert s.drop("/d/f.yaml") == {("NetworkPolicy", "x/p"): None}
+    assert s.view == {}
+    assert s.drop("/d/nothing.yaml") == {}
+
+
+def test_unreadable_file_keeps_its_objects():
+    s = ManifestStore()
+    s.put_text("/d/f.yaml", policy())
+    from enforcer.errors import Problem
+
+    assert s.put_unreadable("/d/f.yaml", Problem("/d/f.yaml", "", "", "not UTF-8")) == {}
+    assert set(s.cluster().policies) == {"x/p"}
+    assert s.errors()[0].consequence == FILE_KEPT
+
+
+def test_duplicates_across_files_first_path_wins_and_is_reported():
+    s = ManifestStore()
+    s.put_text("/d/b.yaml", policy(peer="b"))
+    s.put_text("/d/a.yaml", policy(peer="a"))
+    assert peer_of(s) == "a"
+    dup = [e for e in s.errors() if "Duplicate" in str(e)]
+    assert len(dup) == 1 and "/d/b.yaml" in str(dup[0]) and "/d/a.yaml" in str(dup[0])
+    # The winner goes: the other copy takes over.
+    assert s.drop("/d/a.yaml") == {("NetworkPolicy", "x/p"): s.view[("NetworkPolicy", "x/p")]}
+    assert peer_of(s) == "b"
+    assert not [e for e in s.errors() if "Duplicate" in str(e)]
+
+
+def test_object_moved_between_files():
+    s = ManifestStore()
+    s.put_text("/d/a.yaml", policy())
+    s.put_text("/d/b.yaml", policy())  # now in both
+    changes = s.put_text("/d/a.yaml", pod("a", "10.0.0.2"))  # and gone from a
+    assert ("NetworkPolicy", "x/p") not in changes or changes[("NetworkPolicy", "x/p")] is not None
+    assert set(s.cluster().policies) == {"x/p"}
+
+
+def test_same_content_reports_no_change():
+    s = ManifestStore()
+    s.put_text("/d/f.yaml", policy() + "---\n" + pod("a", "10.0.0.2"))
+    assert s.put_text("/d/f.yaml", policy() + "---\n" + pod("a", "10.0.0.2")) == {}
+
+
+def test_label_change_is_a_change():
+    s = ManifestStore()
+    s.put_text("/d/f.yaml", pod("a", "10.0.0.2"))
+    changes = s.put_text("/d/f.yaml", pod("a", "10.0.0.2").replace("app: a", "app: z"))
+    assert set(changes) == {("Pod", "x/a")}
+
+
+# ----------------------------------------------------------------------- DirSource
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def test_scan_reads_new_changed_and_deleted_files(tmp_path):
+    s = ManifestStore()
+    src = DirSource([str(tmp_path)], s, settle=0.0)
+    write(tmp_path / "p.yaml", policy())
+    write(tmp_path / ".hidden.yaml", policy("hidden"))
+    write(tmp_path / "notes.txt", "not a manifest")
+    os.mkdir(tmp_path / "sub.yaml")
+    assert set(src.scan()) == {("NetworkPolicy", "x/p")}
+    assert set(s.cluster().policies) == {"x/p"}
+    assert src.scan() == {}  # nothing changed
+    write(tmp_path / "p.yaml", policy(peer="zz"))
+    assert set(src.scan()) == {("NetworkPolicy", "x/p")}
+    os.unlink(tmp_path / "p.yaml")
+    assert src.scan() == {("NetworkPolicy", "x/p"): None}
+
+
+def test_missing_directory_removes_nothing(tmp_path):
+    d = tmp_path / "w"
+    d.mkdir()
+    s = ManifestStore()
+    src = DirSource([str(d)], s, settle=0.0)
+    write(d / "p.yaml", policy())
+    src.scan()
+    os.unlink(d / "p.yaml")
+    os.rmdir(d)
+    assert src.scan() == {}
+    assert set(s.cluster().policies) == {"x/p"}
+    assert any("cannot read directory" in str(e) for e in s.errors())
+    # A file event for it changes nothing either.
+    assert src.load([str(d / "p.yaml")]) == {}
+
+
+def test_scan_leaves_a_file_being_written_to_its_events(tmp_path):
+    s = ManifestStore()
+    src = DirSource([str(tmp_path)], s, settle=30.0)
+    write(tmp_path / "p.yaml", policy())
+    src.scan(force=True)  # start-up reads everything
+    write(tmp_path / "p.yaml", policy(peer="new"))
+    assert src.scan() == {}  # modified just now: the close event reads it
+    assert peer_of(s) == "a"
+
+
+def test_events_decide_when_a_file_is_read(tmp_path):
+    clock = FakeClock()
+    s = ManifestStore()
+    src = DirSource([str(tmp_path)], s, settle=1.0, clock=clock)
+    requests = []
+    src.on_ready = lambda at, nb: requests.append((at, nb))
+    p = str(tmp_path / "p.yaml")
+    src.note(p, ready=False)  # IN_MODIFY: still being written
+    assert requests == [(1000.0, 1001.0)]
+    assert src.take_due() == ([], None)
+    clock.advance(0.2)
+    src.note(p, ready=True)  # IN_CLOSE_WRITE
+    assert src.take_due() == ([p], 1000.0)  # the delay counts from the first event
+    src.note(str(tmp_path / "x.txt"), ready=True)  # not a manifest
+    src.note("/elsewhere/p.yaml", ready=True)  # not a watched directory
+    assert src.take_due() == ([], None)
+    src.note(p, ready=False)
+    clock.advance(1.0)
+    assert src.take_due() == ([p], clock.now - 1.0)  # settled without a close
+
+
+def test_read_text_problems(tmp_path):
+    write(tmp_path / "ok.yaml", "a: 1\n")
+    assert read_text(str(tmp_path / "ok.yaml")) == ("a: 1\n", None)
+    (tmp_path / "bin.yaml").write_bytes(b"\x00\x01")
+    assert "binary" in read_text(str(tmp_path / "bin.yaml"))[1].message
+    (tmp_path / "latin.yaml").write_bytes(b"caf\xe9")
+    assert "UTF-8" in read_text(str(tmp_path / "latin.yaml"))[1].message
+    assert "cannot read" in read_text(str(tmp_path / "nope.yaml"))[1].message
+
+
+@pytest.mark.timeout(10)
+def test_inotify_close_and_rename_are_seen(tmp_path):
+    import threading
+
+    s = ManifestStore()
+    src = DirSource([str(tmp_path)], s, settle=5.0)
+    seen = threading.Event()
+    events = []
+    src.on_ready = lambda at, nb: (events.append(nb), seen.set() if nb is None else None)
+    src.start()
+    try:
+        write(tmp_path / "p.yaml", policy())
+        assert seen.wait(3)
+        paths, _ = src.take_due()
+        assert paths == [str(tmp_path / "p.yaml")]
+        seen.clear()
+        write(tmp_path / ".p.yaml.tmp", policy(peer="z"))
+        os.rename(tmp_path / ".p.yaml.tmp", tmp_path / "p.yaml")
+        assert seen.wait(3)
+        paths, _ = src.take_due()
+        assert paths == [str(tmp_path / "p.yaml")]
+        src.load(paths)
+        assert peer_of(s) == "z"
+    finally:
+        src.stop()
