@@ -174,7 +174,7 @@ def render(files, legacy_namespace_isolation, backend, pods) -> None:
             raise InputError(f"--pod {p}: no such pod in the input")
     keys = list(pods) or sorted(fws)
     names = ["nftables", "iptables"] if backend == "all" else [backend]
-    impls = [registry.get(n, probe=False) for n in names]
+    impls = [registry.get(n, check=False) for n in names]
     for key in keys:
         texts = [(b.name, b.render(fws[key])) for b in impls]
         click.echo(output.render_block(key, texts))
