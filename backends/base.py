@@ -15,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
-from enforcer.errors import ApplyError, BackendError
-from enforcer.ir import AllowRule, PodFirewall, PortMatch, set_deltas, structure
+from enforcer.errors import ApplyError, BackendError, NetpolError
+from enforcer.ir import AllowRule, PodFirewall, PortMatch, set_deltas
 
 # What the final drop of an isolated direction logs to: nflog group, at most this many
 # packets per second (a flood of dropped packets must not become a flood of log lines).
@@ -47,9 +47,23 @@ def plan(previous: PodFirewall | None, desired: PodFirewall) -> str:
         return "full"
     if previous == desired:
         return "none"
-    if structure(previous) == structure(desired):
+    if same_structure(previous, desired):
         return "delta"
     return "full"
+
+
+def same_structure(a: PodFirewall, b: PodFirewall) -> bool:
+    """``ir.structure(a) == ir.structure(b)``, without building the hollow copies: this
+    runs for every pod on every change, so it compares the fields in place."""
+    if (a.pod, a.ips, a.node_ips, a.ingress, a.egress) != (b.pod, b.ips, b.node_ips, b.ingress, b.egress):
+        return False
+    if len(a.sets) != len(b.sets):
+        return False
+    return sorted(_hollow(s) for s in a.sets) == sorted(_hollow(s) for s in b.sets)
+
+
+def _hollow(s) -> tuple:
+    return (type(s).__name__, s.name, s.interval)
 
 
 @runtime_checkable
@@ -80,6 +94,36 @@ class Backend(Protocol):
     def counters(self, netns: str) -> list[tuple[str, int, int]]:
         """(comment, packets, bytes) per rule comment, in rule order; rules that share a
         comment (the IPv4 and IPv6 halves of one policy rule) are summed."""
+
+    def apply_many(self, jobs: Sequence[Job]) -> list[ApplyResult | NetpolError]:
+        """``apply`` for many namespaces (each at most once), in parallel where the backend
+        can; one result per job, in order: an ApplyResult, or the error of that job (one
+        pod's failure never stops the others)."""
+
+
+Job = tuple  # (netns, fw, previous or None)
+
+
+def run_jobs(apply: Callable[..., ApplyResult], jobs: Sequence[Job],
+             workers: int = 1) -> list[ApplyResult | NetpolError]:
+    """Run ``apply(*job)`` (``job`` = netns, fw, previous, ...) for every job, on up to
+    ``workers`` threads.
+
+    Threads pay off when apply spends its time outside the interpreter (libnftables calls
+    release the GIL; the kernel work of different namespaces runs in parallel)."""
+
+    def one(job: Job) -> ApplyResult | NetpolError:
+        try:
+            return apply(*job)
+        except NetpolError as e:
+            return e
+
+    if workers <= 1 or len(jobs) <= 1:
+        return [one(j) for j in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, jobs))
 
 
 # ---------------------------------------------------------------------------------------
@@ -226,6 +270,9 @@ class FakeBackend:
 
     def verify(self, netns: str, fw: PodFirewall) -> bool:
         return self.installed.get(netns) == fw
+
+    def apply_many(self, jobs: Sequence[Job]) -> list[ApplyResult | NetpolError]:
+        return run_jobs(self.apply, jobs)
 
     def counters(self, netns: str) -> list[tuple[str, int, int]]:
         """Every allow rule's comment with zero counts (nothing flows through a fake)."""

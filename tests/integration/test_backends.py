@@ -500,3 +500,28 @@ def test_registry_names_and_backends():
     with pytest.raises(BackendUnavailable, match="choose one of"):
         registry.get("pf")
     registry.reset()
+
+
+def test_named_port_delta_and_apply_many(backend):
+    """Element deltas of address . protocol . port sets (raw netlink keys for nft), and
+    apply_many over several namespaces with a per-job result."""
+    def fw(*elems):
+        return PodFirewall(pod="x/c", egress=DirectionPolicy(True, ("x/eg",), (
+            rule("x/eg", "egress", 0, addr_ports="ap"),)),
+            sets=(AddrPortSet("ap", v4=tuple(e for e in elems if ":" not in e[0]),
+                              v6=tuple(e for e in elems if ":" in e[0])),))
+    fw1 = fw((ADDR["srv1"][0], "TCP", 8080))
+    fw2 = fw((ADDR["srv1"][0], "TCP", 8081), (ADDR["srv1"][1], "TCP", 8080),
+             (ADDR["srv2"][0], "UDP", UDP_PORT))
+    results = backend.apply_many([(C1, fw1, None), (C2, fw2, None)])
+    assert [r.kind for r in results] == ["full", "full"]
+    assert tcp(C1, ADDR["srv1"][0], 8080) == "connected"
+    assert tcp(C1, ADDR["srv1"][0], 8081) == "timeout"
+    results = backend.apply_many([(C1, fw2, fw1), (C2, fw2, fw2), (f"{PREFIX}-gone", fw1, None)])
+    assert [getattr(r, "kind", None) for r in results[:2]] == ["delta", "none"]
+    assert isinstance(results[2], Exception)
+    assert backend.verify(C1, fw2) and backend.verify(C2, fw2)
+    assert tcp(C1, ADDR["srv1"][0], 8081) == "connected"
+    assert tcp(C1, ADDR["srv1"][0], 8080) == "timeout"
+    assert tcp(C1, ADDR["srv1"][1], 8080) == "connected"
+    assert udp(C2, ADDR["srv2"][0])

@@ -1,0 +1,186 @@
+"""Apply cost of the kernel backends: cold apply of N pod namespaces, then a set delta.
+
+The scenario of the issue: 110 pods, ~20 policies selecting each; then one pod joins a
+selector that every pod's policies reference, so every pod's firewall gains one peer.
+Targets (nftables): cold apply of all 110 <= 300 ms, the delta of all 110 <= 30 ms.
+
+Run as root (creates namespaces ``npt-bench-<pid>-NNN`` and removes them at the end):
+
+    .venv/bin/python benchmarks/bench_apply.py [--pods 110] [--policies 20]
+        [--backends nftables-libnft,nftables-cli,iptables,iptables-legacy] [--repeat 5]
+
+Prints one JSON document. Not a test: numbers swing on a shared 2-core machine, so every
+delta is repeated and the median reported.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from backends import nftables as nft  # noqa: E402
+from backends.iptables import IptablesBackend  # noqa: E402
+from backends.nftables import NftablesBackend  # noqa: E402
+from enforcer import netns  # noqa: E402
+from enforcer.ir import (AddrPortSet, AddrSet, AllowRule, DirectionPolicy, PodFirewall,  # noqa: E402
+                         PortMatch, Provenance)
+
+PREFIX = f"npt-bench-{os.getpid()}"
+
+
+def pod_ips(i: int) -> tuple[str, str]:
+    return str(ipaddress.ip_address("10.240.0.10") + i), f"fd00:240::{i + 10:x}"
+
+
+def firewall(pod: int, pods: int, policies: int, shared_members: int) -> PodFirewall:
+    """A pod selected by ``policies`` policies: one ingress rule each (peer set + ports),
+    a quarter of them ipBlocks (interval sets), egress isolated with a few rules and one
+    named-port set. Set 'in0' is the selector every pod references."""
+    rules = []
+    sets = []
+    for k in range(policies):
+        name = f"in{k}"
+        prov = Provenance(f"ns{k % 5}/pol{k}", "ingress", 0)
+        if k % 4 == 3:
+            sets.append(AddrSet(name, v4=(f"10.{100 + k}.0.0/16", f"192.168.{k}.0/24"),
+                                v6=(f"fd00:{k:x}::/48",), interval=True))
+        else:
+            count = shared_members if k == 0 else (7 * k + pod) % 30 + 1
+            members = [((k * 13 + j * 7) % pods) for j in range(count)] if k else list(range(count))
+            v4 = tuple(f"{pod_ips(m)[0]}/32" for m in sorted(set(members)))
+            v6 = tuple(f"{pod_ips(m)[1]}/128" for m in sorted(set(members)))
+            sets.append(AddrSet(name, v4=v4, v6=v6))
+        ports = (PortMatch("TCP", 80), PortMatch("TCP", 8000, 8080)) if k % 2 else (PortMatch("UDP", 53),)
+        rules.append(AllowRule(prov, peers=name, ports=ports))
+    egress = []
+    for k in range(3):
+        name = f"eg{k}"
+        members = [(pod + 3 * j + k) % pods for j in range(10)]
+        sets.append(AddrSet(name, v4=tuple(f"{pod_ips(m)[0]}/32" for m in sorted(set(members))),
+                            v6=tuple(f"{pod_ips(m)[1]}/128" for m in sorted(set(members)))))
+        egress.append(AllowRule(Provenance(f"ns0/egress{k}", "egress", 0), peers=name,
+                                ports=(PortMatch("TCP", 5432),)))
+    sets.append(AddrPortSet("eg_ap", v4=tuple((pod_ips(m)[0], "TCP", 8080 + m % 3) for m in range(5)),
+                            v6=tuple((pod_ips(m)[1], "TCP", 8080 + m % 3) for m in range(5))))
+    egress.append(AllowRule(Provenance("ns0/named", "egress", 0), addr_ports="eg_ap"))
+    v4, v6 = pod_ips(pod)
+    return PodFirewall(
+        pod=f"ns{pod % 5}/pod{pod}", ips=(v4, v6), node_ips=("10.240.0.1", "fd00:240::1"),
+        ingress=DirectionPolicy(True, tuple(sorted({r.provenance.policy for r in rules})), tuple(rules)),
+        egress=DirectionPolicy(True, tuple(sorted({r.provenance.policy for r in egress})), tuple(egress)),
+        sets=tuple(sets))
+
+
+def make_backend(name: str):
+    return {"nftables-libnft": lambda: NftablesBackend("libnft"),
+            "nftables-cli": lambda: NftablesBackend("cli"),
+            "iptables": lambda: IptablesBackend("nft"),
+            "iptables-legacy": lambda: IptablesBackend("legacy")}[name]()
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1000
+
+
+def _many(b, jobs) -> list:
+    results = b.apply_many(jobs)
+    bad = [r for r in results if isinstance(r, Exception)]
+    if bad:
+        raise bad[0]
+    return results
+
+
+def bench(name: str, names: list[str], before: list[PodFirewall], after: list[PodFirewall],
+          repeat: int) -> dict:
+    """Cold apply (a fresh backend, no tables yet: contexts are made too), once with
+    ``apply_many`` (parallel where the backend can) and once one pod after the other;
+    then a full re-apply; then ``repeat`` deltas each way (add the new peer, remove it)."""
+    n = len(names)
+    out: dict = {"backend": name, "pods": n}
+    for mode in ("many", "sequential"):
+        b = make_backend(name)
+        b.check()
+        try:
+            jobs = [(ns, fw, None) for ns, fw in zip(names, before)]
+            if mode == "many":
+                cold = timed(lambda: _many(b, jobs))
+            else:
+                cold = timed(lambda: [b.apply(*j) for j in jobs])
+            out[f"cold_{mode}_total_ms"] = round(cold, 1)
+            out[f"cold_{mode}_per_pod_ms"] = round(cold / n, 3)
+            if mode == "sequential":
+                continue
+            out["method"] = getattr(b, "method", getattr(b, "flavour", ""))
+            warm = timed(lambda: _many(b, jobs))
+            out["warm_full_many_total_ms"] = round(warm, 1)
+            state = before
+            runs: dict[str, list[float]] = {"many": [], "sequential": []}
+            for i in range(repeat * 2):
+                target = after if i % 2 == 0 else before
+                how = "many" if (i // 2) % 2 == 0 else "sequential"
+                djobs = [(ns, fw, prev) for ns, fw, prev in zip(names, target, state)]
+                results: list = []
+                if how == "many":
+                    runs[how].append(timed(lambda: results.extend(_many(b, djobs))))
+                else:
+                    runs[how].append(timed(lambda: results.extend(b.apply(*j) for j in djobs)))
+                assert {r.kind for r in results} == {"delta"}, {r.kind for r in results}
+                state = target
+            for how, values in runs.items():
+                med = statistics.median(values)
+                out[f"delta_{how}_total_ms_median"] = round(med, 2)
+                out[f"delta_{how}_per_pod_ms"] = round(med / n, 3)
+                out[f"delta_{how}_runs_ms"] = [round(v, 2) for v in values]
+            out["verified"] = all(b.verify(ns, fw) for ns, fw in zip(names, state))
+        finally:
+            for ns in names:
+                b.remove(ns)
+            close = getattr(b, "close", None)
+            if close:
+                close()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pods", type=int, default=110)
+    ap.add_argument("--policies", type=int, default=20)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--backends", default="nftables-libnft,nftables-cli,iptables,iptables-legacy")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench_apply: needs root (creates network namespaces)", file=sys.stderr)
+        return 2
+    shared = 50
+    before = [firewall(i, args.pods, args.policies, shared) for i in range(args.pods)]
+    after = [firewall(i, args.pods, args.policies, shared + 1) for i in range(args.pods)]
+    render_ms = timed(lambda: [nft.full_transaction(fw) for fw in before])
+    fw0 = before[0]
+    out = {"pods": args.pods, "policies_per_pod": args.policies,
+           "sets_per_pod": len(fw0.sets) * 2,
+           "nft_rules_per_pod": nft.render(fw0).count("counter "),
+           "nft_render_total_ms": round(render_ms, 1), "results": []}
+    names = [f"{PREFIX}-{i:03d}" for i in range(args.pods)]
+    try:
+        for n in names:
+            netns.create(n)
+        for name in args.backends.split(","):
+            out["results"].append(bench(name.strip(), names, before, after, args.repeat))
+            print(json.dumps(out["results"][-1]), file=sys.stderr)
+    finally:
+        for n in names:
+            netns.remove(n)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
