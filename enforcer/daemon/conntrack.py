@@ -41,10 +41,14 @@ class Flow:
     dport: int
 
     def delete_args(self) -> list[str]:
+        """Arguments of ``conntrack -D`` for every entry of this flow's *group*: same
+        addresses, protocol and destination port, any source port. A verdict never depends
+        on the source port, so a group is allowed or denied as a whole, and one process
+        deletes all of it (a pod may hold thousands of entries to one peer)."""
         args = ["-f", "ipv6" if self.family == 6 else "ipv4", "-p", self.protocol.lower(),
                 "-s", self.src, "-d", self.dst]
         if self.protocol in ("TCP", "UDP", "SCTP"):
-            args += ["--sport", str(self.sport), "--dport", str(self.dport)]
+            args += ["--dport", str(self.dport)]
         return args
 
 
@@ -112,22 +116,18 @@ class Conntrack:
 
     def cut(self, netns: str, fw: PodFirewall) -> int:
         """Delete the entries in ``netns`` that ``fw`` no longer allows; returns how many."""
-        n = 0
-        for flow in self.flows(netns):
-            if not allowed(fw, flow):
-                self.run(netns, ["conntrack", "-D", *flow.delete_args()], check=False)
-                n += 1
-        return n
+        return self._delete(netns, [f for f in self.flows(netns) if not allowed(fw, f)])
 
     def forget_ips(self, netns: str, ips: set[str]) -> int:
         """Delete entries from or to any of ``ips`` (pods that went away)."""
-        n = 0
         wanted = {_canon(a) for a in ips}
-        for flow in self.flows(netns):
-            if _canon(flow.src) in wanted or _canon(flow.dst) in wanted:
-                self.run(netns, ["conntrack", "-D", *flow.delete_args()], check=False)
-                n += 1
-        return n
+        return self._delete(netns, [f for f in self.flows(netns)
+                                    if _canon(f.src) in wanted or _canon(f.dst) in wanted])
+
+    def _delete(self, netns: str, flows: list[Flow]) -> int:
+        for args in dict.fromkeys(tuple(f.delete_args()) for f in flows):
+            self.run(netns, ["conntrack", "-D", *args], check=False)
+        return len(flows)
 
 
 def safe(fn: Callable[[], int]) -> tuple[int, str | None]:

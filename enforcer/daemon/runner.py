@@ -61,6 +61,7 @@ class BoundedRunner:
         self.retry_at: float | None = None  # whole-run failure: not before this
         self.failures = 0  # consecutive failed runs
         self.runs = 0
+        self.urgent = False
         self.last: RunInfo | None = None
         # Watchers request from their own threads; ``fn`` itself runs without the lock.
         self._lock = threading.RLock()
@@ -68,12 +69,15 @@ class BoundedRunner:
     # ------------------------------------------------------------------ requests
 
     def request(self, *, full: bool = False, at: float | None = None,
-                not_before: float | None = None) -> None:
+                not_before: float | None = None, urgent: bool = False) -> None:
         """Ask for a run. ``at``: when the triggering event happened (for the delay metric;
         default now). ``not_before``: this request may wait until then (a file still being
-        written); other requests are not delayed by it."""
+        written); other requests are not delayed by it. ``urgent``: run as soon as the
+        current run ends, min_interval or not (a new pod's namespace: isolation first)."""
         with self._lock:
             now = self.clock()
+            if urgent and not_before is None:
+                self.urgent = True
             at = now if at is None else min(at, now)
             if self.pending_since is None or at < self.pending_since:
                 self.pending_since = at
@@ -96,7 +100,7 @@ class BoundedRunner:
     def _due(self) -> float:
         if self.last_start is None:
             return float("-inf")
-        earliest = self.last_start + self.min_interval
+        earliest = self.last_start + (0.0 if self.urgent else self.min_interval)
         periodic = (self.last_full if self.last_full is not None else self.last_start) + self.resync
         want = periodic if self.ready_at is None else min(self.ready_at, periodic)
         if self.retry_at is not None:
@@ -119,7 +123,7 @@ class BoundedRunner:
                 self.last_full = now
             first = self.pending_since
             # Requests that arrive while fn runs belong to the next run.
-            self.pending_since, self.pending_full, self.ready_at = None, False, None
+            self.pending_since, self.pending_full, self.ready_at, self.urgent = None, False, None, False
             self.last_start = now
             self.runs += 1
         error: BaseException | None = None

@@ -190,8 +190,9 @@ class Daemon:
             self._reload = True
             self._cond.notify_all()
 
-    def request(self, *, at: float | None = None, not_before: float | None = None, full: bool = False) -> None:
-        self.runner.request(at=at, not_before=not_before, full=full)
+    def request(self, *, at: float | None = None, not_before: float | None = None, full: bool = False,
+                urgent: bool = False) -> None:
+        self.runner.request(at=at, not_before=not_before, full=full, urgent=urgent)
         with self._cond:
             self._kick = True
             self._cond.notify_all()
@@ -199,7 +200,9 @@ class Daemon:
     def _netns_changed(self, name: str, when: float) -> None:
         with self._ns_lock:
             self._dirty_ns.add(name)
-        self.request(at=when)
+        # A namespace that gains a pod's address must be isolated before the pod starts
+        # talking: no min_interval wait for these.
+        self.request(at=when, urgent=True)
 
     def loop(self) -> None:
         while True:
@@ -284,7 +287,10 @@ class Daemon:
             if self.netns_watcher is not None:
                 self.netns_watcher.poke_all()
         for name in sorted(dirty):
-            self.discovery.refresh(name)
+            if self.discovery.refresh(name):
+                info = self.discovery.spaces.get(name)
+                self.log.debug("namespace changed", netns=name,
+                               addresses=sorted(info.addrs) if info else [], present=info is not None)
         # 3. Compile (incrementally, unless there is no compiler yet).
         gone_ips: set[str] = set()
         try:

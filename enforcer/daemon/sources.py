@@ -23,8 +23,9 @@ Every update returns the objects whose version in force changed, so the compiler
 incremental changes, and the problems in force can be diffed to log each exactly once.
 
 ``DirSource`` watches the directories (inotify, through watchdog) and decides *when* a file
-is read: a file is read after it is closed or moved into place, not while it is written
-(IN_MODIFY alone waits ``settle`` seconds for the close). A periodic ``scan`` compares
+is read: after it is closed or moved into place, not while it is written. A modified file
+that someone holds open (IN_OPEN without its IN_CLOSE yet) waits for the close, up to
+``hold`` seconds; a modification without a visible open waits ``settle`` seconds. A periodic ``scan`` compares
 every file's stat signature as a safety net for lost events.
 """
 from __future__ import annotations
@@ -298,10 +299,22 @@ class DirSource:
         self.on_ready: Callable[[float, float | None], None] = lambda at, nb: None
         self._lock = threading.Lock()
         self._pending: dict[str, tuple[float, float]] = {}  # path -> (event time, ready at)
+        self._open: dict[str, int] = {}  # path -> open file handles we saw being made
+        self.hold = max(settle, 30.0)
         self._observer = None
         self._watched: set[str] = set()
 
     # -- events (watcher thread)
+
+    def opened(self, path: str, delta: int) -> None:
+        """IN_OPEN (+1) and IN_CLOSE_* (-1): how many holders a file has right now. Our
+        own reads count too, and balance out."""
+        with self._lock:
+            n = max(0, self._open.get(path, 0) + delta)
+            if n:
+                self._open[path] = n
+            else:
+                self._open.pop(path, None)
 
     def note(self, path: str, ready: bool, at: float | None = None) -> None:
         """A file changed; ``ready``: it is complete now (closed, moved in, deleted)."""
@@ -315,8 +328,12 @@ class DirSource:
                 at = min(at, held[0])
             if ready or (held is not None and held[1] <= now):
                 ready_at = now  # complete (or already due and not yet read)
+            elif self._open.get(path):
+                # Modified and still open: wait for the writer's close (IN_CLOSE_WRITE),
+                # however long it writes, up to ``hold`` (a writer that never closes).
+                ready_at = max(now + self.settle, held[1] if held else 0.0, at + self.hold)
             else:
-                ready_at = now + self.settle  # still being written: wait for its close
+                ready_at = now + self.settle  # modified without an open we saw: settle
             self._pending[path] = (at, ready_at)
         self.on_ready(at, None if ready_at <= now else ready_at)
 
@@ -429,8 +446,16 @@ class _Handler:
         if kind == "moved":
             self.source.note(src, True)
             self.source.note(os.fsdecode(event.dest_path), True)
-        elif kind in ("closed", "deleted"):
+        elif kind == "closed":
+            self.source.opened(src, -1)
+            self.source.note(src, True)
+        elif kind == "deleted":
+            self.source.opened(src, -1_000_000)
             self.source.note(src, True)
         elif kind in ("created", "modified"):
             self.source.note(src, False)
-        # opened, closed_no_write, attrib: content unchanged
+        elif kind == "opened":
+            self.source.opened(src, +1)
+        elif kind == "closed_no_write":
+            self.source.opened(src, -1)
+        # attrib: content unchanged

@@ -196,3 +196,18 @@ def test_periodic_timer():
 def test_bad_arguments():
     with pytest.raises(ValueError):
         BoundedRunner(lambda full: None, clock=FakeClock(), resync=0)
+
+
+def test_urgent_request_skips_the_min_interval_but_not_a_backoff():
+    clock, rec, r = make(min_interval=0.05)
+    r.run_if_due()
+    r.request(urgent=True)
+    assert r.due() == pytest.approx(clock.now)  # a new pod's namespace: now
+    assert r.run_if_due() is not None
+    r.request()
+    assert r.due() == pytest.approx(clock.now + 0.05)  # ordinary again
+    clock.advance(1)
+    rec.fail = 1
+    r.run_if_due()
+    r.request(urgent=True)
+    assert r.due() > clock.now  # a failing sync backs off even for urgent requests

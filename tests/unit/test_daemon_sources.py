@@ -275,3 +275,21 @@ def test_inotify_close_and_rename_are_seen(tmp_path):
         assert peer_of(s) == "z"
     finally:
         src.stop()
+
+
+def test_a_file_held_open_is_not_read_until_closed(tmp_path):
+    clock = FakeClock()
+    src = DirSource([str(tmp_path)], ManifestStore(), settle=0.5, clock=clock)
+    p = str(tmp_path / "p.yaml")
+    src.opened(p, +1)  # IN_OPEN by a writer
+    src.note(p, ready=False)  # IN_MODIFY
+    clock.advance(5.0)  # far beyond settle: the writer is still busy
+    assert src.take_due() == ([], None)
+    src.opened(p, -1)
+    src.note(p, ready=True)  # IN_CLOSE_WRITE
+    assert src.take_due() == ([p], 1000.0)
+    # A writer that never closes is read after ``hold`` anyway.
+    src.opened(p, +1)
+    src.note(p, ready=False)
+    clock.advance(src.hold)
+    assert src.take_due()[0] == [p]

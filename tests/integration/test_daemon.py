@@ -1,0 +1,318 @@
+"""``netpol run`` against real namespaces and real packets (root).
+
+A lab (``netpol lab``, backend ``fake``: it builds namespaces, links and servers but installs
+no rules) is the node; the daemon runs as a subprocess with ``--netns-prefix`` set to the
+lab's prefix, so it can only ever see this lab's namespaces, and enforces with nftables.
+Every lab is named ``npt-d<hex>`` (namespaces ``netpol-npt-d<hex>-...``) and removed at the
+end; the host's own ruleset is checked to be untouched.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+
+from enforcer import netns
+from enforcer.daemon.testing import DaemonProcess, pod_doc, policy_doc, tcp_ok, wait_for, write_yaml
+
+ROOT = os.geteuid() == 0
+pytestmark = [pytest.mark.root, pytest.mark.skipif(not ROOT, reason="needs root")]
+
+IPS = {"a": "10.244.0.2", "b": "10.244.0.3", "c": "10.244.0.4"}
+SLOW = 3.0  # seconds we allow for a change to be enforced (it takes milliseconds)
+
+
+def pods_docs(labels: dict[str, str] | None = None, extra=()) -> list[dict]:
+    labels = labels or {}
+    docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}]
+    for name, ip in IPS.items():
+        docs.append(pod_doc("x", name, ip, {"app": labels.get(name, name)}))
+    return docs + list(extra)
+
+
+def _ts(text: str) -> float:
+    import datetime
+
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+
+
+def host_ruleset() -> str:
+    return subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+
+
+class Lab:
+    def __init__(self, tmp):
+        from enforcer import manifests
+        from enforcer.lab import control
+
+        self.control = control
+        self.name = f"npt-d{uuid.uuid4().hex[:6]}"
+        self.prefix = f"netpol-{self.name}-"
+        self.tmp = tmp
+        path = os.path.join(tmp, "lab.yaml")
+        write_yaml(path, pods_docs())
+        control.up(self.name, manifests.load([path]).cluster, "fake")
+
+    def ns(self, pod: str) -> str:
+        return f"{self.prefix}x-{pod}"
+
+    def ok(self, src: str, dst: str, port: int = 80) -> bool:
+        return tcp_ok(self.ns(src), IPS[dst], port)
+
+    def down(self) -> None:
+        self.control.down(self.name)
+        assert [n for n in netns.list_names(self.prefix)] == []
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    before = host_ruleset()
+    lab = Lab(str(tmp_path_factory.mktemp("lab")))
+    try:
+        yield lab
+    finally:
+        lab.down()
+        assert host_ruleset() == before  # nothing of ours in the host's namespace
+
+
+@pytest.fixture
+def run(lab, tmp_path):
+    """Start daemons on a fresh watch directory; each is stopped (rules removed) after."""
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    write_yaml(str(watch / "pods.yaml"), pods_docs())
+    made: list[DaemonProcess] = []
+
+    def start(*args: str) -> DaemonProcess:
+        d = DaemonProcess([str(watch)], state_file=str(tmp_path / "state.json"), netns_prefix=lab.prefix,
+                          args=["--repair-interval", "1", "--settle", "0.5", *args],
+                          log_path=str(tmp_path / "daemon.log"))
+        made.append(d)
+        return d.start()
+
+    start.watch = watch
+    yield start
+    for d in made:
+        d.close()
+    # Leave the lab without rules for the next test.
+    from backends import registry
+
+    be = registry.get("nftables")
+    for pod in IPS:
+        be.remove(lab.ns(pod))
+
+
+def b_from(*peers: str, ports=()) -> dict:
+    return policy_doc("x", "b-in", {"app": "b"}, [{"app": p} for p in peers], ports=ports)
+
+
+def test_policy_added_edited_deleted_and_pod_relabelled(lab, run):
+    d = run()
+    assert lab.ok("a", "b") and lab.ok("c", "b")
+    st = d.state()
+    assert st["counts"]["managed"] == 3 and st["phase"] == "running"
+    # Added: only a may reach b.
+    write_yaml(str(run.watch / "b.yaml"), [b_from("a")])
+    assert wait_for(lambda: not lab.ok("c", "b"), SLOW) is not None
+    assert lab.ok("a", "b")
+    # Edited: only c.
+    write_yaml(str(run.watch / "b.yaml"), [b_from("c")])
+    assert wait_for(lambda: lab.ok("c", "b"), SLOW) is not None
+    assert not lab.ok("a", "b")
+    # Pod a relabelled app=c: it is a peer again (a set-element delta).
+    write_yaml(str(run.watch / "pods.yaml"), pods_docs({"a": "c"}))
+    assert wait_for(lambda: lab.ok("a", "b"), SLOW) is not None
+    assert any(r.get("kind") == "delta" for r in d.logs("applied"))
+    # Deleted: open again.
+    os.unlink(run.watch / "b.yaml")
+    assert wait_for(lambda: lab.ok("c", "b") and lab.ok("a", "b"), SLOW) is not None
+    assert wait_for(lambda: d.state()["pods"][1]["ingress"] == [], 2) is not None  # written after the sync
+    assert d.state()["input_errors"] == []
+    assert d.stop() == 0
+
+
+def test_invalid_and_half_written_files_keep_the_last_good_version(lab, run):
+    write_yaml(str(run.watch / "b.yaml"), [b_from("a")])
+    d = run()
+    assert not lab.ok("c", "b") and lab.ok("a", "b")
+    # An invalid edit beside a good new file: the good one is enforced, the bad one's last
+    # good version stays, its error is logged once with file, object and field.
+    bad = b_from("c")
+    bad["spec"]["ingress"][0]["from"][0] = {"podSelectr": {"matchLabels": {"app": "c"}}}
+    write_yaml(str(run.watch / "b.yaml"), [bad])
+    write_yaml(str(run.watch / "c.yaml"), [policy_doc("x", "c-in", {"app": "c"}, [{"app": "b"}])])
+    assert wait_for(lambda: not lab.ok("a", "c"), SLOW) is not None
+    assert not lab.ok("c", "b") and lab.ok("a", "b") and lab.ok("b", "c")
+    errors = d.logs("input error")
+    assert errors and all(e["file"].endswith("b.yaml") and e["object"] == "NetworkPolicy x/b-in"
+                          and e["consequence"] == "last good version stays in force" for e in errors)
+    assert any(e["field"] == "spec.ingress[0].from[0].podSelectr" for e in errors)
+    n = len(errors)
+    time.sleep(1.2)  # a repair round and more syncs: not logged again
+    os.utime(run.watch / "b.yaml")
+    time.sleep(0.3)
+    assert len(d.logs("input error")) == n
+    # A half-written file: "- from:" with its peers not yet written reads as "from
+    # anywhere". While the writer holds it open it is not read; once closed it is whole.
+    path = run.watch / "b.yaml"
+    with open(path, "w") as f:
+        f.write("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b-in, namespace: x}\n"
+                "spec:\n  podSelector: {matchLabels: {app: b}}\n  ingress:\n  - from:\n")
+        f.flush()
+        time.sleep(0.3)
+        assert not lab.ok("c", "b")  # still the last good version
+        f.write("    - podSelector: {matchLabels: {app: c}}\n")
+    assert wait_for(lambda: lab.ok("c", "b"), SLOW) is not None
+    assert not lab.ok("a", "b")
+    assert d.logs("input error resolved")
+
+
+def test_kill_9_and_restart_keep_enforcing_under_continuous_probing(lab, run):
+    write_yaml(str(run.watch / "b.yaml"), [b_from("a")])
+    d = run()
+    assert not lab.ok("c", "b")
+    wrong: list[str] = []
+    stop = threading.Event()
+    probes = [0]
+
+    def probe() -> None:
+        while not stop.is_set():
+            if not lab.ok("a", "b", 80):
+                wrong.append("allowed a->b failed")
+            if tcp_ok(lab.ns("c"), IPS["b"], 80, timeout=0.05):
+                wrong.append("denied c->b succeeded")
+            probes[0] += 1
+
+    t = threading.Thread(target=probe)
+    t.start()
+    try:
+        time.sleep(0.3)
+        d.kill9()
+        time.sleep(0.5)  # the gap: nobody enforces, the kernel still does
+        d.start()
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        t.join()
+    assert wrong == [] and probes[0] > 5
+    # The restarted daemon found its tables exactly right and adopted them (no swap).
+    starts = [r for r in d.logs("applied")]
+    assert any(r["kind"] == "adopted" for r in starts)
+    # SIGTERM leaves the rules in place.
+    assert d.stop() == 0
+    assert not lab.ok("c", "b")
+    assert d.logs("stopped")[-1]["rules_left_in_place"] is True
+    # --cleanup-on-exit removes them.
+    d2 = run("--cleanup-on-exit")
+    assert not lab.ok("c", "b")
+    assert d2.stop() == 0
+    assert lab.ok("c", "b")
+
+
+def test_outside_flush_is_repaired_within_the_repair_interval(lab, run):
+    write_yaml(str(run.watch / "b.yaml"), [b_from("a")])
+    d = run()
+    assert not lab.ok("c", "b")
+    netns.run(lab.ns("b"), ["nft", "flush", "ruleset"])
+    assert lab.ok("c", "b")  # open until repaired
+    t = wait_for(lambda: not lab.ok("c", "b"), 2.5)  # --repair-interval 1
+    assert t is not None
+    assert d.logs("drift repaired")[0]["netns"] == lab.ns("b")
+    assert wait_for(lambda: d.state()["totals"]["drift_repairs"] >= 1, 2) is not None
+
+
+def test_health_metrics_status_and_sighup(lab, run):
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    write_yaml(str(run.watch / "b.yaml"), [b_from("a")])
+    d = run("--metrics-addr", f"127.0.0.1:{port}")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert "netpol_managed_namespaces 3.0" in text and 'netpol_isolated_pods{direction="ingress"} 1.0' in text
+    out = subprocess.run([os.path.join(os.path.dirname(os.sys.executable), "netpol"), "status",
+                          "--state-file", d.state_file], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "x/b" in out.stdout and "x/b-in" in out.stdout and "running" in out.stdout
+    d.signal(signal.SIGHUP)
+    assert wait_for(lambda: bool(d.logs("reload")), 3) is not None
+    assert not lab.ok("c", "b")
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_conntrack_strict_cuts_a_flow_the_new_policy_denies(lab, run, strict):
+    write_yaml(str(run.watch / "b.yaml"), [b_from("a")])
+    d = run(*(["--conntrack-strict"] if strict else []))
+    with netns.entered(lab.ns("b")):
+        srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((IPS["b"], 8080))
+    srv.listen()
+    with netns.entered(lab.ns("a")):
+        cli = socket.socket()
+    try:
+        cli.connect((IPS["b"], 8080))
+        conn, _ = srv.accept()
+        conn.settimeout(1.0)
+        cli.sendall(b"one")
+        assert conn.recv(16) == b"one"
+        cuts = len(d.logs("conntrack entries deleted"))  # start-up may cut leftovers of earlier tests
+        write_yaml(str(run.watch / "b.yaml"), [b_from("c")])
+        assert wait_for(lambda: not lab.ok("a", "b"), SLOW) is not None
+        if strict:  # entries are deleted right after the new rules are in (same sync)
+            assert wait_for(lambda: len(d.logs("conntrack entries deleted")) > cuts, SLOW) is not None
+        else:
+            time.sleep(0.2)
+        cli.sendall(b"two")
+        try:
+            got = conn.recv(16)
+        except socket.timeout:
+            got = b""
+        if strict:
+            assert got == b""  # cut: the next packet met the new policy
+        else:
+            assert got == b"two"  # established flows survive a tightened policy
+        conn.close()
+    finally:
+        cli.close()
+        srv.close()
+
+
+def test_new_pod_is_isolated_as_soon_as_its_namespace_appears(lab, run, tmp_path):
+    write_yaml(str(run.watch / "b.yaml"), [b_from("a")])
+    d = run()
+    # The scheduler's view first (the pod and its address), then the node makes its namespace.
+    extra = [pod_doc("x", "b2", "10.244.0.5", {"app": "b"})]
+    write_yaml(str(run.watch / "pods.yaml"), pods_docs(extra=extra))
+    time.sleep(0.2)
+    from enforcer import manifests
+
+    path = str(tmp_path / "lab2.yaml")
+    write_yaml(path, pods_docs(extra=extra))
+    lab.control.apply(lab.name, manifests.load([path]).cluster)
+    try:
+        ns = lab.ns("b2")
+        # Isolated (the lab's servers answer only allowed peers) ...
+        assert wait_for(lambda: not tcp_ok(lab.ns("c"), "10.244.0.5", 80), SLOW) is not None
+        assert tcp_ok(lab.ns("a"), "10.244.0.5", 80)
+        # ... milliseconds after the pod's address appeared in its namespace (no
+        # min-interval wait for a new pod), before the lab even finished starting it.
+        seen = [r for r in d.logs("namespace changed") if r["netns"] == ns and r["addresses"]]
+        applied = [r for r in d.logs("applied") if r["netns"] == ns]
+        assert seen and applied and applied[0]["kind"] == "full"
+        gap = _ts(applied[0]["ts"]) - _ts(seen[0]["ts"])
+        assert 0 <= gap < 0.05, gap
+    finally:
+        path2 = str(tmp_path / "lab3.yaml")
+        write_yaml(path2, pods_docs())
+        lab.control.apply(lab.name, manifests.load([path2]).cluster)
