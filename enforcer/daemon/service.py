@@ -37,7 +37,7 @@ from enforcer.daemon.metrics import Metrics, MetricsServer
 from enforcer.daemon.notify import Notifier, watchdog_interval
 from enforcer.daemon.reconcile import Outcome, Reconciler, isolation_only
 from enforcer.daemon.runner import BoundedRunner, Periodic, RunInfo
-from enforcer.daemon.sources import KIND_ORDER, DirSource, Issue, ManifestStore, ObjKey
+from enforcer.daemon.sources import KIND_ORDER, DirSource, Issue, LastGood, ManifestStore, ObjKey
 from enforcer.errors import NetpolError
 
 DEFAULT_NODE_IPS = ipam.node_ips((ipam.DEFAULT_POD_CIDR, ipam.DEFAULT_POD_CIDR6))
@@ -83,7 +83,8 @@ class Daemon:
         self.backend = backend
         self.notifier = notifier or Notifier("")
         self.metrics = Metrics()
-        self.store = ManifestStore(legacy_namespace_isolation=opts.legacy_namespace_isolation)
+        memory = LastGood(opts.state_file + ".lastgood") if opts.state_file else None
+        self.store = ManifestStore(legacy_namespace_isolation=opts.legacy_namespace_isolation, memory=memory)
         self.source = DirSource(opts.watch, self.store, settle=opts.settle, clock=clock)
         self.discovery = discovery or Discovery(opts.netns_prefix)
         self.watch_netns = watch_netns

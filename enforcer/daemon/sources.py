@@ -30,6 +30,8 @@ every file's stat signature as a safety net for lost events.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import threading
@@ -67,6 +69,7 @@ class FileEntry:
     path: str
     sig: tuple | None = None
     objects: dict[ObjKey, object] = field(default_factory=dict)  # in force from this file
+    origin: dict[ObjKey, str] = field(default_factory=dict)  # digest of the text each came from
     issues: list[Issue] = field(default_factory=list)
 
 
@@ -75,8 +78,9 @@ def describe(key: ObjKey) -> str:
 
 
 class ManifestStore:
-    def __init__(self, *, legacy_namespace_isolation: bool = False) -> None:
+    def __init__(self, *, legacy_namespace_isolation: bool = False, memory: "LastGood | None" = None) -> None:
         self.legacy = legacy_namespace_isolation
+        self.memory = memory
         self.files: dict[str, FileEntry] = {}
         self.owners: dict[ObjKey, set[str]] = {}  # which files hold each object
         self.view: dict[ObjKey, object] = {}  # the object in force per key
@@ -86,10 +90,17 @@ class ManifestStore:
 
     def put_text(self, path: str, text: str, sig: tuple | None = None) -> dict[ObjKey, object | None]:
         """The new content of ``path``; returns {key: object in force now, or None if gone}."""
+        first_read = path not in self.files
         entry = self.files.get(path) or FileEntry(path)
         old = dict(entry.objects)
+        old_origin = dict(entry.origin)
         decoded, file_problems, notes = manifests.decode_text(
             text, path, legacy_namespace_isolation=self.legacy)
+        digest = text_digest(text)
+        if first_read and self.memory is not None and _has_errors(decoded, file_problems, notes):
+            # Damaged at start-up: what an earlier run of the daemon had in force from
+            # this file is the last good version.
+            old, old_origin = self.memory.recall(path, self.legacy)
         objects: dict[ObjKey, object] = {}
         issues: list[Issue] = []
         broken = any(not p.warning for p in file_problems)
@@ -128,11 +139,14 @@ class ManifestStore:
             # Objects this file no longer shows may sit behind the damage: keep them.
             for key, obj in old.items():
                 objects.setdefault(key, obj)
+        entry.origin = {k: (old_origin.get(k, digest) if objects[k] is old.get(k) else digest) for k in objects}
         entry.objects = objects
         entry.issues = issues
         entry.sig = sig
         self.files[path] = entry
-        return self._reindex(path, old, objects)
+        if self.memory is not None:
+            self.memory.remember(path, entry.origin, digest, text)
+        return self._reindex(path, dict(self._in_force(path, old)), objects)
 
     def put_unreadable(self, path: str, problem: Problem, sig: tuple | None = None) -> dict[ObjKey, object | None]:
         """``path`` exists but cannot be read or is not text: its objects stay."""
@@ -145,9 +159,16 @@ class ManifestStore:
     def drop(self, path: str) -> dict[ObjKey, object | None]:
         """``path`` was deleted: its objects go."""
         entry = self.files.pop(path, None)
+        if self.memory is not None:
+            self.memory.forget(path)
         if entry is None:
             return {}
         return self._reindex(path, entry.objects, {})
+
+    def _in_force(self, path: str, old: dict[ObjKey, object]) -> dict[ObjKey, object]:
+        """The objects ``path`` contributed before this update (recalled ones were not
+        indexed: they are new to this process)."""
+        return {k: v for k, v in old.items() if path in self.owners.get(k, ())}
 
     def set_dir_issue(self, directory: str, problem: Problem | None) -> None:
         if problem is None:
@@ -228,6 +249,102 @@ def same_object(a: object, b: object) -> bool:
         return False
     la, lb = getattr(a, "labels", None), getattr(b, "labels", None)
     return la is None or dict(la) == dict(lb)
+
+
+def _has_errors(decoded, file_problems, notes) -> bool:
+    return (any(not p.warning for p in file_problems) or any(d.obj is None for d in decoded)
+            or any(not p.warning for d in decoded for p in d.problems)
+            or any(truncated_kind(n) for n in notes) or not decoded)
+
+
+def text_digest(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+class LastGood:
+    """The last good versions, on disk, for the next start of the daemon.
+
+    Per watched file: which text (by digest) each of its objects in force came from, and
+    those texts (``<dir>/<digest>.txt``, index in ``<dir>/index.json``). A daemon that
+    starts while a file is damaged decodes the remembered texts of that file instead of
+    forgetting what was in force (fail-static across restarts). Only files that exist are
+    ever recalled: a file deleted while the daemon was down removes its objects.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+        self.index: dict[str, dict[str, str]] = {}
+        try:
+            with open(os.path.join(directory, "index.json")) as f:
+                data = json.load(f)
+            if isinstance(data, dict):
+                self.index = {p: dict(v) for p, v in data.items() if isinstance(v, dict)}
+        except (OSError, ValueError):
+            pass
+
+    def recall(self, path: str, legacy: bool = False) -> tuple[dict[ObjKey, object], dict[ObjKey, str]]:
+        refs = self.index.get(path, {})
+        objects: dict[ObjKey, object] = {}
+        origin: dict[ObjKey, str] = {}
+        by_digest: dict[str, set[ObjKey]] = {}
+        for ref, digest in refs.items():
+            kind, _, key = ref.partition(" ")
+            by_digest.setdefault(digest, set()).add((kind, key))
+        for digest, keys in by_digest.items():
+            try:
+                with open(os.path.join(self.dir, f"{digest}.txt"), encoding="utf-8") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            decoded, _, _ = manifests.decode_text(text, path, legacy_namespace_isolation=legacy)
+            for d in decoded:
+                key = (d.kind, d.key)
+                if key in keys and d.obj is not None and key not in objects:
+                    objects[key] = d.obj
+                    origin[key] = digest
+        return objects, origin
+
+    def remember(self, path: str, origin: dict[ObjKey, str], digest: str, text: str) -> None:
+        refs = {f"{k} {key}": d for (k, key), d in sorted(origin.items())}
+        if self.index.get(path) == refs:
+            return
+        try:
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            if digest in refs.values():
+                target = os.path.join(self.dir, f"{digest}.txt")
+                if not os.path.exists(target):
+                    _write_atomic(target, text)
+            if refs:
+                self.index[path] = refs
+            else:
+                self.index.pop(path, None)
+            self._save()
+        except OSError:
+            pass  # a full /run costs the restart memory, never the running enforcement
+
+    def forget(self, path: str) -> None:
+        if self.index.pop(path, None) is not None:
+            try:
+                self._save()
+            except OSError:
+                pass
+
+    def _save(self) -> None:
+        _write_atomic(os.path.join(self.dir, "index.json"), json.dumps(self.index, indent=1, sort_keys=True))
+        used = {d for refs in self.index.values() for d in refs.values()}
+        for name in os.listdir(self.dir):
+            if name.endswith(".txt") and name[:-4] not in used:
+                try:
+                    os.unlink(os.path.join(self.dir, name))
+                except OSError:
+                    pass
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8", errors="surrogatepass") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------- reading

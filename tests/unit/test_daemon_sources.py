@@ -293,3 +293,34 @@ def test_a_file_held_open_is_not_read_until_closed(tmp_path):
     src.note(p, ready=False)
     clock.advance(src.hold)
     assert src.take_due()[0] == [p]
+
+
+def test_last_good_versions_survive_a_restart(tmp_path):
+    from enforcer.daemon.sources import LastGood
+
+    mem = str(tmp_path / "lastgood")
+    s = ManifestStore(memory=LastGood(mem))
+    s.put_text("/d/f.yaml", policy("p1", peer="a") + "---\n" + policy("p2"))
+    s.put_text("/d/f.yaml", policy("p1", peer="b") + "---\n" + policy("p2"))
+    s.put_text("/d/g.yaml", policy("g"))
+    # p1 is broken now: its last good version (peer b) stays; the store remembers it.
+    broken = policy("p1", peer="b").replace("podSelector: {matchLabels: {app: b}}", "podSelectr: {}")
+    s.put_text("/d/f.yaml", broken + "---\n" + policy("p2", peer="c"))
+    assert peer_of(s, "x/p1") == "b"
+    s.drop("/d/g.yaml")
+    # A new process (restart) that finds the file still broken recalls p1 at peer b.
+    s2 = ManifestStore(memory=LastGood(mem))
+    changes = s2.put_text("/d/f.yaml", broken + "---\n" + policy("p2", peer="c"))
+    assert set(changes) == {("NetworkPolicy", "x/p1"), ("NetworkPolicy", "x/p2")}
+    assert peer_of(s2, "x/p1") == "b" and peer_of(s2, "x/p2") == "c"
+    assert all(e.consequence == KEPT for e in s2.errors())
+    # A half-written file at start: everything of it is recalled.
+    s3 = ManifestStore(memory=LastGood(mem))
+    s3.put_text("/d/f.yaml", "apiVersion: v1\nkind: [")
+    assert set(s3.cluster().policies) == {"x/p1", "x/p2"}
+    # A deleted file is forgotten; a valid file is the truth; only referenced texts stay.
+    assert LastGood(mem).recall("/d/g.yaml") == ({}, {})
+    s4 = ManifestStore(memory=LastGood(mem))
+    s4.put_text("/d/f.yaml", policy("p2", peer="z"))
+    assert set(s4.cluster().policies) == {"x/p2"}
+    assert len([n for n in os.listdir(mem) if n.endswith(".txt")]) == 1
