@@ -265,7 +265,15 @@ def to_json(result: DiffResult) -> dict:
 @click.option("--legacy-namespace-isolation", is_flag=True,
               help="Honour the pre-v1 namespace annotation net.beta.kubernetes.io/network-policy (DefaultDeny).")
 def diff(base, old, new, ports, fmt, family, legacy_namespace_isolation) -> None:
-    """Which connections a change opens and which it closes (before = -f + --old, after = -f + --new)."""
+    """Which connections a change opens and which it closes.
+
+    Before = the -f input plus --old; after = the -f input plus --new. Every ordered pair
+    of endpoints present on both sides is checked; each changed connection is printed with
+    the reason after the change. Example:
+
+    \b
+      netpol diff -f cluster.yaml --old policy-v1.yaml --new policy-v2.yaml
+    """
     if not (base or old or new):
         raise InputError("netpol diff: nothing to compare; give --old and/or --new (and -f for the common part)")
     if "-" in base or ("-" in old and "-" in new):
