@@ -434,6 +434,7 @@ class NftablesBackend:
             raise BackendError(f"unknown nftables method {method!r} (auto, libnft, cli)")
         self._method = method
         self._runner: _Runner | None = None
+        self._runner_lock = threading.Lock()  # the daemon applies from a thread pool
 
     # -- capability
 
@@ -443,12 +444,17 @@ class NftablesBackend:
     def _get_runner(self) -> _Runner:
         if self._runner is not None:
             return self._runner
+        with self._runner_lock:
+            if self._runner is None:
+                self._runner = self._make_runner()
+            return self._runner
+
+    def _make_runner(self) -> _Runner:
         import shutil
 
         if self._method in ("auto", "libnft"):
             try:
-                self._runner = LibnftRunner()
-                return self._runner
+                return LibnftRunner()
             except BackendUnavailable:
                 if self._method == "libnft":
                     raise
@@ -456,8 +462,7 @@ class NftablesBackend:
             raise BackendUnavailable(
                 "nftables backend: neither libnftables.so.1 nor the nft command is available; "
                 "install them with: apt-get install nftables")
-        self._runner = CliRunner()
-        return self._runner
+        return CliRunner()
 
     @property
     def method(self) -> str:
