@@ -556,12 +556,15 @@ class Compiler:
         spec = self._spec[rid]
         prov = ir.Provenance(rid[0], rid[1], rid[2])
         out = []
-        peers = None
-        if not spec.all_peers:
+        peers = None if spec.all_peers else name
+
+        def peer_set() -> None:
             v4, v6, digest = self._addr_elements(rid)
             sets.append(ir.AddrSet(name, v4, v6, interval=bool(spec.blocks), digest=digest))
-            peers = name
+
         if spec.all_ports:
+            if peers:
+                peer_set()
             return [ir.AllowRule(prov, peers, ())]
         ports = list(spec.numeric)
         if spec.named and rid[1] == "ingress":
@@ -570,13 +573,16 @@ class Compiler:
                 ports += [ir.PortMatch(proto, cp.port, cp.port) for cp in pod.ports
                           if cp.name == pname and cp.protocol == proto]
         if ports:
+            # A set only when a rule reads it: a rule whose ports resolve to nothing on this
+            # pod allows nothing and needs no set.
+            if peers:
+                peer_set()
             out.append(ir.AllowRule(prov, peers, tuple(dict.fromkeys(ports))))
         if spec.named and rid[1] == "egress":
+            # Egress named ports: the peer restriction is folded into address.port elements.
             ap4, ap6, digest = self._addrport_elements(rid)
             sets.append(ir.AddrPortSet(name + "p", ap4, ap6, digest=digest))
             out.append(ir.AllowRule(prov, None, (), addr_ports=name + "p"))
-        if peers is not None and not out:
-            sets.pop()  # nothing can match: no port resolves on this pod
         return out
 
 
