@@ -162,11 +162,8 @@ class LabHandle:
         return f"LabHandle({self.name!r}, backend={self.backend!r})"
 
 
-@pytest.fixture
-def netpol_lab(tmp_path: Path):
-    """Factory: ``lab = netpol_lab(manifests, backend="nftables")``. Labs are always removed."""
-    if os.geteuid() != 0:
-        pytest.skip("netpol_lab needs root: the lab creates network namespaces")
+def _factory(workdir: Path):
+    """The lab factory both fixtures hand out, and the teardown they share."""
     made: list[LabHandle] = []
 
     def factory(manifests: Any, backend: str = "nftables", *, ipv6: bool = False,
@@ -174,26 +171,57 @@ def netpol_lab(tmp_path: Path):
         from enforcer.lab import control
 
         lab_name = name or f"npt-{uuid.uuid4().hex[:8]}"
-        handle = LabHandle(lab_name, backend, tmp_path / lab_name)
+        handle = LabHandle(lab_name, backend, workdir / lab_name)
         cluster = _cluster(manifests, handle._workdir)
         _live.add(lab_name)
         made.append(handle)
         control.up(lab_name, cluster, backend, ipv6=ipv6)
         return handle
 
-    yield factory
-    errors = []
-    for handle in made:
-        try:
-            handle.down()
-        except Exception as e:  # remove the others anyway, then report
-            errors.append(f"{handle.name}: {e}")
-    if errors:
-        raise RuntimeError("netpol_lab: teardown failed: " + "; ".join(errors))
+    def teardown() -> None:
+        errors = []
+        for handle in made:
+            try:
+                handle.down()
+            except Exception as e:  # remove the others anyway, then report
+                errors.append(f"{handle.name}: {e}")
+        if errors:
+            raise RuntimeError("netpol_lab: teardown failed: " + "; ".join(errors))
+
+    return factory, teardown
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("netpol_lab needs root: the lab creates network namespaces")
+
+
+@pytest.fixture
+def netpol_lab(tmp_path: Path):
+    """Factory: ``lab = netpol_lab(manifests, backend="nftables")``. Labs are always removed
+    at the end of the test."""
+    _need_root()
+    factory, teardown = _factory(tmp_path)
+    try:
+        yield factory
+    finally:
+        teardown()
+
+
+@pytest.fixture(scope="module")
+def netpol_lab_module(tmp_path_factory):
+    """The same factory, with labs kept for the whole test module (bringing up pods costs
+    more than a test: share one lab and drive it with ``lab.apply``)."""
+    _need_root()
+    factory, teardown = _factory(tmp_path_factory.mktemp("netpol-lab"))
+    try:
+        yield factory
+    finally:
+        teardown()
 
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "netpol_lab: a test that brings up a netpol-enforcer lab (root)")
 
 
-__all__: Sequence[str] = ["LabHandle", "netpol_lab"]
+__all__: Sequence[str] = ["LabHandle", "netpol_lab", "netpol_lab_module"]

@@ -17,19 +17,11 @@ and the model runner covers those checks).
 from __future__ import annotations
 
 import os
-import sys
-import uuid
-from pathlib import Path
-
 import pytest
 
 from enforcer.reachability import compare
 
-try:
-    from tests.conformance.cases import load_cases
-except ModuleNotFoundError:  # tests/integration is not a package: pytest did not add the root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests.conformance.cases import load_cases
+from tests.conformance.cases import load_cases
 
 pytestmark = pytest.mark.root
 
@@ -41,27 +33,10 @@ NO_SCTP = "SCTP sockets are not available on this kernel (CONFIG_IP_SCTP unset);
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def lab(request, tmp_path_factory):
-    """A lab with the base model and no policy, shared by every case of one backend.
-
-    The plugin's ``netpol_lab`` fixture is function-scoped (one lab per test), so this
-    builds the same ``LabHandle`` for the module and tears it down in the same way.
-    """
-    if os.geteuid() != 0:
-        pytest.skip("the conformance lab needs root: it creates network namespaces")
-    from enforcer import pytest_plugin
-    from enforcer.lab import control
-
-    name = f"npt-{uuid.uuid4().hex[:8]}"
-    workdir = tmp_path_factory.mktemp(f"conformance-{request.param}")
-    handle = pytest_plugin.LabHandle(name, request.param, workdir)
+def lab(request, netpol_lab_module):
+    """A lab with the base model and no policy, shared by every case of one backend."""
     base = [o for o in CASES[0].steps[0].objects if o["kind"] != "NetworkPolicy"]
-    pytest_plugin._live.add(name)  # the plugin's atexit safety net also covers this lab
-    try:
-        control.up(name, pytest_plugin._cluster(base, workdir), request.param)
-        yield handle
-    finally:
-        handle.down()
+    return netpol_lab_module(base, request.param)
 
 
 def _check_step(lab, case, index: int, timeout: float):
