@@ -628,36 +628,33 @@ class _IptcInstaller(_RestoreInstaller):
         return rule
 
     def _write(self, netns: str, family: int, chains: dict[str, tuple[tuple[str, ...], ...]],
-               jumps: dict[str, list[tuple[str, ...]]] | None) -> None:
+               jumps: dict[str, list[tuple[str, ...]]] | None, current: FamilyState) -> None:
         """Make our chains exactly ``chains`` (absent chains are deleted) and the hooks'
         jumps exactly ``jumps`` (None: keep them when they are right, else one at the top),
-        all in one commit."""
+        all in one commit.
+
+        Jumps are found in ``current`` (a save listing just read) and deleted by number:
+        reading rules back through python-iptables would decode their targets, and
+        decoding a non-standard target opens and caches every table of the namespace the
+        thread is in, for the whole process."""
         import iptc
 
         with self._lock, nsmod.entered(netns):
             table = self._table(family)
             try:
-                for hook in HOOKS.values():
-                    chain = iptc.Chain(table, hook)
-                    have = [r for r in chain.rules if r.target.name in CHAINS.values()]
-                    want_default = jumps is None
-                    if want_default and len(have) == 1 and chain.rules[0].target.name in CHAINS.values():
+                for d, hook in HOOKS.items():
+                    positions = current.jumps.get(hook, [])
+                    if jumps is None and positions == [1]:
                         continue
-                    for r in have:
-                        chain.delete_rule(r)
-                    if want_default:
-                        d = next(k for k, v in HOOKS.items() if v == hook)
-                        if CHAINS[d] in chains:
-                            # the chain must exist before a rule can jump to it
-                            if not table.is_chain(CHAINS[d]):
-                                table.create_chain(CHAINS[d])
-                            _put(table, hook, self._rule(family, jump_rule(d), table), first=True)
-                    else:
-                        for args in reversed(jumps.get(hook, [])):
-                            target = args[args.index("-j") + 1]
-                            if not table.is_chain(target):
-                                table.create_chain(target)
-                            _put(table, hook, self._rule(family, args, table), first=True)
+                    for pos in sorted(positions, reverse=True):
+                        if table._iptc.iptc_delete_num_entry(hook.encode(), pos - 1, table._handle) != 1:
+                            raise iptc.IPTCError(f"can't delete rule {pos} of {hook}: {table.strerror()}")
+                    wanted = [jump_rule(d)] if jumps is None else jumps.get(hook, [])
+                    for args in reversed(wanted):
+                        target = args[args.index("-j") + 1]
+                        if not table.is_chain(target):  # a jump needs its chain first
+                            table.create_chain(target)
+                        _put(table, hook, self._rule(family, args, table), first=True)
                 for name in CHAINS.values():
                     if name in chains:
                         if table.is_chain(name):
@@ -676,11 +673,11 @@ class _IptcInstaller(_RestoreInstaller):
                 table.close()
 
     def install(self, netns: str, family: int, rs: Ruleset, state: FamilyState) -> None:
-        self._write(netns, family, rs.rules[family], None)
+        self._write(netns, family, rs.rules[family], None, state)
 
     def restore_state(self, netns: str, family: int, state: FamilyState) -> None:
         chains = {c: tuple(state.rules.get(c, [])) for c in CHAINS.values() if c in state.chains}
-        self._write(netns, family, chains, state.jump_args)
+        self._write(netns, family, chains, state.jump_args, self.read_state(netns, family))
 
 
 # ---------------------------------------------------------------------------------------

@@ -490,7 +490,10 @@ class NftablesBackend:
             return ApplyResult("none")
         note = ""
         if kind == "delta":
-            d = delta(previous, fw)  # type: ignore[arg-type]
+            try:
+                d = delta(previous, fw)  # type: ignore[arg-type]
+            except (BackendError, ValueError) as e:
+                raise self._refused(fw, netns, e) from e
             try:
                 self._get_runner().change_elements(netns, d)
                 return ApplyResult("delta", d.added, d.removed)
@@ -498,14 +501,18 @@ class NftablesBackend:
                 # The kernel's sets are not what ``previous`` says (drift, or a lost
                 # update): replace the whole table instead, still atomically.
                 note = f"delta refused, replaced the table: {first_line(str(e))}"
-        text = full_transaction(fw)
         try:
-            self._run(netns, text)
-        except _Refused as e:
-            raise ApplyError(f"nftables: applying the firewall of {fw.pod} in {netns} failed; "
-                             f"the previous rules stay in force:\n{e}") from e
-        n = sum(len(s.elements()) for s in fw.sets)
+            self._run(netns, full_transaction(fw))
+        except (_Refused, BackendError, ValueError) as e:
+            raise self._refused(fw, netns, e) from e
+        n = sum(len(s.v4) + len(s.v6) for s in fw.sets)
         return ApplyResult("full", n, 0, note)
+
+    @staticmethod
+    def _refused(fw: PodFirewall, netns: str, e: Exception) -> ApplyError:
+        # (a missing namespace is not caught here: its NetnsError goes up as it is)
+        return ApplyError(f"nftables: applying the firewall of {fw.pod} in {netns} failed; "
+                          f"the previous rules stay in force:\n{e}")
 
     def apply_many(self, jobs) -> list:
         """Full applies on as many threads as there are cores (libnftables releases the GIL

@@ -26,7 +26,7 @@ from backends import base
 from backends.iptables import IptablesBackend, parse_save
 from backends.nftables import NftablesBackend
 from enforcer import netns
-from enforcer.errors import ApplyError
+from enforcer.errors import ApplyError, NetnsError
 from enforcer.ir import (AddrPortSet, AddrSet, AllowRule, DirectionPolicy, PodFirewall,
                          PortMatch, Provenance)
 
@@ -419,10 +419,14 @@ def test_verify_detects_a_moved_jump_and_an_extra_element(backend):
         netns.run(SRV, ["nft", "add", "element", "inet", "netpol", "in0_4", "{", ADDR["c2"][0], "}"])
     else:
         tool = "iptables" if backend.flavour == "nft" else "iptables-legacy"
-        netns.run(SRV, [tool, "-I", "INPUT", "1", "-j", "ACCEPT"])
+        netns.run(SRV, [tool, "-I", "INPUT", "1", "-p", "tcp", "--dport", "9", "-j", "ACCEPT"])
         assert not backend.verify(SRV, fw)
-        netns.run(SRV, [tool, "-D", "INPUT", "1"])
+        backend.apply(SRV, fw)  # repair: our jump first again, the foreign rule kept
         assert backend.verify(SRV, fw)
+        saved = netns.run(SRV, [backend._inst().save[4], "-t", "filter"]).stdout
+        inputs = [ln for ln in saved.splitlines() if ln.startswith("-A INPUT")]
+        assert len(inputs) == 2 and "NETPOL-INGRESS" in inputs[0] and "--dport 9" in inputs[1]
+        netns.run(SRV, [tool, "-D", "INPUT", "2"])
         netns.run(SRV, ["ipset", "add", "np.in0.ip4", ADDR["c2"][0]])
     assert not backend.verify(SRV, fw)
 
@@ -525,3 +529,15 @@ def test_named_port_delta_and_apply_many(backend):
     assert tcp(C1, ADDR["srv1"][0], 8080) == "timeout"
     assert tcp(C1, ADDR["srv1"][1], 8080) == "connected"
     assert udp(C2, ADDR["srv2"][0])
+
+
+def test_malformed_input_is_an_apply_error_not_a_traceback(backend):
+    bad = PodFirewall(pod="x/srv", sets=(AddrSet("h", v4=("10.0.0.0/24",)),))  # network in a host set
+    with pytest.raises(ApplyError):
+        backend.apply(SRV, bad)
+    bad = PodFirewall(pod="x/srv", sets=(AddrSet("h", v4=("10.0.0.300/32",)),))
+    with pytest.raises(ApplyError):
+        backend.apply(SRV, bad)
+    assert backend.read(SRV) is None
+    with pytest.raises(NetnsError):
+        backend.apply(f"{PREFIX}-gone", PodFirewall(pod="x/gone"))
