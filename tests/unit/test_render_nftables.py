@@ -289,3 +289,40 @@ def test_port_groups_helper():
     assert base.port_groups((PortMatch("TCP", 80), PortMatch("TCP"))) == [("TCP", None)]
     assert base.port_groups((PortMatch("TCP", 10, 20), PortMatch("TCP", 15, 30), PortMatch("TCP", 31))) \
         == [("TCP", [(10, 31)])]
+
+
+# --- shared helpers of backends/base.py -------------------------------------------------
+
+
+def test_plan_none_delta_full():
+    fw = PodFirewall(pod="x/a", ingress=isolated(rule("x/p", "ingress", 0, peers="s")),
+                     sets=(AddrSet("s", v4=("10.0.0.1/32",)),))
+    more = PodFirewall(pod="x/a", ingress=fw.ingress, sets=(AddrSet("s", v4=("10.0.0.1/32", "10.0.0.2/32")),))
+    typed = PodFirewall(pod="x/a", ingress=fw.ingress, sets=(AddrSet("s", v4=("10.0.0.0/24",), interval=True),))
+    assert base.plan(None, fw) == "full"
+    assert base.plan(fw, PodFirewall(pod="x/a", ingress=fw.ingress, sets=(AddrSet("s", v4=("10.0.0.1/32",)),))) == "none"
+    assert base.plan(fw, more) == "delta"
+    assert base.plan(fw, typed) == "full"  # host set -> interval set: another set type
+    assert base.plan(fw, PodFirewall(pod="x/a", sets=fw.sets)) == "full"  # rules changed
+
+
+def test_fake_backend_verify_counters_and_apply_many():
+    fake = base.FakeBackend(fail_on={"bad"})
+    fw = PodFirewall(pod="x/a", ingress=isolated(rule("x/p", "ingress", 0)))
+    results = fake.apply_many([("ns1", fw, None), ("bad", fw, None)])
+    assert results[0].kind == "full" and isinstance(results[1], Exception)
+    assert fake.verify("ns1", fw) and not fake.verify("ns2", fw)
+    assert fake.counters("ns1") == [("x/p ingress[0]", 0, 0)]
+    assert isinstance(fake, base.Backend)
+
+
+def test_run_jobs_keeps_order_and_errors_on_threads():
+    from enforcer.errors import ApplyError
+
+    def apply(ns, fw, prev):
+        if ns == "b":
+            raise ApplyError("no")
+        return base.ApplyResult("full")
+
+    out = base.run_jobs(apply, [("a", None, None), ("b", None, None), ("c", None, None)], workers=2)
+    assert [getattr(r, "kind", "err") for r in out] == ["full", "err", "full"]
