@@ -32,17 +32,24 @@ class Loaded:
         return self.compiler.firewalls()
 
 
-def load(files, *, legacy: bool = False, cidrs: tuple[str, ...] = (ipam.DEFAULT_POD_CIDR,)) -> Loaded:
-    """Load, validate, assign addresses and compile: the front half of the pipeline."""
+def read(files, *, legacy: bool = False):
+    """Load and validate (raises InputError listing every problem); print warnings and
+    notes (skipped kinds) on stderr."""
     from enforcer import manifests
-    from enforcer.compile import Compiler
 
     result = manifests.load(list(files), stdin=sys.stdin, legacy_namespace_isolation=legacy)
     for w in result.warnings:
         click.echo(str(w), err=True)
     for n in result.notes:
         click.echo(n, err=True)
-    cluster = result.cluster
+    return result
+
+
+def load(files, *, legacy: bool = False, cidrs: tuple[str, ...] = (ipam.DEFAULT_POD_CIDR,)) -> Loaded:
+    """Load, validate, assign addresses and compile: the front half of the pipeline."""
+    from enforcer.compile import Compiler
+
+    cluster = read(files, legacy=legacy).cluster
     if any(":" in ip for p in cluster.pods.values() for ip in p.ips) and ipam.DEFAULT_POD_CIDR6 not in cidrs:
         cidrs = cidrs + (ipam.DEFAULT_POD_CIDR6,)
     cluster = ipam.assign_ips(cluster, cidrs)
@@ -61,14 +68,7 @@ def cli() -> None:
 @LEGACY
 def validate(files, legacy_namespace_isolation) -> None:
     """Check every object as the API server would (exit 1 if anything is invalid)."""
-    from enforcer import manifests
-
-    result = manifests.load(list(files), stdin=sys.stdin, legacy_namespace_isolation=legacy_namespace_isolation)
-    for w in result.warnings:
-        click.echo(str(w), err=True)
-    for n in result.notes:
-        click.echo(n, err=True)
-    c = result.cluster
+    c = read(files, legacy=legacy_namespace_isolation).cluster
     click.echo(f"valid: {len(c.namespaces)} namespaces, {len(c.pods)} pods, "
                f"{len(c.policies)} network policies, {len(c.externals)} external hosts")
 
