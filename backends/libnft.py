@@ -223,14 +223,16 @@ class ElementSocket:
             off = 0
             while off + 16 <= len(data):
                 length, kind, _flags, seq, _pid = _struct.unpack_from("=IHHII", data, off)
-                if kind == NLMSG_ERROR and seq in pending:
+                if kind == NLMSG_ERROR:
                     (err,) = _struct.unpack_from("=i", data, off + 16)
                     pending.discard(seq)
-                    if err:
-                        i = seqs.index(seq)
-                        verb, set_name, elements = changes[i]
+                    if err and seq in seqs:
+                        verb, set_name, elements = changes[seqs.index(seq)]
                         errors.append(f"{verb} element {table} {set_name} {{ {', '.join(elements)} }}: "
                                       f"{os.strerror(-err)}")
+                    elif err:  # the batch itself was refused (e.g. no CAP_NET_ADMIN)
+                        errors.append(f"set element batch: {os.strerror(-err)}")
+                        pending.clear()
                 off += max((length + 3) & ~3, 16)
         if errors:
             raise NftError("Error: " + "; ".join(errors))

@@ -326,3 +326,12 @@ def test_run_jobs_keeps_order_and_errors_on_threads():
 
     out = base.run_jobs(apply, [("a", None, None), ("b", None, None), ("c", None, None)], workers=2)
     assert [getattr(r, "kind", "err") for r in out] == ["full", "err", "full"]
+
+
+def test_raw_element_keys_pad_concatenated_fields_to_four_bytes():
+    from backends.libnft import element_key
+
+    assert element_key("10.0.0.5") == bytes([10, 0, 0, 5])
+    assert element_key("fd00::5") == bytes([0xfd] + [0] * 14 + [5])
+    assert element_key("10.0.0.5 . tcp . 8080") == bytes([10, 0, 0, 5, 6, 0, 0, 0, 0x1f, 0x90, 0, 0])
+    assert len(element_key("fd00::5 . sctp . 9")) == 24
