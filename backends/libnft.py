@@ -11,6 +11,9 @@ there at once, because some libnftables versions open the socket lazily on first
 that the context keeps acting on N from any namespace.
 
 A context is not thread-safe: callers serialise use of one context (``Context.lock``).
+
+The second half of the module, ``ElementSocket``, sends set element changes to nf_tables as a
+raw netlink batch, without libnftables (see there why).
 """
 from __future__ import annotations
 
