@@ -44,6 +44,8 @@ def side_by_side(blocks: list[tuple[str, str]], width: int | None = None) -> str
 
 def render_block(pod: str, texts: list[tuple[str, str]]) -> str:
     header = f"# pod {pod}"
+    # A backend may open with the same header line; say it once.
+    texts = [(name, text[len(header) + 1:] if text.startswith(header + "\n") else text) for name, text in texts]
     if len(texts) == 1:
         return f"{header} ({texts[0][0]})\n{texts[0][1].rstrip()}\n"
     return f"{header}\n{side_by_side(texts)}\n"
