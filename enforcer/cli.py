@@ -147,7 +147,7 @@ def explain(files, legacy_namespace_isolation, fmt) -> None:
 
     loaded = load(files, legacy=legacy_namespace_isolation)
     sel = {k: loaded.compiler.selected_pods(k) for k in loaded.cluster.policies}
-    rows = ex.explain_rows(loaded.cluster, sel)
+    rows = ex.explain_rows(loaded.cluster, sel, legacy=legacy_namespace_isolation)
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return

@@ -120,9 +120,18 @@ def trace_json(v: Verdict) -> dict:
             "always": v.always or None, "egress": side(v.egress), "ingress": side(v.ingress)}
 
 
-def explain_rows(cluster: Cluster, selected: dict[str, frozenset[str]]) -> list[dict]:
-    """One row per policy: target pods, directions, and each rule in words."""
+def explain_rows(cluster: Cluster, selected: dict[str, frozenset[str]],
+                 legacy: bool = False) -> list[dict]:
+    """One row per policy: target pods, directions, and each rule in words. With
+    ``legacy``, one more row per namespace whose pre-v1 annotation isolates its pods."""
     rows = []
+    for name, ns in sorted(cluster.namespaces.items()):
+        if legacy and ns.legacy_default_deny:
+            rows.append({"policy": f"{name}/[legacy DefaultDeny annotation]", "pod_selector": "<all>",
+                         "targets": sorted(k for k, p in cluster.pods.items() if p.namespace == name),
+                         "policy_types": ["Ingress"],
+                         "rules": [{"direction": "ingress", "rule": None,
+                                    "text": "ingress: deny all (namespace annotation net.beta.kubernetes.io/network-policy)"}]})
     for key, pol in sorted(cluster.policies.items()):
         rules = []
         for direction in ("ingress", "egress"):

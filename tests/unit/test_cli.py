@@ -63,3 +63,11 @@ def test_matrix_dot_output():
     r = netpol("matrix", "-f", EX, "--ports", "3306/TCP", "-o", "dot")
     assert r.returncode == 0 and r.stdout.startswith("digraph")
     assert '"prod/api" -> "prod/db"' in r.stdout and '"prod/web" -> "prod/db"' not in r.stdout
+
+
+def test_explain_shows_legacy_isolation_only_when_asked():
+    path = str(ROOT / "examples" / "concepts" / "11-legacy" / "cluster.yaml")
+    with_flag = netpol("explain", "-f", path, "--legacy-namespace-isolation")
+    without = netpol("explain", "-f", path)
+    assert with_flag.returncode == 0 and "legacy DefaultDeny" in with_flag.stdout
+    assert "legacy DefaultDeny" not in without.stdout
