@@ -84,12 +84,18 @@ def _family(value: str) -> int:
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "dot", "svg", "png"]), default="table")
 @click.option("--family", type=click.Choice(["ipv4", "ipv6"]), default="ipv4")
 @click.option("--out-file", type=click.Path(dir_okay=False), help="Where -o svg|png writes (default matrix.svg/png).")
-def matrix(files, legacy_namespace_isolation, ports, fmt, family, out_file) -> None:
+@click.option("--from", "src_glob", default="*", help="Only sources matching this pattern, e.g. 'prod/*'.")
+@click.option("--to", "dst_glob", default="*", help="Only destinations matching this pattern, e.g. 'prod/db'.")
+def matrix(files, legacy_namespace_isolation, ports, fmt, family, out_file, src_glob, dst_glob) -> None:
     """The model's verdict for every ordered pair of endpoints (no root needed)."""
+    import fnmatch
+
     from enforcer import verdict
 
     loaded = load(files, legacy=legacy_namespace_isolation)
     rows = verdict.matrix(loaded.cluster, loaded.firewalls, verdict.parse_ports(ports), _family(family))
+    # Dense clusters draw unreadable pictures: the patterns keep what a reader asks about.
+    rows = [r for r in rows if fnmatch.fnmatchcase(r["from"], src_glob) and fnmatch.fnmatchcase(r["to"], dst_glob)]
     emit_rows(rows, fmt, backend="model", out_file=out_file)
 
 

@@ -71,3 +71,9 @@ def test_explain_shows_legacy_isolation_only_when_asked():
     without = netpol("explain", "-f", path)
     assert with_flag.returncode == 0 and "legacy DefaultDeny" in with_flag.stdout
     assert "legacy DefaultDeny" not in without.stdout
+
+
+def test_matrix_filters():
+    doc = json.loads(netpol("matrix", "-f", EX, "--ports", "3306/TCP", "--to", "prod/db", "-o", "json").stdout)
+    assert doc["results"] and {r["to"] for r in doc["results"]} == {"prod/db"}
+    assert {r["from"] for r in doc["results"] if r["allowed"]} == {"prod/api", "backup"}
