@@ -176,6 +176,53 @@ def list_cmd(fmt) -> None:
                    f"{item.get('server', '-'):8} {item.get('phase', '-')}")
 
 
+@lab.command("stats")
+@NAME
+@click.option("--pod", help="Only this pod (NS/POD).")
+@OUTPUT
+@click.option("--nonzero", is_flag=True, help="Only the rules that counted packets.")
+def stats_cmd(name, pod, fmt, nonzero) -> None:
+    """Packet and byte counters of every rule in every pod, each with its policy rule."""
+    _need_root()
+    from enforcer.lab import observe
+
+    backend, rows = observe.stats(name, pod)
+    if nonzero:
+        rows = [r for r in rows if r.packets]
+    if fmt == "json":
+        click.echo(json.dumps({"lab": name, "backend": backend,
+                               "counters": [r.to_json() for r in rows]}, indent=2))
+    else:
+        click.echo(observe.stats_table(rows), nl=False)
+
+
+@lab.command("drops")
+@NAME
+@click.option("--count", type=click.IntRange(min=1), help="Stop after N drops.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), help="Stop after S seconds.")
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: one JSON object a line.")
+def drops_cmd(name, count, timeout, fmt) -> None:
+    """Stream dropped packets live: pod, direction, addresses, ports, isolating policies."""
+    _need_root()
+    from enforcer.lab import observe
+
+    seen = 0
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with observe.DropReader(name) as reader:
+            click.echo(f"watching {len(reader.sockets)} pods of lab {name} (Ctrl-C to stop); "
+                       f"{observe.RATE_NOTE}", err=True)
+            for drop in reader.stream(count, timeout):
+                seen += 1
+                click.echo(json.dumps(drop.to_json()) if fmt == "json" else observe.format_drop(drop))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a learner stops the stream: not an error
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    click.echo(f"{seen} drop(s) seen", err=True)
+
+
 @click.command("probe")
 @FILES
 @BACKEND

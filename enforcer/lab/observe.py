@@ -1,0 +1,306 @@
+"""What the kernel does in a running lab: rule counters and dropped packets, attributed.
+
+    stats(lab)          every rule's packet and byte counters in every pod, each with its
+                        comment (the policy and rule it comes from), read through the
+                        lab's backend (``backend.counters`` inside each pod's namespace)
+    DropReader(lab)     one NFLOG socket per pod namespace (enforcer.nflog); ``stream``
+                        yields each dropped packet as a ``Drop``: the pod, the direction,
+                        the addresses and ports mapped back to endpoint ids, and the
+                        policies that isolate that direction
+
+Both backends put a rate-limited log rule (nflog group ``LOG_GROUP``, prefix
+``netpol drop <direction> <pod>: ``) just before the final drop of every isolated
+direction, so what the reader sees is exactly what the drop rule is about to drop, at most
+``LOG_RATE_PER_SECOND`` packets per second per direction (the counters count them all).
+
+The reader does not hold the lab's lock: a learner probes or applies while it streams. It
+re-reads the lab's state when state.json changes, so a ``lab apply`` that adds pods or
+changes which policies isolate a pod shows up in the next drop line.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import selectors
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+from backends import base
+from backends.base import LOG_GROUP, LOG_RATE_PER_SECOND
+from enforcer import netns, nflog
+from enforcer.errors import LabError
+from enforcer.ir import PodFirewall
+from enforcer.lab import state
+from enforcer.lab.state import LabState
+
+DIRECTIONS = ("ingress", "egress")
+NODE = "node"  # the id shown for the lab node's addresses
+
+
+# ------------------------------------------------------------------- counters
+
+
+@dataclass(frozen=True)
+class Counter:
+    """One rule (or the IPv4 and IPv6 halves of one rule, summed) of one pod."""
+
+    pod: str
+    direction: str  # "ingress" | "egress" | "" (a comment we do not know)
+    action: str  # "accept" | "drop" | "log"
+    rule: str  # the rule's comment: "prod/db-policy ingress[0]", "ingress isolated by ..."
+    packets: int
+    bytes: int
+    policy: str | None = None  # the policy of an allow rule
+    rule_index: int | None = None
+
+    def to_json(self) -> dict:
+        return {"pod": self.pod, "direction": self.direction, "action": self.action,
+                "rule": self.rule, "policy": self.policy, "rule_index": self.rule_index,
+                "packets": self.packets, "bytes": self.bytes}
+
+
+def classify(comment: str) -> tuple[str, str, str | None, int | None]:
+    """``(direction, action, policy, rule_index)`` of a rule comment (backends.base)."""
+    words = comment.split(" ")
+    if len(words) == 2 and "[" in words[1] and words[1].endswith("]"):
+        direction, _, index = words[1][:-1].partition("[")  # "ns/policy ingress[0]"
+        if direction in DIRECTIONS and index.isdigit():
+            return direction, "accept", words[0], int(index)
+    direction = words[0] if words[0] in DIRECTIONS else ""
+    rest = " ".join(words[1:])
+    if rest.startswith("isolated by") or rest == "invalid":
+        return direction, "drop", None, None
+    if rest == "log drop":
+        return direction, "log", None, None
+    return direction, "accept", None, None
+
+
+def stats(name: str, pod: str | None = None) -> tuple[str, list[Counter]]:
+    """The backend's name and the counters of every rule of every pod (or of ``pod``)."""
+    from enforcer.lab import control
+
+    with state.locked(name):
+        st = state.load(name)
+    pods = sorted(k for k, e in st.endpoints.items() if e.kind == "pod")
+    if pod is not None:
+        if pod not in pods:
+            raise LabError(f"lab {name} has no pod {pod} (pods: {', '.join(pods) or 'none'})")
+        pods = [pod]
+    backend = control.get_backend(st.backend)
+    rows: list[Counter] = []
+    for key in pods:
+        counted = backend.counters(st.endpoints[key].netns)
+        fw = st.firewalls.get(key)
+        if fw is not None:  # iptables lists IPv6-only rules after the IPv4 chain
+            rank = {c: i for i, c in enumerate(rule_order(fw))}
+            counted = sorted(counted, key=lambda c: rank.get(c[0], len(rank)))
+        for comment, packets, nbytes in counted:
+            direction, action, policy, index = classify(comment)
+            rows.append(Counter(key, direction, action, comment, packets, nbytes, policy, index))
+    return st.backend, rows
+
+
+def rule_order(fw: PodFirewall) -> list[str]:
+    """The comments of a pod's rules in the order both backends install them."""
+    out = []
+    for d in DIRECTIONS:
+        out += [base.fixed_comment(d, w) for w in ("established", "invalid", "loopback",
+                                                  "ipv6 neighbour discovery", "node")]
+        pol = fw.direction(d)
+        if pol.isolated:
+            out += [base.rule_comment(r) for r in pol.rules]
+            out += [base.log_comment(d), base.isolation_comment(d, pol.isolated_by)]
+        else:
+            out.append(base.open_comment(d))
+    return out
+
+
+def stats_table(rows: list[Counter]) -> str:
+    """A fixed-width table, one rule a line, in rule order within each pod."""
+    if not rows:
+        return "no counters\n"
+    head = ("POD", "DIRECTION", "ACTION", "PACKETS", "BYTES", "RULE")
+    cells = [head] + [(r.pod, r.direction or "-", r.action, str(r.packets), str(r.bytes), r.rule) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head) - 1)]
+    lines = []
+    for c in cells:
+        left = [c[0].ljust(widths[0]), c[1].ljust(widths[1]), c[2].ljust(widths[2]),
+                c[3].rjust(widths[3]), c[4].rjust(widths[4])]
+        lines.append("  ".join(left + [c[5]]))
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------- drops
+
+
+@dataclass(frozen=True)
+class Drop:
+    """One dropped packet, attributed."""
+
+    time: float
+    pod: str
+    direction: str
+    flow: nflog.Flow
+    src_id: str | None  # endpoint ids of the addresses (None: not a lab address)
+    dst_id: str | None
+    isolated_by: tuple[str, ...]
+
+    @property
+    def peer_id(self) -> str | None:
+        return self.src_id if self.direction == "ingress" else self.dst_id
+
+    def to_json(self) -> dict:
+        f = self.flow
+        out = {"time": round(self.time, 6), "pod": self.pod, "direction": self.direction,
+               "from": self.src_id, "to": self.dst_id, "src": f.src, "dst": f.dst,
+               "protocol": f.protocol, "sport": f.sport or None, "dport": f.dport or None,
+               "isolated_by": list(self.isolated_by)}
+        if f.icmp_type is not None:
+            out["icmp_type"] = f.icmp_type
+        return out
+
+
+def _addr(ip: str, port: int) -> str:
+    host = f"[{ip}]" if ":" in ip else ip
+    return f"{host}:{port}" if port else host
+
+
+def format_drop(d: Drop) -> str:
+    """``12:00:01 prod/db ingress DROP 10.244.0.7:40312 -> 10.244.0.6:3306/TCP (prod/web)
+    isolated by prod/db-policy``"""
+    f = d.flow
+    clock = time.strftime("%H:%M:%S", time.localtime(d.time))
+    service = f"{f.dport}/{f.protocol}" if f.dport else f.protocol
+    if f.icmp_type is not None:
+        service += f" type {f.icmp_type}"
+    dst = f"{'[' + f.dst + ']' if ':' in f.dst else f.dst}:{service}"
+    peer = d.peer_id or "outside the lab"
+    by = ",".join(d.isolated_by) or "?"
+    return f"{clock} {d.pod} {d.direction} DROP {_addr(f.src, f.sport)} -> {dst} ({peer}) isolated by {by}"
+
+
+@dataclass
+class LabView:
+    """What a drop needs from the lab's state: addresses -> ids, pods' isolating policies."""
+
+    netns_of: dict[str, str]  # pod -> namespace name
+    ids: dict[str, str]  # address -> endpoint id
+    firewalls: dict[str, PodFirewall]
+
+    @classmethod
+    def of(cls, st: LabState) -> "LabView":
+        ids = {_canonical(ip): NODE for ip in st.gateways}
+        for key, ep in st.endpoints.items():
+            ids.update({_canonical(ip): key for ip in ep.ips})
+        firewalls = dict(st.firewalls)
+        missing = [k for k in st.cluster.pods if k not in firewalls]
+        if missing:  # a lab made before firewalls were kept in its state: compile them
+            from enforcer.compile import compile_cluster
+
+            compiled = compile_cluster(st.cluster, node_ips=st.gateways)
+            firewalls.update({k: compiled[k] for k in missing if k in compiled})
+        return cls({k: e.netns for k, e in st.endpoints.items() if e.kind == "pod"}, ids, firewalls)
+
+    def drop(self, pod: str, packet: nflog.LogPacket, now: float) -> Drop | None:
+        """The attributed drop of a packet logged in ``pod``'s namespace, or None when the
+        packet is not one of ours (another log rule, or not IP)."""
+        parsed = nflog.parse_prefix(packet.prefix)
+        flow = nflog.parse_ip(packet.payload)
+        if parsed is None or flow is None:
+            return None
+        direction = parsed[0]
+        fw = self.firewalls.get(pod)
+        isolated_by = fw.direction(direction).isolated_by if fw is not None else ()
+        # parse_ip prints addresses in ipaddress' canonical form, as the state keeps them
+        return Drop(now, pod, direction, flow, self.ids.get(flow.src), self.ids.get(flow.dst),
+                    isolated_by)
+
+
+def _canonical(ip: str) -> str:
+    return str(ipaddress.ip_address(ip.split("/", 1)[0]))
+
+
+class DropReader:
+    """NFLOG sockets in every pod namespace of lab ``name``. Use as a context manager."""
+
+    def __init__(self, name: str, group: int = LOG_GROUP):
+        self.name = name
+        self.group = group
+        self.selector = selectors.DefaultSelector()
+        self.sockets: dict[str, nflog.NflogSocket] = {}  # pod -> socket
+        self._mtime = 0.0
+        self.view = LabView({}, {}, {})
+        try:
+            self.refresh(force=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def _state_file(self) -> str:
+        return os.path.join(state.lab_dir(self.name), "state.json")
+
+    def refresh(self, force: bool = False) -> None:
+        """Re-read the lab when its state changed: new pods get a socket, removed pods'
+        sockets are closed (a socket keeps its namespace alive)."""
+        try:
+            mtime = os.stat(self._state_file()).st_mtime
+        except FileNotFoundError:
+            if force:
+                state.load(self.name)  # raises the lab's own "no lab named ..." error
+            raise LabError(f"lab {self.name} was removed while its drops were watched") from None
+        if not force and mtime == self._mtime:
+            return
+        st = state.load(self.name)  # state.json is replaced atomically: no lock needed
+        self._mtime = mtime
+        self.view = LabView.of(st)
+        for pod in [p for p in self.sockets if p not in self.view.netns_of]:
+            self._close(pod)
+        for pod, ns in sorted(self.view.netns_of.items()):
+            if pod not in self.sockets and netns.exists(ns):
+                with netns.entered(ns):
+                    sock = nflog.NflogSocket(self.group)
+                self.sockets[pod] = sock
+                self.selector.register(sock, selectors.EVENT_READ, pod)
+
+    def _close(self, pod: str) -> None:
+        sock = self.sockets.pop(pod)
+        self.selector.unregister(sock)
+        sock.close()
+
+    def stream(self, count: int | None = None, timeout: float | None = None,
+               poll: float = 0.25) -> Iterator[Drop]:
+        """Drops as they happen, until ``count`` drops or ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen = 0
+        while count is None or seen < count:
+            wait = poll if deadline is None else min(poll, deadline - time.monotonic())
+            if wait <= 0:
+                return
+            for key, _ in self.selector.select(wait):
+                pod = key.data
+                now = time.time()
+                for packet in key.fileobj.read():  # type: ignore[union-attr]
+                    d = self.view.drop(pod, packet, now)
+                    if d is None:
+                        continue
+                    yield d
+                    seen += 1
+                    if count is not None and seen >= count:
+                        return
+            self.refresh()
+
+    def close(self) -> None:
+        for pod in list(self.sockets):
+            self._close(pod)
+        self.selector.close()
+
+    def __enter__(self) -> "DropReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+RATE_NOTE = (f"at most {LOG_RATE_PER_SECOND} drops per second are logged per pod and direction; "
+             "`netpol lab stats` counts them all")
