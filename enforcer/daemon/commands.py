@@ -45,8 +45,9 @@ def _positive(ctx, param, value):
                    "default: the lab's gateways 10.244.0.1 and fd00:10:244::1).")
 @click.option("--settle", type=float, default=1.0, show_default=True, callback=_positive,
               help="Seconds to wait for a file that is modified but not closed before reading it.")
-@click.option("--apply-workers", type=click.IntRange(1, 32), default=2, show_default=True,
-              help="Namespaces applied in parallel when several change at once.")
+@click.option("--apply-workers", type=click.IntRange(1, 32), default=1, show_default=True,
+              help="Namespaces applied in parallel when several change at once (iptables "
+                   "backends; nftables always applies one at a time: libnftables is not thread-safe).")
 @click.option("--legacy-namespace-isolation", is_flag=True,
               help="Honour the pre-v1 namespace annotation net.beta.kubernetes.io/network-policy.")
 def run(watch, backend, metrics_addr, log_format, log_level, min_interval, resync, repair_interval,
@@ -67,6 +68,11 @@ def run(watch, backend, metrics_addr, log_format, log_level, min_interval, resyn
         except ValueError:
             raise click.BadParameter(f"{ip!r} is not an IP address", param_hint="--node-ip") from None
     log = logs.setup(log_format, log_level)
+    import faulthandler
+    import signal
+
+    # kill -USR2 <pid>: every thread's stack on stderr (the journal), for a daemon that looks stuck.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     opts = Options(watch=list(watch), backend=backend, metrics_addr=metrics_addr, log_format=log_format,
                    min_interval=min_interval, resync=resync, repair_interval=repair_interval,
                    cleanup_on_exit=cleanup_on_exit, conntrack_strict=conntrack_strict,

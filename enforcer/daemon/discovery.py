@@ -23,6 +23,7 @@ Keeping the map fresh costs almost nothing when idle:
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import os
 import selectors
@@ -90,13 +91,30 @@ class Placement:
     conflicts: list[str] = field(default_factory=list)  # human-readable, one per conflict
 
 
-def place(pod_ips: Mapping[str, tuple[str, ...]], index: Mapping[str, frozenset[str] | set[str]]) -> Placement:
+def pods_by_ip(pod_ips: Mapping[str, tuple[str, ...]]) -> dict[str, set[str]]:
+    """address (canonical) -> pods that claim it."""
+    out: dict[str, set[str]] = {}
+    for key, ips in pod_ips.items():
+        for ip in ips:
+            out.setdefault(_canon(ip), set()).add(key)
+    return out
+
+
+def place(pod_ips: Mapping[str, tuple[str, ...]], index: Mapping[str, frozenset[str] | set[str]],
+          by_ip: Mapping[str, set[str]] | None = None) -> Placement:
     """Match pods to namespaces (pure). ``pod_ips``: pod key -> its addresses; ``index``:
     address -> namespaces holding it. A pod is local iff all its found addresses are in
-    exactly one namespace and no other pod is found there."""
+    exactly one namespace and no other pod is found there. ``by_ip`` (``pods_by_ip`` of
+    ``pod_ips``, kept by the caller between syncs) limits the work to the pods whose
+    addresses are on this node: a node has a hundred pods, the cluster thousands."""
     out = Placement()
     by_ns: dict[str, list[str]] = {}
-    for key, ips in pod_ips.items():
+    if by_ip is not None:
+        keys = sorted({k for ip in index for k in by_ip.get(ip, ())})
+        candidates: Iterable[tuple[str, tuple[str, ...]]] = ((k, pod_ips[k]) for k in keys)
+    else:
+        candidates = pod_ips.items()
+    for key, ips in candidates:
         found: set[str] = set()
         for ip in ips:
             found |= set(index.get(_canon(ip), ()))
@@ -116,6 +134,7 @@ def place(pod_ips: Mapping[str, tuple[str, ...]], index: Mapping[str, frozenset[
     return out
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _canon(ip: str) -> str:
     try:
         return str(ipaddress.ip_address(ip))
@@ -378,7 +397,3 @@ class _NsHandler:
         for p in (getattr(event, "src_path", None), getattr(event, "dest_path", None)):
             if p:
                 self.watcher.poke(os.path.basename(os.fsdecode(p)))
-
-
-def names_of(spaces: Iterable[NsInfo]) -> list[str]:
-    return sorted(s.name for s in spaces)

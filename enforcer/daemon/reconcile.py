@@ -111,7 +111,8 @@ def default_inode(netns: str) -> int | None:
 class Reconciler:
     def __init__(self, backend, *, clock: Clock = time.monotonic, workers: int = 1,
                  inode: Callable[[str], int | None] = default_inode,
-                 exists: Callable[[str], bool] = nsmod.exists, max_backoff: float = 30.0) -> None:
+                 exists: Callable[[str], bool] = nsmod.exists, max_backoff: float = 30.0,
+                 generation: Callable[[str], int | None] | None = None) -> None:
         self.backend = backend
         self.clock = clock
         self.workers = max(1, workers)
@@ -120,6 +121,10 @@ class Reconciler:
         self.max_backoff = max_backoff
         self.managed: dict[str, Managed] = {}
         self.failures: dict[str, Failure] = {}
+        # Drift repair skips namespaces whose ruleset generation has not moved since their
+        # last clean read-back (None: no such counter, always read back).
+        self.generation = generation
+        self._clean_gen: dict[str, int] = {}
         self._pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ converge
@@ -137,6 +142,7 @@ class Reconciler:
         for ns, m in list(self.managed.items()):
             if owner.get(ns) != m.pod or self.inode(ns) != m.inode:
                 del self.managed[ns]
+                self._clean_gen.pop(ns, None)
                 out.gone_ips.update(m.fw.ips)
                 (out.released if self.exists(ns) else out.vanished).append(ns)
         for ns in list(self.failures):
@@ -197,9 +203,15 @@ class Reconciler:
                 out.vanished.append(ns)
                 out.gone_ips.update(m.fw.ips)
                 continue
+            gen = self.generation(ns) if self.generation is not None else None
+            if gen is not None and self._clean_gen.get(ns) == gen:
+                continue  # no transaction in this namespace since it was last found right
             try:
                 if self.backend.verify(ns, m.fw):
+                    if gen is not None:
+                        self._clean_gen[ns] = gen
                     continue
+                self._clean_gen.pop(ns, None)
                 self.backend.apply(ns, m.fw, None)
                 out.repaired.append(ns)
                 out.applied[ns] = "full"
@@ -228,6 +240,9 @@ class Reconciler:
         return errors
 
     def close(self) -> None:
+        close = getattr(self.generation, "close", None)
+        if close is not None:
+            close()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None

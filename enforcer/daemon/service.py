@@ -31,7 +31,7 @@ from enforcer import ipam
 from enforcer.compile import Compiler
 from enforcer.daemon import status as statusfile
 from enforcer.daemon.conntrack import Conntrack
-from enforcer.daemon.discovery import Discovery, NetnsWatcher, place
+from enforcer.daemon.discovery import Discovery, NetnsWatcher, place, pods_by_ip
 from enforcer.daemon.logs import Log
 from enforcer.daemon.metrics import Metrics, MetricsServer
 from enforcer.daemon.notify import Notifier, watchdog_interval
@@ -75,7 +75,7 @@ class Totals:
 class Daemon:
     def __init__(self, opts: Options, *, backend, log: Log, clock: Callable[[], float] = time.monotonic,
                  notifier: Notifier | None = None, discovery: Discovery | None = None,
-                 conntrack: Conntrack | None = None, watch_netns: bool = True,
+                 conntrack: Conntrack | None = None, watch_netns: bool = True, watch_files: bool = True,
                  reconciler: Reconciler | None = None) -> None:
         self.opts = opts
         self.log = log
@@ -88,8 +88,22 @@ class Daemon:
         self.source = DirSource(opts.watch, self.store, settle=opts.settle, clock=clock)
         self.discovery = discovery or Discovery(opts.netns_prefix)
         self.watch_netns = watch_netns
+        self.watch_files = watch_files  # tests drive DirSource.note themselves
         self.netns_watcher: NetnsWatcher | None = None
-        self.reconciler = reconciler or Reconciler(backend, clock=clock, workers=opts.apply_workers)
+        workers = opts.apply_workers
+        if workers > 1 and getattr(backend, "name", "") == "nftables":
+            # libnftables keeps global state (its interface cache among others): two threads
+            # applying in two namespaces at once fail with bogus errors or crash (measured).
+            log.warning("apply workers ignored", backend="nftables", workers=workers,
+                        reason="libnftables is not thread-safe; applying one namespace at a time")
+            workers = 1
+        generation = None
+        if getattr(backend, "name", "") == "nftables":
+            from enforcer.daemon.nftgen import GenerationReader
+
+            generation = GenerationReader()
+        self.reconciler = reconciler or Reconciler(backend, clock=clock, workers=workers,
+                                                   generation=generation)
         self.conntrack = conntrack if conntrack is not None else (Conntrack() if opts.conntrack_strict else None)
         self.compiler: Compiler | None = None
         self.runner = BoundedRunner(self._sync, clock=clock, min_interval=opts.min_interval,
@@ -111,10 +125,15 @@ class Daemon:
         self._dirty_ns: set[str] = set()
         self._ns_lock = threading.Lock()
         self._said_issues: dict[str, Issue] = {}
+        self._issues: list[Issue] | None = None  # input errors in force (as of the last read)
         self._said_conflicts: set[str] = set()
         self._said_failures: dict[str, str] = {}
         self._changes: dict[ObjKey, Any] = {}  # read but not yet compiled (a failed sync keeps them)
         self._last_loop = clock()
+        self._sync_files = self._sync_netns = self._sync_applied = 0  # for the "sync done" line
+        self._pod_ips: dict[str, tuple[str, ...]] = {}
+        self._by_ip: dict[str, set[str]] | None = None  # address -> pods (rebuilt when pods change)
+        self._pods_changed = True
         self.last_sync_wall: float | None = None
         self.last_info: RunInfo | None = None
         self.last_sync_ms = 0.0
@@ -132,7 +151,8 @@ class Daemon:
             self.server = MetricsServer(self.opts.metrics_addr, self.metrics, self.health)
             self.server.start()
         self.source.on_ready = lambda at, nb: self.request(at=at, not_before=nb)
-        self.source.start()
+        if self.watch_files:
+            self.source.start()
         if self.watch_netns:
             self.netns_watcher = NetnsWatcher(self.opts.netns_prefix, self._netns_changed)
             self.netns_watcher.start()
@@ -272,12 +292,15 @@ class Daemon:
 
     def _sync(self, full: bool) -> float | None:
         force, self._force_read = self._force_read, False
+        self._sync_files = self._sync_netns = self._sync_applied = 0
         # 1. Input: files due, and every file on a full run (their stat signature decides).
         if full:
             self._changes.update(self.source.scan(force=force))
         paths, _ = self.source.take_due()
         self._changes.update(self.source.load(paths))
-        self._report_issues()
+        self._sync_files = len(paths)
+        if paths or full or self._issues is None:
+            self._report_issues()  # problems change only when files are read
         # 2. Namespaces: the dirty ones, all of them on a full run.
         with self._ns_lock:
             dirty, self._dirty_ns = self._dirty_ns, set()
@@ -287,6 +310,7 @@ class Daemon:
             self.discovery.scan()
             if self.netns_watcher is not None:
                 self.netns_watcher.poke_all()
+        self._sync_netns = len(dirty)
         for name in sorted(dirty):
             if self.discovery.refresh(name):
                 info = self.discovery.spaces.get(name)
@@ -295,7 +319,9 @@ class Daemon:
         # 3. Compile (incrementally, unless there is no compiler yet).
         gone_ips: set[str] = set()
         try:
+            self._pods_changed = self._pods_changed or any(k[0] == "Pod" for k in self._changes)
             if self.compiler is None:
+                self._pods_changed = True
                 self.compiler = Compiler(self.store.cluster(), node_ips=self.opts.node_ips,
                                          legacy_namespace_isolation=self.opts.legacy_namespace_isolation)
                 candidates: set[str] | None = None
@@ -318,11 +344,16 @@ class Daemon:
         if full:
             candidates = None
         # 4. Which pods live here.
-        placement = place({k: p.ips for k, p in self.compiler.pods.items()}, self.discovery.index())
+        if self._by_ip is None or self._pods_changed:
+            self._pod_ips = {k: p.ips for k, p in self.compiler.pods.items()}
+            self._by_ip = pods_by_ip(self._pod_ips)
+            self._pods_changed = False
+        placement = place(self._pod_ips, self.discovery.index(), self._by_ip)
         self.local = placement.local
         self._report_conflicts(placement.conflicts)
         # 5. Converge.
         out = self.reconciler.converge(placement.local, self.compiler.firewall, candidates)
+        self._sync_applied = sum(1 for k in out.applied.values() if k not in ("none", "adopted"))
         self._report_outcome(out)
         if self.conntrack is not None:
             self._conntrack(out, gone_ips | out.gone_ips)
@@ -415,9 +446,14 @@ class Daemon:
             self.metrics.syncs.labels("ok").inc()
             self.last_sync_wall = time.time()
             self.metrics.last_sync.set(self.last_sync_wall)
+            delay = None
             if info.first_request is not None:
-                self.metrics.impl_delay.observe(max(0.0, info.finished - info.first_request))
-            self.log.debug("sync done", kind=kind, ms=self.last_sync_ms, pods=len(self.local))
+                delay = max(0.0, info.finished - info.first_request)
+                self.metrics.impl_delay.observe(delay)
+            emit = self.log.info if self._sync_applied else self.log.debug
+            emit("sync done", kind=kind, ms=self.last_sync_ms, pods=len(self.local),
+                 delay_ms=None if delay is None else round(delay * 1000, 3),
+                 files=self._sync_files, namespaces=self._sync_netns, applied=self._sync_applied)
         else:
             self.totals.sync_errors += 1
             self.metrics.syncs.labels("error").inc()
@@ -441,7 +477,8 @@ class Daemon:
                 p = issue.problem
                 self.log.info("input error resolved", file=p.file, object=p.obj, field=p.field)
         self._said_issues = now
-        self.metrics.input_errors.set(sum(1 for i in now.values() if i.consequence != "warning"))
+        self._issues = [i for i in now.values() if i.consequence != "warning"]
+        self.metrics.input_errors.set(len(self._issues))
 
     def _report_conflicts(self, conflicts: list[str]) -> None:
         self.conflicts = conflicts
@@ -493,8 +530,7 @@ class Daemon:
 
     def _object_counts(self) -> dict[str, int]:
         counts = {"Namespace": 0, "Pod": 0, "NetworkPolicy": 0, "ExternalHost": 0}
-        for kind, _ in self.store.view:
-            counts[kind] = counts.get(kind, 0) + 1
+        counts.update(self.store.counts)
         return counts
 
     def health(self) -> tuple[bool, str]:
@@ -509,7 +545,7 @@ class Daemon:
         return True, "ok: " + self._status_line()
 
     def _status_line(self) -> str:
-        errs = len(self.store.errors()) + len(self.reconciler.failures) + len(self.conflicts)
+        errs = len(self._issues or ()) + len(self.reconciler.failures) + len(self.conflicts)
         return (f"{len(self.reconciler.managed)} pod namespaces enforced, "
                 f"{errs} error(s) in force, last sync {self.last_sync_ms} ms")
 
@@ -547,7 +583,7 @@ class Daemon:
                        "apply_errors": self.totals.apply_errors, "drift_repairs": self.totals.drift_repairs,
                        "conntrack_deleted": self.totals.conntrack_deleted, "applies": self.totals.applies},
             "pods": pods,
-            "input_errors": [str(i) for i in self.store.errors()],
+            "input_errors": [str(i) for i in self._issues or ()],
             "apply_errors": [{"netns": f.netns, "pod": f.pod, "message": f.message, "count": f.count}
                              for f in sorted(self.reconciler.failures.values(), key=lambda f: f.netns)],
             "conflicts": list(self.conflicts),

@@ -84,6 +84,7 @@ class ManifestStore:
         self.files: dict[str, FileEntry] = {}
         self.owners: dict[ObjKey, set[str]] = {}  # which files hold each object
         self.view: dict[ObjKey, object] = {}  # the object in force per key
+        self.counts: dict[str, int] = {}  # kind -> objects in force
         self.dir_issues: dict[str, Issue] = {}  # watched directory -> problem reading it
 
     # ------------------------------------------------------------------ updates
@@ -194,8 +195,11 @@ class ManifestStore:
             if now is None:
                 if key in self.view:
                     del self.view[key]
+                    self.counts[key[0]] -= 1
                     changes[key] = None
             elif before is None or not same_object(before, now):
+                if before is None:
+                    self.counts[key[0]] = self.counts.get(key[0], 0) + 1
                 self.view[key] = now
                 changes[key] = now
         return changes
@@ -265,22 +269,32 @@ class LastGood:
     """The last good versions, on disk, for the next start of the daemon.
 
     Per watched file: which text (by digest) each of its objects in force came from, and
-    those texts (``<dir>/<digest>.txt``, index in ``<dir>/index.json``). A daemon that
-    starts while a file is damaged decodes the remembered texts of that file instead of
-    forgetting what was in force (fail-static across restarts). Only files that exist are
-    ever recalled: a file deleted while the daemon was down removes its objects.
+    those texts. ``<dir>/<digest>.txt`` are the texts; ``<dir>/files/<hash of the path>.json``
+    say, for one watched file, which object came from which text (one small file per
+    watched file, so a policy edit never rewrites the record of a 5,000-pod file). A daemon
+    that starts while a file is damaged decodes the remembered texts of that file instead
+    of forgetting what was in force (fail-static across restarts). Only files that exist
+    are ever recalled: a file deleted while the daemon was down removes its objects.
     """
 
     def __init__(self, directory: str) -> None:
         self.dir = directory
         self.index: dict[str, dict[str, str]] = {}
+        self._uses: dict[str, int] = {}  # digest -> references
         try:
-            with open(os.path.join(directory, "index.json")) as f:
-                data = json.load(f)
-            if isinstance(data, dict):
-                self.index = {p: dict(v) for p, v in data.items() if isinstance(v, dict)}
-        except (OSError, ValueError):
-            pass
+            names = os.listdir(os.path.join(directory, "files"))
+        except OSError:
+            names = []
+        for name in names:
+            try:
+                with open(os.path.join(directory, "files", name)) as f:
+                    data = json.load(f)
+                path, refs = data["path"], dict(data["refs"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            self.index[path] = refs
+            for d in refs.values():
+                self._uses[d] = self._uses.get(d, 0) + 1
 
     def recall(self, path: str, legacy: bool = False) -> tuple[dict[ObjKey, object], dict[ObjKey, str]]:
         refs = self.index.get(path, {})
@@ -292,7 +306,7 @@ class LastGood:
             by_digest.setdefault(digest, set()).add((kind, key))
         for digest, keys in by_digest.items():
             try:
-                with open(os.path.join(self.dir, f"{digest}.txt"), encoding="utf-8") as f:
+                with open(os.path.join(self.dir, f"{digest}.txt"), encoding="utf-8", errors="surrogatepass") as f:
                     text = f.read()
             except OSError:
                 continue
@@ -306,37 +320,47 @@ class LastGood:
 
     def remember(self, path: str, origin: dict[ObjKey, str], digest: str, text: str) -> None:
         refs = {f"{k} {key}": d for (k, key), d in sorted(origin.items())}
-        if self.index.get(path) == refs:
+        if self.index.get(path, {}) == refs:
             return
         try:
-            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            os.makedirs(os.path.join(self.dir, "files"), mode=0o700, exist_ok=True)
             if digest in refs.values():
                 target = os.path.join(self.dir, f"{digest}.txt")
                 if not os.path.exists(target):
                     _write_atomic(target, text)
-            if refs:
-                self.index[path] = refs
-            else:
-                self.index.pop(path, None)
-            self._save()
+            self._update(path, refs)
         except OSError:
             pass  # a full /run costs the restart memory, never the running enforcement
 
     def forget(self, path: str) -> None:
-        if self.index.pop(path, None) is not None:
+        if path in self.index:
             try:
-                self._save()
+                self._update(path, {})
             except OSError:
                 pass
 
-    def _save(self) -> None:
-        _write_atomic(os.path.join(self.dir, "index.json"), json.dumps(self.index, indent=1, sort_keys=True))
-        used = {d for refs in self.index.values() for d in refs.values()}
-        for name in os.listdir(self.dir):
-            if name.endswith(".txt") and name[:-4] not in used:
+    def _record(self, path: str) -> str:
+        return os.path.join(self.dir, "files", hashlib.blake2b(path.encode(), digest_size=12).hexdigest() + ".json")
+
+    def _update(self, path: str, refs: dict[str, str]) -> None:
+        old = self.index.pop(path, {})
+        if refs:
+            self.index[path] = refs
+            _write_atomic(self._record(path), json.dumps({"path": path, "refs": refs}, indent=0))
+        else:
+            try:
+                os.unlink(self._record(path))
+            except FileNotFoundError:
+                pass
+        for d in refs.values():
+            self._uses[d] = self._uses.get(d, 0) + 1
+        for d in old.values():
+            self._uses[d] -= 1
+            if self._uses[d] <= 0:
+                del self._uses[d]
                 try:
-                    os.unlink(os.path.join(self.dir, name))
-                except OSError:
+                    os.unlink(os.path.join(self.dir, f"{d}.txt"))
+                except FileNotFoundError:
                     pass
 
 

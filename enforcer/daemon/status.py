@@ -32,7 +32,7 @@ def write(path: str, data: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".daemon-", suffix=".json", dir=directory)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=False)
+            json.dump(data, f, separators=(",", ":"))
             f.write("\n")
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)

@@ -88,12 +88,14 @@ class DaemonProcess:
     here, so a test knows when it is READY (the first complete sync is done)."""
 
     def __init__(self, watch: Sequence[str], *, state_file: str, netns_prefix: str,
-                 backend: str = "nftables", args: Sequence[str] = (), log_path: str | None = None) -> None:
+                 backend: str = "nftables", args: Sequence[str] = (), log_path: str | None = None,
+                 log_level: str = "debug") -> None:
         self.watch = list(watch)
         self.state_file = state_file
         self.prefix = netns_prefix
         self.backend = backend
         self.args = list(args)
+        self.log_level = log_level
         self._dir = tempfile.mkdtemp(prefix="netpol-daemon-test-")
         self.log_path = log_path or os.path.join(self._dir, "daemon.log")
         self.proc: subprocess.Popen | None = None
@@ -103,7 +105,7 @@ class DaemonProcess:
     def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "enforcer", "run", "--backend", self.backend,
                 "--netns-prefix", self.prefix, "--state-file", self.state_file, "--log-format", "json",
-                "--log-level", "debug"]
+                "--log-level", self.log_level]
         for w in self.watch:
             argv += ["--watch", w]
         return argv + self.args

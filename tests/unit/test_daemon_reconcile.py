@@ -296,3 +296,27 @@ def test_discovery_reads_only_new_or_recreated_namespaces():
     del inodes["n1"]
     assert d.scan() and set(d.spaces) == {"n2"}
     assert not d.refresh("other")  # outside the prefix: never read
+
+
+def test_repair_reads_back_only_namespaces_whose_generation_moved():
+    w = World()
+    gens = {"ns-a": 5, "ns-b": 7, "ns-c": 9}
+    r = w.reconciler(generation=gens.get)
+    comp = Compiler(cluster([allow_from("a")]), node_ips=NODE)
+    r.converge(LOCAL, comp.firewall)
+    verified = []
+    real = w.backend.verify
+    w.backend.verify = lambda ns, fw: (verified.append(ns), real(ns, fw))[1]
+    r.repair()
+    assert sorted(verified) == ["ns-a", "ns-b", "ns-c"]  # first round: all read back
+    verified.clear()
+    r.repair()
+    assert verified == []  # nothing committed anywhere since
+    del w.backend.installed["ns-b"]  # someone flushed ns-b: its generation moves
+    gens["ns-b"] += 1
+    out = r.repair()
+    assert verified == ["ns-b"] and out.repaired == ["ns-b"]
+    verified.clear()
+    gens["ns-b"] += 1  # our own restore was a transaction too
+    r.repair()
+    assert verified == ["ns-b"]

@@ -122,7 +122,7 @@ def env(tmp_path):
         d = Daemon(opts, backend=backend, log=logs.setup("json", "debug", stream=stream), clock=clock,
                    notifier=FakeNotifier(), discovery=Discovery(reader=node.read, lister=node.list,
                                                                 inode=node.inode),
-                   watch_netns=False, reconciler=rec, conntrack=kw.get("conntrack_strict") and FakeConntrack() or None)
+                   watch_netns=False, watch_files=False, reconciler=rec, conntrack=kw.get("conntrack_strict") and FakeConntrack() or None)
         made.append(d)
         return d
 

@@ -1,0 +1,225 @@
+"""The daemon's numbers: a policy file change until enforced (verified by probes) with 110
+local pods, idle CPU, resident memory with 5,000 pods in the cluster. Prints JSON.
+
+    sudo .venv/bin/python benchmarks/bench_daemon.py [--local 110] [--cluster 5000] [--changes 40]
+
+Targets (issue 5): policy change -> enforced in every affected namespace, 110 local pods:
+p50 <= 50 ms, p99 <= 200 ms; idle CPU < 1% of a core; RSS <= 150 MB with 5,000 pods.
+
+Set-up: a lab (``netpol lab``, backend fake: namespaces, links and servers, no rules) with
+the local pods, ``role=server`` with TCP servers on 80 and 81, and two client pods; the
+watched directory holds all pods of the cluster (the other ~4,900 are peers on other nodes:
+addresses, no namespace here) and one policy file. The daemon runs as a subprocess with the
+nftables backend.
+
+Each change rewrites the policy file (temporary file + rename) so that something new is
+allowed for every server pod, and the probe loop sends real connections from the client to
+every server until all of them get through; the time from the rename to the round in which
+the last one got through is the latency (a round of 110 probes takes a few ms: that is the
+resolution). Two kinds of change, alternating within each kind:
+
+    ports   the allowed port flips between 80 and 81: the rules change, every server's
+            table is swapped (full apply, one transaction per namespace)
+    peers   the allowed client flips between client-a and client-b: only set elements change
+            (a delta per namespace)
+
+The daemon's own delay (from the file event to the end of the sync, its
+netpol_policy_implementation_delay_seconds) is read from its log for the same changes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from enforcer import manifests  # noqa: E402
+from enforcer.daemon.testing import DaemonProcess, pod_doc, write_yaml  # noqa: E402
+from enforcer.lab import control  # noqa: E402
+from enforcer.lab.probe import Target, run as run_probes  # noqa: E402
+
+NS = "bench"
+
+
+def ip_of(i: int) -> str:
+    """Local pods: 10.244.0.2 ... (the lab's pod CIDR)."""
+    n = i + 2
+    return f"10.244.{n // 256}.{n % 256}"
+
+
+def remote_ip(i: int) -> str:
+    return f"10.250.{i // 250}.{i % 250 + 2}"
+
+
+def cluster_docs(local: int, total: int) -> tuple[list[dict], list[dict]]:
+    """(docs of the local pods, docs of everything) for ``local`` servers + 2 clients."""
+    docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS, "labels": {"tier": "bench"}}}]
+    local_docs = list(docs)
+    for i in range(local):
+        local_docs.append(pod_doc(NS, f"s{i}", ip_of(i), {"role": "server", "idx": str(i % 10)},
+                                  ((80, "TCP"), (81, "TCP"))))
+    for j, name in enumerate(("client-a", "client-b")):
+        local_docs.append(pod_doc(NS, name, ip_of(local + j), {"role": "client", "who": name}))
+    docs = list(local_docs)
+    namespaces = [f"ns{k}" for k in range(50)]
+    for k in namespaces:
+        docs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": k, "labels": {"team": k[-1]}}})
+    for i in range(max(0, total - local - 2)):
+        docs.append(pod_doc(namespaces[i % 50], f"r{i}", remote_ip(i),
+                            {"app": f"a{i % 20}", "role": "client" if i % 7 == 0 else "other"}))
+    return local_docs, docs
+
+
+def policy(port: int, client: str) -> list[dict]:
+    return [{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+             "metadata": {"name": "servers", "namespace": NS},
+             "spec": {"podSelector": {"matchLabels": {"role": "server"}},
+                      "policyTypes": ["Ingress"],
+                      "ingress": [{"from": [{"podSelector": {"matchLabels": {"who": client}}},
+                                            {"namespaceSelector": {"matchLabels": {"team": "7"}},
+                                             "podSelector": {"matchLabels": {"role": "client"}}}],
+                                   "ports": [{"port": port, "protocol": "TCP"}]}]}}]
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, int(round(q / 100 * (len(s) - 1)))))
+    return round(s[k], 2)
+
+
+def summary(values: list[float]) -> dict:
+    return {"n": len(values), "p50_ms": pct(values, 50), "p90_ms": pct(values, 90),
+            "p99_ms": pct(values, 99), "max_ms": round(max(values), 2),
+            "mean_ms": round(statistics.mean(values), 2)}
+
+
+def wait_enforced(src_netns: str, targets: list[Target], timeout: float = 5.0) -> float:
+    """Probe every target until all get through; returns the monotonic time of the round in
+    which the last one did (its start plus that probe's own time)."""
+    pending = list(targets)
+    deadline = time.monotonic() + timeout
+    last = 0.0
+    while pending:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(pending)} target(s) never got through")
+        started = time.monotonic()
+        outcomes = run_probes(pending, timeout=0.004, retries=0)
+        nxt = []
+        for t, o in zip(pending, outcomes):
+            if o.allowed:
+                last = max(last, started + o.ms / 1000)
+            else:
+                nxt.append(t)
+        pending = nxt
+    return last
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--local", type=int, default=110, help="server pods with a namespace here")
+    ap.add_argument("--cluster", type=int, default=5000, help="pods in the cluster, local ones included")
+    ap.add_argument("--changes", type=int, default=40, help="policy changes per kind")
+    ap.add_argument("--idle", type=float, default=30.0, help="seconds of idle to measure CPU over")
+    ap.add_argument("--workers", type=int, default=1, help="--apply-workers of the daemon")
+    ap.add_argument("--repair-interval", type=float, default=10.0)
+    args = ap.parse_args()
+
+    lab = f"npt-bd{uuid.uuid4().hex[:6]}"
+    prefix = f"netpol-{lab}-"
+    work = tempfile.mkdtemp(prefix="netpol-bench-daemon-")
+    watch = os.path.join(work, "watch")
+    os.mkdir(watch)
+    local_docs, docs = cluster_docs(args.local, args.cluster)
+    out: dict = {"local_pods": args.local + 2, "cluster_pods": args.cluster, "backend": "nftables",
+                 "apply_workers": args.workers, "cpus": os.cpu_count()}
+    d = None
+    try:
+        write_yaml(os.path.join(work, "lab.yaml"), local_docs)
+        t = time.monotonic()
+        control.up(lab, manifests.load([os.path.join(work, "lab.yaml")]).cluster, "fake")
+        out["lab_up_s"] = round(time.monotonic() - t, 2)
+        write_yaml(os.path.join(watch, "pods.yaml"), docs)
+        pol_path = os.path.join(watch, "policy.yaml")
+        write_yaml(pol_path, policy(80, "client-a"))
+        d = DaemonProcess([watch], state_file=os.path.join(work, "state.json"), netns_prefix=prefix,
+                          args=["--apply-workers", str(args.workers), "--repair-interval", str(args.repair_interval)],
+                          log_path=os.path.join(work, "daemon.log"), log_level="info")
+        t = time.monotonic()
+        d.start(wait=120)
+        out["start_to_ready_s"] = round(time.monotonic() - t, 2)
+        st = d.state()
+        out["managed_namespaces"] = st["counts"]["managed"]
+        servers = [ip_of(i) for i in range(args.local)]
+        client_ns = {c: f"{prefix}{NS}-{c}" for c in ("client-a", "client-b")}
+
+        def measure(kind: str) -> list[float]:
+            lat = []
+            port, client = 80, "client-a"
+            for k in range(args.changes):
+                if kind == "ports":
+                    port = 81 if port == 80 else 80
+                else:
+                    client = "client-b" if client == "client-a" else "client-a"
+                targets = [Target(client_ns[client], ip, port, "TCP") for ip in servers]
+                time.sleep(0.15)  # let the previous change settle (min-interval, logs)
+                t0 = time.monotonic()
+                write_yaml(pol_path, policy(port, client))
+                done = wait_enforced(client_ns[client], targets)
+                lat.append((done - t0) * 1000)
+            return lat
+
+        mark = len(d.logs("sync done"))
+        ports = measure("ports")
+        syncs = d.logs("sync done")[mark:]
+        mark = len(d.logs("sync done"))
+        peers = measure("peers")
+        syncs2 = d.logs("sync done")[mark:]
+        out["change_to_enforced_probe"] = {"ports (full swap in every server namespace)": summary(ports),
+                                           "peers (set-element delta in every server namespace)": summary(peers),
+                                           "all": summary(ports + peers)}
+        own = [s["delay_ms"] for s in syncs if s.get("delay_ms") is not None and s.get("files")]
+        own2 = [s["delay_ms"] for s in syncs2 if s.get("delay_ms") is not None and s.get("files")]
+        out["daemon_delay_event_to_enforced"] = {"ports": summary(own) if own else None,
+                                                 "peers": summary(own2) if own2 else None}
+        # Idle: nothing changes; periodic repair read-backs and resyncs go on.
+        time.sleep(2)
+        pid = d.proc.pid
+        c0, t0 = cpu_seconds(pid), time.monotonic()
+        time.sleep(args.idle)
+        c1, t1 = cpu_seconds(pid), time.monotonic()
+        out["idle_cpu_percent_of_one_core"] = round((c1 - c0) / (t1 - t0) * 100, 3)
+        out["idle_window_s"] = round(t1 - t0, 1)
+        out["rss_mb"] = rss_mb(pid)
+        st = d.state()
+        out["drift_repairs"] = st["totals"]["drift_repairs"]
+        out["apply_errors"] = st["totals"]["apply_errors"]
+        out["applies"] = st["totals"]["applies"]
+    finally:
+        if d is not None:
+            d.close()
+        control.down(lab)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
