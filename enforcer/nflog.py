@@ -270,7 +270,7 @@ class NflogSocket:
                     continue  # a logged packet arriving early: dropped, setup is not done
                 code = error_code(body)
                 if code and not tolerate:
-                    if code == errno.EBUSY:
+                    if code in (errno.EPERM, errno.EBUSY):  # another socket holds the group
                         raise NetnsError(f"nflog group {group} is already read by another program "
                                          "in this namespace (another `netpol lab drops`?)")
                     raise NetnsError(f"nflog group {group}: the kernel refused the binding: "

@@ -29,7 +29,7 @@ from typing import Iterator
 from backends import base
 from backends.base import LOG_GROUP, LOG_RATE_PER_SECOND
 from enforcer import netns, nflog
-from enforcer.errors import LabError
+from enforcer.errors import LabError, NetnsError
 from enforcer.ir import PodFirewall
 from enforcer.lab import state
 from enforcer.lab.state import LabState
@@ -258,8 +258,11 @@ class DropReader:
             self._close(pod)
         for pod, ns in sorted(self.view.netns_of.items()):
             if pod not in self.sockets and netns.exists(ns):
-                with netns.entered(ns):
-                    sock = nflog.NflogSocket(self.group)
+                try:
+                    with netns.entered(ns):
+                        sock = nflog.NflogSocket(self.group)
+                except NetnsError as e:
+                    raise LabError(f"lab {self.name}, pod {pod}: {e}") from None
                 self.sockets[pod] = sock
                 self.selector.register(sock, selectors.EVENT_READ, pod)
 

@@ -211,3 +211,13 @@ def test_unknown_pod_and_lab_are_clear_errors(lab):
     with pytest.raises(LabError, match="no lab named"):
         observe.DropReader("npt-does-not-exist")
     assert not os.path.exists(state.lab_dir("npt-does-not-exist"))
+
+
+def test_a_second_reader_is_told_the_group_is_taken(lab):
+    from enforcer.errors import LabError
+
+    with observe.DropReader(lab.name):
+        with pytest.raises(LabError, match="already read by another program"):
+            observe.DropReader(lab.name)
+    with observe.DropReader(lab.name) as again:  # the first one's sockets are gone
+        assert len(again.sockets) == 3
