@@ -356,8 +356,7 @@ class NetnsWatcher:
             self.on_change(name, time.monotonic())  # went away
             return
         if held is not None:
-            self.on_change(name, time.monotonic())
-            return
+            return  # subscribed: its changes arrive as messages
         try:
             with nsmod.entered(name):
                 s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK,

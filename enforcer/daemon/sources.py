@@ -11,7 +11,7 @@ enforcement (DESIGN "Daemon behaviour"):
 * a file with any error never *removes* an object: a half-written or truncated file may
   simply not show the objects that follow the damage, so objects it no longer shows are
   kept until the file is whole again;
-* a last document whose kind is cut off ("kind: Netw") marks the file as damaged too;
+* a document whose kind is a cut-off kind we read ("kind: Netw") marks the file as damaged;
 * an empty file that had objects is treated as being written, not as "delete everything"
   (delete the file to remove its objects); an unreadable file keeps its objects too;
 * a deleted file removes its objects; a watched directory that disappears or cannot be
