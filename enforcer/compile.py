@@ -478,7 +478,7 @@ class Compiler:
 
     # ----------------------------------------------------------------- per-pod IR
 
-    def _addr_elements(self, rid: RuleId) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    def _addr_elements(self, rid: RuleId) -> tuple[tuple[str, ...], tuple[str, ...]]:
         g = self._group_of[rid]
         cached = self._elements.get(g)
         if cached is not None:
@@ -500,11 +500,10 @@ class Compiler:
         else:
             out = (tuple(f"{a}/32" for a in sorted(set(v4), key=_ip_key)),
                    tuple(f"{a}/128" for a in sorted(set(v6), key=_ip_key)))
-        out = out + (ir.elements_digest(*out),)
         self._elements[g] = out
         return out
 
-    def _addrport_elements(self, rid: RuleId) -> tuple[tuple, tuple, str]:
+    def _addrport_elements(self, rid: RuleId) -> tuple[tuple, tuple]:
         """Egress named ports: (address, protocol, port) of every destination pod that the
         rule's peers cover and that declares the name (SEMANTICS 9)."""
         cached = self._elements.get(rid)
@@ -530,7 +529,6 @@ class Compiler:
                             (v6 if ":" in ip else v4).add((ip, proto, cp.port))
         out = (tuple(sorted(v4, key=lambda e: (_ip_key(e[0]), e[1], e[2]))),
                tuple(sorted(v6, key=lambda e: (_ip_key(e[0]), e[1], e[2]))))
-        out = out + (ir.elements_digest(*out),)
         self._elements[rid] = out
         return out
 
@@ -559,8 +557,8 @@ class Compiler:
         peers = None if spec.all_peers else name
 
         def peer_set() -> None:
-            v4, v6, digest = self._addr_elements(rid)
-            sets.append(ir.AddrSet(name, v4, v6, interval=bool(spec.blocks), digest=digest))
+            v4, v6 = self._addr_elements(rid)
+            sets.append(ir.AddrSet(name, v4, v6, interval=bool(spec.blocks)))
 
         if spec.all_ports:
             if peers:
@@ -580,8 +578,8 @@ class Compiler:
             out.append(ir.AllowRule(prov, peers, tuple(dict.fromkeys(ports))))
         if spec.named and rid[1] == "egress":
             # Egress named ports: the peer restriction is folded into address.port elements.
-            ap4, ap6, digest = self._addrport_elements(rid)
-            sets.append(ir.AddrPortSet(name + "p", ap4, ap6, digest=digest))
+            ap4, ap6 = self._addrport_elements(rid)
+            sets.append(ir.AddrPortSet(name + "p", ap4, ap6))
             out.append(ir.AllowRule(prov, None, (), addr_ports=name + "p"))
         return out
 

@@ -27,7 +27,8 @@ def encode(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {"__t": type(obj).__name__}
         for f in dataclasses.fields(obj):
-            out[f.name] = encode(getattr(obj, f.name))
+            if f.init:  # derived fields (a set's digest) are recomputed on decode
+                out[f.name] = encode(getattr(obj, f.name))
         return out
     if isinstance(obj, (frozenset, set)):
         return {"__fs": sorted((encode(x) for x in obj), key=repr)}
@@ -49,7 +50,7 @@ def decode(data: Any) -> Any:
         cls = _TYPES.get(data.get("__t", ""))
         if cls is None:
             raise ValueError(f"unknown type in lab state: {data.get('__t')!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
         kwargs = {k: decode(v) for k, v in data.items() if k in names}
         if cls is model.Cluster:  # its fields are plain (mutable) dicts
             kwargs = {k: dict(v) for k, v in kwargs.items()}

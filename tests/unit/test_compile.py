@@ -97,3 +97,9 @@ def test_incremental_sync_equals_scratch(a, b):
     for key, fw in scratch.items():
         if before.get(key) != fw:
             assert key in changed
+
+
+def test_replaced_set_elements_are_a_change():
+    s = ir.AddrSet("in0", ("10.0.0.1/32",))
+    t = replace(s, v4=("10.0.0.2/32",))
+    assert s != t and s == ir.AddrSet("in0", ("10.0.0.1/32",))
