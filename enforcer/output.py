@@ -31,7 +31,7 @@ def side_by_side(blocks: list[tuple[str, str]], width: int | None = None) -> str
     columns = []
     for title, text in blocks:
         lines = [title, "-" * min(col, max(len(title), 8))]
-        for line in text.splitlines():
+        for line in text.expandtabs(2).splitlines():
             lines.extend(textwrap.wrap(line, col, subsequent_indent="    ", drop_whitespace=False) or [""])
         columns.append(lines)
     height = max(len(c) for c in columns)
