@@ -89,8 +89,9 @@ def run(lab, tmp_path):
     write_yaml(str(watch / "pods.yaml"), pods_docs())
     made: list[DaemonProcess] = []
 
-    def start(*args: str) -> DaemonProcess:
+    def start(*args: str, backend: str = "nftables") -> DaemonProcess:
         d = DaemonProcess([str(watch)], state_file=str(tmp_path / "state.json"), netns_prefix=lab.prefix,
+                          backend=backend,
                           args=["--repair-interval", "1", "--settle", "0.5", *args],
                           log_path=str(tmp_path / "daemon.log"))
         made.append(d)
@@ -321,3 +322,20 @@ def test_new_pod_is_isolated_as_soon_as_its_namespace_appears(lab, run, tmp_path
         path2 = str(tmp_path / "lab3.yaml")
         write_yaml(path2, pods_docs())
         lab.control.apply(lab.name, manifests.load([path2]).cluster)
+
+
+@pytest.mark.parametrize("backend", ["iptables", "iptables-legacy"])
+def test_iptables_backends(lab, run, backend):
+    d = run("--cleanup-on-exit", backend=backend)
+    write_yaml(str(run.watch / "b.yaml"), [b_from("a")])
+    assert wait_for(lambda: not lab.ok("c", "b"), SLOW) is not None
+    assert lab.ok("a", "b")
+    tool = "iptables-save" if backend == "iptables" else "iptables-legacy-save"
+    assert "x/b-in ingress[0]" in netns.run(lab.ns("b"), [tool]).stdout
+    write_yaml(str(run.watch / "b.yaml"), [b_from("c")])  # a set-element delta (ipset)
+    assert wait_for(lambda: lab.ok("c", "b"), SLOW) is not None
+    assert not lab.ok("a", "b")
+    netns.run(lab.ns("b"), ["iptables" if backend == "iptables" else "iptables-legacy", "-F"])
+    assert wait_for(lambda: not lab.ok("a", "b"), 2.5) is not None  # repaired
+    assert d.stop() == 0
+    assert lab.ok("a", "b")  # --cleanup-on-exit
