@@ -125,6 +125,9 @@ class Reconciler:
         # last clean read-back (None: no such counter, always read back).
         self.generation = generation
         self._clean_gen: dict[str, int] = {}
+        # Called after every namespace applied or read back: a long sync (thousands of
+        # namespaces) keeps systemd's watchdog fed while it makes progress.
+        self.progress: Callable[[], None] = lambda: None
         self._pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ converge
@@ -198,6 +201,7 @@ class Reconciler:
         """Read back every managed namespace; restore anything changed or flushed."""
         out = Outcome()
         for ns, m in list(self.managed.items()):
+            self.progress()
             if self.inode(ns) != m.inode:
                 del self.managed[ns]
                 out.vanished.append(ns)
@@ -255,8 +259,16 @@ class Reconciler:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="apply")
             # New namespaces (first in ``jobs``) are still submitted first.
             futures = [(j[2], self._pool.submit(self._apply_one, j, standin)) for j in jobs]
-            return [(ns, f.result()) for ns, f in futures]
-        return [(j[2], self._apply_one(j, standin)) for j in jobs]
+            out = []
+            for ns, f in futures:
+                out.append((ns, f.result()))
+                self.progress()
+            return out
+        out = []
+        for j in jobs:
+            out.append((j[2], self._apply_one(j, standin)))
+            self.progress()
+        return out
 
     def _apply_one(self, job, standin: bool) -> tuple:
         """Returns ("ok", kind, Managed, before) | ("gone",) | ("error", pod, message) |

@@ -104,6 +104,7 @@ class Daemon:
             generation = GenerationReader()
         self.reconciler = reconciler or Reconciler(backend, clock=clock, workers=workers,
                                                    generation=generation)
+        self.reconciler.progress = self._feed_watchdog
         self.conntrack = conntrack if conntrack is not None else (Conntrack() if opts.conntrack_strict else None)
         self.compiler: Compiler | None = None
         self.runner = BoundedRunner(self._sync, clock=clock, min_interval=opts.min_interval,
@@ -195,6 +196,11 @@ class Daemon:
             raise errors[0]
         return 0
 
+    def _feed_watchdog(self) -> None:
+        if self.watchdog_timer is not None and self.watchdog_timer.is_due():
+            self.notifier.watchdog()
+            self.watchdog_timer.done()
+
     def _on_signal(self, signum: int, _frame) -> None:
         if signum == signal.SIGHUP:
             self.reload()
@@ -256,9 +262,7 @@ class Daemon:
                 self._after_run(info)
         if self.repair_timer.is_due():
             self._repair()
-        if self.watchdog_timer is not None and self.watchdog_timer.is_due():
-            self.notifier.watchdog()
-            self.watchdog_timer.done()
+        self._feed_watchdog()
         return min(self.runner.due(), self.repair_timer.due(),
                    self.watchdog_timer.due() if self.watchdog_timer else float("inf"))
 

@@ -423,3 +423,20 @@ def test_text_and_json_log_lines():
     log.error("apply failed", netns="n", error="x")
     rec = json.loads(s.getvalue())
     assert rec["msg"] == "apply failed" and rec["level"] == "error" and rec["netns"] == "n"
+
+
+def test_watchdog_is_fed_during_a_long_sync(env, monkeypatch):
+    monkeypatch.setenv("WATCHDOG_USEC", "20000000")  # systemd: WatchdogSec=20s, ping every 10 s
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    real = env.backend.apply
+
+    def slow(netns, fw, previous=None):
+        env.clock.advance(6.0)  # each namespace takes 6 s: 18 s for the first sync
+        return real(netns, fw, previous)
+
+    env.backend.apply = slow
+    d = env.make()
+    d.start()
+    pings = [lines for lines in d.notifier.sent if lines == ("WATCHDOG=1",)]
+    assert len(pings) >= 2  # fed while it worked, before READY
+    assert d.notifier.sent[-1][0] == "READY=1"
