@@ -25,6 +25,19 @@ run $NETPOL trace -f $EX --from prod/api --to prod/db --port 3306/TCP
 say "6. The rules installed in prod/db's network namespace, nftables and iptables side by side"
 COLUMNS=${COLUMNS:-180} run $NETPOL render -f $EX --pod prod/db --backend all
 
+# `lab drops` in the background until it has seen 4 drops; a quiet probe makes them.
+stream_drops() {
+  local err pid
+  err=$(mktemp)
+  printf '$ %s\n' "$NETPOL lab drops --name $LAB --count 4 --timeout 10"
+  $NETPOL lab drops --name "$LAB" --count 4 --timeout 10 2>"$err" &
+  pid=$!
+  for _ in $(seq 50); do grep -q watching "$err" && break; sleep 0.1; done  # sockets bound
+  $NETPOL lab probe --name "$LAB" --ports 3306/TCP --timeout 0.3 >/dev/null
+  wait "$pid"
+  rm -f "$err"
+}
+
 if [ "$(id -u)" -eq 0 ] && $NETPOL lab --help >/dev/null 2>&1; then
   say "7. Real packets: a lab of 9 pods and the backup host, probed before and after"
   LAB=demo$$
@@ -33,6 +46,10 @@ if [ "$(id -u)" -eq 0 ] && $NETPOL lab --help >/dev/null 2>&1; then
   run $NETPOL lab probe --name $LAB --ports 3306/TCP &&
   run $NETPOL lab apply --name $LAB -f $EX &&
   run $NETPOL lab probe --name $LAB --ports 3306/TCP --expect model
+  say "8. Stream a few drops (while a probe runs): pod, direction, peer and the isolating policy"
+  stream_drops
+  say "9. Which rule of prod/db matched how many packets"
+  run $NETPOL lab stats --name $LAB --pod prod/db --nonzero
   run $NETPOL lab down --name $LAB
   trap - EXIT
 fi

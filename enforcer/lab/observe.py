@@ -217,6 +217,14 @@ class LabView:
                     isolated_by)
 
 
+def _identity(ns: str) -> tuple[str, int] | None:
+    """A namespace's name and inode (None when it is gone): a name can be reused."""
+    try:
+        return ns, os.stat(netns.path(ns)).st_ino
+    except FileNotFoundError:
+        return None
+
+
 def _canonical(ip: str) -> str:
     return str(ipaddress.ip_address(ip.split("/", 1)[0]))
 
@@ -229,6 +237,7 @@ class DropReader:
         self.group = group
         self.selector = selectors.DefaultSelector()
         self.sockets: dict[str, nflog.NflogSocket] = {}  # pod -> socket
+        self._where: dict[str, tuple[str, int]] = {}  # pod -> its socket's namespace
         self._mtime = 0.0
         self.view = LabView({}, {}, {})
         try:
@@ -254,19 +263,25 @@ class DropReader:
         st = state.load(self.name)  # state.json is replaced atomically: no lock needed
         self._mtime = mtime
         self.view = LabView.of(st)
-        for pod in [p for p in self.sockets if p not in self.view.netns_of]:
+        # A pod that went, or came back in a new namespace (same name, new inode), loses
+        # its socket; every pod whose namespace exists and has no socket gets one.
+        where = {pod: _identity(ns) for pod, ns in self.view.netns_of.items()}
+        for pod in [p for p in self.sockets if where.get(p) != self._where.get(p)]:
             self._close(pod)
-        for pod, ns in sorted(self.view.netns_of.items()):
-            if pod not in self.sockets and netns.exists(ns):
-                try:
-                    with netns.entered(ns):
-                        sock = nflog.NflogSocket(self.group)
-                except NetnsError as e:
-                    raise LabError(f"lab {self.name}, pod {pod}: {e}") from None
-                self.sockets[pod] = sock
-                self.selector.register(sock, selectors.EVENT_READ, pod)
+        for pod, ident in sorted(where.items()):
+            if pod in self.sockets or ident is None:
+                continue
+            try:
+                with netns.entered(ident[0]):
+                    sock = nflog.NflogSocket(self.group)
+            except NetnsError as e:
+                raise LabError(f"lab {self.name}, pod {pod}: {e}") from None
+            self.sockets[pod] = sock
+            self._where[pod] = ident
+            self.selector.register(sock, selectors.EVENT_READ, pod)
 
     def _close(self, pod: str) -> None:
+        self._where.pop(pod, None)
         sock = self.sockets.pop(pod)
         self.selector.unregister(sock)
         sock.close()

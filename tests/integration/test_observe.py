@@ -221,3 +221,36 @@ def test_a_second_reader_is_told_the_group_is_taken(lab):
             observe.DropReader(lab.name)
     with observe.DropReader(lab.name) as again:  # the first one's sockets are gone
         assert len(again.sockets) == 3
+
+
+POD_D_AND_DENY = """
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: d, namespace: x, labels: {app: d}}
+spec: {containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: b}}
+"""
+
+
+def test_the_reader_follows_lab_apply(lab):
+    """Runs last in the module: it changes the lab, and puts it back."""
+    try:
+        with observe.DropReader(lab.name) as reader:
+            lab.apply(MANIFESTS + POD_D_AND_DENY)
+            list(reader.stream(timeout=0.3))  # the reader refreshes between polls
+            assert "x/d" in reader.sockets
+            sport, _ = connect(lab, "x/d", "x/b", timeout=0.3)
+            d = wait_for(reader, "x/b", "ingress", sport)
+            assert d is not None and d.src_id == "x/d"
+            assert d.isolated_by == ("x/b-policy", "x/deny-b")
+            lab.apply(MANIFESTS)
+            list(reader.stream(timeout=0.3))
+            assert set(reader.sockets) == {"x/a", "x/b", "x/c"}
+    finally:
+        lab.apply(MANIFESTS)
