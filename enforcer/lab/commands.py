@@ -1,4 +1,4 @@
-"""``netpol lab up|apply|probe|down|list`` and the one-shot ``netpol probe``.
+"""``netpol lab up|apply|probe|stats|drops|down|list`` and the one-shot ``netpol probe``.
 
 Thin: load the manifests, call enforcer.lab.control, print. Errors are NetpolError (the
 main CLI prints them, no traceback). Notes and load warnings go to stderr, results to
