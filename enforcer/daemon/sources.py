@@ -85,6 +85,7 @@ class ManifestStore:
         self.owners: dict[ObjKey, set[str]] = {}  # which files hold each object
         self.view: dict[ObjKey, object] = {}  # the object in force per key
         self.counts: dict[str, int] = {}  # kind -> objects in force
+        self._dups: set[ObjKey] = set()  # objects defined in more than one file
         self.dir_issues: dict[str, Issue] = {}  # watched directory -> problem reading it
 
     # ------------------------------------------------------------------ updates
@@ -190,6 +191,10 @@ class ManifestStore:
             self.owners.setdefault(key, set()).add(path)
         for key in old.keys() | new.keys():
             owners = self.owners.get(key)
+            if owners is not None and len(owners) > 1:
+                self._dups.add(key)
+            else:
+                self._dups.discard(key)
             now = self.files[min(owners)].objects[key] if owners else None
             before = self.view.get(key)
             if now is None:
@@ -219,7 +224,8 @@ class ManifestStore:
         out = list(self.dir_issues.values())
         for path in sorted(self.files):
             out.extend(self.files[path].issues)
-        for key, owners in self.owners.items():
+        for key in sorted(self._dups):
+            owners = self.owners[key]
             if len(owners) > 1:
                 first = min(owners)
                 for other in sorted(owners - {first}):
