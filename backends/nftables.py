@@ -28,11 +28,12 @@ Applying (see ``apply``):
   delta (the kernel's sets are not what ``previous`` says) becomes a full replace;
 - by default in-process through libnftables, one context (and one element socket) kept
   per namespace, made inside it; else (``method="cli"``, or no libnftables) ``nft -f -``
-  run inside the namespace. ``apply_many`` runs full applies on two threads.
+  run inside the namespace. ``apply_many`` applies one namespace after the other
+  (libnftables is not safe to drive from two threads).
 
 Measured here (benchmarks/bench_apply.py: 110 pods, 20 policies, 62 rules and ~600
-elements per pod): cold apply ~2.6-4 ms per pod with libnftables on two threads (~3.5 ms one
-after the other), ~17-30 ms with ``nft -f``; a one-peer delta ~0.13-0.2 ms per pod.
+elements per pod): cold apply ~3.5-6 ms per pod with libnftables, one after the other
+(~2.6 ms on two threads, which we do not use), ~17-30 ms with ``nft -f``; a one-peer delta ~0.13-0.2 ms per pod.
 
 IPv6 neighbour discovery is accepted in both chains even when a direction is isolated:
 NetworkPolicy is about IP traffic, and without neighbour solicitations and advertisements
@@ -524,13 +525,12 @@ class NftablesBackend:
                           f"the previous rules stay in force:\n{e}")
 
     def apply_many(self, jobs) -> list:
-        """Full applies on as many threads as there are cores (libnftables releases the GIL
-        and the kernel work of different namespaces runs in parallel); a batch of deltas
-        one after the other, where a thread would cost more than the ~0.1 ms of work."""
-        kinds = [plan(prev, fw) for _, fw, prev in jobs]
-        workers = min(4, os.cpu_count() or 1) if "full" in kinds else 1
-        planned = [(ns, fw, prev, kind) for (ns, fw, prev), kind in zip(jobs, kinds)]
-        return base.run_jobs(self._apply, planned, workers=workers)
+        """One namespace after the other. Threads were faster (~2.6 ms instead of ~3.5 ms
+        per pod) but libnftables keeps process-wide state (its interface cache among it):
+        two threads applying in different namespaces produced bogus "Interface does not
+        exist" errors in the daemon's tests. Correct first."""
+        planned = [(ns, fw, prev, plan(prev, fw)) for ns, fw, prev in jobs]
+        return base.run_jobs(self._apply, planned, workers=1)
 
     def remove(self, netns: str) -> None:
         if not nsmod.exists(netns):
