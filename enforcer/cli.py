@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import click
 
 from enforcer import ipam
+from enforcer.cliutil import CONTEXT
 from enforcer.errors import InputError, NetpolError
 
 FILES = click.option("-f", "--filename", "files", multiple=True, required=True,
@@ -57,13 +58,13 @@ def load(files, *, legacy: bool = False, cidrs: tuple[str, ...] = (ipam.DEFAULT_
     return Loaded(cluster, compiler)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings=CONTEXT)
 @click.version_option(package_name="netpol-enforcer")
 def cli() -> None:
     """Enforce and explain Kubernetes NetworkPolicy with nftables or iptables in network namespaces."""
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT)
 @FILES
 @LEGACY
 def validate(files, legacy_namespace_isolation) -> None:
@@ -77,7 +78,7 @@ def _family(value: str) -> int:
     return 6 if value == "ipv6" else 4
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT)
 @FILES
 @LEGACY
 @click.option("--ports", help="Ports to check, e.g. 80/TCP,81/UDP (default: every port the destination declares).")
@@ -119,7 +120,7 @@ def emit_rows(rows: list[dict], fmt: str, *, backend: str, out_file: str | None 
             click.echo(f"wrote {path}", err=True)
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT)
 @FILES
 @LEGACY
 @click.option("--from", "src", required=True, help="Source: NAMESPACE/POD, an ExternalHost name or an IP.")
@@ -143,7 +144,7 @@ def trace(files, legacy_namespace_isolation, src, dst, port, family, fmt) -> Non
     sys.exit(0 if v.allowed else 1)
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT)
 @FILES
 @LEGACY
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table")
@@ -162,7 +163,7 @@ def explain(files, legacy_namespace_isolation, fmt) -> None:
     click.echo(output.explain_table(rows))
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT)
 @FILES
 @LEGACY
 @click.option("--backend", "backend", default="nftables",

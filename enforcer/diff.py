@@ -29,6 +29,8 @@ from typing import Iterable
 
 import click
 
+from enforcer.cliutil import CONTEXT
+
 from enforcer import ipam, verdict as vd
 from enforcer.errors import InputError
 from enforcer.model import Cluster
@@ -251,7 +253,7 @@ def to_json(result: DiffResult) -> dict:
 
 # --------------------------------------------------------------------------- command
 
-@click.command()
+@click.command(context_settings=CONTEXT)
 @click.option("-f", "--filename", "base", multiple=True, metavar="PATH",
               help="Input common to both states, e.g. the namespaces and pods (repeatable).")
 @click.option("--old", "--against", "old", multiple=True, metavar="PATH",

@@ -50,8 +50,8 @@ def _walk(cmd, ctx, path):
             sub = cmd.get_command(ctx, name)
             if sub is None or getattr(sub, "hidden", False):
                 continue
-            sub_ctx = click.Context(sub, info_name=name, parent=ctx, terminal_width=WIDTH,
-                                    max_content_width=WIDTH, **getattr(sub, "context_settings", {}))
+            settings = {**getattr(sub, "context_settings", {}), "terminal_width": WIDTH, "max_content_width": WIDTH}
+            sub_ctx = click.Context(sub, info_name=name, parent=ctx, **settings)
             yield from _walk(sub, sub_ctx, path + [name])
 
 

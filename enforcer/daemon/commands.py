@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from enforcer.cliutil import CONTEXT
+
 from enforcer.daemon import status as statusfile
 from enforcer.errors import NetpolError
 
@@ -16,7 +18,7 @@ def _positive(ctx, param, value):
     return value
 
 
-@click.command()
+@click.command(context_settings=CONTEXT)
 @click.option("--watch", "watch", multiple=True, required=True, type=click.Path(file_okay=False),
               help="Directory of manifests (namespaces, pods with status.podIP(s), policies); repeatable.")
 @click.option("--backend", default="nftables", show_default=True,
@@ -89,7 +91,7 @@ def run(watch, backend, metrics_addr, log_format, log_level, min_interval, resyn
     sys.exit(code)
 
 
-@click.command()
+@click.command(context_settings=CONTEXT)
 @click.option("--state-file", default=statusfile.DEFAULT_STATE_FILE, show_default=True,
               help="The state file the daemon writes (its --state-file).")
 @click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)

@@ -13,6 +13,8 @@ import sys
 
 import click
 
+from enforcer.cliutil import CONTEXT
+
 from enforcer.errors import InputError, LabError
 from enforcer.lab import control
 
@@ -87,12 +89,12 @@ def _emit(report: control.ProbeReport, fmt: str, name: str, expect_rows: list[di
     return comparison is None or comparison.wrong == 0
 
 
-@click.group()
+@click.group(context_settings=CONTEXT)
 def lab() -> None:
     """A cluster of pods as network namespaces, with real servers and real probes (root)."""
 
 
-@lab.command("up")
+@lab.command("up", context_settings=CONTEXT)
 @FILES
 @NAME
 @BACKEND
@@ -112,7 +114,7 @@ def up_cmd(files, name, backend, ipv6) -> None:
                f"{len(cluster.policies)} network policies, backend {backend} ({out.seconds:.2f}s)")
 
 
-@lab.command("apply")
+@lab.command("apply", context_settings=CONTEXT)
 @NAME
 @FILES
 def apply_cmd(name, files) -> None:
@@ -129,7 +131,7 @@ def apply_cmd(name, files) -> None:
                f"firewalls changed: {changed} ({out.seconds:.2f}s)")
 
 
-@lab.command("probe")
+@lab.command("probe", context_settings=CONTEXT)
 @NAME
 @PORTS
 @OUTPUT
@@ -147,7 +149,7 @@ def probe_cmd(name, ports, fmt, expect, timeout, family) -> None:
         sys.exit(1)
 
 
-@lab.command("down")
+@lab.command("down", context_settings=CONTEXT)
 @NAME
 def down_cmd(name) -> None:
     """Remove everything the lab created (also a half-built or crashed lab)."""
@@ -158,7 +160,7 @@ def down_cmd(name) -> None:
         click.echo(f"note: no lab named {name}: nothing to remove", err=True)
 
 
-@lab.command("list")
+@lab.command("list", context_settings=CONTEXT)
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def list_cmd(fmt) -> None:
     """The labs on this machine."""
@@ -176,7 +178,7 @@ def list_cmd(fmt) -> None:
                    f"{item.get('server', '-'):8} {item.get('phase', '-')}")
 
 
-@lab.command("stats")
+@lab.command("stats", context_settings=CONTEXT)
 @NAME
 @click.option("--pod", help="Only this pod (NS/POD).")
 @OUTPUT
@@ -196,7 +198,7 @@ def stats_cmd(name, pod, fmt, nonzero) -> None:
         click.echo(observe.stats_table(rows), nl=False)
 
 
-@lab.command("drops")
+@lab.command("drops", context_settings=CONTEXT)
 @NAME
 @click.option("--count", type=click.IntRange(min=1), help="Stop after N drops.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), help="Stop after S seconds.")
@@ -223,7 +225,7 @@ def drops_cmd(name, count, timeout, fmt) -> None:
     click.echo(f"{seen} drop(s) seen", err=True)
 
 
-@click.command("probe")
+@click.command("probe", context_settings=CONTEXT)
 @FILES
 @BACKEND
 @PORTS
