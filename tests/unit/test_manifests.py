@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from enforcer import manifests
+from enforcer import documents, manifests
 from enforcer.errors import InputError
 from enforcer.manifests import Decoded, build_cluster, decode_text, load
 from enforcer.model import (
@@ -193,13 +193,13 @@ a: *labels
 def test_scalars_resolve_like_pyyaml(scalar):
     """Our event-level builder agrees with PyYAML's SafeLoader (YAML 1.1) on every type."""
     text = f"v: {scalar}\n"
-    docs, probs = manifests._parse_all(text, "s.yaml")
+    docs, probs = documents.parse_all(text, "s.yaml")
     assert probs == []
     assert docs[0].value == yaml.load(text, Loader=yaml.SafeLoader)
 
 
 def test_timestamps_stay_strings_as_in_kubectl():
-    docs, _ = manifests._parse_all("a: 2024-01-01\nb: 2024-01-01 10:00:00\n", "t.yaml")
+    docs, _ = documents.parse_all("a: 2024-01-01\nb: 2024-01-01 10:00:00\n", "t.yaml")
     assert docs[0].value == {"a": "2024-01-01", "b": "2024-01-01 10:00:00"}
 
 
@@ -389,7 +389,7 @@ def test_binary_and_non_utf8_files(tmp_path, content, message):
 
 
 def test_huge_file_is_refused_without_parsing(tmp_path, monkeypatch):
-    monkeypatch.setattr(manifests, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(documents, "MAX_FILE_BYTES", 1000)  # reading checks the size
     f = tmp_path / "big.yaml"
     f.write_text("a: " + "x" * 2000)
     assert load_error([f]) == [f"{f}: input larger than 1000 bytes: refusing to parse it"]
