@@ -222,10 +222,12 @@ def _json_documents(text: str, filename: str) -> tuple[list[Doc], Problem | None
     decoder = json.JSONDecoder(object_pairs_hook=pairs_hook)
     docs: list[Doc] = []
     pos = _WS.match(text, 0).end()  # type: ignore[union-attr]
+    line, counted = 1, 0  # lines counted incrementally: recounting from 0 was quadratic
     try:
         while pos < len(text):
             value, end = decoder.raw_decode(text, pos)
-            line = text.count("\n", 0, pos) + 1
+            line += text.count("\n", counted, pos)
+            counted = pos
             docs.append(Doc(value, len(docs) + 1, line, _json_dups(value) if dup_seen else []))
             dup_seen.clear()
             pos = _WS.match(text, end).end()  # type: ignore[union-attr]

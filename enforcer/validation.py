@@ -1,6 +1,6 @@
 """The API server's validation rules, as pure functions on already-typed values.
 
-manifests.py decodes YAML/JSON strictly (structure, types, unknown fields) and calls these
+decode.py (called by manifests.py) decodes objects strictly (structure, types, unknown fields) and calls these
 for the rules the API server applies afterwards (pkg/apis/networking/validation,
 apimachinery/pkg/util/validation, pkg/apis/core/validation). Each check returns a list of
 error *bodies* worded as the API server words them (``Invalid value: "x": detail``,

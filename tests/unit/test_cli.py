@@ -77,3 +77,9 @@ def test_matrix_filters():
     doc = json.loads(netpol("matrix", "-f", EX, "--ports", "3306/TCP", "--to", "prod/db", "-o", "json").stdout)
     assert doc["results"] and {r["to"] for r in doc["results"]} == {"prod/db"}
     assert {r["from"] for r in doc["results"] if r["allowed"]} == {"prod/api", "backup"}
+
+
+def test_directory_with_an_expected_matrix_loads():
+    d = str(ROOT / "examples" / "recipes" / "01-deny-all-traffic-to-an-application")
+    r = netpol("validate", "-f", d)
+    assert r.returncode == 0 and "skipped a netpol matrix document" in r.stderr
