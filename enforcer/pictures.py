@@ -47,3 +47,25 @@ def render_dot(dot: str, fmt: str, path: str) -> None:
     proc = subprocess.run([exe, f"-T{fmt}", "-o", path], input=dot, text=True, capture_output=True)
     if proc.returncode != 0:
         raise NetpolError(f"dot failed: {proc.stderr.strip()}")
+
+
+def topology_dot(lab: str, node_netns: str, bridge: str, gateways: tuple[str, ...],
+                 endpoints: list[tuple[str, str, str, str, tuple[str, ...]]],
+                 isolated: dict[str, str]) -> str:
+    """A lab as built: the node namespace with its bridge and gateway, and every pod or
+    external host namespace on its veth. ``endpoints`` are (key, kind, netns, node-side
+    link, addresses); ``isolated`` says, per pod, which directions are isolated."""
+    node_label = _q(bridge + "\\n" + ", ".join(gateways))
+    lines = ["graph lab {", "  rankdir=LR; node [shape=box, style=rounded, fontsize=10];",
+             f"  label={_q('lab ' + lab + ': every box is a network namespace')}; labelloc=t;",
+             f"  subgraph cluster_node {{ label={_q('node netns ' + node_netns)};",
+             f"    bridge [label={node_label}, shape=ellipse];", "  }"]
+    for key, kind, netns, link, ips in sorted(endpoints):
+        iso = isolated.get(key, "")
+        label = f"{key}\\n{netns}\\n{', '.join(ips)}" + (f"\\nisolated: {iso}" if iso else "")
+        shape = "box" if kind == "pod" else "octagon"
+        colour = ', color="firebrick"' if iso else ""
+        lines.append(f"  {_q(key)} [label=\"{label}\", shape={shape}{colour}];")
+        lines.append(f"  bridge -- {_q(key)} [label={_q(link + ' / eth0')}, fontsize=8];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -263,3 +263,25 @@ def _terminate(signum, _frame) -> None:
 def _need_root() -> None:
     if os.geteuid() != 0:
         raise LabError("the lab needs root (it creates network namespaces); run it with sudo")
+
+
+@lab.command("draw", context_settings=CONTEXT)
+@click.option("--name", required=True, help="The lab's name.")
+@click.option("-o", "--output", "fmt", type=click.Choice(["dot", "svg", "png"]), default="dot")
+@click.option("--out-file", type=click.Path(dir_okay=False), help="Where svg/png goes (default LAB.svg/png).")
+def draw(name, fmt, out_file) -> None:
+    """Draw the lab's topology: node namespace, bridge, every pod on its veth, isolation."""
+    from enforcer import pictures
+    from enforcer.lab import state as lab_state
+
+    st = lab_state.load(name)
+    eps = [(e.key, e.kind, e.netns, e.link, tuple(e.ips)) for e in st.endpoints.values()]
+    iso = {k: "+".join(d for d in ("ingress", "egress") if fw.direction(d).isolated)
+           for k, fw in st.firewalls.items()}
+    dot = pictures.topology_dot(name, st.node_netns, st.bridge, tuple(st.gateways), eps, iso)
+    if fmt == "dot":
+        click.echo(dot, nl=False)
+        return
+    path = out_file or f"{name}.{fmt}"
+    pictures.render_dot(dot, fmt, path)
+    click.echo(f"wrote {path}", err=True)
