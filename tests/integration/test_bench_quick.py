@@ -47,7 +47,10 @@ def test_quick_benchmark_passes_its_bounds_in_under_two_minutes(tmp_path):
 
 
 def _owner_alive(netns: str) -> bool:
-    """Benchmark namespaces are named npt-bench-<pid>-<n>: one whose process still runs
-    belongs to another benchmark running beside this test, not to a leak of ours."""
-    parts = netns.split("-")
-    return len(parts) > 2 and parts[2].isdigit() and os.path.exists(f"/proc/{parts[2]}")
+    """Benchmark namespaces carry their process id (npt-bench-<pid>-<n>, npt-bench-dp<pid>-...):
+    one whose process still runs belongs to another benchmark running beside this test,
+    not to a leak of ours."""
+    import re
+
+    m = re.match(r"npt-bench-\D*(\d+)", netns)
+    return bool(m) and os.path.exists(f"/proc/{m.group(1)}")
