@@ -190,17 +190,21 @@ def draw_datapath(res: dict) -> Figure | None:
     for lay in layouts:
         pts = sorted((r["peers"], r["pps"]) for r in results if r["layout"] == lay)
         x = [p for p, _ in pts]
-        y = [s["median"] / 1000 for _, s in pts]
-        err = [[(s["median"] - s["p25"]) / 1000 for _, s in pts], [(s["p75"] - s["median"]) / 1000 for _, s in pts]]
+        # The upper quartile: the machine is shared and noise only ever lowers a rate, so
+        # the quieter rounds show the layouts' own costs; bars reach down to the median
+        # and up to the best round.
+        y = [s["p75"] / 1000 for _, s in pts]
+        err = [[(s["p75"] - s["median"]) / 1000 for _, s in pts], [(s["max"] - s["p75"]) / 1000 for _, s in pts]]
         ax.errorbar(x, y, yerr=err, fmt=MARKERS.get(lay, "o") + "-", color=COLORS.get(lay), label=LABELS.get(lay, lay),
                     capsize=2, ms=4, lw=1.2)
     for base, style, label in (("none", "-", "no rules (no conntrack)"),):
         for r in results:
             if r["layout"] == base:
-                ax.axhline(r["pps"]["median"] / 1000, color="#2ca02c", ls=style, lw=1, label=label)
+                ax.axhline(r["pps"]["p75"] / 1000, color="#2ca02c", ls=style, lw=1, label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    _style(ax, "New flows per second a pod receives vs allowed peers\n(one-way UDP, every packet ct NEW; median, bars p25-p75)",
+    _style(ax, "New flows per second a pod receives vs allowed peers\n(one-way UDP, every packet ct NEW; "
+               "upper quartile of the rounds, bars median to best)",
            "allowed peers (set elements, or rules for one-rule-per-peer)", "thousand packets per second")
     ax.legend(fontsize=7, loc="lower left")
 

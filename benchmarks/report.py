@@ -385,24 +385,30 @@ def datapath_section(res: dict) -> str:
         if r["layout"] not in layouts:
             layouts.append(r["layout"])
     peers = sorted({r["peers"] for r in d["results"] if r["peers"]})
-    table = ["| layout | " + " | ".join(f"{p:,} peer{'s' if p > 1 else ''}" for p in peers) + " | 10,000 / 1 |",
-             "|---|" + "---:|" * (len(peers) + 1)]
+    table = ["| layout | " + " | ".join(f"{p:,} peer{'s' if p > 1 else ''}" for p in peers)
+             + " | 10,000 / 1 peer | 1 peer / no rules |",
+             "|---|" + "---:|" * (len(peers) + 2)]
     for lay in layouts:
         if lay == "none":
             continue
         cells = []
         for p in peers:
-            v = dp_pps(res, lay, p)
-            cells.append("" if v is None else f"{v / 1000:,.0f}k")
+            r = dp(res, lay, p)
+            cells.append("" if r is None else f"{r['pps']['median'] / 1000:,.0f}k ({r['pps']['p75'] / 1000:,.0f}k)")
         r = dp_ratio(res, f"{lay}: 10000 vs 1 peer")
-        table.append(f"| {lay} | " + " | ".join(cells) + f" | {num(r['median'], 3) if r else ''} |")
-    none = dp_pps(res, "none", 0)
-    set1 = dp_pps(res, "nft-set", 1)
-    cost = lambda v: (1e9 / v - 1e9 / none) if v and none else None  # noqa: E731
-    filt = cost(set1)
-    interval10k = dp_pps(res, "nft-interval", 10000)
-    int1 = dp_pps(res, "nft-interval", 1)
-    tree = (1e9 / interval10k - 1e9 / int1) if interval10k and int1 else None
+        vs_none = dp_ratio(res, f"{lay}/1 vs no rules")
+        table.append(f"| {lay} | " + " | ".join(cells) + f" | {num(r['median'], 3) if r else ''} | "
+                     f"{num(vs_none['median'], 3) if vs_none else ''} |")
+    none_r = dp(res, "none", 0)
+    none = none_r["pps"]["median"] if none_r else None
+    none_q = none_r["pps"]["p75"] if none_r else None
+    # Costs in nanoseconds from the paired ratios, on the time per packet of the quieter
+    # rounds (p75 of the rate): unpaired medians would mix the machine's busy and quiet spells.
+    set_vs_none = dp_ratio(res, "nft-set/1 vs no rules")
+    filt = (1e9 / none_q * (1 / set_vs_none["median"] - 1)) if none_q and set_vs_none else None
+    int1 = dp(res, "nft-interval", 1)
+    int_ratio = dp_ratio(res, "nft-interval: 10000 vs 1 peer")
+    tree = (1e9 / int1["pps"]["p75"] * (1 / int_ratio["median"] - 1)) if int1 and int_ratio else None
     naive = dp_ratio(res, "nft-set vs nft-naive at 10000 peers")
     ipt_naive = dp_ratio(res, "ipt-set vs ipt-naive at 10000 peers")
     enforced = all(r["stranger_dropped"] in (True, None) for r in d["results"])
@@ -416,11 +422,18 @@ def datapath_section(res: dict) -> str:
     return f"""## Datapath: new flows per second against allowed peers
 
 {figure('datapath', 'new-flow packet rate vs allowed peers for each layout, and the ratio to one peer')}
-Thousand packets per second received by the pod (median of {d.get('rounds')} rounds):
+Thousand packets per second received by the pod: median of {d.get('rounds')} rounds, and in brackets the
+upper quartile (the quieter rounds); the two ratio columns are medians of ratios taken within
+each round:
 
 {chr(10).join(table)}
 
-No rules at all (no conntrack either): {num(none / 1000 if none else None)}k pps.
+No rules at all (no conntrack either): {num(none / 1000 if none else None)}k pps ({num(none_q / 1000 if none_q else None)}k).
+
+Read along a row, not down a column: the machine was shared, and during the run it went
+between quiet and busy spells (the same case measured about 580k pps in one and 330k in
+the other), so the absolute medians of different layouts, measured at different moments,
+are not comparable with each other; the ratios, paired within a round, are.
 
 How it is measured (`benchmarks/bench_datapath.py`): two kinds of network namespace joined by
 veths; the sender sends one-way UDP datagrams with sendmmsg, the source port changing with
@@ -439,14 +452,15 @@ Reading it:
 - **Sets do not care how many peers there are.** An exact-address set (pods chosen by
   selectors) in nftables or an ipset hash:ip costs the same at 10,000 peers as at 1.
 - **Interval sets are trees.** nftables keeps ipBlocks in a tree: at 10,000 ranges each
-  lookup costs about {num(tree, 0, 'ns')} more than with one range.
+  lookup costs about {num(tree, 0, 'ns')} more than with one range (from the paired ratio, on the
+  quieter rounds' time per packet).
 - **A rule per peer is what sets avoid.** With 10,000 peers as 10,000 rules the pod gets
   {num(naive['median'] if naive else None, 0)} times fewer new flows through than with one set (nftables;
   iptables: {num(ipt_naive['median'] if ipt_naive else None, 0)} times).{concat_text}
 - **The firewall itself costs something.** Conntrack plus our chain with one set take
-  about {num(filt, 0, 'ns')} per new flow over no rules at all (the ratio "vs no rules" in the
-  JSON); almost all of it is conntrack creating and looking up entries, which every
-  netfilter-based engine pays.
+  about {num(filt, 0, 'ns')} per new flow over no rules at all (the "1 peer / no rules" column);
+  most of it is conntrack looking up and keeping entries, which every netfilter-based
+  engine pays. iptables (through nft_compat and xt_set) costs more than native nftables here.
 
 The sender's own work (a raw socket, the veth) is part of every packet's cost, so rate
 ratios understate differences inside the filter: compare the nanoseconds above, or the
@@ -459,10 +473,11 @@ def engines_section(res: dict) -> str:
     d110 = daemon_run(res, 110) or daemon_largest(res)
     cr = compile_rows(res)
     c15 = next((r for r in cr if r["pods"] == 15000), None)
-    set1 = dp_pps(res, "nft-set", 1)
-    none = dp_pps(res, "none", 0)
-    filt = (1e9 / set1 - 1e9 / none) if set1 and none else None
-    per_flow = 1e9 / set1 if set1 else None
+    set1r = dp(res, "nft-set", 1)
+    none_r = dp(res, "none", 0)
+    set_vs_none = dp_ratio(res, "nft-set/1 vs no rules")
+    per_flow = 1e9 / set1r["pps"]["p75"] if set1r else None
+    filt = (1e9 / none_r["pps"]["p75"] * (1 / set_vs_none["median"] - 1)) if none_r and set_vs_none else None
     delta_pp = nft110.get("delta_many_per_pod_ms") if nft110 else None
     d_all = d110["change_to_enforced_probe"]["all"] if d110 else None
     own_peers = (d110.get("daemon_delay_event_to_enforced", {}) or {}).get("peers") if d110 else None

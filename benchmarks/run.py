@@ -162,11 +162,7 @@ def quick_ratios(compile_runs: list[list[dict]], apply: dict | None, datapath: d
     names = {"nftables-libnft": "nftables", "iptables": "iptables"}
     got = {r["backend"]: r for r in (apply or {}).get("results", [])}
     for backend, short in names.items():
-        r = got.get(backend)
-        val = None
-        if r and r.get("delta_many_total_ms_median"):
-            val = r["cold_many_total_ms"] / r["delta_many_total_ms_median"]
-        out[f"apply: {short} full apply / delta, {QUICK_APPLY_PODS} pods"] = val
+        out[f"apply: {short} full apply / delta, {QUICK_APPLY_PODS} pods"] = apply_ratio(got.get(backend))
     ratios = (datapath or {}).get("ratios", {})
     for lay in ("nft-set", "nft-interval", "ipt-set", "ipt-net"):
         r = ratios.get(f"{lay}: 10000 vs 1 peer")
@@ -174,6 +170,19 @@ def quick_ratios(compile_runs: list[list[dict]], apply: dict | None, datapath: d
     r = ratios.get("nft-set vs nft-naive at 1000 peers")
     out["datapath: nft-set rate / nft-naive rate, 1000 peers"] = r["median"] if r else None
     return out
+
+
+def apply_ratio(r: dict | None) -> float | None:
+    """Full apply over one delta, each at its best: noise only ever adds time, so the
+    fastest of the full applies (cold and warm) and of the delta repeats are the closest
+    to the real costs, and their ratio the steadiest from run to run."""
+    if not r:
+        return None
+    fulls = [r[k] for k in ("cold_many_total_ms", "warm_full_many_total_ms") if r.get(k)]
+    deltas = r.get("delta_many_runs_ms") or ([r["delta_many_total_ms_median"]] if r.get("delta_many_total_ms_median") else [])
+    if not fulls or not deltas or min(deltas) <= 0:
+        return None
+    return min(fulls) / min(deltas)
 
 
 # ---------------------------------------------------------------------------------------
@@ -352,6 +361,14 @@ def full(args) -> int:
     meta["loadavg_end"] = os.getloadavg()[0]
     meta["step_seconds"] = s.timings
     meta["errors"] = s.errors
+    if only and (out / "meta.json").exists():
+        # A partial run: keep what the earlier full run recorded for the other steps.
+        earlier = json.loads((out / "meta.json").read_text())
+        earlier["step_seconds"] = {**earlier.get("step_seconds", {}), **s.timings}
+        earlier["errors"] = earlier.get("errors", []) + s.errors
+        earlier.setdefault("partial_runs", []).append({"steps": sorted(only), "date": meta["date"],
+                                                       "commit": meta["commit"]})
+        meta = earlier
     write_json(out / "meta.json", meta)
     if not args.no_docs:
         from benchmarks import plots, report
@@ -393,7 +410,9 @@ def quick(args) -> int:
     print(f"quick benchmark: {took} s")
     write_json(Path(args.out) / "quick.json", {
         "machine": machine(), "seconds": took, "tolerance": tolerance, "measured": measured,
-        "verdicts": [v.__dict__ for v in verdicts], "errors": s.errors})
+        "verdicts": [v.__dict__ for v in verdicts], "errors": s.errors,
+        "raw": {"compile": compile_runs, "apply": apply, "datapath_ratios": (datapath or {}).get("ratios")
+                if isinstance(datapath, dict) else None}})
     for e in s.errors:
         print(f"error: {e}", file=sys.stderr)
     return 0 if all(v.ok for v in verdicts) else 1

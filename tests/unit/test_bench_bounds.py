@@ -86,13 +86,14 @@ def test_bad_bounds_files_are_refused(tmp_path):
 def test_quick_ratios_from_raw_outputs():
     compile_runs = [[{"pods": 1500, "compile_s": 0.04}, {"pods": 15000, "compile_s": 0.8}],
                     [{"pods": 1500, "compile_s": 0.03}, {"pods": 15000, "compile_s": 0.6}]]
-    apply = {"results": [{"backend": "nftables-libnft", "cold_many_total_ms": 120.0, "delta_many_total_ms_median": 3.0},
+    apply = {"results": [{"backend": "nftables-libnft", "cold_many_total_ms": 150.0, "warm_full_many_total_ms": 120.0,
+                          "delta_many_total_ms_median": 4.0, "delta_many_runs_ms": [8.0, 3.0, 4.0]},
                          {"backend": "iptables", "cold_many_total_ms": 1300.0, "delta_many_total_ms_median": 130.0}]}
     datapath = {"ratios": {"nft-set: 10000 vs 1 peer": {"median": 0.97},
                            "nft-set vs nft-naive at 1000 peers": {"median": 7.5}}}
     got = quick_ratios(compile_runs, apply, datapath)
     assert got["compile: time at 15000 pods / at 1500 pods"] == pytest.approx(20.0)  # best of runs
-    assert got["apply: nftables full apply / delta, 30 pods"] == pytest.approx(40.0)
+    assert got["apply: nftables full apply / delta, 30 pods"] == pytest.approx(40.0)  # best full / best delta
     assert got["apply: iptables full apply / delta, 30 pods"] == pytest.approx(10.0)
     assert got["datapath: nft-set rate, 10000 peers / 1 peer"] == 0.97
     assert got["datapath: nft-set rate / nft-naive rate, 1000 peers"] == 7.5
