@@ -52,6 +52,7 @@ import ipaddress
 import json
 import os
 import random
+import signal
 import statistics
 import struct
 import subprocess
@@ -572,6 +573,9 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_datapath: needs root (creates network namespaces)", file=sys.stderr)
         return 2
     sys.path.insert(0, REPO)
+    # SIGTERM (a timeout, Ctrl-C from make) unwinds like an exception, so the namespaces
+    # are removed by run()'s finally.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:
         cases, rounds, seconds = quick_cases(), args.rounds or 7, args.seconds or 0.2
     else:
