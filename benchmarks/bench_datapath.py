@@ -88,6 +88,19 @@ INTERVAL_PREFIXES = (32, 30, 28, 26, 25)  # the ipBlocks' prefix lengths, in tur
 FULL_PEERS = (1, 100, 1000, 10000)
 
 
+def _wait_link(ipr, ifname: str, timeout: float = 2.0) -> int:
+    """The index of ``ifname``: a veth peer just moved into a namespace was seen missing
+    for a moment on a loaded machine (once in a CI run), so look again briefly."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = ipr.link_lookup(ifname=ifname)
+        if found:
+            return found[0]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"link {ifname} did not appear")
+        time.sleep(0.02)
+
+
 @dataclass(frozen=True)
 class Case:
     layout: str
@@ -400,7 +413,7 @@ class Bench:
             smac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
         with netns.iproute(name) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-            ridx = ipr.link_lookup(ifname="eth0")[0]
+            ridx = _wait_link(ipr, "eth0")
             ipr.addr("add", index=ridx, address=a["receiver"], prefixlen=24)
             ipr.link("set", index=ridx, state="up")
             rmac = ipr.get_links(ridx)[0].get_attr("IFLA_ADDRESS")
