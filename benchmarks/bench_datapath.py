@@ -357,9 +357,12 @@ def sender_main() -> int:
 class Bench:
     """The namespaces, links, rules and the sender process of one run."""
 
+    made = 0
+
     def __init__(self, cases: list[Case], log=print) -> None:
         self.cases = cases
-        self.tag = f"npt-bench-dp{os.getpid()}"
+        Bench.made += 1  # a retried set-up gets fresh names (npt-bench-dp<pid>b-...)
+        self.tag = f"npt-bench-dp{os.getpid()}" + ("" if Bench.made == 1 else chr(96 + Bench.made))
         self.sender_ns = f"{self.tag}-s"
         self.receivers: dict[str, tuple[int, str]] = {}  # case key -> (link, netns)
         self.sockets: list = []
@@ -522,15 +525,33 @@ def _start_sender(ns: str) -> subprocess.Popen:
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env)
 
 
+def _set_up(cases: list[Case], log) -> "Bench":
+    """Bring the namespaces up, trying again from scratch after a failed set-up: on this
+    machine a just-created namespace or veth peer was now and then not found a moment
+    later (unexplained yet; seen in about one run in three late in a session). A set-up
+    glitch is not a datapath measurement, so it must not fail a regression check."""
+    for attempt in range(1, 4):
+        bench = Bench(cases, log=log)
+        try:
+            bench.up()
+            return bench
+        except Exception as e:
+            bench.down()
+            if attempt == 3:
+                raise
+            log(f"bench_datapath: set-up failed ({type(e).__name__}: {e}); trying again")
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
 def run(cases: list[Case], rounds: int, seconds: float, seed: int = 1, log=print) -> dict:
     """Set up every case, check that each enforces, measure ``rounds`` rounds, tear down."""
     rnd = random.Random(seed)
-    bench = Bench(cases, log=log)
     t_start = time.monotonic()
     per_round: list[dict[str, float]] = []
     raw: dict[str, list[dict]] = {c.key: [] for c in cases}
+    bench = _set_up(cases, log)
     try:
-        bench.up()
         setup_done = time.monotonic()
         enforced = {c.key: bench.enforced(c) for c in cases}
         for c in cases:  # warm-up: first packets create conntrack entries and caches
