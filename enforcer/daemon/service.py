@@ -399,28 +399,25 @@ class Daemon:
 
     def _conntrack(self, out: Outcome, gone_ips: set[str]) -> None:
         assert self.conntrack is not None
-        for ns, (before, after) in sorted(out.changed.items()):
-            try:
-                n = self.conntrack.cut(ns, after)
-            except Exception as e:
-                self.log.warning("conntrack cleanup failed", netns=ns, error=str(e))
-                continue
-            if n:
-                self.totals.conntrack_deleted += n
-                self.metrics.conntrack_deleted.inc(n)
-                self.log.info("conntrack entries deleted", netns=ns, pod=after.pod, entries=n,
-                              reason="no longer allowed")
+        for ns, (_, after) in sorted(out.changed.items()):
+            self._cut(ns, lambda ns=ns, after=after: self.conntrack.cut(ns, after),
+                      reason="no longer allowed", pod=after.pod)
         if gone_ips:
             for ns in sorted(self.reconciler.managed):
-                try:
-                    n = self.conntrack.forget_ips(ns, gone_ips)
-                except Exception as e:
-                    self.log.warning("conntrack cleanup failed", netns=ns, error=str(e))
-                    continue
-                if n:
-                    self.totals.conntrack_deleted += n
-                    self.metrics.conntrack_deleted.inc(n)
-                    self.log.info("conntrack entries deleted", netns=ns, entries=n, reason="pod went away")
+                self._cut(ns, lambda ns=ns: self.conntrack.forget_ips(ns, gone_ips), reason="pod went away")
+
+    def _cut(self, ns: str, delete, *, reason: str, **fields) -> None:
+        """Run one conntrack deletion in ``ns``; count and log what it removed. A failure is
+        logged and skipped: conntrack cleanup never stops a sync."""
+        try:
+            n = delete()
+        except Exception as e:
+            self.log.warning("conntrack cleanup failed", netns=ns, error=str(e))
+            return
+        if n:
+            self.totals.conntrack_deleted += n
+            self.metrics.conntrack_deleted.inc(n)
+            self.log.info("conntrack entries deleted", netns=ns, entries=n, reason=reason, **fields)
 
     def _repair(self) -> None:
         self.repair_timer.done()
