@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
 from enforcer.errors import ApplyError, BackendError, NetpolError
-from enforcer.ir import AllowRule, PodFirewall, PortMatch, set_deltas
+from enforcer.ir import AllowRule, PodFirewall, PortMatch, same_structure, set_deltas
 
 # What the final drop of an isolated direction logs to: nflog group, at most this many
 # packets per second (a flood of dropped packets must not become a flood of log lines).
@@ -50,20 +50,6 @@ def plan(previous: PodFirewall | None, desired: PodFirewall) -> str:
     if same_structure(previous, desired):
         return "delta"
     return "full"
-
-
-def same_structure(a: PodFirewall, b: PodFirewall) -> bool:
-    """``ir.structure(a) == ir.structure(b)``, without building the hollow copies: this
-    runs for every pod on every change, so it compares the fields in place."""
-    if (a.pod, a.ips, a.node_ips, a.ingress, a.egress) != (b.pod, b.ips, b.node_ips, b.ingress, b.egress):
-        return False
-    if len(a.sets) != len(b.sets):
-        return False
-    return sorted(_hollow(s) for s in a.sets) == sorted(_hollow(s) for s in b.sets)
-
-
-def _hollow(s) -> tuple:
-    return (type(s).__name__, s.name, s.interval)
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Union
 
 TABLE = "netpol"
@@ -183,17 +183,20 @@ class PodFirewall:
         return self.ingress if name == "ingress" else self.egress
 
 
-def structure(fw: PodFirewall) -> PodFirewall:
-    """The firewall with every set emptied but its kind and interval flag kept.
+def same_structure(a: PodFirewall, b: PodFirewall) -> bool:
+    """True when ``a`` and ``b`` differ at most in set elements (same rules, same sets of the
+    same kind), so a backend may move from one to the other by adding and deleting
+    elements instead of replacing the table. Runs for every changed pod on every change,
+    so it compares fields in place rather than building element-free copies."""
+    if (a.pod, a.ips, a.node_ips, a.ingress, a.egress) != (b.pod, b.ips, b.node_ips, b.ingress, b.egress):
+        return False
+    if len(a.sets) != len(b.sets):
+        return False
+    return sorted(_hollow(s) for s in a.sets) == sorted(_hollow(s) for s in b.sets)
 
-    Two firewalls with equal structure differ only in set elements, so a backend may move
-    from one to the other by adding and deleting elements instead of replacing the table.
-    """
 
-    def hollow(s: AnySet) -> tuple:
-        return (type(s).__name__, s.name, s.interval)
-
-    return replace(fw, sets=tuple(sorted(hollow(s) for s in fw.sets)))  # type: ignore[arg-type]
+def _hollow(s: AnySet) -> tuple:
+    return (type(s).__name__, s.name, s.interval)
 
 
 @dataclass(frozen=True)

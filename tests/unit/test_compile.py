@@ -51,7 +51,7 @@ def test_label_change_is_a_set_delta_for_referencing_pods():
     changed = comp.set_pod(replace(c.pods["x/web"], labels={"role": "api"}))
     assert changed == {"x/db", "x/web"} - {"x/web"} | ({"x/web"} & changed)
     after = comp.firewall("x/db")
-    assert ir.structure(before) == ir.structure(after)
+    assert ir.same_structure(before, after)
     (delta,) = ir.set_deltas(before, after)
     assert delta.add == {c.pods["x/web"].ips[0] + "/32"} and not delta.remove
 
