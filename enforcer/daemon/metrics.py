@@ -18,6 +18,7 @@ several daemons in one process.
     netpol_sets / netpol_set_elements               gauge      sets and their elements installed
     netpol_input_errors                             gauge      input problems in force
     netpol_errors_in_force                          gauge      namespaces whose last apply failed
+    netpol_pods_not_enforced                        gauge      local pods whose rules are not in force
     netpol_cluster_objects{kind}                    gauge      objects loaded (Pod, NetworkPolicy, ...)
     netpol_last_sync_timestamp_seconds              gauge      wall time of the last good sync
 """
@@ -59,6 +60,9 @@ class Metrics:
         self.set_elements = Gauge("netpol_set_elements", "Set elements installed, all local pods.", registry=r)
         self.input_errors = Gauge("netpol_input_errors", "Input problems in force.", registry=r)
         self.errors_in_force = Gauge("netpol_errors_in_force", "Namespaces whose last apply failed.", registry=r)
+        self.not_enforced = Gauge("netpol_pods_not_enforced",
+                                  "Local pods whose rules are not known to be in force (apply or "
+                                  "repair failed, no deny-only stand-in).", registry=r)
         self.objects = Gauge("netpol_cluster_objects", "Objects loaded, by kind.", ["kind"], registry=r)
         self.last_sync = Gauge("netpol_last_sync_timestamp_seconds", "Wall time of the last good sync.", registry=r)
         for kind in ("full", "incremental"):
@@ -96,7 +100,7 @@ class MetricsServer:
                 if path == "/metrics":
                     self._send(200, metrics_ref.render(), CONTENT_TYPE_LATEST)
                 elif path in ("/healthz", "/livez", "/readyz"):
-                    ok, text = health_ref()
+                    ok, text = health_ref(live_only=path == "/livez")
                     self._send(200 if ok else 503, (text + "\n").encode(), "text/plain; charset=utf-8")
                 else:
                     self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")

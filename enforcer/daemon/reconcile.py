@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Mapping
 
 from enforcer import netns as nsmod
-from enforcer.errors import NetnsError, NetpolError
+from enforcer.errors import ApplyError, NetnsError, NetpolError
 from enforcer.ir import DirectionPolicy, PodFirewall
 from enforcer.model import EGRESS, INGRESS, Cluster
 from enforcer.selectors import matches
@@ -167,8 +167,10 @@ class Reconciler:
             except KeyError:
                 continue
             m = self.managed.get(ns)
-            if m is not None and m.fw == fw and m.wanted is None:
-                self.failures.pop(ns, None)
+            # A namespace in ``failures`` stays failed until a retry's read-back shows our
+            # rules in force, even when the desired firewall equals the one recorded: the
+            # record says what we meant to install, not what the kernel holds.
+            if m is not None and m.fw == fw and m.wanted is None and fail is None:
                 continue
             jobs.append((m is not None, key, ns, fw))
         # New namespaces first (fail closed: isolation before anything else), isolated first.
@@ -207,27 +209,32 @@ class Reconciler:
                 out.vanished.append(ns)
                 out.gone_ips.update(m.fw.ips)
                 continue
+            if ns in self.failures:
+                continue  # converge retries it on its own backoff, with a read-back
             gen = self.generation(ns) if self.generation is not None else None
             if gen is not None and self._clean_gen.get(ns) == gen:
                 continue  # no transaction in this namespace since it was last found right
+            stage = "read"
             try:
                 if self.backend.verify(ns, m.fw):
                     if gen is not None:
                         self._clean_gen[ns] = gen
                     continue
                 self._clean_gen.pop(ns, None)
+                stage = "restore"
                 self.backend.apply(ns, m.fw, None)
                 out.repaired.append(ns)
                 out.applied[ns] = "full"
-            except NetnsError as e:
-                if not self.exists(ns):
+            except Exception as e:  # retried by converge with backoff, read back each time
+                if isinstance(e, NetnsError) and not self.exists(ns):
                     del self.managed[ns]
                     out.vanished.append(ns)
                     out.gone_ips.update(m.fw.ips)
+                elif stage == "read":
+                    self._fail(out, m.pod, ns, "cannot read our rules back: " + _message(e))
                 else:
-                    self._fail(out, m.pod, ns, str(e))
-            except Exception as e:  # a repair that fails is retried at the next round
-                self._fail(out, m.pod, ns, _message(e))
+                    self._fail(out, m.pod, ns, "our rules were changed outside the daemon and "
+                               "restoring them failed: " + _message(e, cause=True))
         return out
 
     # ------------------------------------------------------------------ cleanup
@@ -279,13 +286,20 @@ class Reconciler:
             return ("gone",)
         m = self.managed.get(ns)
         before = m.fw if m is not None else None
+        retry = ns in self.failures
         try:
-            if m is None:
+            if m is None or retry:
                 # First contact: adopt what is there if it is exactly right, else swap.
+                # A retry after a failure is first contact again: what the kernel holds
+                # is unknown (someone may have replaced our table), so no delta against
+                # the record, and success only once a read-back shows our rules.
                 if self.backend.verify(ns, fw):
-                    kind = "adopted"
+                    kind = "adopted" if not retry else "verified"
                 else:
                     kind = self.backend.apply(ns, fw, None).kind
+                    if retry and not self.backend.verify(ns, fw):
+                        raise ApplyError("the rules read back after the apply are not ours "
+                                         "(someone else holds or changes the table)")
             else:
                 kind = self.backend.apply(ns, fw, m.fw).kind
             managed = Managed(key, fw, ino, fw if standin else None)
@@ -325,7 +339,7 @@ class Reconciler:
             if managed.wanted is None:
                 self.failures.pop(ns, None)
             out.applied[ns] = kind
-            if kind != "adopted" and kind != "none":
+            if kind not in ("adopted", "none") and not (kind == "verified" and before == managed.fw):
                 out.changed[ns] = (before, managed.fw)
             return
         if tag == "standin":
@@ -346,7 +360,18 @@ class Reconciler:
         out.errors[ns] = message
 
 
-def _message(e: BaseException) -> str:
-    if isinstance(e, NetpolError):
-        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return f"{type(e).__name__}: {e}"
+def _message(e: BaseException, *, cause: bool = False) -> str:
+    """One line for a log field. A backend error's reason is on its later lines (nft's
+    message): they are joined, never dropped. ``cause``: only the underlying reason (the
+    backend's own wording, e.g. "the previous rules stay in force", is not true when
+    the rules in force were not ours)."""
+    if cause and e.__cause__ is not None:
+        e = e.__cause__
+    if isinstance(e, NetpolError) or cause:
+        text = " ".join(line.strip() for line in str(e).strip().splitlines() if line.strip())
+        return _short(text or type(e).__name__)
+    return _short(f"{type(e).__name__}: {e}")
+
+
+def _short(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -357,7 +357,7 @@ class Daemon:
         self._report_conflicts(placement.conflicts)
         # 5. Converge.
         out = self.reconciler.converge(placement.local, self.compiler.firewall, candidates)
-        self._sync_applied = sum(1 for k in out.applied.values() if k not in ("none", "adopted"))
+        self._sync_applied = sum(1 for k in out.applied.values() if k not in ("none", "adopted", "verified"))
         self._report_outcome(out)
         if self.conntrack is not None:
             self._conntrack(out, gone_ips | out.gone_ips)
@@ -490,7 +490,8 @@ class Daemon:
 
     def _report_outcome(self, out: Outcome) -> None:
         for ns, kind in sorted(out.applied.items()):
-            self.metrics.applies.labels(kind if kind in ("delta", "full", "adopted", "deny-only") else "full").inc()
+            label = "adopted" if kind == "verified" else kind
+            self.metrics.applies.labels(label if label in ("delta", "full", "adopted", "deny-only") else "full").inc()
             self.totals.applies[kind] = self.totals.applies.get(kind, 0) + 1
             m = self.reconciler.managed.get(ns)
             pod = m.pod if m else ""
@@ -503,7 +504,9 @@ class Daemon:
             self.metrics.apply_errors.inc()
             if self._said_failures.get(ns) != msg:
                 f = self.reconciler.failures.get(ns)
+                m = self.reconciler.managed.get(ns)
                 self.log.error("apply failed", netns=ns, pod=f.pod if f else "", error=msg,
+                               state="deny-only" if m is not None and m.wanted is not None else "not enforced",
                                retry_in_s=round(max(0.0, f.retry_at - self.clock()), 3) if f else None)
                 self._said_failures[ns] = msg
         for ns in list(self._said_failures):
@@ -526,6 +529,7 @@ class Daemon:
         self.metrics.sets.set(sum(len(m.fw.sets) for m in managed))
         self.metrics.set_elements.set(sum(len(s.v4) + len(s.v6) for m in managed for s in m.fw.sets))
         self.metrics.errors_in_force.set(len(self.reconciler.failures))
+        self.metrics.not_enforced.set(len(self.not_enforced()))
         for kind, n in self._object_counts().items():
             self.metrics.objects.labels(kind).set(n)
 
@@ -534,7 +538,10 @@ class Daemon:
         counts.update(self.store.counts)
         return counts
 
-    def health(self) -> tuple[bool, str]:
+    def health(self, *, live_only: bool = False) -> tuple[bool, str]:
+        """/healthz, /readyz: the worker loops and every local pod is enforced. /livez
+        (``live_only``): the worker loops (a pod that cannot be enforced is no reason to
+        restart the daemon)."""
         if self.phase == "starting":
             return False, "starting: the first sync has not finished"
         if self.phase == "stopped":
@@ -543,7 +550,25 @@ class Daemon:
         limit = max(120.0, 3 * self.opts.repair_interval)
         if stalled > limit:
             return False, f"stalled: the worker has not looped for {stalled:.0f}s"
+        if not live_only:
+            bad = self.not_enforced()
+            if bad:
+                shown = ", ".join(f"{pod} ({ns})" for ns, pod in sorted(bad.items())[:10])
+                more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+                return False, f"not enforced: {len(bad)} pod(s): {shown}{more}"
         return True, "ok: " + self._status_line()
+
+    def not_enforced(self) -> dict[str, str]:
+        """netns -> pod for local pods whose rules are not known to be in force: their
+        apply or repair failed and no deny-only stand-in holds them (a read-back after a
+        successful retry clears them)."""
+        r = self.reconciler
+        out = {}
+        for ns, f in r.failures.items():
+            m = r.managed.get(ns)
+            if m is None or m.wanted is None:
+                out[ns] = f.pod
+        return out
 
     def _status_line(self) -> str:
         errs = len(self._issues or ()) + len(self.reconciler.failures) + len(self.conflicts)
@@ -553,13 +578,18 @@ class Daemon:
     def state(self) -> dict[str, Any]:
         c = self.compiler
         pods = []
+        bad = self.not_enforced()
         for ns, m in sorted(self.reconciler.managed.items(), key=lambda kv: kv[1].pod):
             fw = m.wanted or m.fw
-            st = "deny-only" if m.wanted is not None else ("error" if ns in self.reconciler.failures else "enforced")
+            st = "not enforced" if ns in bad else ("deny-only" if m.wanted is not None else "enforced")
             pods.append({"pod": m.pod, "netns": ns, "state": st,
                          "ingress": list(fw.ingress.isolated_by) if fw.ingress.isolated else [],
                          "egress": list(fw.egress.isolated_by) if fw.egress.isolated else [],
                          "rules": len(fw.ingress.rules) + len(fw.egress.rules)})
+        for ns, pod in sorted(bad.items()):  # never applied: no record, still reported
+            if ns not in self.reconciler.managed:
+                pods.append({"pod": pod, "netns": ns, "state": "not enforced", "ingress": [], "egress": [],
+                             "rules": 0})
         info = self.last_info
         counts = self._object_counts()
         return {
@@ -588,6 +618,7 @@ class Daemon:
             "apply_errors": [{"netns": f.netns, "pod": f.pod, "message": f.message, "count": f.count}
                              for f in sorted(self.reconciler.failures.values(), key=lambda f: f.netns)],
             "conflicts": list(self.conflicts),
+            "not_enforced": [{"netns": ns, "pod": pod} for ns, pod in sorted(self.not_enforced().items())],
         }
 
     def _write_state(self) -> None:

@@ -94,6 +94,10 @@ def render(data: dict[str, Any]) -> str:
     errors = data.get("input_errors", []) + [f"{e['netns']} ({e['pod']}): {e['message']} "
                                              f"(failed {e['count']}x, retrying)" for e in data.get("apply_errors", [])]
     errors += data.get("conflicts", [])
+    bad = data.get("not_enforced") or []
+    if bad:
+        lines.append(f"NOT ENFORCED: {len(bad)} pod(s) whose rules are not in force: "
+                     + ", ".join(f"{b['pod']} ({b['netns']})" for b in bad))
     if errors:
         lines.append(f"errors in force: {len(errors)}")
         lines += [f"  {e}" for e in errors]

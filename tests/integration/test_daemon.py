@@ -339,3 +339,68 @@ def test_iptables_backends(lab, run, backend):
     assert wait_for(lambda: not lab.ok("a", "b"), 2.5) is not None  # repaired
     assert d.stop() == 0
     assert lab.ok("a", "b")  # --cleanup-on-exit
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_repair_that_cannot_succeed_stays_reported_until_it_can(lab, run):
+    """Finding 1 of issue 20: someone replaces our table with one we cannot touch (an nft
+    'owner' table held by their process). The pod is open; the daemon must say so
+    (status, /healthz, a metric) for as long as it lasts, not 'recovered'."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    write_yaml(str(run.watch / "b.yaml"), [b_from("a")])
+    d = run("--metrics-addr", f"127.0.0.1:{port}")
+    assert not lab.ok("c", "b")
+    squatter = subprocess.Popen(["ip", "netns", "exec", lab.ns("b"), "nft", "-i"], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    try:
+        squatter.stdin.write("delete table inet netpol\nadd table inet netpol { flags owner; }\n")
+        squatter.stdin.flush()
+        assert wait_for(lambda: lab.ok("c", "b"), 2) is not None  # open: our table is gone
+
+        def reported() -> bool:
+            st = d.state()
+            pod = [p for p in st["pods"] if p["pod"] == "x/b"]
+            return bool(pod) and pod[0]["state"] == "not enforced"
+
+        assert wait_for(reported, 5) is not None  # --repair-interval 1
+        # It stays reported: retries (0.1 s doubling) keep failing their read-back.
+        for _ in range(3):
+            time.sleep(0.7)
+            assert reported(), d.state()["pods"]
+            code, text = _http(base + "/healthz")
+            assert code == 503 and "x/b" in text, (code, text)
+            assert "netpol_pods_not_enforced 1.0" in _http(base + "/metrics")[1]
+        assert _http(base + "/livez")[0] == 200  # the worker itself is fine
+        assert d.logs("apply recovered") == []
+        failed = d.logs("apply failed")
+        assert failed and failed[0]["netns"] == lab.ns("b") and "Operation not permitted" in failed[0]["error"]
+        out = subprocess.run([os.path.join(os.path.dirname(os.sys.executable), "netpol"), "status",
+                              "--state-file", d.state_file], capture_output=True, text=True)
+        assert out.returncode == 1 and "NOT ENFORCED" in out.stdout and "not enforced" in out.stdout
+        assert lab.ok("c", "b")
+    finally:
+        squatter.stdin.close()  # its owner table goes with it
+        squatter.wait(5)
+    # Now it can: the retry restores our rules and the read-back clears the error.
+    assert wait_for(lambda: not lab.ok("c", "b"), 40) is not None
+    assert wait_for(lambda: _http(base + "/healthz")[0] == 200, 5) is not None
+    assert "netpol_pods_not_enforced 0.0" in _http(base + "/metrics")[1]
+    assert [p["state"] for p in d.state()["pods"] if p["pod"] == "x/b"] == ["enforced"]
+    assert d.logs("apply recovered")

@@ -320,3 +320,46 @@ def test_repair_reads_back_only_namespaces_whose_generation_moved():
     gens["ns-b"] += 1  # our own restore was a transaction too
     r.repair()
     assert verified == ["ns-b"]
+
+
+def test_failed_repair_stays_failed_until_a_read_back_shows_our_rules():
+    """Issue 20, finding 1: a repair that cannot restore the rules is not 'recovered' at
+    the next converge just because the desired firewall equals the recorded one."""
+    w = World()
+    r = w.reconciler()
+    comp = Compiler(cluster([allow_from("a")]), node_ips=NODE)
+    r.converge(LOCAL, comp.firewall)
+    del w.backend.installed["ns-b"]  # replaced by a table we cannot touch
+    w.backend.fail_on = {"ns-b"}
+    out = r.repair()
+    assert "ns-b" in out.errors and "restoring them failed" in out.errors["ns-b"]
+    for _ in range(5):
+        w.clock.advance(r.next_retry() - w.clock.now)
+        out = r.converge(LOCAL, comp.firewall)
+        assert "ns-b" in r.failures and "ns-b" in out.errors
+    # Apply "succeeds" but the read-back still is not ours: still failed.
+    w.backend.fail_on = set()
+    real_apply = w.backend.apply
+    w.backend.apply = lambda ns, fw, prev=None: real_apply(ns, deny_only(fw), prev)
+    w.clock.advance(r.next_retry() - w.clock.now)
+    out = r.converge(LOCAL, comp.firewall)
+    assert "ns-b" in r.failures and "not ours" in out.errors["ns-b"]
+    w.backend.apply = real_apply
+    w.clock.advance(r.next_retry() - w.clock.now)
+    out = r.converge(LOCAL, comp.firewall)
+    assert r.failures == {} and out.applied == {"ns-b": "full"}
+    assert w.backend.installed["ns-b"] == comp.firewall("x/b")
+
+
+def test_backend_reason_is_kept_in_the_message():
+    from enforcer.daemon.reconcile import _message
+
+    try:
+        try:
+            raise RuntimeError("Error: Could not process rule: Operation not permitted")
+        except RuntimeError as e:
+            raise ApplyError("nftables: applying failed; the previous rules stay in force:\n"
+                             "Error: Could not process rule: Operation not permitted") from e
+    except ApplyError as e:
+        assert "Operation not permitted" in _message(e)
+        assert _message(e, cause=True) == "Error: Could not process rule: Operation not permitted"
