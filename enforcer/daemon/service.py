@@ -364,7 +364,10 @@ class Daemon:
         self._update_gauges()
         if out.errors:
             self.totals.apply_errors += len(out.errors)
-        return self.reconciler.next_retry()
+        # Run again when a failed namespace retries or a file still settling becomes due:
+        # this run consumed every pending request, so nothing else would wake us for them.
+        wake = [t for t in (self.reconciler.next_retry(), self.source.next_ready()) if t is not None]
+        return min(wake) if wake else None
 
     def _feed(self, changes: dict[ObjKey, Any]) -> tuple[set[str], set[str]]:
         """Changed objects -> compiler calls, in the compiler's own order (namespaces, then

@@ -550,9 +550,16 @@ class DirSource:
     # -- inotify
 
     def start(self) -> None:
-        from watchdog.observers import Observer
+        try:
+            # Full events: a file moved in from outside the watched directory is reported
+            # as a move (complete: read it now), not as a creation (still being written).
+            from watchdog.observers.inotify import InotifyObserver
 
-        self._observer = Observer()
+            self._observer = InotifyObserver(generate_full_events=True)
+        except (ImportError, TypeError, OSError):
+            from watchdog.observers import Observer
+
+            self._observer = Observer()
         self._observer.daemon = True
         for d in self.dirs:
             self._ensure_watch(d)
@@ -590,9 +597,11 @@ class _Handler:
             if kind in ("deleted", "moved") and src in self.source.dirs:
                 self.source.lost_watch(src)
             return
-        if kind == "moved":
-            self.source.note(src, True)
-            self.source.note(os.fsdecode(event.dest_path), True)
+        if kind == "moved":  # src or dest is "" for a move from or to outside the directory
+            if src:
+                self.source.note(src, True)
+            if event.dest_path:
+                self.source.note(os.fsdecode(event.dest_path), True)
         elif kind == "closed":
             self.source.opened(src, -1)
             self.source.note(src, True)

@@ -440,3 +440,24 @@ def test_watchdog_is_fed_during_a_long_sync(env, monkeypatch):
     pings = [lines for lines in d.notifier.sent if lines == ("WATCHDOG=1",)]
     assert len(pings) >= 2  # fed while it worked, before READY
     assert d.notifier.sent[-1][0] == "READY=1"
+
+
+def test_a_settling_file_keeps_its_wake_up_after_another_file_is_synced(env):
+    """Issue 20, finding 2: the sync that reads the first file consumed every pending
+    request; the second file, still settling, must still wake the worker (not wait
+    for the resync)."""
+    d = env.make()
+    d.start()
+    (env.watch / "q1.yaml").write_text(policy("c", name="q1"))
+    d.source.note(str(env.watch / "q1.yaml"), ready=False)  # modified, no close seen: settles 0.5 s
+    env.clock.advance(0.3)
+    (env.watch / "q2.yaml").write_text(policy("a", name="q2").replace("app: b", "app: c"))
+    d.source.note(str(env.watch / "q2.yaml"), ready=False)
+    env.clock.advance(0.2)
+    d.step()
+    assert env.backend.installed["ns-b"].ingress.isolated_by == ("x/b-in", "x/q1")
+    assert not env.backend.installed["ns-c"].ingress.isolated
+    assert d.runner.due() <= env.clock.now + 0.3  # q2's own settle time, not the resync
+    env.clock.advance(0.3)
+    d.step()
+    assert env.backend.installed["ns-c"].ingress.isolated_by == ("x/q2",)
