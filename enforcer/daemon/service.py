@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from enforcer import ipam
-from enforcer.compile import Compiler
+from enforcer.daemon.batch import BatchCompiler, Interrupted
 from enforcer.daemon import status as statusfile
 from enforcer.daemon.conntrack import Conntrack
+from enforcer.daemon.desired import Source
 from enforcer.daemon.discovery import Discovery, NetnsWatcher, place, pods_by_ip
 from enforcer.daemon.logs import Log
 from enforcer.daemon.metrics import Metrics, MetricsServer
@@ -76,16 +77,20 @@ class Daemon:
     def __init__(self, opts: Options, *, backend, log: Log, clock: Callable[[], float] = time.monotonic,
                  notifier: Notifier | None = None, discovery: Discovery | None = None,
                  conntrack: Conntrack | None = None, watch_netns: bool = True, watch_files: bool = True,
-                 reconciler: Reconciler | None = None) -> None:
+                 reconciler: Reconciler | None = None, source: Source | None = None) -> None:
         self.opts = opts
         self.log = log
         self.clock = clock
         self.backend = backend
         self.notifier = notifier or Notifier("")
         self.metrics = Metrics()
-        memory = LastGood(opts.state_file + ".lastgood") if opts.state_file else None
-        self.store = ManifestStore(legacy_namespace_isolation=opts.legacy_namespace_isolation, memory=memory)
-        self.source = DirSource(opts.watch, self.store, settle=opts.settle, clock=clock)
+        if source is None:  # the file source; the API source is built by the caller (kube.py)
+            memory = LastGood(opts.state_file + ".lastgood") if opts.state_file else None
+            store = ManifestStore(legacy_namespace_isolation=opts.legacy_namespace_isolation, memory=memory)
+            source = DirSource(opts.watch, store, settle=opts.settle, clock=clock)
+        self.source: Source = source
+        self.store = source.store
+        self.source.register_metrics(self.metrics.registry)
         self.discovery = discovery or Discovery(opts.netns_prefix)
         self.watch_netns = watch_netns
         self.watch_files = watch_files  # tests drive DirSource.note themselves
@@ -106,7 +111,7 @@ class Daemon:
                                                    generation=generation)
         self.reconciler.progress = self._feed_watchdog
         self.conntrack = conntrack if conntrack is not None else (Conntrack() if opts.conntrack_strict else None)
-        self.compiler: Compiler | None = None
+        self.compiler: BatchCompiler | None = None
         self.runner = BoundedRunner(self._sync, clock=clock, min_interval=opts.min_interval,
                                     resync=opts.resync)
         self.repair_timer = Periodic(opts.repair_interval, clock=clock)
@@ -157,6 +162,8 @@ class Daemon:
         if self.watch_netns:
             self.netns_watcher = NetnsWatcher(self.opts.netns_prefix, self._netns_changed)
             self.netns_watcher.start()
+        # Nothing is written from a partial view (the API source's first lists).
+        self.source.wait_complete(lambda: self._stop)
         self._force_read = True
         info = self.runner.run_now(full=True)
         self._after_run(info)
@@ -298,12 +305,10 @@ class Daemon:
         force, self._force_read = self._force_read, False
         self._sync_files = self._sync_netns = self._sync_applied = 0
         # 1. Input: files due, and every file on a full run (their stat signature decides).
-        if full:
-            self._changes.update(self.source.scan(force=force))
-        paths, _ = self.source.take_due()
-        self._changes.update(self.source.load(paths))
-        self._sync_files = len(paths)
-        if paths or full or self._issues is None:
+        changes, read = self.source.poll(full=full, force=force)
+        self._changes.update(changes)
+        self._sync_files = read
+        if read or full or self._issues is None:
             self._report_issues()  # problems change only when files are read
         # 2. Namespaces: the dirty ones, all of them on a full run.
         with self._ns_lock:
@@ -326,13 +331,16 @@ class Daemon:
             self._pods_changed = self._pods_changed or any(k[0] == "Pod" for k in self._changes)
             if self.compiler is None:
                 self._pods_changed = True
-                self.compiler = Compiler(self.store.cluster(), node_ips=self.opts.node_ips,
-                                         legacy_namespace_isolation=self.opts.legacy_namespace_isolation)
+                self.compiler = BatchCompiler(self.store.cluster(), node_ips=self.opts.node_ips,
+                                              legacy_namespace_isolation=self.opts.legacy_namespace_isolation)
                 candidates: set[str] | None = None
                 self._changes.clear()
             else:
-                candidates, gone_ips = self._feed(self._changes)
+                candidates, gone_ips = self.compiler.feed(self._changes, self._stopping)
                 self._changes.clear()
+        except Interrupted:
+            self.compiler = None  # half fed: rebuilt from the store if the loop goes on
+            raise
         except Exception as e:
             # The firewalls cannot be computed: fail closed for pods that have no rules of
             # ours yet, rebuild the compiler from scratch on the retry.
@@ -349,7 +357,7 @@ class Daemon:
             candidates = None
         # 4. Which pods live here.
         if self._by_ip is None or self._pods_changed:
-            self._pod_ips = {k: p.ips for k, p in self.compiler.pods.items()}
+            self._pod_ips = {k: p.ips for k, p in self.compiler.pods.items() if self.source.is_local(k)}
             self._by_ip = pods_by_ip(self._pod_ips)
             self._pods_changed = False
         placement = place(self._pod_ips, self.discovery.index(), self._by_ip)
@@ -369,36 +377,9 @@ class Daemon:
         wake = [t for t in (self.reconciler.next_retry(), self.source.next_ready()) if t is not None]
         return min(wake) if wake else None
 
-    def _feed(self, changes: dict[ObjKey, Any]) -> tuple[set[str], set[str]]:
-        """Changed objects -> compiler calls, in the compiler's own order (namespaces, then
-        policy removals, pod removals, pods, policies). Returns (pods whose firewall changed,
-        addresses of pods that went away)."""
-        assert self.compiler is not None
-        c = self.compiler
-        affected: set[str] = set()
-        gone: set[str] = set()
-        items = sorted(changes.items(), key=lambda kv: (KIND_ORDER.get(kv[0][0], 9), kv[0][1]))
-        for (kind, key), obj in items:
-            if kind == "Namespace":
-                affected |= c.remove_namespace(key) if obj is None else c.set_namespace(obj)
-        for (kind, key), obj in items:
-            if kind == "NetworkPolicy" and obj is None:
-                affected |= c.remove_policy(key)
-        for (kind, key), obj in items:
-            if kind == "Pod":
-                old = c.pods.get(key)
-                if obj is None:
-                    if old is not None:
-                        gone.update(old.ips)
-                    affected |= c.remove_pod(key)
-                else:
-                    if old is not None and old.ips != obj.ips:
-                        gone.update(set(old.ips) - set(obj.ips))
-                    affected |= c.set_pod(obj)
-        for (kind, key), obj in items:
-            if kind == "NetworkPolicy" and obj is not None:
-                affected |= c.set_policy(obj)
-        return affected, gone
+    def _stopping(self) -> bool:
+        with self._cond:
+            return self._stop
 
     def _conntrack(self, out: Outcome, gone_ips: set[str]) -> None:
         assert self.conntrack is not None
@@ -458,6 +439,8 @@ class Daemon:
             emit("sync done", kind=kind, ms=self.last_sync_ms, pods=len(self.local),
                  delay_ms=None if delay is None else round(delay * 1000, 3),
                  files=self._sync_files, namespaces=self._sync_netns, applied=self._sync_applied)
+        elif isinstance(info.error, Interrupted):
+            self.log.info("sync interrupted", kind=kind, reason="stopping")
         else:
             self.totals.sync_errors += 1
             self.metrics.syncs.labels("error").inc()
@@ -559,6 +542,9 @@ class Daemon:
                 shown = ", ".join(f"{pod} ({ns})" for ns, pod in sorted(bad.items())[:10])
                 more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
                 return False, f"not enforced: {len(bad)} pod(s): {shown}{more}"
+            ok, why = self.source.health()
+            if not ok:  # the API server is away: fail-static, and said so
+                return False, f"degraded: {why}; " + self._status_line()
         return True, "ok: " + self._status_line()
 
     def not_enforced(self) -> dict[str, str]:
@@ -603,6 +589,7 @@ class Daemon:
             "updated": statusfile.iso(time.time()),
             "backend": self.backend.name,
             "watch": list(self.opts.watch),
+            "source": self.source.describe(),
             "netns_prefix": self.opts.netns_prefix,
             "conntrack_strict": self.opts.conntrack_strict,
             "last_sync": None if info is None else {

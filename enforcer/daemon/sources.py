@@ -547,6 +547,32 @@ class DirSource:
             changes.update(self.load(sorted(stale)))
         return changes
 
+    # -- the daemon's Source protocol (enforcer.daemon.desired)
+
+    def poll(self, *, full: bool, force: bool) -> tuple[dict[ObjKey, object | None], int]:
+        """Files due, and every file on a full run (their stat signature decides)."""
+        changes: dict[ObjKey, object | None] = {}
+        if full:
+            changes.update(self.scan(force=force))
+        paths, _ = self.take_due()
+        changes.update(self.load(paths))
+        return changes, len(paths)
+
+    def wait_complete(self, stopping: Callable[[], bool]) -> None:
+        pass  # the first poll reads every file
+
+    def is_local(self, pod_key: str) -> bool:
+        return True  # a pod is ours when its address is in one of our namespaces
+
+    def health(self) -> tuple[bool, str]:
+        return True, ""
+
+    def describe(self) -> dict:
+        return {"type": "files", "watch": list(self.dirs)}
+
+    def register_metrics(self, registry) -> None:
+        pass
+
     # -- inotify
 
     def start(self) -> None:
