@@ -19,6 +19,8 @@ from enforcer.errors import InputError, NetpolError
 
 FILES = click.option("-f", "--filename", "files", multiple=True, required=True,
                      help="Manifest file, directory or - for stdin (repeatable).")
+BY = click.option("--by", type=click.Choice(["pod", "workload"]), default="pod", show_default=True,
+                  help="workload: one row per Deployment, StatefulSet, ... (its replicas together).")
 LEGACY = click.option("--legacy-namespace-isolation", is_flag=True,
                       help="Honour the pre-v1 namespace annotation net.beta.kubernetes.io/network-policy (DefaultDeny).")
 
@@ -87,7 +89,8 @@ def _family(value: str) -> int:
 @click.option("--out-file", type=click.Path(dir_okay=False), help="Where -o svg|png writes (default matrix.svg/png).")
 @click.option("--from", "src_glob", default="*", help="Only sources matching this pattern, e.g. 'prod/*'.")
 @click.option("--to", "dst_glob", default="*", help="Only destinations matching this pattern, e.g. 'prod/db'.")
-def matrix(files, legacy_namespace_isolation, ports, fmt, family, out_file, src_glob, dst_glob) -> None:
+@BY
+def matrix(files, legacy_namespace_isolation, ports, fmt, family, out_file, src_glob, dst_glob, by) -> None:
     """The model's verdict for every ordered pair of endpoints (no root needed)."""
     import fnmatch
 
@@ -95,6 +98,10 @@ def matrix(files, legacy_namespace_isolation, ports, fmt, family, out_file, src_
 
     loaded = load(files, legacy=legacy_namespace_isolation)
     rows = verdict.matrix(loaded.cluster, loaded.firewalls, verdict.parse_ports(ports), _family(family))
+    if by == "workload":
+        from enforcer import workloads
+
+        rows = workloads.group_rows(loaded.cluster, rows)
     # Dense clusters draw unreadable pictures: the patterns keep what a reader asks about.
     rows = [r for r in rows if fnmatch.fnmatchcase(r["from"], src_glob) and fnmatch.fnmatchcase(r["to"], dst_glob)]
     emit_rows(rows, fmt, backend="model", out_file=out_file)
@@ -123,8 +130,9 @@ def emit_rows(rows: list[dict], fmt: str, *, backend: str, out_file: str | None 
 @cli.command(context_settings=CONTEXT)
 @FILES
 @LEGACY
-@click.option("--from", "src", required=True, help="Source: NAMESPACE/POD, an ExternalHost name or an IP.")
-@click.option("--to", "dst", required=True, help="Destination: NAMESPACE/POD, an ExternalHost name or an IP.")
+@click.option("--from", "src", required=True, help="Source: NAMESPACE/POD, NAMESPACE/WORKLOAD, an ExternalHost name or an IP.")
+@click.option("--to", "dst", required=True,
+              help="Destination: NAMESPACE/POD, NAMESPACE/WORKLOAD, svc:NAMESPACE/SERVICE, an ExternalHost name or an IP.")
 @click.option("--port", "port", required=True, help="PORT/PROTOCOL, e.g. 80/TCP.")
 @click.option("--family", type=click.Choice(["ipv4", "ipv6"]), default="ipv4")
 @click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text")
@@ -134,11 +142,24 @@ def trace(files, legacy_namespace_isolation, src, dst, port, family, fmt) -> Non
 
     loaded = load(files, legacy=legacy_namespace_isolation)
     (p, proto), = verdict.parse_ports(port) or [(0, "")]
+    from enforcer import services, workloads
+
+    src, note = workloads.resolve_name(loaded.cluster, src)
+    if note:
+        click.echo(f"note: {note}", err=True)
     a = verdict.resolve(loaded.cluster, src)
+    svc = services.trace(loaded.cluster, loaded.firewalls, a, dst, p, proto, _family(family))
+    if svc is not None:
+        lines, doc, allowed = svc
+        click.echo(json.dumps(doc, indent=2) if fmt == "json" else "\n".join(lines))
+        sys.exit(0 if allowed else 1)
+    dst, note = workloads.resolve_name(loaded.cluster, dst)
+    if note:
+        click.echo(f"note: {note}", err=True)
     b = verdict.resolve(loaded.cluster, dst)
     v = verdict.verdict(loaded.firewalls, a, b, p, proto, _family(family))
     if fmt == "json":
-        click.echo(json.dumps(explain.trace_json(v), indent=2))
+        click.echo(json.dumps(explain.trace_json(v, loaded.cluster), indent=2))
     else:
         click.echo("\n".join(explain.trace_lines(loaded.cluster, v)))
     sys.exit(0 if v.allowed else 1)
@@ -148,13 +169,20 @@ def trace(files, legacy_namespace_isolation, src, dst, port, family, fmt) -> Non
 @FILES
 @LEGACY
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table")
-def explain(files, legacy_namespace_isolation, fmt) -> None:
+@BY
+def explain(files, legacy_namespace_isolation, fmt, by) -> None:
     """Per policy: the pods it selects, its directions, its peers and ports in words."""
     from enforcer import explain as ex
 
     loaded = load(files, legacy=legacy_namespace_isolation)
     sel = {k: loaded.compiler.selected_pods(k) for k in loaded.cluster.policies}
     rows = ex.explain_rows(loaded.cluster, sel, legacy=legacy_namespace_isolation)
+    if by == "workload":
+        from enforcer import workloads
+
+        for row in rows:
+            row["targets"] = sorted({workloads.describe_group(loaded.cluster, workloads.group_of(loaded.cluster.pods[k]))
+                                     for k in row["targets"] if k in loaded.cluster.pods})
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return

@@ -6,6 +6,7 @@ anything, it only says why the IR decided what it did.
 from __future__ import annotations
 
 from enforcer.model import Cluster, NetworkPolicy, Peer, Rule
+from enforcer.reasons import Check, PolicyReasons, RuleReasons, side_reasons
 from enforcer.selectors import describe
 from enforcer.verdict import Side, Verdict
 
@@ -61,23 +62,58 @@ def describe_endpoint(cluster: Cluster, ident: str) -> str:
     return f"{ident} has {labels} (namespace {pod.namespace}: {ns_labels})"
 
 
-def _side_text(cluster: Cluster, s: Side, other: str) -> str:
+def _rule_summary(r: RuleReasons, other: str, port: str) -> str:
+    peer = ("every peer (no " + ("from" if r.direction == "ingress" else "to") + ")" if not r.peers
+            else " and ".join(c.field for c in r.peers if c.matched) + " covers " + other if r.peer_ok
+            else "no peer covers " + other)
+    ports = ("every port (no ports)" if not r.ports
+             else " and ".join(c.field for c in r.ports if c.matched) + " covers " + port if r.port_ok
+             else "no ports entry covers " + port)
+    if r.matched:
+        return f"allows it: {peer}; {ports}"
+    if r.peer_ok:
+        return f"does not allow it: {peer}, but {ports}"
+    if r.port_ok:
+        return f"does not allow it: {peer} ({ports})"
+    return f"does not allow it: {peer}, and {ports}"
+
+
+def _reason_lines(s: Side, pols: list[PolicyReasons], other: str, port: str) -> list[str]:
+    out = []
+    allowed = {(p.policy, p.direction, p.rule_index) for p in s.allowed_by}
+    for pr in pols:
+        if pr.note:
+            out.append(f"  {pr.policy}: {pr.note}.")
+            continue
+        if not pr.rules:
+            out.append(f"  {pr.policy}: no {pr.direction} rules, so it allows no {pr.direction} traffic.")
+        for r in pr.rules:
+            line = f"  {r.policy} {r.field} {_rule_summary(r, other, port)}."
+            if r.matched != ((r.policy, r.direction, r.index) in allowed):  # must never happen
+                line += " (internal: the compiled rules disagree; please report this)"
+            out.append(line)
+            for c in r.peers + r.ports:
+                out.append(f"    {c.field} {c.text}: {'yes' if c.matched else 'no'}, {c.reason}")
+    return out
+
+
+def _side_text(cluster: Cluster, v: Verdict, s: Side) -> list[str]:
     d = s.direction
+    other = v.src.id if d == "ingress" else v.dst.id
+    port = f"{v.port}/{v.protocol}"
     if s.always:
-        return f"{s.pod} {d}: allowed, {s.always}."
+        return [f"{s.pod} {d}: allowed, {s.always}."]
     if not s.isolated:
-        return f"{s.pod} is not isolated for {d}: every {'source' if d == 'ingress' else 'destination'} is allowed."
+        return [f"{s.pod} is not isolated for {d}: every {'source' if d == 'ingress' else 'destination'} is allowed."]
     by = " and ".join(s.isolated_by)
+    pols = side_reasons(cluster, s.isolated_by, d, v.src.id, v.src_ip, v.dst.id, v.dst_ip, v.port, v.protocol)
     if s.allowed_by:
-        rules = "; ".join(_rule_text(cluster, p.policy, p.direction, p.rule_index) for p in s.allowed_by)
-        return f"{s.pod} is isolated for {d} by {by}; allowed by {rules}."
-    pols = [cluster.policies[k] for k in s.isolated_by if k in cluster.policies]
-    rules = [_rule_text(cluster, p.key, d, i) for p in pols
-             for i in range(len(p.ingress if d == "ingress" else p.egress))]
-    why = "; ".join(rules) if rules else "they have no " + d + " rules (default deny)"
-    return (f"{s.pod} is isolated for {d} by {by}; "
-            f"{'none allows' if len(pols) != 1 else 'it does not allow'} {other}: {why}. "
-            f"{describe_endpoint(cluster, other)}.")
+        rules = " and ".join(p.comment() for p in s.allowed_by)
+        head = f"{s.pod} is isolated for {d} by {by}; allowed by {rules}."
+    else:
+        head = (f"{s.pod} is isolated for {d} by {by}; no rule allows {other} on {port}. "
+                f"{describe_endpoint(cluster, other)}.")
+    return [head] + _reason_lines(s, pols, other, port)
 
 
 def _rule_text(cluster: Cluster, policy: str, direction: str, index: int) -> str:
@@ -97,24 +133,45 @@ def trace_lines(cluster: Cluster, v: Verdict) -> list[str]:
     if v.egress is None:
         lines.append(f"  {v.src.id} is outside the cluster: no egress policy applies to it.")
     else:
-        lines.append("  " + _side_text(cluster, v.egress, v.dst.id))
+        lines += ["  " + ln for ln in _side_text(cluster, v, v.egress)]
     if v.ingress is None:
         lines.append(f"  {v.dst.id} is outside the cluster: no ingress policy applies to it.")
     else:
-        lines.append("  " + _side_text(cluster, v.ingress, v.src.id))
+        lines += ["  " + ln for ln in _side_text(cluster, v, v.ingress)]
     if v.allowed:
         lines.append("  Replies on this connection are allowed too (conntrack), whatever the policies say about the reverse direction.")
     return lines
 
 
-def trace_json(v: Verdict) -> dict:
+def _check_json(c: Check) -> dict:
+    out = {"field": c.field, "text": c.text, "matched": c.matched, "reason": c.reason}
+    if c.resolved is not None:
+        out["resolved_port"] = c.resolved
+    return out
+
+
+def trace_json(v: Verdict, cluster: Cluster | None = None) -> dict:
+    """The verdict, and with ``cluster`` the reasons per policy, rule, peer and port."""
     def side(s: Side | None):
         if s is None:
             return None
-        return {"pod": s.pod, "direction": s.direction, "isolated": s.isolated,
-                "isolated_by": list(s.isolated_by), "allowed": s.allowed, "always": s.always or None,
-                "allowed_by": [{"policy": p.policy, "direction": p.direction, "rule": p.rule_index}
-                               for p in s.allowed_by]}
+        out = {"pod": s.pod, "direction": s.direction, "isolated": s.isolated,
+               "isolated_by": list(s.isolated_by), "allowed": s.allowed, "always": s.always or None,
+               "allowed_by": [{"policy": p.policy, "direction": p.direction, "rule": p.rule_index}
+                              for p in s.allowed_by]}
+        if cluster is not None and s.isolated and not s.always:
+            pols = side_reasons(cluster, s.isolated_by, s.direction, v.src.id, v.src_ip,
+                                v.dst.id, v.dst_ip, v.port, v.protocol)
+            out["policies"] = [
+                {"policy": pr.policy, "note": pr.note or None,
+                 "rules": [{"rule": r.index, "field": r.field, "matched": r.matched,
+                            "peers": [_check_json(c) for c in r.peers], "all_peers": not r.peers,
+                            "peer_matched": r.peer_ok,
+                            "ports": [_check_json(c) for c in r.ports], "all_ports": not r.ports,
+                            "port_matched": r.port_ok}
+                           for r in pr.rules]}
+                for pr in pols]
+        return out
     return {"from": v.src.id, "to": v.dst.id, "port": v.port, "protocol": v.protocol,
             "from_ip": v.src_ip, "to_ip": v.dst_ip, "allowed": v.allowed,
             "always": v.always or None, "egress": side(v.egress), "ingress": side(v.ingress)}
