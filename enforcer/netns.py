@@ -4,8 +4,8 @@ Everything that must run inside a pod's namespace (a firewall tool, a server, a 
 netlink socket) goes through here, so there is exactly one piece of code to audit for the
 lab's safety rule: we only ever touch namespaces we were given by name, never the host's.
 
-Built on pyroute2: ``pyroute2.netns`` creates, removes and enters namespaces (bind mounts
-under /run/netns, as ``ip netns`` does), ``IPRoute(netns=...)`` configures links inside one.
+Built on pyroute2: ``pyroute2.netns`` removes namespaces (bind mounts under /run/netns, as
+``ip netns`` does; ``create`` is our own, fork-free), ``IPRoute(netns=...)`` configures links inside one.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import os
 import subprocess
 from typing import Iterator, Sequence
 
+from enforcer import interrupts
 from enforcer.errors import NetnsError
 
 RUN_DIR = "/run/netns"
@@ -35,14 +36,77 @@ def list_names(prefix: str = "") -> list[str]:
 
 
 def create(name: str) -> None:
-    from pyroute2 import netns
+    """Create namespace ``name`` as ``ip netns add`` does, without a child process.
 
+    pyroute2's ``netns.create`` forks a helper; a Ctrl-C reaching that fork raised
+    KeyboardInterrupt in a copy of the caller (seen as a second pytest run finishing inside
+    ``lab up``). Here the calling thread unshares its own network namespace, bind-mounts it
+    under /run/netns and returns home, with interrupts held for those few system calls.
+    """
     if exists(name):
         raise NetnsError(f"network namespace {name} exists already")
     try:
-        netns.create(name)
+        _share_run_dir()
+        with interrupts.deferred():
+            _create_here(name)
     except OSError as e:
         raise NetnsError(f"cannot create network namespace {name}: {e}") from e
+
+
+_MS_BIND, _MS_REC, _MS_SHARED, _CLONE_NEWNET = 4096, 16384, 1 << 20, 0x40000000
+_shared = False
+
+
+def _libc():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _share_run_dir() -> None:
+    """Make /run/netns a shared mount (once per process), as iproute2 does, so the bind
+    mounts below reach every mount namespace."""
+    global _shared
+    if _shared:
+        return
+    os.makedirs(RUN_DIR, exist_ok=True)
+    libc = _libc()
+    if libc.mount(b"", RUN_DIR.encode(), b"none", _MS_SHARED | _MS_REC, None) != 0:
+        _check(libc.mount(RUN_DIR.encode(), RUN_DIR.encode(), b"none", _MS_BIND | _MS_REC, None),
+               f"bind-mount {RUN_DIR}")
+        _check(libc.mount(b"", RUN_DIR.encode(), b"none", _MS_SHARED | _MS_REC, None), f"share {RUN_DIR}")
+    _shared = True
+
+
+def _create_here(name: str) -> None:
+    libc = _libc()
+    target = path(name)
+    own = f"/proc/self/task/{_gettid()}/ns/net"
+    home = os.open(own, os.O_RDONLY)
+    try:
+        os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+        try:
+            _check(libc.unshare(_CLONE_NEWNET), "unshare")
+            try:
+                _check(libc.mount(own.encode(), target.encode(), b"none", _MS_BIND, None), "mount")
+            finally:
+                _setns(home)
+        except BaseException:
+            try:
+                os.unlink(target)
+            except OSError:
+                pass
+            raise
+    finally:
+        os.close(home)
 
 
 def remove(name: str) -> None:
@@ -111,17 +175,22 @@ def entered(name: str) -> Iterator[None]:
     if not exists(name):
         raise NetnsError(f"network namespace {name} does not exist")
     home = os.open(f"/proc/self/task/{_gettid()}/ns/net", os.O_RDONLY)
+    inside = False
     try:
         fd = os.open(path(name), os.O_RDONLY)
         try:
-            _setns(fd)
+            # An interrupt between entering and the ``finally`` that leaves would strand
+            # the thread (and whatever cleanup runs next) inside the pod's namespace.
+            with interrupts.deferred():
+                _setns(fd)
+                inside = True
         finally:
             os.close(fd)
-        try:
-            yield
-        finally:
-            _setns(home)
+        yield
     finally:
+        if inside:
+            with interrupts.deferred():
+                _setns(home)
         os.close(home)
 
 

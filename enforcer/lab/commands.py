@@ -150,14 +150,40 @@ def probe_cmd(name, ports, fmt, expect, timeout, family) -> None:
 
 
 @lab.command("down", context_settings=CONTEXT)
-@NAME
-def down_cmd(name) -> None:
+@click.option("--name", help="The lab's name.")
+@click.option("--force", is_flag=True, help="Also remove namespaces that merely carry the lab's "
+              "prefix (netpol-NAME-...) when the lab has no state; without it they are only listed.")
+@click.option("--stale", is_flag=True, help="Remove every lab whose owner process is gone "
+              "(a killed pytest run or lab up); see lab list.")
+def down_cmd(name, force, stale) -> None:
     """Remove everything the lab created (also a half-built or crashed lab)."""
     _need_root()
-    if control.down(name):
+    if bool(name) == stale:
+        raise click.UsageError("give either --name LAB or --stale")
+    if stale:
+        gone = control.down_stale()
+        for n in gone:
+            click.echo(f"lab {n} removed (its owner is gone)")
+        if not gone:
+            click.echo("note: no stale labs", err=True)
+        return
+    if control.down(name, force=force):
         click.echo(f"lab {name} removed")
     else:
         click.echo(f"note: no lab named {name}: nothing to remove", err=True)
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _owner(item: dict) -> str:
+    if item.get("owner_pid") is None:
+        return "stale" if item.get("stale") else "-"
+    return f"{item['owner_pid']}" + ("" if item.get("owner_alive") else " gone")
 
 
 @lab.command("list", context_settings=CONTEXT)
@@ -171,11 +197,16 @@ def list_cmd(fmt) -> None:
     if not labs:
         click.echo("no labs")
         return
-    click.echo(f"{'NAME':20} {'BACKEND':16} {'PODS':>5} {'EXT':>4} {'POLICIES':>8}  {'SERVER':8} PHASE")
+    click.echo(f"{'NAME':20} {'BACKEND':16} {'PODS':>5} {'EXT':>4} {'POLICIES':>8}  {'SERVER':8} "
+               f"{'PHASE':9} {'OWNER':13} AGE")
     for item in labs:
         click.echo(f"{item['name']:20} {item.get('backend', '-'):16} {item.get('pods', 0):>5} "
                    f"{item.get('externals', 0):>4} {item.get('policies', 0):>8}  "
-                   f"{item.get('server', '-'):8} {item.get('phase', '-')}")
+                   f"{item.get('server', '-'):8} {item.get('phase', '-'):9} {_owner(item):13} "
+                   f"{_age(item.get('age', 0))}")
+    if any(item.get("stale") for item in labs):
+        click.echo("owner gone: the process that owned the lab is gone; remove such labs with: "
+                   "netpol lab down --stale", err=True)
 
 
 @lab.command("stats", context_settings=CONTEXT)
@@ -234,22 +265,26 @@ def drops_cmd(name, count, timeout, fmt) -> None:
 @TIMEOUT
 @FAMILY
 @click.option("--ipv6", is_flag=True, help="Give every pod an IPv6 address too.")
-def probe(files, backend, ports, fmt, expect, timeout, family, ipv6) -> None:
+@click.option("--name", help="The throw-away lab's name (default probe-PID).")
+def probe(files, backend, ports, fmt, expect, timeout, family, ipv6, name) -> None:
     """Up, probe, down in one: a throw-away lab (always removed, also on errors or Ctrl-C)."""
     _need_root()
+    from enforcer.lab import naming
+
+    name = naming.check_lab_name(name) if name is not None else f"probe-{os.getpid()}"
     cluster = load_cluster(files)
     fam = 6 if family == "ipv6" else 4
     parsed = _ports(ports)
-    name = f"probe-{os.getpid()}"
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        out = control.up(name, cluster, backend, ipv6=ipv6 or fam == 6)
+        out = control.up(name, cluster, backend, ipv6=ipv6 or fam == 6, owned=True)
         _notes(out.notes)
         expect_rows = _expected_rows(expect, name, parsed, fam) if expect else None
         report = control.probe(name, parsed, family=fam, timeout=timeout)
     finally:
         try:
-            control.down(name)
+            if control.mine(name):  # not a lab of that name that someone else made
+                control.down(name)
         finally:
             signal.signal(signal.SIGTERM, previous)
     if not _emit(report, fmt, name, expect_rows):

@@ -20,11 +20,12 @@ Every command on a lab holds the lab's lock (state.locked).
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from enforcer import ipam, netns
+from enforcer import interrupts, ipam, netns
 from enforcer.errors import LabError, NetnsError
 from enforcer.ir import PodFirewall
 from enforcer.lab import naming, servers, state, topology
@@ -136,24 +137,40 @@ def _server_sync(st: LabState, endpoints: Iterable[Endpoint]) -> list[str]:
 # ------------------------------------------------------------------- up
 
 
-def up(name: str, cluster: Cluster, backend_name: str = "nftables", *, ipv6: bool = False) -> Outcome:
-    """Build lab ``name`` from ``cluster`` and enforce its policies with ``backend_name``."""
+def up(name: str, cluster: Cluster, backend_name: str = "nftables", *, ipv6: bool = False,
+       owned: bool = False) -> Outcome:
+    """Build lab ``name`` from ``cluster`` and enforce its policies with ``backend_name``.
+
+    ``owned``: the lab belongs to the calling process for as long as it lives (a test's
+    lab, a one-shot probe); once that process is gone the lab is stale (``lab down
+    --stale``). Otherwise the lab has an owner only while it is being built.
+    """
     t0 = time.monotonic()
     naming.check_lab_name(name)
     backend = get_backend(backend_name)
     leftovers = _scan(name)
     if leftovers and not state.exists(name):
         raise LabError(f"namespaces of an earlier lab {name} are still there ({leftovers[0]}, ...); "
-                       f"remove them with: netpol lab down --name {name}")
-    state.claim(name)
+                       f"see what would go with: netpol lab down --name {name}")
+    claimed = False
     try:
+        # An interrupt between the claim and ``claimed = True`` would leave a claimed
+        # directory that the cleanup below does not know it may remove.
+        with interrupts.deferred():
+            state.claim(name)
+            claimed = True
         with state.locked(name):
             out = _build(name, cluster, backend, backend_name, ipv6)
-    except BaseException:
-        try:
-            _teardown(name)
-        except Exception:
-            pass  # the original error matters more; lab down can be run again
+        if not owned:
+            state.set_owner(name, None)
+    except BaseException as e:
+        if claimed:
+            # A second Ctrl-C must not cut the cleanup short; the first one is on its way.
+            with interrupts.deferred(drop=isinstance(e, (KeyboardInterrupt, SystemExit))):
+                try:
+                    _teardown(name)
+                except Exception:
+                    pass  # the original error matters more; lab down can be run again
         raise
     out.seconds = round(time.monotonic() - t0, 3)
     return out
@@ -359,14 +376,16 @@ def _remove_netns(lab: str, name: str, backend=None) -> None:
             pass
 
 
-def _teardown(name: str) -> int:
+def _teardown(name: str, scan: bool = False) -> int:
+    """Remove what the lab's state and journal name (and, with ``scan``, every namespace
+    carrying its prefix: ``lab down --force``)."""
     st = None
     try:
         st = state.load(name)
     except LabError:
         pass
     servers.stop(name, [st.server_pid] if st else [])
-    names = set(state.journaled(name)) | set(_scan(name))
+    names = set(state.journaled(name)) | (set(_scan(name)) if scan else set())
     backend = None
     if st is not None:
         names |= {e.netns for e in st.endpoints.values()} | {st.node_netns}
@@ -389,23 +408,64 @@ def _teardown(name: str) -> int:
     return len(names)
 
 
-def down(name: str) -> bool:
-    """Remove lab ``name`` entirely; False when there was nothing to remove."""
+def orphans(name: str) -> list[str]:
+    """What carries lab ``name``'s marks although the lab has no state: namespaces with
+    its prefix and server processes naming its configuration."""
+    return _scan(name) + [f"server pid {p}" for p in servers.find(name)]
+
+
+def down(name: str, *, force: bool = False) -> bool:
+    """Remove lab ``name`` entirely; False when there was nothing to remove.
+
+    Without the lab's state nothing says that namespaces merely carrying its prefix were
+    made by it (someone may have made ``netpol-NAME-mine`` by hand): they are listed in
+    the error and removed only with ``force``.
+    """
     naming.check_lab_name(name)
     if not state.exists(name):
-        if not _scan(name) and not servers.find(name):
+        found = orphans(name)
+        if not found:
             return False
-        _teardown(name)
+        if not force:
+            shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+            raise LabError(f"no lab named {name}, but {len(found)} thing(s) carry its name: {shown}; "
+                           f"nothing removed (they may not be a lab's). Remove them with: "
+                           f"netpol lab down --name {name} --force")
+        _teardown(name, scan=True)
         return True
     with state.locked(name):
-        _teardown(name)
+        _teardown(name, scan=force)
     return True
+
+
+def mine(name: str) -> bool:
+    """Whether lab ``name`` exists and is owned by this process (``up(owned=True)``)."""
+    doc = state.owner(name) if state.exists(name) else None
+    return bool(doc) and doc.get("pid") == os.getpid() and state.owner_alive(doc)
+
+
+def stale_labs() -> list[str]:
+    """Labs whose owner process is gone (see state.staleness)."""
+    return [n for n in state.names() if state.staleness(n)["stale"]]
+
+
+def down_stale() -> list[str]:
+    """Remove every stale lab; the names removed."""
+    gone = []
+    for n in stale_labs():
+        try:
+            if down(n):
+                gone.append(n)
+        except LabError:
+            if state.exists(n):
+                raise
+    return gone
 
 
 def list_labs() -> list[dict]:
     out = []
     for n in state.names():
-        item = {"name": n}
+        item = {"name": n, **state.staleness(n)}
         try:
             st = state.load(n)
         except LabError as e:

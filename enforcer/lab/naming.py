@@ -26,13 +26,13 @@ from enforcer.errors import LabError
 
 NETNS_PREFIX = "netpol-"
 IFNAMSIZ = 15
-_LAB_RE = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,38}[a-z0-9])?$")
+_LAB_RE = re.compile(r"[a-z0-9]([a-z0-9_.-]{0,38}[a-z0-9])?")
 _MAX_NETNS = 200  # well under NAME_MAX (255): pod names may be 253 characters long
 
 
 def check_lab_name(name: str) -> str:
     """A lab name: lowercase letters, digits, '-', '_', '.', at most 40 characters."""
-    if not _LAB_RE.match(name or ""):
+    if not isinstance(name, str) or not _LAB_RE.fullmatch(name):  # "$" would let "a\n" through
         raise LabError(f"invalid lab name {name!r}: use 1-40 lowercase letters, digits, '-', '_' "
                        "or '.', starting and ending with a letter or digit")
     return name

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Iterable
 
-from enforcer import netns
+from enforcer import interrupts, netns
 from enforcer.errors import LabError
 from enforcer.lab.state import Endpoint, lab_dir
 
@@ -81,12 +81,14 @@ def find(lab: str) -> list[int]:
 def start(lab: str, node_netns: str, generation: int) -> int:
     log = open(os.path.join(lab_dir(lab), "server.log"), "ab")
     try:
-        proc = netns.popen(node_netns, [sys.executable, "-m", "enforcer.lab.server", config_path(lab)],
-                           stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                           start_new_session=True, close_fds=True)
+        # Held interrupts: a started daemon is always known to stop() (which reaps it).
+        with interrupts.deferred():
+            proc = netns.popen(node_netns, [sys.executable, "-m", "enforcer.lab.server", config_path(lab)],
+                               stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                               start_new_session=True, close_fds=True)
+            _children[proc.pid] = proc
     finally:
         log.close()
-    _children[proc.pid] = proc
     wait_ready(lab, proc.pid, generation)
     return proc.pid
 

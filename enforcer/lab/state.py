@@ -9,6 +9,9 @@
     servers.json      the server daemon's configuration (see servers.py)
     servers.ready     the daemon's answer: the configuration generation it has opened
     server.log        the daemon's stderr
+    owner             who owns the lab: {"pid", "start", "since"}; pid null once a
+                      ``lab up`` finished (the lab lives on by design). A lab whose owner
+                      process is gone (a killed pytest, a killed ``lab up``) is stale.
 
 /run is a tmpfs, like /run/netns: a reboot forgets labs and their namespaces together.
 The directory is created with ``mkdir`` (atomic): that is how ``lab up`` claims a name.
@@ -20,6 +23,7 @@ import fcntl
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -118,14 +122,16 @@ class LabState:
         )
 
 
-def claim(name: str) -> str:
-    """Create the lab's directory; fail clearly if the name is taken."""
+def claim(name: str, owner_pid: int | None = None) -> str:
+    """Create the lab's directory and record its owner (this process unless told);
+    fail clearly if the name is taken."""
     os.makedirs(LABS_DIR, mode=0o755, exist_ok=True)
     path = lab_dir(name)
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
         raise LabError(f"lab {name} exists already (remove it with: netpol lab down --name {name})") from None
+    set_owner(name, os.getpid() if owner_pid is None else owner_pid)
     return path
 
 
@@ -183,3 +189,65 @@ def locked(name: str) -> Iterator[None]:
 
 def forget(name: str) -> None:
     shutil.rmtree(lab_dir(name), ignore_errors=True)
+
+
+def proc_start(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot (/proc/PID/stat field 22): with
+    the pid it names one process, never a later one that got the same pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def set_owner(name: str, pid: int | None, since: float | None = None) -> None:
+    """Record the lab's owner; ``pid=None``: no owner (the lab outlives the command that
+    made it, as ``lab up`` labs do)."""
+    old = owner(name) or {}
+    doc = {"pid": pid, "start": proc_start(pid) if pid else None,
+           "since": since or old.get("since") or time.time()}
+    path = os.path.join(lab_dir(name), "owner")
+    with open(path + ".tmp", "w") as f:
+        json.dump(doc, f)
+    os.replace(path + ".tmp", path)
+
+
+def owner(name: str) -> dict | None:
+    try:
+        with open(os.path.join(lab_dir(name), "owner")) as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def owner_alive(doc: dict) -> bool:
+    pid = doc.get("pid")
+    return bool(pid) and proc_start(int(pid)) == doc.get("start")
+
+
+UNOWNED_GRACE = 60.0  # a directory without owner nor state younger than this is being claimed
+
+
+def staleness(name: str, now: float | None = None) -> dict:
+    """``{"stale", "owner_pid", "owner_alive", "age"}`` of lab ``name``. Stale: its owner
+    process is gone, or it has neither owner nor state and is older than a claim takes.
+    ``owner_pid`` None with ``owner_alive`` None: no owner (a ``lab up`` lab, or unknown)."""
+    now = time.time() if now is None else now
+    doc = owner(name)
+    try:
+        made = os.stat(lab_dir(name)).st_mtime
+    except OSError:
+        made = now
+    if doc is None:
+        has_state = os.path.exists(os.path.join(lab_dir(name), "state.json"))
+        age = max(0.0, now - made)
+        return {"stale": not has_state and age > UNOWNED_GRACE, "owner_pid": None,
+                "owner_alive": None, "age": round(age, 1)}
+    age = round(max(0.0, now - float(doc.get("since") or made)), 1)
+    if not doc.get("pid"):
+        return {"stale": False, "owner_pid": None, "owner_alive": None, "age": age}
+    alive = owner_alive(doc)
+    return {"stale": not alive, "owner_pid": int(doc["pid"]), "owner_alive": alive, "age": age}
