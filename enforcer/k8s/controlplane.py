@@ -32,6 +32,7 @@ import time
 import urllib.error
 import urllib.request
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import NetpolError
@@ -53,6 +54,20 @@ class KubectlError(subprocess.CalledProcessError):
 
     def __str__(self) -> str:
         return f"kubectl {' '.join(self.cmd[3:])} exited {self.returncode}: {(self.stderr or '').strip()}"
+
+
+@dataclass(frozen=True)
+class ApiReply:
+    """The answer to ``ControlPlane.api``: HTTP status, decoded body, Warning headers."""
+
+    status: int
+    body: dict
+    warnings: list[str]
+    text: str = ""  # the raw body (a watch stream is several JSON documents, one per line)
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
 
 
 def cache_dir(version: str = K8S_VERSION) -> Path:
@@ -406,6 +421,31 @@ class ControlPlane:
         if check and proc.returncode != 0:
             raise KubectlError(proc.returncode, cmd, proc.stdout, proc.stderr)
         return proc
+
+    def api(self, method: str, path: str, body: bytes | str | None = None,
+            content_type: str = "application/json", timeout: float = 30) -> ApiReply:
+        """One raw HTTPS request as the admin (``path`` with its query string).
+
+        For what kubectl would change before sending (it parses YAML itself, and rejects
+        duplicate keys on its own): the API server's verdict on exactly these bytes.
+        """
+        data = body.encode() if isinstance(body, str) else body
+        req = urllib.request.Request(self.server + path, data=data, method=method,
+                                     headers={"Content-Type": content_type,
+                                              "Accept": "application/json"})
+        try:
+            resp = urllib.request.urlopen(req, timeout=timeout, context=self._ssl_context())
+        except urllib.error.HTTPError as err:
+            resp = err
+        with resp:
+            raw = resp.read()
+            warnings = resp.headers.get_all("Warning") or []
+            status = resp.status if hasattr(resp, "status") else resp.code
+        try:
+            parsed = json.loads(raw) if raw else {}
+        except ValueError:
+            parsed = {"message": raw.decode(errors="replace")}
+        return ApiReply(status, parsed, warnings, raw.decode(errors="replace"))
 
     def kubeconfig_for_service_account(self, namespace: str, name: str,
                                        duration: str = "2h") -> Path:
