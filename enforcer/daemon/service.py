@@ -38,7 +38,7 @@ from enforcer.daemon.metrics import Metrics, MetricsServer
 from enforcer.daemon.notify import Notifier, watchdog_interval
 from enforcer.daemon.reconcile import Outcome, Reconciler, isolation_only
 from enforcer.daemon.runner import BoundedRunner, Periodic, RunInfo
-from enforcer.daemon.sources import KIND_ORDER, DirSource, Issue, LastGood, ManifestStore, ObjKey
+from enforcer.daemon.sources import DirSource, Issue, LastGood, ManifestStore, ObjKey
 from enforcer.errors import NetpolError
 
 DEFAULT_NODE_IPS = ipam.node_ips((ipam.DEFAULT_POD_CIDR, ipam.DEFAULT_POD_CIDR6))
@@ -374,7 +374,8 @@ class Daemon:
             self.totals.apply_errors += len(out.errors)
         # Run again when a failed namespace retries or a file still settling becomes due:
         # this run consumed every pending request, so nothing else would wake us for them.
-        wake = [t for t in (self.reconciler.next_retry(), self.source.next_ready()) if t is not None]
+        settling = getattr(self.source, "next_ready", None)  # files still settling
+        wake = [t for t in (self.reconciler.next_retry(), settling() if settling else None) if t is not None]
         return min(wake) if wake else None
 
     def _stopping(self) -> bool:
