@@ -273,11 +273,11 @@ def _network_policy(d: dict, meta: _Meta, errs: Errs, warns: Errs, source: str) 
     if len(types) > 2:
         errs.append(("spec.policyTypes", V.invalid(types, "may not specify more than two policyTypes")))
     else:
+        # The API server accepts a type listed twice ([Ingress, Ingress]); so do we (lint
+        # warns about it).
         for i, t in enumerate(types):
             if t not in _POLICY_TYPES:
                 errs.append((f"spec.policyTypes[{i}]", V.unsupported(t, _POLICY_TYPES)))
-            elif t in types[:i]:
-                errs.append((f"spec.policyTypes[{i}]", V.duplicate(t)))
     # SEMANTICS rule 2: the API server's defaulting; `egress: []` is not an egress section.
     effective = frozenset(types) if types else frozenset((INGRESS, EGRESS) if egress else (INGRESS,))
     return NetworkPolicy(meta.namespace, meta.name, pod_selector, effective, ingress, egress, source)

@@ -299,6 +299,6 @@ def _mark_duplicates(ctx: _FileCtx, seen: dict[tuple[str, str], str]) -> None:
             seen[ident] = where
             continue
         label = f"{d.kind} {d.key}"
-        d.problems.append(Problem(ctx.filename, label, "",
+        d.problems.append(Problem(ctx.filename, label, "metadata.name",
                                   f"{V.duplicate(d.key)}: {d.kind} defined twice (first in {first})"))
         d.obj = None

@@ -293,7 +293,7 @@ def test_duplicate_objects_across_files(tmp_path):
     (tmp_path / "a.yaml").write_text(doc)
     (tmp_path / "b.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: p}\n---\n" + doc)
     errs = load_error([tmp_path])
-    assert errs == [f'{tmp_path}/b.yaml: Pod n/p: Duplicate value: "n/p": Pod defined twice '
+    assert errs == [f'{tmp_path}/b.yaml: Pod n/p: metadata.name: Duplicate value: "n/p": Pod defined twice '
                     f'(first in {tmp_path}/a.yaml, document 1 (line 1))']
 
 
