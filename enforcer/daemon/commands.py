@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -19,8 +20,15 @@ def _positive(ctx, param, value):
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("--watch", "watch", multiple=True, required=True, type=click.Path(file_okay=False),
-              help="Directory of manifests (namespaces, pods with status.podIP(s), policies); repeatable.")
+@click.option("--watch", "watch", multiple=True, type=click.Path(file_okay=False),
+              help="Directory of manifests (namespaces, pods with status.podIP(s), policies); repeatable. "
+                   "Without --watch the daemon reads the Kubernetes API (--kubeconfig, or in-cluster).")
+@click.option("--kubeconfig", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Read Namespaces, Pods and NetworkPolicies from this cluster's API server "
+                   "(default in a pod: its service account, when KUBERNETES_SERVICE_HOST is set).")
+@click.option("--node", default=None, envvar="NODE_NAME", metavar="NAME",
+              help="With the API: this node's name; local pods are those with spec.nodeName == NAME "
+                   "(default: $NODE_NAME).")
 @click.option("--backend", default="nftables", show_default=True,
               help="nftables, iptables, iptables-legacy or fake (no kernel changes).")
 @click.option("--metrics-addr", default=None, metavar="HOST:PORT",
@@ -52,11 +60,12 @@ def _positive(ctx, param, value):
                    "backends; nftables always applies one at a time: libnftables is not thread-safe).")
 @click.option("--legacy-namespace-isolation", is_flag=True,
               help="Honour the pre-v1 namespace annotation net.beta.kubernetes.io/network-policy.")
-def run(watch, backend, metrics_addr, log_format, log_level, min_interval, resync, repair_interval,
+def run(watch, kubeconfig, node, backend, metrics_addr, log_format, log_level, min_interval, resync, repair_interval,
         cleanup_on_exit, conntrack_strict, state_file, netns_prefix, node_ips, settle, apply_workers,
         legacy_namespace_isolation) -> None:
-    """The daemon: watch manifest directories and keep every local pod's namespace enforcing
-    its policies (fail-static on start and stop, fail-closed for new pods)."""
+    """The daemon: watch manifest directories (--watch) or a Kubernetes API server
+    (--kubeconfig, or in-cluster) and keep every local pod's namespace enforcing its
+    policies (fail-static on start and stop, fail-closed for new pods)."""
     import ipaddress
 
     from backends import registry
@@ -69,6 +78,14 @@ def run(watch, backend, metrics_addr, log_format, log_level, min_interval, resyn
             ipaddress.ip_address(ip)
         except ValueError:
             raise click.BadParameter(f"{ip!r} is not an IP address", param_hint="--node-ip") from None
+    api = not watch
+    if watch and kubeconfig:
+        raise click.UsageError("--watch and --kubeconfig are two sources: give one")
+    if api and not kubeconfig and not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        raise click.UsageError("give --watch DIR (manifest files) or --kubeconfig FILE (an API server; "
+                               "in a pod, KUBERNETES_SERVICE_HOST selects the in-cluster configuration)")
+    if api and not node:
+        raise click.UsageError("--node NAME (or $NODE_NAME) is required with the API source")
     log = logs.setup(log_format, log_level)
     import faulthandler
     import signal
@@ -83,7 +100,13 @@ def run(watch, backend, metrics_addr, log_format, log_level, min_interval, resyn
                    legacy_namespace_isolation=legacy_namespace_isolation, apply_workers=apply_workers)
     try:
         impl = registry.get(backend)
-        daemon = Daemon(opts, backend=impl, log=log, notifier=Notifier())
+        source = None
+        if api:
+            from enforcer.daemon.kube import api_source
+
+            source = api_source(kubeconfig, node, state_file=opts.state_file, log=log,
+                                legacy_namespace_isolation=legacy_namespace_isolation)
+        daemon = Daemon(opts, backend=impl, log=log, notifier=Notifier(), source=source)
         code = daemon.serve()
     except NetpolError as e:
         log.error("cannot start", error=str(e))

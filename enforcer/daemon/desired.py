@@ -39,6 +39,9 @@ class Source(Protocol):
     def poll(self, *, full: bool, force: bool) -> tuple[dict[ObjKey, object | None], int]:
         """(objects whose version in force changed -> the object or None, inputs read)."""
 
+    def next_ready(self) -> float | None:
+        """When the source wants to be polled again (monotonic), or None."""
+
     def is_local(self, pod_key: str) -> bool:
         """Whether a pod runs on this node (files: every pod, placed by address)."""
 
