@@ -7,47 +7,97 @@
         rows = lab.probe(ports=["5432/TCP"])        # [{"from", "to", "port", ..., "allowed"}]
         r = Reachability(["shop/api", "shop/db", "shop/web"], ports=["5432/TCP"])
         r.expect_all_ingress("shop/db", False)
-        lab.assert_matches(r)                       # prints expected/observed tables if not
+        lab.assert_matches(r)                       # names the wrong cells and why if not
 
 ``netpol_lab(manifests, backend="nftables", ipv6=False)`` brings up a lab with a unique
-name (``npt-<hex>``) and returns a :class:`LabHandle`; every lab the test made is torn down
-when the test ends, passed or failed. ``manifests`` is a path (file or directory), a list
-of paths, YAML/JSON text, a list of Kubernetes objects as dicts, or an
-``enforcer.model.Cluster``. Tests using the fixture are skipped when not run as root.
+name (``pyt-<hex>``; the prefix is the ini option ``netpol_lab_prefix``) and returns a
+:class:`LabHandle`; every lab the test made is torn down when the test ends, passed or
+failed, also when the run is stopped by Ctrl-C, SIGTERM (a CI cancel) or SIGHUP.
+``manifests`` is a path (file or directory), a list of paths, YAML/JSON text, a list of
+Kubernetes objects as dicts, or an ``enforcer.model.Cluster``. Objects the loader skips
+become pytest warnings; manifests that give no pod at all fail the test (a lab of nothing
+tests nothing). Tests using the fixture are skipped when not run as root.
 """
 from __future__ import annotations
 
 import atexit
 import os
+import signal
+import threading
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import pytest
 
-_live: set[str] = set()  # labs made in this process and not yet removed (atexit safety net)
+from enforcer import interrupts
+
+DEFAULT_PREFIX = "pyt"  # users' labs; the project's own suite uses "npt" (pyproject.toml)
+_live: dict[str, int] = {}  # lab -> pid of the process that made it and has not removed it
+_stopping = False  # an interrupt is ending the run: a second one must not cut teardown short
+_saved_handlers: dict[int, Any] = {}
+
+
+class NetpolLabWarning(UserWarning):
+    """Something in a lab's manifests was skipped or looks wrong."""
 
 
 def _down_leftovers() -> None:
+    """Safety net at exit, for labs a teardown could not reach. Only in the process that
+    made them: a forked child must never remove its parent's labs."""
     from enforcer.lab import control
 
-    for name in list(_live):
-        try:
-            control.down(name)
-        except Exception:
-            pass
-        _live.discard(name)
+    with interrupts.deferred(drop=True):
+        for name, pid in list(_live.items()):
+            if pid != os.getpid():
+                continue
+            try:
+                control.down(name)
+            except Exception:
+                pass
+            _live.pop(name, None)
 
 
 atexit.register(_down_leftovers)
 
 
-def _cluster(manifests: Any, workdir: Path):
-    """Turn what a test passed into a loaded cluster."""
+# ---------------------------------------------------------------- signals
+
+
+def _on_signal(signum: int, _frame) -> None:
+    global _stopping
+    _stopping = True
+    raise KeyboardInterrupt(f"{signal.Signals(signum).name}: netpol_lab removes its labs")
+
+
+def _catch_signals() -> None:
+    """SIGTERM (what a CI cancel or ``timeout`` sends) and SIGHUP (a closed terminal) end
+    the run the way Ctrl-C does, so teardown removes the labs. Installed when the first
+    lab is made; a handler somebody else installed is left alone."""
+    if _saved_handlers or threading.current_thread() is not threading.main_thread():
+        return
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(s) is signal.SIG_DFL:
+            _saved_handlers[s] = signal.signal(s, _on_signal)
+
+
+def _release_signals() -> None:
+    for s, h in list(_saved_handlers.items()):
+        if signal.getsignal(s) is _on_signal:
+            signal.signal(s, h)
+        del _saved_handlers[s]
+
+
+# ---------------------------------------------------------------- manifests
+
+
+def _load(manifests: Any, workdir: Path):
+    """Turn what a test passed into (cluster, notes about what was skipped or odd)."""
     from enforcer.model import Cluster
 
     if isinstance(manifests, Cluster):
-        return manifests
+        return manifests, []
     paths: list[str]
     if isinstance(manifests, (str, os.PathLike)) and not _looks_like_text(manifests):
         paths = [os.fspath(manifests)]
@@ -70,7 +120,22 @@ def _cluster(manifests: Any, workdir: Path):
         raise TypeError(f"netpol_lab: cannot use {type(manifests).__name__} as manifests")
     from enforcer import manifests as loader
 
-    return loader.load(paths).cluster
+    result = loader.load(paths)
+    return result.cluster, [str(w) for w in result.warnings] + [str(n) for n in result.notes]
+
+
+def _cluster(manifests: Any, workdir: Path, what: str):
+    """Load, warn about everything skipped, and refuse a lab without pods."""
+    cluster, notes = _load(manifests, workdir)
+    if notes:
+        shown = "; ".join(notes[:10]) + (f"; and {len(notes) - 10} more" if len(notes) > 10 else "")
+        warnings.warn(NetpolLabWarning(f"netpol_lab: {what}: {shown}"), stacklevel=3)
+    if not cluster.pods:
+        why = (f" The loader skipped: {'; '.join(notes[:5])}" + (" ..." if len(notes) > 5 else "")
+               if notes else " The input has no Pod objects.")
+        pytest.fail(f"netpol_lab: {what}: the manifests give no pods, so the lab would test "
+                    f"nothing.{why}", pytrace=False)
+    return cluster
 
 
 def _looks_like_text(value: Any) -> bool:
@@ -94,13 +159,57 @@ def _ports(ports: Iterable[Any] | None) -> list[tuple[int, str]] | None:
     return [parse_port(p) for p in ports]
 
 
+# ---------------------------------------------------------------- the handle
+
+
+class DropWatch:
+    """``with lab.drops() as drops: ...``: the lab's dropped packets seen meanwhile, as
+    dicts (``netpol lab drops -o json``). Read ``drops`` after the block."""
+
+    def __init__(self, name: str, settle: float):
+        self.name, self.settle = name, settle
+        self.drops: list[dict] = []
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._reader = None
+
+    def __enter__(self) -> list[dict]:
+        from enforcer.lab import observe
+
+        self._reader = observe.DropReader(self.name)  # errors (no lab, group busy) here
+        self._thread = threading.Thread(target=self._run, name=f"drops-{self.name}", daemon=True)
+        self._thread.start()
+        return self.drops
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                for d in self._reader.stream(timeout=0.1, poll=0.05):  # type: ignore[union-attr]
+                    self.drops.append(d.to_json())
+        except BaseException as e:  # handed to the test on exit
+            self._error = e
+
+    def __exit__(self, *exc) -> None:
+        import time
+
+        time.sleep(self.settle)  # the last packets' log messages are still on their way
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._reader.close()  # type: ignore[union-attr]
+        if self._error is not None and exc[0] is None:
+            raise self._error
+
+
 class LabHandle:
     """A running lab, for one test. Methods raise enforcer.errors.NetpolError on failure."""
 
-    def __init__(self, name: str, backend: str, workdir: Path):
+    def __init__(self, name: str, backend: str, workdir: Path, verbosity: int = 0):
         self.name = name
         self.backend = backend
         self._workdir = workdir
+        self._verbosity = verbosity
 
     @property
     def cluster(self):
@@ -113,7 +222,7 @@ class LabHandle:
         """Make ``manifests`` the lab's whole desired state (incremental, like ``lab apply``)."""
         from enforcer.lab import control
 
-        return control.apply(self.name, _cluster(manifests, self._workdir))
+        return control.apply(self.name, _cluster(manifests, self._workdir, f"lab.apply on {self.name}"))
 
     def probe(self, ports: Iterable[Any] | str | None = None, *, timeout: float = 1.0,
               family: int = 4) -> list[dict]:
@@ -128,27 +237,71 @@ class LabHandle:
 
         return control.expected(self.name, _ports(ports), family=family)
 
+    def stats(self, pod: str | None = None, *, nonzero: bool = False) -> list[dict]:
+        """Per-rule packet counters (``netpol lab stats -o json``'s ``counters``)."""
+        from enforcer.lab import observe
+
+        _backend, rows = observe.stats(self.name, pod)
+        return [r.to_json() for r in rows if r.packets or not nonzero]
+
+    def drops(self, settle: float = 0.2) -> DropWatch:
+        """Watch dropped packets while a block runs: ``with lab.drops() as seen: lab.probe()``."""
+        return DropWatch(self.name, settle)
+
+    def families(self) -> list[int]:
+        """4, 6 or both: the address families of the lab's pods."""
+        from enforcer.lab import control
+
+        return control.families(self.name)
+
     def assert_matches(self, expected: Any = "model", *, ports: Iterable[Any] | str | None = None,
-                       timeout: float = 1.0, family: int = 4) -> None:
+                       timeout: float = 1.0, family: int | None = None) -> None:
         """Probe and compare with ``expected``: "model", rows (a list of dicts or a
-        ``{"results": [...]}`` document), a path to such a JSON file, or a
-        ``Reachability``. On any wrong cell, fail with the expected, observed and
-        comparison tables and the ``N wrong, N correct`` line."""
+        ``{"results": [...]}`` document), a path to such a JSON file, a ``Reachability`` or a
+        list of them. Every family of the lab unless ``family`` is given (dual-stack: both).
+        Fails when a cell is wrong (naming the wrong cells and the model's reason) and when
+        nothing at all was compared."""
         __tracebackhide__ = True
         from enforcer import reachability
+        from enforcer.lab import control, report
 
-        if isinstance(expected, str) and expected == "model":
-            want = self.expected(ports, family=family)
-        elif isinstance(expected, (str, os.PathLike)):
-            want = reachability.load_rows(os.fspath(expected))
-        else:
-            want = reachability.rows_of(expected)
-        probe_ports = _ports(ports) if ports is not None else \
-            sorted({(r["port"], r["protocol"]) for r in want}) or None
-        got = self.probe(probe_ports, timeout=timeout, family=family)
-        result = reachability.compare(want, got, title=f"lab {self.name} ({self.backend})")
-        if result.wrong:
-            raise AssertionError(f"the lab does not match the expectation:\n{result.text}")
+        fams = [family] if family else self.families()
+        for fam in fams:
+            v = f"IPv{fam}"
+            if isinstance(expected, str) and expected == "model":
+                want = self.expected(ports, family=fam)
+            elif isinstance(expected, (str, os.PathLike)):
+                want = reachability.load_rows(os.fspath(expected))
+            else:
+                want = reachability.rows_of(expected)
+            sctp = [r for r in want if r["protocol"] not in control.PROBE_PROTOCOLS]
+            want = [r for r in want if r["protocol"] in control.PROBE_PROTOCOLS]
+            want_ports = _ports(ports) if ports is not None else \
+                sorted({(r["port"], r["protocol"]) for r in want}) or None
+            got = self.probe(want_ports, timeout=timeout, family=fam) if want else []
+            result = reachability.compare(want, got, title=f"lab {self.name} ({self.backend}, {v})")
+            if result.vacuous:
+                pytest.fail(f"0 cells compared, so nothing was checked ({v}, lab {self.name}): "
+                            f"{self._why_empty(expected, ports, fam, sctp)}", pytrace=False)
+            if result.wrong:
+                raise AssertionError(report.failure_text(
+                    result, want, got, context=f"lab {self.name} ({self.backend}, {v})",
+                    reasons=report.model_reasons(self.name, fam), verbose=self._verbosity >= 2))
+
+    def _why_empty(self, expected: Any, ports: Any, family: int, sctp: list) -> str:
+        from enforcer import verdict
+
+        cluster = self.cluster
+        eps = [e for e in verdict.endpoints(cluster) if e.ip(family)]
+        if len(eps) < 2:
+            return (f"the lab has {len(eps)} endpoint(s) with an IPv{family} address, so there is no "
+                    "pair to probe")
+        if sctp:
+            return f"the expectation's {len(sctp)} cell(s) are all SCTP, which this kernel cannot probe"
+        if isinstance(expected, str) and expected == "model" and ports is None:
+            return ("no pod or external host declares a port (containerPort, ExternalHost "
+                    "spec.ports) and no ports= was given")
+        return "the expectation has no cell (no pair of distinct endpoints on any port)"
 
     def down(self) -> None:
         from enforcer.lab import control
@@ -156,35 +309,50 @@ class LabHandle:
         try:
             control.down(self.name)
         finally:
-            _live.discard(self.name)
+            _live.pop(self.name, None)
 
     def __repr__(self) -> str:
         return f"LabHandle({self.name!r}, backend={self.backend!r})"
 
 
-def _factory(workdir: Path):
+# ---------------------------------------------------------------- fixtures
+
+
+def _factory(workdir: Path, prefix: str = DEFAULT_PREFIX, verbosity: int = 0):
     """The lab factory both fixtures hand out, and the teardown they share."""
     made: list[LabHandle] = []
+    me = os.getpid()
 
     def factory(manifests: Any, backend: str = "nftables", *, ipv6: bool = False,
                 name: str | None = None) -> LabHandle:
-        from enforcer.lab import control
+        from enforcer.lab import control, naming
 
-        lab_name = name or f"npt-{uuid.uuid4().hex[:8]}"
-        handle = LabHandle(lab_name, backend, workdir / lab_name)
-        cluster = _cluster(manifests, handle._workdir)
-        _live.add(lab_name)
+        lab_name = naming.check_lab_name(name or f"{prefix}-{uuid.uuid4().hex[:8]}")
+        handle = LabHandle(lab_name, backend, workdir / lab_name, verbosity)
+        cluster = _cluster(manifests, handle._workdir, f"lab {lab_name}")
+        _catch_signals()
         made.append(handle)
-        control.up(lab_name, cluster, backend, ipv6=ipv6)
+        _live[lab_name] = me
+        try:
+            control.up(lab_name, cluster, backend, ipv6=ipv6, owned=True)
+        except BaseException:
+            # up removed what it built; a name that was taken is another lab, not ours
+            made.remove(handle)
+            _live.pop(lab_name, None)
+            raise
         return handle
 
     def teardown() -> None:
+        if os.getpid() != me:  # a forked child must never tear down its parent's labs
+            return
         errors = []
-        for handle in made:
-            try:
-                handle.down()
-            except Exception as e:  # remove the others anyway, then report
-                errors.append(f"{handle.name}: {e}")
+        # Held interrupts: a second Ctrl-C or SIGTERM must not leave half a lab behind.
+        with interrupts.deferred(drop=_stopping):
+            for handle in made:
+                try:
+                    handle.down()
+                except Exception as e:  # remove the others anyway, then report
+                    errors.append(f"{handle.name}: {e}")
         if errors:
             raise RuntimeError("netpol_lab: teardown failed: " + "; ".join(errors))
 
@@ -196,12 +364,17 @@ def _need_root() -> None:
         pytest.skip("netpol_lab needs root: the lab creates network namespaces")
 
 
+def _settings(config) -> tuple[str, int]:
+    prefix = config.getini("netpol_lab_prefix") or DEFAULT_PREFIX
+    return prefix, int(config.getoption("verbose", 0) or 0)
+
+
 @pytest.fixture
-def netpol_lab(tmp_path: Path):
+def netpol_lab(tmp_path: Path, request):
     """Factory: ``lab = netpol_lab(manifests, backend="nftables")``. Labs are always removed
     at the end of the test."""
     _need_root()
-    factory, teardown = _factory(tmp_path)
+    factory, teardown = _factory(tmp_path, *_settings(request.config))
     try:
         yield factory
     finally:
@@ -209,19 +382,34 @@ def netpol_lab(tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def netpol_lab_module(tmp_path_factory):
+def netpol_lab_module(tmp_path_factory, request):
     """The same factory, with labs kept for the whole test module (bringing up pods costs
     more than a test: share one lab and drive it with ``lab.apply``)."""
     _need_root()
-    factory, teardown = _factory(tmp_path_factory.mktemp("netpol-lab"))
+    factory, teardown = _factory(tmp_path_factory.mktemp("netpol-lab"), *_settings(request.config))
     try:
         yield factory
     finally:
         teardown()
 
 
+def pytest_addoption(parser) -> None:
+    parser.addini("netpol_lab_prefix", f"name prefix of the netpol_lab fixture's labs "
+                  f"(default {DEFAULT_PREFIX}: labs are named {DEFAULT_PREFIX}-<hex>)",
+                  default=DEFAULT_PREFIX)
+
+
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "netpol_lab: a test that brings up a netpol-enforcer lab (root)")
 
 
-__all__: Sequence[str] = ["LabHandle", "netpol_lab", "netpol_lab_module"]
+def pytest_keyboard_interrupt(excinfo) -> None:
+    global _stopping
+    _stopping = True  # teardown follows; further interrupts are dropped, not obeyed
+
+
+def pytest_unconfigure(config) -> None:
+    _release_signals()
+
+
+__all__: Sequence[str] = ["LabHandle", "NetpolLabWarning", "netpol_lab", "netpol_lab_module"]

@@ -36,6 +36,7 @@ Selector = Union[str, Mapping[str, str], Callable[[str], bool], None]
 
 ALLOWED, BLOCKED, SELF = ".", "X", "-"
 MAX_LISTED = 25  # wrong cells spelled out one per line under the tables
+LEGEND = "legend: . allowed, X blocked, - self (not probed), ? no result for this pair"
 
 
 # --------------------------------------------------------------------------- ports, ids
@@ -127,11 +128,20 @@ def selector(sel: Selector) -> Callable[[str], bool]:
 
 # --------------------------------------------------------------------------- Reachability
 
+PortSpec = Union[Any, Iterable[Any], None]  # one port ("80/TCP", 80, (80, "UDP")), several, or all
+
+
 class Reachability:
     """An expected matrix: a default plus exceptions, applied in order (later wins).
 
-    The same expectation holds for every (port, protocol) it was built with; a check whose
-    ports need different answers uses one Reachability per port (and concatenates rows).
+    Every verb takes an optional ``port=``: one port (``"5432/TCP"``, ``80``,
+    ``(53, "UDP")``) or a list of them, each one of the ports the Reachability was built
+    with. Without it the exception holds on every port. So one object states per-port
+    expectations::
+
+        r = Reachability(pods, ports=["80/TCP", "5432/TCP"])
+        r.expect_all_ingress("shop/db", False)                   # db: nothing, any port
+        r.expect("shop/web", "shop/db", True, port="5432/TCP")   # ... but web on 5432
     """
 
     def __init__(self, endpoints: Iterable[str], ports: Iterable[Any] = ((80, "TCP"),),
@@ -144,46 +154,70 @@ class Reachability:
             raise ValueError("a Reachability needs at least one port")
         self.default = bool(default)
         self._known = set(self.endpoints)
-        self._cells: dict[tuple[str, str], bool] = {
-            (f, t): self.default for f in self.endpoints for t in self.endpoints if f != t}
+        self._cells: dict[tuple[str, str, PortKey], bool] = {
+            (f, t, k): self.default for k in self.ports
+            for f in self.endpoints for t in self.endpoints if f != t}
 
     def _check(self, endpoint: str) -> None:
         if endpoint not in self._known:
             raise ValueError(f"unknown endpoint {endpoint!r} (known: {', '.join(self.endpoints)})")
 
-    def expect(self, frm: str, to: str, allowed: bool) -> "Reachability":
+    def _ports(self, port: PortSpec) -> list[PortKey]:
+        if port is None:
+            return self.ports
+        one = isinstance(port, (str, int, Mapping)) or (
+            isinstance(port, tuple) and len(port) == 2 and isinstance(port[1], str)
+            and (isinstance(port[0], int) or str(port[0]).isdigit()))
+        specs = [port] if one else list(port)
+        keys = [parse_port(p) for p in specs]
+        unknown = [k for k in keys if k not in self.ports]
+        if unknown:
+            raise ValueError(f"port {port_label(unknown[0])} is not one of this expectation's ports "
+                             f"({', '.join(port_label(k) for k in self.ports)}); add it to ports=")
+        return keys
+
+    def _set(self, pairs: Iterable[tuple[str, str]], allowed: bool, port: PortSpec) -> "Reachability":
+        keys = self._ports(port)
+        for f, t in pairs:
+            if f != t:
+                for k in keys:
+                    self._cells[(f, t, k)] = bool(allowed)
+        return self
+
+    def expect(self, frm: str, to: str, allowed: bool, port: PortSpec = None) -> "Reachability":
         """One ordered pair. A self pair is accepted and ignored (always allowed)."""
         self._check(frm)
         self._check(to)
-        if frm != to:
-            self._cells[(frm, to)] = bool(allowed)
-        return self
+        return self._set([(frm, to)], allowed, port)
 
-    def expect_peer(self, from_sel: Selector, to_sel: Selector, allowed: bool) -> "Reachability":
+    def expect_peer(self, from_sel: Selector, to_sel: Selector, allowed: bool,
+                    port: PortSpec = None) -> "Reachability":
         """Every pair whose client matches ``from_sel`` and server matches ``to_sel``."""
         f_match, t_match = selector(from_sel), selector(to_sel)
         froms = [e for e in self.endpoints if f_match(e)]
         tos = [e for e in self.endpoints if t_match(e)]
-        for f in froms:
-            for t in tos:
-                if f != t:
-                    self._cells[(f, t)] = bool(allowed)
-        return self
+        return self._set([(f, t) for f in froms for t in tos], allowed, port)
 
-    def expect_all_ingress(self, to: str, allowed: bool) -> "Reachability":
+    def expect_all_ingress(self, to: str, allowed: bool, port: PortSpec = None) -> "Reachability":
         """Everything *into* ``to``."""
         self._check(to)
-        return self.expect_peer(None, lambda e: e == to, allowed)
+        return self.expect_peer(None, lambda e: e == to, allowed, port)
 
-    def expect_all_egress(self, frm: str, allowed: bool) -> "Reachability":
+    def expect_all_egress(self, frm: str, allowed: bool, port: PortSpec = None) -> "Reachability":
         """Everything *out of* ``frm``."""
         self._check(frm)
-        return self.expect_peer(lambda e: e == frm, None, allowed)
+        return self.expect_peer(lambda e: e == frm, None, allowed, port)
 
-    def get(self, frm: str, to: str) -> bool:
+    def get(self, frm: str, to: str, port: PortSpec = None) -> bool:
+        """The expectation for one pair; ``port`` may be left out while all ports agree."""
         self._check(frm)
         self._check(to)
-        return True if frm == to else self._cells[(frm, to)]
+        if frm == to:
+            return True
+        values = {self._cells[(frm, to, k)] for k in self._ports(port)}
+        if len(values) > 1:
+            raise ValueError(f"{frm} -> {to} differs by port: name one with port=")
+        return values.pop()
 
     def rows(self) -> list[dict]:
         """Rows in endpoint order, port by port, self pairs left out."""
@@ -193,13 +227,13 @@ class Reachability:
                 for t in self.endpoints:
                     if f != t:
                         out.append({"from": f, "to": t, "port": port, "protocol": proto,
-                                    "allowed": self._cells[(f, t)]})
+                                    "allowed": self._cells[(f, t, (port, proto))]})
         return out
 
     def __repr__(self) -> str:
         blocked = sum(1 for v in self._cells.values() if not v)
         return (f"Reachability({len(self.endpoints)} endpoints, "
-                f"{', '.join(port_label(p) for p in self.ports)}, {blocked} blocked pairs)")
+                f"{', '.join(port_label(p) for p in self.ports)}, {blocked} blocked cells)")
 
 
 # --------------------------------------------------------------------------- rows
@@ -319,6 +353,7 @@ def truth_table(rows: Iterable[Mapping] | Reachability, *, title: str | None = N
                              cells.get((f, t, key[0], key[1])), "?")))  # type: ignore[arg-type]
         out.append(_summary(label, cells, key))
         out.append("")
+    out.append(LEGEND)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -350,6 +385,11 @@ class Comparison:
     @property
     def ok(self) -> bool:
         return self.wrong == 0
+
+    @property
+    def vacuous(self) -> bool:
+        """Nothing was compared: a check of zero cells proves nothing and must not pass."""
+        return self.wrong + self.correct == 0
 
     def __str__(self) -> str:
         return self.text
@@ -385,7 +425,8 @@ def compare(expected_rows: Iterable[Mapping] | Reachability,
 
     out: list[str] = []
     if title:
-        out += [title, ""]
+        out += [title]
+    out += [LEGEND, ""]
     for key in ports:
         label = port_label(key)
         exp_k = {k: v for k, v in exp.items() if (k[2], k[3]) == key}
@@ -408,5 +449,7 @@ def compare(expected_rows: Iterable[Mapping] | Reachability,
         out.append(f"wrong: {cell}")
     if len(wrong_cells) > MAX_LISTED:
         out.append(f"... and {len(wrong_cells) - MAX_LISTED} more wrong cells (see the tables)")
+    if not exp:
+        out.append("nothing was compared: the expectation has no cell (no pair of distinct endpoints on any port)")
     out.append(f"{len(wrong_cells)} wrong, {correct} correct")
     return Comparison("\n".join(out) + "\n", len(wrong_cells), correct, wrong_cells)

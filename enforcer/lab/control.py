@@ -334,12 +334,28 @@ def expected(name: str, ports: list[tuple[int, str]] | None = None, *, family: i
 
     with state.locked(name):
         st = state.load(name)
+    rows = verdict.matrix(st.cluster, firewalls_of(st), ports, family)
+    return [r for r in rows if r["protocol"] in PROBE_PROTOCOLS]
+
+
+def firewalls_of(st: LabState) -> dict[str, PodFirewall]:
+    """The firewall installed in each pod (compiled for pods a crash left without one)."""
     firewalls = dict(st.firewalls)
     missing = [k for k in st.cluster.pods if k not in firewalls]
     if missing:
         firewalls.update({k: fw for k, fw in _compile(st.cluster, st.gateways).items() if k in missing})
-    rows = verdict.matrix(st.cluster, firewalls, ports, family)
-    return [r for r in rows if r["protocol"] in PROBE_PROTOCOLS]
+    return firewalls
+
+
+def families(name: str) -> list[int]:
+    """The address families of lab ``name``'s pods: [4], [6] or [4, 6] (dual-stack)."""
+    st = cluster_state(name)
+    return sorted({6 if ":" in c else 4 for c in st.cidrs}) or [4]
+
+
+def cluster_state(name: str) -> LabState:
+    with state.locked(name):
+        return state.load(name)
 
 
 def cluster_of(name: str) -> Cluster:
