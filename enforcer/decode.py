@@ -359,10 +359,17 @@ _POD_IP = frozenset(("ip",))
 def _pod(d: dict, meta: _Meta, errs: Errs, warns: Errs, source: str) -> Pod:
     spec = d.get("spec")
     ports: list[ContainerPort] = []
+    host_network = False
     if spec is not None:
         if spec.__class__ is not dict:
             _type_error(errs, "spec", spec, "a mapping")
         else:
+            hn = spec.get("hostNetwork")
+            if hn is not None:
+                if hn.__class__ is bool:
+                    host_network = hn
+                else:
+                    _type_error(errs, "spec.hostNetwork", hn, "a boolean")
             containers = spec.get("containers")
             if containers is not None:
                 for i, c in enumerate(_items(containers, "spec.containers", errs)):
@@ -380,7 +387,7 @@ def _pod(d: dict, meta: _Meta, errs: Errs, warns: Errs, source: str) -> Pod:
             _type_error(errs, "status", status, "a mapping")
         elif "podIP" in status or "podIPs" in status:
             ips = _pod_ips(status, errs, warns)
-    return Pod(meta.namespace, meta.name, meta.labels, ips, tuple(ports), source)
+    return Pod(meta.namespace, meta.name, meta.labels, ips, tuple(ports), source, host_network=host_network)
 
 
 _CONTAINER_FIELDS = frozenset(("name", "image", "ports"))  # for the mis-indentation hint

@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import replace
 from typing import Mapping
 
+from enforcer import services
 from enforcer.errors import InputError
 from enforcer.model import Cluster
 
@@ -62,4 +63,7 @@ def assign_ips(cluster: Cluster, cidrs: tuple[str, ...] = (DEFAULT_POD_CIDR,),
             cursors[net] = addr + 1
             ips.append(str(addr))
         pods[key] = replace(pod, ips=tuple(ips))
-    return Cluster(dict(cluster.namespaces), pods, dict(cluster.policies), dict(cluster.externals))
+    # Services keep their clusterIP (from the manifest, or derived from their name).
+    svcs = services.assign_cluster_ips(cluster.services)
+    return replace(cluster, namespaces=dict(cluster.namespaces), pods=pods,
+                   policies=dict(cluster.policies), externals=dict(cluster.externals), services=svcs)

@@ -23,7 +23,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence, TextIO
 
+from enforcer import services as S
 from enforcer import validation as V
+from enforcer import workloads as W
 # Names other modules and tests know as enforcer.manifests.X are re-exported from here.
 from enforcer.decode import (  # noqa: F401
     LEGACY_ANNOTATION,
@@ -54,6 +56,8 @@ KIND_API_VERSIONS = {
     "Pod": "v1",
     "NetworkPolicy": "networking.k8s.io/v1",
     "ExternalHost": "netpol-enforcer/v1alpha1",
+    "Service": "v1",
+    **W.API_VERSIONS,
 }
 _KINDS_LOWER = {k.lower(): k for k in KIND_API_VERSIONS}
 
@@ -107,6 +111,7 @@ def _load(paths: Sequence[str], stdin: TextIO | None, legacy: bool) -> LoadResul
                 problems.extend(d.problems)
             decoded.extend(objs)
             notes.extend(file_notes)
+    problems.extend(_pod_name_clashes(decoded))
     if any(not p.warning for p in problems):
         raise InputError(problems)
     return LoadResult(build_cluster(decoded), [p for p in problems if p.warning], notes)
@@ -133,10 +138,31 @@ def build_cluster(objects: Iterable[Decoded]) -> Cluster:
     for d in objects:
         if d.obj is None:
             continue
-        table = tables[d.kind]
-        if d.key not in table:
+        if d.kind in W.KINDS:  # a workload is the pods its controller would make
+            for pod in W.pods(d.obj):  # type: ignore[arg-type]
+                cluster.pods.setdefault(pod.key, pod)
+            continue
+        table = tables.get(d.kind, cluster.services if d.kind == "Service" else None)
+        if table is not None and d.key not in table:
             table[d.key] = d.obj
     return cluster
+
+
+def _pod_name_clashes(decoded: list[Decoded]) -> list[Problem]:
+    """A workload's pod named like another pod (a Pod, or another workload's): the input
+    would not say which one it means."""
+    owners: dict[str, str] = {}
+    out = []
+    for d in decoded:
+        if d.obj is None or (d.kind != "Pod" and d.kind not in W.KINDS):
+            continue
+        keys = [d.key] if d.kind == "Pod" else [p.key for p in W.pods(d.obj)]  # type: ignore[arg-type]
+        for key in keys:
+            first = owners.setdefault(key, f"{d.kind} {d.key}")
+            if first != f"{d.kind} {d.key}":
+                out.append(Problem(d.file, f"{d.kind} {d.key}", "metadata.name",
+                                   f"its pod {key} has the name of a pod of {first}"))
+    return out
 
 
 @contextmanager
@@ -274,7 +300,12 @@ def _decode_object(d: dict, kind: str, version: str, where: str, dups: list[DupK
                                    f"(use {V.quote(expected)})"))
     else:
         try:
-            obj = decode_kind(d, kind, errs, warns, ctx.filename, ctx.legacy, ctx.notes, label)
+            if kind in W.KINDS:
+                obj = W.decode(d, kind, errs, warns, ctx.filename)
+            elif kind == "Service":
+                obj = S.decode(d, errs, warns, ctx.filename, ctx.notes, label)
+            else:
+                obj = decode_kind(d, kind, errs, warns, ctx.filename, ctx.legacy, ctx.notes, label)
         except RecursionError:  # cannot happen with our builder's depth limit; never a traceback
             errs.append(("", "nested too deeply"))
     for path, k, line in dups:

@@ -125,6 +125,40 @@ class Pod:
     ips: tuple[str, ...] = ()  # from status.podIP(s); empty until assigned
     ports: tuple[ContainerPort, ...] = ()
     source: str = field(default="", compare=False)
+    # "Deployment/web" when a workload made this pod (enforcer.workloads), "" for a Pod
+    owner: str = field(default="", compare=False)
+    # spec.hostNetwork: the pod shares its node's network namespace and address; as far as
+    # policy goes it IS the node (always allowed, SEMANTICS 12), so it gets no firewall.
+    host_network: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    """One spec.ports entry of a Service; target_port is a number or a container port name."""
+
+    port: int
+    protocol: str = "TCP"
+    target_port: int | str = 0
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Service:
+    """A v1 Service as the model reads it (enforcer.services): a virtual address in front of
+    the pods its selector matches. ``selector`` None: no selector (no endpoints we manage).
+    ``cluster_ip`` "" until assigned, "None" for a headless Service."""
+
+    namespace: str
+    name: str
+    selector: tuple[tuple[str, str], ...] | None
+    ports: tuple[ServicePort, ...] = ()
+    cluster_ip: str = ""
+    type: str = "ClusterIP"
+    source: str = field(default="", compare=False)
 
     @property
     def key(self) -> str:
@@ -152,6 +186,7 @@ class Cluster:
     pods: dict[str, Pod] = field(default_factory=dict)
     policies: dict[str, NetworkPolicy] = field(default_factory=dict)
     externals: dict[str, ExternalHost] = field(default_factory=dict)
+    services: dict[str, Service] = field(default_factory=dict)
 
     def namespace(self, name: str) -> Namespace:
         """A namespace that no manifest declared still exists, with the label the API sets."""

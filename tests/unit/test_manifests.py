@@ -49,7 +49,7 @@ def test_directory_loads_manifest_files_sorted_and_not_recursive():
     assert list(c.policies) == ["prod/db"]
     assert list(c.externals) == ["backup"]
     assert r.warnings == []
-    assert r.notes == [f"{CLUSTER}/01-namespaces.yaml: skipped Deployment prod/web (kind not used)"]
+    assert r.notes == [f"{CLUSTER}/01-namespaces.yaml: skipped ConfigMap prod/web (kind not used)"]
 
 
 def test_directory_model_contents():
@@ -100,7 +100,7 @@ def test_kind_list_and_skipped_items():
     r = load([str(DATA / "list.yaml")])
     assert list(r.cluster.pods) == ["ns1/a"]
     assert r.cluster.policies["ns1/deny-all"].policy_types == frozenset({"Ingress", "Egress"})
-    assert r.notes == [f"{DATA}/list.yaml: skipped Service ns1/svc (kind not used)"]
+    assert r.notes == [f"{DATA}/list.yaml: skipped ConfigMap ns1/svc (kind not used)"]
 
 
 def test_typed_list_items_inherit_kind_and_api_version():
@@ -214,7 +214,7 @@ def test_decode_text_returns_objects_with_keys_and_problems():
     assert [(d.kind, d.key, d.obj is None) for d in objs] == [
         ("Namespace", "prod", False), ("Namespace", "dev", False), ("NetworkPolicy", "prod/Bad", True)]
     assert objs[2].problems[0].field == "metadata.name"
-    assert notes == ["x.yaml: skipped Deployment prod/web (kind not used)"]
+    assert notes == ["x.yaml: skipped ConfigMap prod/web (kind not used)"]
     cluster = build_cluster(objs)
     assert sorted(cluster.namespaces) == ["dev", "prod"] and cluster.policies == {}
 
