@@ -74,12 +74,32 @@ def running(data: dict[str, Any]) -> bool:
     return data.get("phase") in ("starting", "running") and alive(data.get("pid"))
 
 
+def api_line(src: dict[str, Any]) -> str:
+    """The API source's line: where, which node, and whether the state is current."""
+    kinds = src.get("kinds") or {}
+    if src.get("reachable") is False:
+        how = f"UNREACHABLE since {src.get('unreachable_since')} (fail-static: the last good state stays enforced)"
+    elif src.get("from_snapshot"):
+        how = f"not answered yet: enforcing the snapshot of {src.get('from_snapshot')}"
+    elif not all(k.get("listed") for k in kinds.values()):
+        how = "waiting for the first complete list"
+    else:
+        how = "in sync"
+    errors = [f"{kind}: {k['error']}" for kind, k in sorted(kinds.items()) if k.get("error")]
+    relists = sum(k.get("relists", 0) for k in kinds.values())
+    text = f"source: API server {src.get('server')} (node {src.get('node')}): {how}; relists: {relists}"
+    return text + "".join(f"\n  {e}" for e in errors)
+
+
 def render(data: dict[str, Any]) -> str:
     """The text of ``netpol status``."""
     lines = []
     state = "running" if running(data) else f"not running (state {data.get('phase')})"
     lines.append(f"netpol daemon: {state}, pid {data.get('pid')}, backend {data.get('backend')}, "
                  f"started {data.get('started')}")
+    src = data.get("source") or {}
+    if src.get("type") == "api":
+        lines.append(api_line(src))
     ls = data.get("last_sync") or {}
     if ls:
         how = "ok" if ls.get("ok") else f"FAILED: {ls.get('error')}"
