@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from enforcer import validation as V
+from enforcer.hints import unknown_field
 from enforcer.model import (
     EGRESS,
     INGRESS,
@@ -94,16 +95,8 @@ def _struct(v: object, path: str, allowed: frozenset, errs: Errs, anc: Anc = ())
     if not v.keys() <= allowed:
         for k in v:
             if k not in allowed:
-                errs.append((_join(path, k), _unknown(k, anc)))
+                errs.append((_join(path, k), unknown_field(k, path, allowed, anc)))
     return v
-
-
-def _unknown(key: str, anc: Anc) -> str:
-    """'unknown field', with a hint when an enclosing object has that field (mis-indented)."""
-    for parent_path, parent_allowed in anc:
-        if key in parent_allowed:
-            return f"unknown field ({V.quote(key)} is a field of {parent_path or 'the object'}: check the indentation)"
-    return "unknown field"
 
 
 def _items(v: object, path: str, errs: Errs) -> list:
@@ -278,6 +271,8 @@ def _network_policy(d: dict, meta: _Meta, errs: Errs, warns: Errs, source: str) 
         for i, t in enumerate(types):
             if t not in _POLICY_TYPES:
                 errs.append((f"spec.policyTypes[{i}]", V.unsupported(t, _POLICY_TYPES)))
+            elif t in types[:i]:
+                warns.append((f"spec.policyTypes[{i}]", f"{V.quote(t)} is listed twice; once means the same"))
     # SEMANTICS rule 2: the API server's defaulting; `egress: []` is not an egress section.
     effective = frozenset(types) if types else frozenset((INGRESS, EGRESS) if egress else (INGRESS,))
     return NetworkPolicy(meta.namespace, meta.name, pod_selector, effective, ingress, egress, source)
@@ -587,7 +582,8 @@ def decode_kind(d: dict, kind: str, errs: Errs, warns: Errs, source: str, legacy
     """The model object of ``d``, a NetworkPolicy, Pod, Namespace or ExternalHost of the
     right apiVersion. ``source`` is the file name, ``label`` "Kind ns/name" for notes."""
     if kind == "NetworkPolicy":
-        _struct(d, "", _OBJECT, errs)
+        # spec's fields as the "enclosing" hint: `egress:` written at the top is spec's.
+        _struct(d, "", _OBJECT, errs, (("spec", _NP_SPEC),))
         meta = _metadata(d.get("metadata"), errs, True, V.dns1123_subdomain)
         return _network_policy(d, meta, errs, warns, source)
     if kind == "Pod":

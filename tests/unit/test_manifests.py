@@ -284,7 +284,8 @@ def test_semantics_example_message_is_exact():
         f'{f}: NetworkPolicy prod/web: spec.egress[0].ports[1].protocol: Unsupported value: '
         '"ICMP": supported values: "TCP", "UDP", "SCTP"',
         f'{f}: NetworkPolicy prod/web: spec.egress[0].to[0].namespaceSelector.podSelector: '
-        'unknown field ("podSelector" is a field of spec.egress[0].to[0]: check the indentation)',
+        'unknown field ("podSelector" is a field of a peer: put it beside the other field in spec.egress[0].to[0] '
+        '(both must match) or in an item of its own (either matches))',
     ]
 
 

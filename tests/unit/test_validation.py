@@ -160,16 +160,35 @@ NETWORK_POLICY_CASES = [
     ("ports inside a peer", policy(peer({"podSelector": {}, "ports": [{"port": 80}]})),
      [(f"{F}.ports", 'unknown field ("ports" is a field of spec.ingress[0]: check the indentation)')]),
     ("podSelector inside namespaceSelector", policy(peer({"namespaceSelector": {"podSelector": {}}})),
-     [(f"{F}.namespaceSelector.podSelector", 'unknown field ("podSelector" is a field of spec.ingress[0].from[0]: check the indentation)')]),
+     [(f"{F}.namespaceSelector.podSelector", 'unknown field ("podSelector" is a field of a peer: put it beside the other field in '
+                                               'spec.ingress[0].from[0] (both must match) or in an item of its own (either matches))')]),
     ("egress inside ingress rule", policy({"ingress": [{"egress": []}]}),
      [("spec.ingress[0].egress", 'unknown field ("egress" is a field of spec: check the indentation)')]),
-    ("field case", policy({"podselector": {}}), [("spec.podselector", "unknown field")]),
+    ("field case", policy({"podselector": {}}), [("spec.podselector", 'unknown field (did you mean "podSelector"? spec has no field "podselector")')]),
+    ("misspelled spec field", policy({"podSelecter": {}}), [("spec.podSelecter", 'unknown field (did you mean "podSelector"? spec has no field "podSelecter")')]),
+    ("from in an egress rule", policy({"egress": [{"from": []}]}),
+     [("spec.egress[0].from", 'unknown field (an egress rule lists its peers under "to"; "from" is for ingress)')]),
+    ("to in an ingress rule", policy({"ingress": [{"to": []}]}),
+     [("spec.ingress[0].to", 'unknown field (an ingress rule lists its peers under "from"; "to" is for egress)')]),
+    # Never "podSelector is a field of spec": moving it there would change the policy's targets.
+    ("peer field in a rule", policy({"ingress": [{"podSelector": {}}]}),
+     [("spec.ingress[0].podSelector", 'unknown field ("podSelector" is a field of a peer, not of a rule: make it an item '
+                                      'of a from list (from: [{podSelector: ...}]) in the rule whose ports it should share)')]),
+    ("misspelled peer field in a selector", policy(peer({"podSelector": {"namespaceSelectr": {}}})),
+     [(f"{F}.podSelector.namespaceSelectr", 'unknown field (did you mean "namespaceSelector"? "namespaceSelector" is a field '
+                                            'of a peer: put it beside the other field in spec.ingress[0].from[0] (both must '
+                                            'match) or in an item of its own (either matches))')]),
+    ("rule field in spec", policy({"ports": []}),
+     [("spec.ports", 'unknown field ("ports" is a field of a rule, an item of spec.ingress or spec.egress: check the indentation)')]),
+    ("spec field at the top", {**policy(), "egress": []}, [("egress", 'unknown field ("egress" is a field of spec: check the indentation)')]),
     ("unknown top-level field", {**policy(), "extra": 1}, [("extra", "unknown field")]),
-    ("unknown metadata field", policy(label={"a": "b"}), [("metadata.label", "unknown field")]),
-    ("unknown selector field", policy(selector({"matchLabel": {"a": "b"}})), [(f"{S}.matchLabel", "unknown field")]),
+    ("unknown metadata field", policy(label={"a": "b"}), [("metadata.label", 'unknown field (did you mean "labels"? metadata has no field "label")')]),
+    ("unknown selector field", policy(selector({"matchLabel": {"a": "b"}})),
+     [(f"{S}.matchLabel", 'unknown field (did you mean "matchLabels"? spec.podSelector has no field "matchLabel")')]),
     ("unknown expression field", policy(selector({"matchExpressions": [{"key": "a", "operator": "Exists", "value": ["x"]}]})),
-     [(f"{S}.matchExpressions[0].value", "unknown field")]),
-    ("unknown ipBlock field", policy(peer({"ipBlock": {"cidr": "10.0.0.0/8", "excepts": []}})), [(f"{F}.ipBlock.excepts", "unknown field")]),
+     [(f"{S}.matchExpressions[0].value", 'unknown field (did you mean "values"? spec.podSelector.matchExpressions[0] has no field "value")')]),
+    ("unknown ipBlock field", policy(peer({"ipBlock": {"cidr": "10.0.0.0/8", "excepts": []}})),
+     [(f"{F}.ipBlock.excepts", 'unknown field (did you mean "except"? spec.ingress[0].from[0].ipBlock has no field "excepts")')]),
     ("unknown port field", policy(port({"port": 80, "portEnd": 81})), [(f"{P}.portEnd", "unknown field")]),
     ("ingress not a list", policy({"ingress": {"from": []}}), [("spec.ingress", "Invalid type: expected a list, got a mapping")]),
     ("spec not a mapping", {**policy(), "spec": []}, [("spec", "Invalid type: expected a mapping, got a list")]),
@@ -228,13 +247,19 @@ def test_every_problem_of_one_object_is_reported():
                                           {"key": "b", "operator": "Exists", "values": []}]}},
     {"policyTypes": ["Egress", "Ingress"]},
     {"policyTypes": []},
-    # The API server's validation has no duplicate check on policyTypes
-    # (pkg/apis/networking/validation ValidateNetworkPolicySpec: at most two, each known).
-    {"policyTypes": ["Ingress", "Ingress"]},
-    {"policyTypes": ["Egress", "Egress"]},
 ])
 def test_valid_policies_have_no_problems(spec):
     assert found(policy(spec, labels={"a" * 63: "b" * 63, "x" * 253 + "/y": ""})) == []
+
+
+@pytest.mark.parametrize("types", [["Ingress", "Ingress"], ["Egress", "Egress"]])
+def test_policy_types_listed_twice_are_accepted_with_a_warning(types):
+    # The API server's validation has no duplicate check on policyTypes
+    # (pkg/apis/networking/validation ValidateNetworkPolicySpec: at most two, each known).
+    objs, _, _ = decode_text(yaml.safe_dump(policy({"policyTypes": types})), "t.yaml")
+    assert objs[0].obj is not None
+    assert [(p.field, p.message, p.warning) for p in objs[0].problems] == [
+        ("spec.policyTypes[1]", f'"{types[0]}" is listed twice; once means the same', True)]
 
 
 @pytest.mark.parametrize("spec, types", [
@@ -284,7 +309,8 @@ POD_CASES = [
     ("port protocol", pod([{"containerPort": 80, "protocol": "HTTP"}]), [(f"{C}[0].protocol", f'Unsupported value: "HTTP": {PROTOS}')]),
     ("hostPort range", pod([{"containerPort": 80, "hostPort": 70000}]), [(f"{C}[0].hostPort", f"Invalid value: 70000: {RANGE}")]),
     ("port unknown field", pod([{"containerport": 80}]),
-     [(f"{C}[0].containerport", "unknown field"), (f"{C}[0].containerPort", "Required value")]),
+     [(f"{C}[0].containerport", 'unknown field (did you mean "containerPort"? spec.containers[0].ports[0] has no field "containerport")'),
+      (f"{C}[0].containerPort", "Required value")]),
     ("ports inside a port", pod([{"containerPort": 80, "ports": []}]),
      [(f"{C}[0].ports", 'unknown field ("ports" is a field of spec.containers[0]: check the indentation)')]),
     ("ports not a list", pod({"containerPort": 80}), [(C, "Invalid type: expected a list, got a mapping")]),
@@ -305,7 +331,7 @@ POD_CASES = [
     ("podIPs entry empty", pod(status={"podIPs": [{}]}), [("status.podIPs[0].ip", "Required value")]),
     ("status not a mapping", pod(status=[]), [("status", "Invalid type: expected a mapping, got a list")]),
     ("unknown top-level", pod(extra=1), [("extra", "unknown field")]),
-    ("unknown metadata", pod(metadata={"name": "p", "lables": {}}), [("metadata.lables", "unknown field")]),
+    ("unknown metadata", pod(metadata={"name": "p", "lables": {}}), [("metadata.lables", 'unknown field (did you mean "labels"? metadata has no field "lables")')]),
 ]
 
 
@@ -358,7 +384,7 @@ def external(spec: dict, name: str = "backup") -> dict:
 OTHER_CASES = [
     ("namespace dots", namespace("a.b"), [("metadata.name", f'Invalid value: "a.b": {LABEL}')]),
     ("namespace upper", namespace("Prod"), [("metadata.name", f'Invalid value: "Prod": {LABEL}')]),
-    ("namespace spec field", namespace(spec={"finalizer": []}), [("spec.finalizer", "unknown field")]),
+    ("namespace spec field", namespace(spec={"finalizer": []}), [("spec.finalizer", 'unknown field (did you mean "finalizers"? spec has no field "finalizer")')]),
     ("namespace label", namespace(metadata={"name": "ns", "labels": {"a": "-"}}), [("metadata.labels", f'Invalid value: "-": {VALUE}')]),
     ("external name", external({"ips": ["10.0.0.1"]}, name="Backup"), [("metadata.name", f'Invalid value: "Backup": {SUBDOMAIN}')]),
     ("external no ips", external({}), [("spec.ips", "Required value: an external host needs at least one address")]),
