@@ -99,7 +99,15 @@ def decode_object(kind: str, raw: Any, *, legacy: bool = False) -> Decoded:
 
 def trim(kind: str, raw: dict) -> dict:
     """The fields we read, so that the snapshot decodes to the same object and stays small
-    (an API pod is ~4 KiB, mostly fields we ignore)."""
+    (an API pod is ~4 KiB, mostly fields we ignore). A malformed object is returned as it
+    is, for the decoder to report."""
+    try:
+        return _trim(kind, raw)
+    except (AttributeError, TypeError):
+        return raw
+
+
+def _trim(kind: str, raw: dict) -> dict:
     meta = raw.get("metadata") or {}
     m = {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if meta.get(k) is not None}
     out: dict[str, Any] = {"metadata": m}

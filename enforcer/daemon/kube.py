@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from enforcer.daemon.apistore import KINDS, ApiStore, load_snapshot, save_snapshot
+from enforcer.daemon.apistore import KINDS, ApiStore, load_snapshot, save_snapshot, trim
 from enforcer.daemon.kubeclient import GONE, Api, ApiError
 from enforcer.daemon.sources import Issue, ObjKey
 
@@ -155,12 +155,19 @@ class ApiSource:
                     return
                 delay = self._failed(st, e)
                 self._stop.wait(delay)
+            except Exception as e:  # a bug or a surprise from the library: never a dead thread
+                if self._stop.is_set():
+                    return
+                self.log.error("api reflector error", kind=kind, error=f"{type(e).__name__}: {e}",
+                               consequence="listing again after a pause")
+                st.resource_version = None
+                self._stop.wait(st.backoff.next())
 
     def step(self, kind: str) -> None:
         """One list, or one watch request until the server ends it (raises ApiError)."""
         st = self.kinds[kind]
         if st.resource_version is None:
-            items, rv = self.api.list(kind)
+            items, rv = self.api.list(kind, slim=self._slim(kind))
             self._contact()
             with self._cond:
                 self._queue.append(("list", kind, items))
@@ -172,10 +179,13 @@ class ApiSource:
             return
         st.watching = True
         try:
+            slim = self._slim(kind)
             for etype, obj in self.api.watch(kind, st.resource_version):
                 now = self.clock()
                 self._contact()
                 rv = (obj.get("metadata") or {}).get("resourceVersion") if isinstance(obj, dict) else None
+                if slim is not None and etype != "BOOKMARK":
+                    obj = slim(obj)
                 with self._cond:
                     if etype != "BOOKMARK":
                         self._queue.append(("event", kind, etype, obj))
@@ -190,6 +200,14 @@ class ApiSource:
         finally:
             st.watching = False
         st.watch_restarts += 1  # the server ended the request (timeoutSeconds): resume
+
+    @staticmethod
+    def _slim(kind: str) -> Callable[[dict], dict] | None:
+        """Pods are kept only in the fields we read, from the moment they arrive: an API
+        pod is ~4 KiB of mostly managedFields and container details, and 5,000 of them
+        held whole until the worker decodes them cost tens of MB (RSS that Python does
+        not give back). Policies and namespaces are small and are decoded whole."""
+        return slim_pod if kind == "Pod" else None
 
     def _failed(self, st: KindState, e: ApiError) -> float:
         if e.status == GONE:
@@ -398,3 +416,7 @@ def api_source(kubeconfig: str | None, node: str, *, state_file: str | None, log
     api = KubeApi(kubeconfig)
     store = ApiStore(node=node, legacy_namespace_isolation=legacy_namespace_isolation)
     return ApiSource(api, store, log=log, snapshot_path=snapshot_path(state_file))
+
+
+def slim_pod(raw: dict) -> dict:
+    return trim("Pod", raw) if isinstance(raw, dict) else raw

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from enforcer.errors import NetpolError
 
@@ -37,8 +37,9 @@ class ApiError(Exception):
 class Api(Protocol):
     server: str
 
-    def list(self, kind: str) -> tuple[list[dict], str]:
-        """Every object of ``kind`` (all namespaces) and the list's resourceVersion."""
+    def list(self, kind: str, slim: Callable[[dict], dict] | None = None) -> tuple[list[dict], str]:
+        """Every object of ``kind`` (all namespaces; each passed through ``slim`` as its
+        page arrives) and the list's resourceVersion."""
 
     def watch(self, kind: str, resource_version: str) -> Iterator[tuple[str, dict]]:
         """Events (type, object) after ``resource_version`` until the server ends the
@@ -91,7 +92,7 @@ class KubeApi:
         self.ping_timeout = ping_timeout
         self._watches: set[Any] = set()
 
-    def list(self, kind: str) -> tuple[list[dict], str]:
+    def list(self, kind: str, slim: Callable[[dict], dict] | None = None) -> tuple[list[dict], str]:
         fn = self._fns[kind]
         items: list[dict] = []
         cont: str | None = None
@@ -100,7 +101,9 @@ class KubeApi:
             # every page is served from the first page's snapshot (consistent list).
             body = self._call(lambda: fn(limit=500, _continue=cont, _preload_content=False,
                                          _request_timeout=(5, self.list_timeout)))
-            items.extend(body.get("items") or ())
+            page = body.get("items") or ()
+            items.extend(page if slim is None else (slim(o) for o in page))
+            del body, page  # one page of full objects alive at a time
             meta = body.get("metadata") or {}
             cont = meta.get("continue") or None
             if not cont:

@@ -90,11 +90,12 @@ class FakeApi:
     def compact(self):
         self.compacted = self.rv
 
-    def list(self, kind):
+    def list(self, kind, slim=None):
         if self.fail:
             raise self.fail
         self.lists += 1
-        return [copy.deepcopy(o) for o in self.objects[kind].values()], str(self.rv)
+        items = [copy.deepcopy(o) for o in self.objects[kind].values()]
+        return [slim(o) for o in items] if slim else items, str(self.rv)
 
     def watch(self, kind, rv):
         if self.fail:
@@ -444,3 +445,25 @@ def test_the_daemon_stays_static_while_the_api_is_away(daemon):
     ok, text = d.health()
     assert not ok and "fail-static" in text
     assert d.health(live_only=True)[0]  # no reason to restart the daemon
+
+
+def test_malformed_objects_are_reported_not_fatal():
+    store = ApiStore(node=NODE)
+    from enforcer.daemon.kube import slim_pod
+
+    bad = {"metadata": ["not", "a", "mapping"], "spec": 3}
+    assert slim_pod(bad) is bad
+    assert store.put("Pod", bad) == {} and store.errors()
+    assert store.put("Pod", slim_pod(pod("x", "a", "10.244.0.2", {"app": "a"}))) != {}
+
+
+def test_status_shows_the_api_source():
+    from enforcer.daemon import status
+
+    line = status.api_line({"type": "api", "server": "https://h", "node": "n", "reachable": False,
+                            "unreachable_since": "T", "kinds": {"Pod": {"listed": True, "relists": 1,
+                                                                        "error": None}}})
+    assert "UNREACHABLE since T" in line and "fail-static" in line and "relists: 1" in line
+    ok = status.api_line({"type": "api", "server": "https://h", "node": "n", "reachable": True,
+                          "kinds": {"Pod": {"listed": True}}})
+    assert ok.endswith("in sync; relists: 0")
