@@ -17,6 +17,11 @@ failed, also when the run is stopped by Ctrl-C, SIGTERM (a CI cancel) or SIGHUP.
 Kubernetes objects as dicts, or an ``enforcer.model.Cluster``. Objects the loader skips
 become pytest warnings; manifests that give no pod at all fail the test (a lab of nothing
 tests nothing). Tests using the fixture are skipped when not run as root.
+
+A test's own programs: ``netpol_lab(..., servers=False)`` starts no servers (``lab up
+--no-servers``); ``lab.popen("ns/srv", [...])`` starts a program in a pod's network
+namespace (stopped when the lab goes) and ``lab.exec("ns/cli", [...])`` runs one and
+returns its ``CompletedProcess``. They meet the pods' firewalls as the lab's servers do.
 """
 from __future__ import annotations
 
@@ -210,6 +215,7 @@ class LabHandle:
         self.backend = backend
         self._workdir = workdir
         self._verbosity = verbosity
+        self._procs: list = []  # lab.popen's processes, stopped before the lab goes
 
     @property
     def cluster(self):
@@ -303,10 +309,43 @@ class LabHandle:
                     "spec.ports) and no ports= was given")
         return "the expectation has no cell (no pair of distinct endpoints on any port)"
 
+    def exec(self, pod: str, argv: Sequence[str], *, timeout: float | None = 30.0, check: bool = False,
+             capture_output: bool = True, text: bool = True, **kwargs):
+        """Run ``argv`` in ``pod``'s network namespace (``NS/POD`` or an external host's
+        name) and wait: a ``subprocess.CompletedProcess`` (output captured as text unless
+        told otherwise). The program meets the pod's firewall as the lab's servers do."""
+        from enforcer.lab import exec as lab_exec
+
+        return lab_exec.run(self.name, pod, list(argv), timeout=timeout, check=check,
+                            capture_output=capture_output, text=text, **kwargs)
+
+    def popen(self, pod: str, argv: Sequence[str], **kwargs):
+        """Start ``argv`` in ``pod``'s network namespace (a test's own server): a
+        ``subprocess.Popen``, stopped (SIGTERM, then SIGKILL) when the lab goes down."""
+        from enforcer.lab import exec as lab_exec
+
+        proc = lab_exec.popen(self.name, pod, list(argv), **kwargs)
+        self._procs.append(proc)
+        return proc
+
+    def _stop_procs(self) -> None:
+        import subprocess
+
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self._procs.clear()
+
     def down(self) -> None:
         from enforcer.lab import control
 
         try:
+            self._stop_procs()  # a socket of theirs would keep the pod's namespace alive
             control.down(self.name)
         finally:
             _live.pop(self.name, None)
@@ -324,7 +363,7 @@ def _factory(workdir: Path, prefix: str = DEFAULT_PREFIX, verbosity: int = 0):
     me = os.getpid()
 
     def factory(manifests: Any, backend: str = "nftables", *, ipv6: bool = False,
-                name: str | None = None) -> LabHandle:
+                name: str | None = None, servers: bool = True) -> LabHandle:
         from enforcer.lab import control, naming
 
         lab_name = naming.check_lab_name(name or f"{prefix}-{uuid.uuid4().hex[:8]}")
@@ -334,7 +373,7 @@ def _factory(workdir: Path, prefix: str = DEFAULT_PREFIX, verbosity: int = 0):
         made.append(handle)
         _live[lab_name] = me
         try:
-            control.up(lab_name, cluster, backend, ipv6=ipv6, owned=True)
+            control.up(lab_name, cluster, backend, ipv6=ipv6, owned=True, servers=servers)
         except BaseException:
             # up removed what it built; a name that was taken is another lab, not ours
             made.remove(handle)

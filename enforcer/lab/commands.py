@@ -99,13 +99,15 @@ def lab() -> None:
 @NAME
 @BACKEND
 @click.option("--ipv6", is_flag=True, help="Give every pod an IPv6 address too (fd00:10:244::/64).")
-def up_cmd(files, name, backend, ipv6) -> None:
+@click.option("--no-servers", is_flag=True,
+              help="Start no servers: the test brings its own (netpol lab exec).")
+def up_cmd(files, name, backend, ipv6, no_servers) -> None:
     """Create the lab: node namespace, bridge, pods, external hosts, servers, then policies."""
     _need_root()
     cluster = load_cluster(files)
     previous = signal.signal(signal.SIGTERM, _terminate)  # a killed up removes what it built
     try:
-        out = control.up(name, cluster, backend, ipv6=ipv6)
+        out = control.up(name, cluster, backend, ipv6=ipv6, servers=not no_servers)
     finally:
         signal.signal(signal.SIGTERM, previous)
     _notes(out.notes)
@@ -298,6 +300,15 @@ def _terminate(signum, _frame) -> None:
 def _need_root() -> None:
     if os.geteuid() != 0:
         raise LabError("the lab needs root (it creates network namespaces); run it with sudo")
+
+
+def _register_exec() -> None:
+    from enforcer.lab.exec import exec_cmd
+
+    lab.add_command(exec_cmd)
+
+
+_register_exec()
 
 
 @lab.command("draw", context_settings=CONTEXT)

@@ -125,6 +125,8 @@ def _compile(cluster: Cluster, node_ips: tuple[str, ...]) -> dict[str, PodFirewa
 
 
 def _server_sync(st: LabState, endpoints: Iterable[Endpoint]) -> list[str]:
+    if st.no_servers:
+        endpoints = []  # lab up --no-servers: every port is the test's own (lab exec)
     st.server_generation += 1
     notes = servers.write_config(st.name, endpoints, st.server_generation)
     if st.server_pid and servers.is_ours(st.server_pid, st.name):
@@ -138,7 +140,7 @@ def _server_sync(st: LabState, endpoints: Iterable[Endpoint]) -> list[str]:
 
 
 def up(name: str, cluster: Cluster, backend_name: str = "nftables", *, ipv6: bool = False,
-       owned: bool = False) -> Outcome:
+       owned: bool = False, servers: bool = True) -> Outcome:
     """Build lab ``name`` from ``cluster`` and enforce its policies with ``backend_name``.
 
     ``owned``: the lab belongs to the calling process for as long as it lives (a test's
@@ -160,7 +162,7 @@ def up(name: str, cluster: Cluster, backend_name: str = "nftables", *, ipv6: boo
             state.claim(name)
             claimed = True
         with state.locked(name):
-            out = _build(name, cluster, backend, backend_name, ipv6)
+            out = _build(name, cluster, backend, backend_name, ipv6, servers)
         if not owned:
             state.set_owner(name, None)
     except BaseException as e:
@@ -176,10 +178,11 @@ def up(name: str, cluster: Cluster, backend_name: str = "nftables", *, ipv6: boo
     return out
 
 
-def _build(name: str, cluster: Cluster, backend, backend_name: str, ipv6: bool) -> Outcome:
+def _build(name: str, cluster: Cluster, backend, backend_name: str, ipv6: bool,
+           servers_wanted: bool = True) -> Outcome:
     out = Outcome()
     st = LabState(name=name, backend=backend_name, node_netns=naming.node_netns(name),
-                  bridge=naming.bridge_link(name), created=time.time())
+                  bridge=naming.bridge_link(name), created=time.time(), no_servers=not servers_wanted)
     v6 = topology.wants_ipv6(cluster, ipv6)
     base = topology.base_cidrs(v6)
     cluster = ipam.assign_ips(cluster, base)

@@ -93,11 +93,12 @@ class LabState:
     server_generation: int = 0
     created: float = 0.0
     phase: str = "building"  # "building" until lab up finished, then "ready"
+    no_servers: bool = False  # lab up --no-servers: the test brings its own (lab exec)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "version": VERSION, "name": self.name, "backend": self.backend,
-            "phase": self.phase, "created": self.created,
+            "phase": self.phase, "created": self.created, "no_servers": self.no_servers,
             "node_netns": self.node_netns, "bridge": self.bridge,
             "cidrs": list(self.cidrs), "gateways": list(self.gateways),
             "next_index": self.next_index,
@@ -118,7 +119,7 @@ class LabState:
             firewalls={k: codec.decode(v) for k, v in d.get("firewalls", {}).items()},
             server_pid=d.get("server_pid"), server_generation=d.get("server_generation", 0),
             created=d.get("created", 0.0),
-            phase=d.get("phase", "ready"),
+            phase=d.get("phase", "ready"), no_servers=d.get("no_servers", False),
         )
 
 
