@@ -164,6 +164,8 @@ class Daemon:
             self.netns_watcher.start()
         # Nothing is written from a partial view (the API source's first lists).
         self.source.wait_complete(lambda: self._stop)
+        if self._stop:
+            return  # stopped while waiting: nothing was written, the loop shuts down
         self._force_read = True
         info = self.runner.run_now(full=True)
         self._after_run(info)
