@@ -103,8 +103,8 @@ class KubeApi:
                                          _request_timeout=(5, self.list_timeout)))
             page = body.get("items") or ()
             items.extend(page if slim is None else (slim(o) for o in page))
-            del body, page  # one page of full objects alive at a time
             meta = body.get("metadata") or {}
+            del body, page  # one page of full objects alive at a time
             cont = meta.get("continue") or None
             if not cont:
                 return items, str(meta.get("resourceVersion") or "")
@@ -144,7 +144,9 @@ class KubeApi:
 
     def ping(self) -> None:
         try:
-            self._version.get_code(_request_timeout=self.ping_timeout)
+            # Raw: the answer is not read into a model (nothing to validate, nothing to keep).
+            resp = self._version.get_code(_request_timeout=self.ping_timeout, _preload_content=False)
+            resp.release_conn()
         except Exception as e:
             raise translate(e) from None
 
