@@ -70,10 +70,55 @@ def cli() -> None:
 @FILES
 @LEGACY
 def validate(files, legacy_namespace_isolation) -> None:
-    """Check every object as the API server would (exit 1 if anything is invalid)."""
-    c = read(files, legacy=legacy_namespace_isolation).cluster
+    """Check every object as the API server would (exit 1 if anything is invalid); also
+    print lint's warnings (they do not change the exit code)."""
+    c, warnings, notes = _lint(files, legacy_namespace_isolation)
+    for w in warnings:
+        click.echo(str(w), err=True)
+    for n in notes:
+        click.echo(n, err=True)
     click.echo(f"valid: {len(c.namespaces)} namespaces, {len(c.pods)} pods, "
                f"{len(c.policies)} network policies, {len(c.externals)} external hosts")
+
+
+@cli.command("lint", context_settings=CONTEXT)
+@FILES
+@LEGACY
+def lint_command(files, legacy_namespace_isolation) -> None:
+    """Warnings for policies that do nothing or surprise: selectors that select nothing,
+    unknown namespaces, rules that never match, egress without DNS (exit 1 if any)."""
+    _, warnings, notes = _lint(files, legacy_namespace_isolation)
+    for w in warnings:
+        click.echo(str(w), err=True)
+    for n in notes:
+        click.echo(n, err=True)
+    click.echo(f"{len(warnings)} warning{'s' if len(warnings) != 1 else ''}" if warnings else "no warnings")
+    sys.exit(1 if warnings else 0)
+
+
+def _lint(files, legacy: bool):
+    """(cluster, the loader's warnings and lint's, notes). An input with no object is an
+    error: a file of comments only must not pass as 'valid: 0 network policies'."""
+    from enforcer import lint as L
+    from enforcer.compile import Compiler
+
+    result = _read_quiet(files, legacy)
+    c = result.cluster
+    if not (c.namespaces or c.pods or c.policies or c.externals or getattr(c, "services", None)):
+        skipped = f" ({len(result.notes)} object(s) of kinds not used skipped)" if result.notes else ""
+        raise InputError(f"{', '.join(files)}: no Kubernetes objects to check: the input is empty "
+                         f"or only comments{skipped}")
+    cluster = ipam.assign_ips(c)
+    compiler = Compiler(cluster, node_ips=ipam.node_ips(), legacy_namespace_isolation=legacy)
+    selected = {k: compiler.selected_pods(k) for k in cluster.policies}
+    warnings = list(result.warnings) + L.lint(cluster, selected, compiler.firewalls())
+    return c, warnings, list(result.notes) + L.notes(cluster)
+
+
+def _read_quiet(files, legacy: bool):
+    from enforcer import manifests
+
+    return manifests.load(list(files), stdin=sys.stdin, legacy_namespace_isolation=legacy)
 
 
 def _family(value: str) -> int:

@@ -65,3 +65,33 @@ def _hint(key: str, path: str, allowed: frozenset, anc) -> str:
     if close and peer is not None:
         return f"did you mean {_q(close[0])}? " + _hint(close[0], path, allowed, anc)
     return ""
+
+
+# Real kinds of the API groups we read, which we skip on purpose: never "did you mean" these.
+_OTHER_KINDS = frozenset((
+    "Binding", "ComponentStatus", "ConfigMap", "Endpoints", "Event", "LimitRange", "Node",
+    "PersistentVolume", "PersistentVolumeClaim", "PodTemplate", "ResourceQuota", "Secret",
+    "ServiceAccount", "PodAttachOptions", "PodExecOptions", "PodLogOptions", "PodProxyOptions",
+    "PodStatusResult", "ReplicationControllerDummy", "Ingress", "IngressClass", "IPAddress",
+    "ServiceCIDR", "ControllerRevision", "Eviction", "Scale", "Status", "DeleteOptions",
+    "AdminNetworkPolicy", "BaselineAdminNetworkPolicy",
+))
+
+
+def _group(api_version: str) -> str:
+    return api_version.rsplit("/", 1)[0] if "/" in api_version else ""
+
+
+def unknown_kind(kind: str, api_version: str, known: dict[str, str]) -> str | None:
+    """An error message for a kind that is no kind at all in an API group we read
+    (``NetworkPolicies`` in networking.k8s.io/v1), with the kind it most likely means;
+    None for kinds to skip quietly (another group, or a real kind we do not use)."""
+    if kind in _OTHER_KINDS or _group(api_version) not in {_group(v) for v in known.values()}:
+        return None
+    close = difflib.get_close_matches(kind, sorted(known), n=1, cutoff=0.8)
+    if not close:
+        return None
+    want = close[0]
+    version = "" if known[want] == api_version else f" in {_q(known[want])}"
+    return (f"no matches for kind {_q(kind)} in version {_q(api_version)} "
+            f"(did you mean {_q(want)}{version}?)")

@@ -49,6 +49,7 @@ from enforcer.documents import (  # noqa: F401
     read_path,
 )
 from enforcer.errors import InputError, Problem
+from enforcer.hints import unknown_kind
 from enforcer.model import Cluster
 
 KIND_API_VERSIONS = {
@@ -237,9 +238,12 @@ def _decode_value(value: object, where: str, dups: list[DupKey], default_version
         ns = meta.get("namespace") if isinstance(meta, dict) else None
         ident = f"{ns}/{name}" if isinstance(ns, str) and ns else str(name) if name else f"<unnamed, {where}>"
         proper = _KINDS_LOWER.get(kind.lower())
+        near = None if proper is not None else unknown_kind(kind, version, KIND_API_VERSIONS)
         if proper is not None:
             ctx.problems.append(Problem(ctx.filename, f"{kind} {ident}", "kind",
                                         V.unsupported(kind, [proper])))
+        elif near is not None:  # NetworkPolicies: not a kind of any group, a typo of ours
+            ctx.problems.append(Problem(ctx.filename, f"{kind} {ident}", "kind", near))
         else:
             ctx.notes.append(f"{ctx.filename}: skipped {kind} {ident} (kind not used)")
         return
