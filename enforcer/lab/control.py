@@ -136,6 +136,14 @@ def _server_sync(st: LabState, endpoints: Iterable[Endpoint]) -> list[str]:
     return notes
 
 
+def _services_sync(st: LabState, had_services: bool) -> None:
+    """The Services' DNAT (enforcer/lab/services.py), from the cluster in force."""
+    from enforcer.lab import services as lab_services
+
+    pods = [e.netns for e in st.endpoints.values() if e.kind == "pod"]
+    lab_services.sync(st.cluster, pods, st.node_netns, had_services)
+
+
 # ------------------------------------------------------------------- up
 
 
@@ -150,6 +158,7 @@ def up(name: str, cluster: Cluster, backend_name: str = "nftables", *, ipv6: boo
     t0 = time.monotonic()
     naming.check_lab_name(name)
     backend = get_backend(backend_name)
+    _preload()
     leftovers = _scan(name)
     if leftovers and not state.exists(name):
         raise LabError(f"namespaces of an earlier lab {name} are still there ({leftovers[0]}, ...); "
@@ -176,6 +185,20 @@ def up(name: str, cluster: Cluster, backend_name: str = "nftables", *, ipv6: boo
         raise
     out.seconds = round(time.monotonic() - t0, 3)
     return out
+
+
+def _preload() -> None:
+    """Import now what building and tearing down import lazily. An interrupt that lands
+    inside an import leaves a half-initialised module behind (seen: asyncio, under
+    pyroute2, failing the cleanup with a NameError) or is swallowed by importlib's lock
+    callback (seen: a Ctrl-C ignored)."""
+    import asyncio  # noqa: F401 - pyroute2's sockets run on it
+    import ctypes  # noqa: F401 - netns.create/_setns
+
+    from pyroute2 import IPRoute, netns as _pyroute2_netns  # noqa: F401
+
+    from backends import registry  # noqa: F401
+    from enforcer import compile as _compile_module, verdict  # noqa: F401
 
 
 def _build(name: str, cluster: Cluster, backend, backend_name: str, ipv6: bool,
@@ -205,6 +228,7 @@ def _build(name: str, cluster: Cluster, backend, backend_name: str, ipv6: bool,
         finally:
             st.cluster = cluster
             state.save(st)
+    _services_sync(st, had_services=False)
     out.notes += _server_sync(st, st.endpoints.values())
     st.phase = "ready"
     state.save(st)
@@ -229,6 +253,7 @@ def apply(name: str, cluster: Cluster) -> Outcome:
 
 def _converge(st: LabState, cluster: Cluster, backend) -> Outcome:
     out = Outcome()
+    had_services = bool(st.cluster.services)
     old = dict(st.endpoints)
     running = {k: e.ips for k, e in old.items() if e.kind == "pod"}
     v6 = topology.wants_ipv6(cluster) or any(":" in c for c in st.cidrs)
@@ -293,6 +318,7 @@ def _converge(st: LabState, cluster: Cluster, backend) -> Outcome:
         finally:
             st.cluster = cluster
             state.save(st)
+    _services_sync(st, had_services)  # endpoints follow pods and labels
     # 5. Servers for the new endpoints and ports, now that their firewalls are in place.
     if gone or out.added or any(old[k].ports != before_ports[k] for k in kept) or \
             not servers.is_ours(st.server_pid, st.name):
