@@ -158,8 +158,11 @@ class Linter:
             positive = [k for k, _ in nss.match_labels] + \
                 [r.key for r in nss.match_expressions if r.operator in ("In", "Exists")]
             missing = [k for k in dict.fromkeys(positive) if k not in ns_keys]
+            wanted = dict(nss.match_labels)
             for k in missing:
-                if k in pod_keys:
+                if wanted.get(k) in self.ns_labels:  # name: prod, and there is a namespace prod
+                    fix = f"use {NAME_LABEL}: {wanted[k]}, the label every namespace has"
+                elif k in pod_keys:
                     fix = (f"it is a pod label ({pod_keys[k]}): move it to a podSelector in the same peer, "
                            f"and select namespaces by a label they carry (e.g. {NAME_LABEL})")
                 else:

@@ -184,3 +184,12 @@ def test_other_kinds_are_still_skipped(kind, version):
     r = netpol("validate", "-f", "-", stdin=doc)
     assert r.returncode == 0, r.stderr
     assert f"skipped {kind} x/a (kind not used)" in r.stderr
+
+
+def test_course_notes_name_label_gets_the_label_every_namespace_has():
+    r = netpol("lint", "-f", "examples/concepts/cluster.yaml", "-f", "examples/concepts/06-namespace-selector/a-seed-name-label.yaml")
+    assert r.returncode == 1
+    assert warnings(r) == [
+        "warning: examples/concepts/06-namespace-selector/a-seed-name-label.yaml: NetworkPolicy prod/db-net-policy: "
+        "spec.ingress[0].from[0].namespaceSelector: no namespace has a label name, so this selector selects no "
+        "namespace; fix: use kubernetes.io/metadata.name: prod, the label every namespace has"]
