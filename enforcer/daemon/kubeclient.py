@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterator, Protocol
 from enforcer.errors import NetpolError
 
 GONE = 410
+PATHS = {"Namespace": "/api/v1/namespaces", "Pod": "/api/v1/pods",
+         "NetworkPolicy": "/apis/networking.k8s.io/v1/networkpolicies"}
 
 
 class ApiError(Exception):
@@ -81,26 +83,37 @@ class KubeApi:
             raise config_error(f"--kubeconfig {kubeconfig}" if kubeconfig else "in-cluster configuration", e) from None
         self.where = where
         self.server = cfg.host
+        # ApiClient (configuration, auth, TLS, connection pool) without the generated API
+        # classes: CoreV1Api alone imports ~900 pydantic models (4 s and 25 MB here), to
+        # call three list endpoints whose answers we keep raw anyway.
         self.client = client.ApiClient(cfg)
-        core = client.CoreV1Api(self.client)
-        net = client.NetworkingV1Api(self.client)
-        self._fns = {"Namespace": core.list_namespace, "Pod": core.list_pod_for_all_namespaces,
-                     "NetworkPolicy": net.list_network_policy_for_all_namespaces}
-        self._version = client.VersionApi(self.client)
         self.list_timeout = list_timeout
         self.watch_timeout = watch_timeout
         self.ping_timeout = ping_timeout
         self._watches: set[Any] = set()
 
+    def _get(self, path: str, params: list[tuple[str, Any]], timeout) -> Any:
+        """One GET through the library's client; the raw urllib3 response (status checked)."""
+        from kubernetes.client.exceptions import ApiException
+
+        req = self.client.param_serialize("GET", path, query_params=params,
+                                          header_params={"Accept": "application/json"},
+                                          auth_settings=["BearerToken"])
+        resp = self.client.call_api(*req, _request_timeout=timeout)
+        if not 200 <= resp.status <= 299:
+            resp.read()
+            raise ApiException.from_response(http_resp=resp, body=None, data=None)
+        return resp.response
+
     def list(self, kind: str, slim: Callable[[dict], dict] | None = None) -> tuple[list[dict], str]:
-        fn = self._fns[kind]
+        path = PATHS[kind]
         items: list[dict] = []
         cont: str | None = None
         while True:
             # Pages of 500: the API server's memory and ours stay bounded on big clusters;
             # every page is served from the first page's snapshot (consistent list).
-            body = self._call(lambda: fn(limit=500, _continue=cont, _preload_content=False,
-                                         _request_timeout=(5, self.list_timeout)))
+            params: list[tuple[str, Any]] = [("limit", 500)] + ([("continue", cont)] if cont else [])
+            body = self._call(lambda: self._get(path, params, (5, self.list_timeout)))
             page = body.get("items") or ()
             items.extend(page if slim is None else (slim(o) for o in page))
             meta = body.get("metadata") or {}
@@ -123,10 +136,12 @@ class KubeApi:
     def watch(self, kind: str, resource_version: str) -> Iterator[tuple[str, dict]]:
         from kubernetes import watch
 
-        fn = self._fns[kind]
+        path = PATHS[kind]
 
         def call(**kw):  # no return type: the Watch hands us the raw objects
-            return fn(**kw)
+            params = [("watch", True), ("allowWatchBookmarks", True),
+                      ("resourceVersion", kw["resource_version"]), ("timeoutSeconds", kw["timeout_seconds"])]
+            return self._get(path, params, kw.get("_request_timeout"))
 
         w = watch.Watch()
         self._watches.add(w)
@@ -145,8 +160,7 @@ class KubeApi:
     def ping(self) -> None:
         try:
             # Raw: the answer is not read into a model (nothing to validate, nothing to keep).
-            resp = self._version.get_code(_request_timeout=self.ping_timeout, _preload_content=False)
-            resp.release_conn()
+            self._get("/version", [], self.ping_timeout).release_conn()
         except Exception as e:
             raise translate(e) from None
 
@@ -175,5 +189,25 @@ def translate(e: BaseException) -> ApiError:
             except (ValueError, AttributeError):
                 pass
         return ApiError(status, f"{status} {message}".strip())
+    return ApiError(0, _network_message(e))
+
+
+def _network_message(e: BaseException) -> str:
+    """urllib3's errors, said short: "connection refused", "no answer within 75 s"..."""
+    from urllib3 import exceptions as u
+
+    if isinstance(e, u.MaxRetryError) and e.reason is not None:
+        e = e.reason
+    if isinstance(e, u.ReadTimeoutError):
+        return "no answer in time (read timeout)"
+    if isinstance(e, u.ConnectTimeoutError):
+        return "cannot connect: timed out"
+    if isinstance(e, u.NewConnectionError):
+        cause = str(e).rsplit("] ", 1)[-1] if "] " in str(e) else str(e)
+        return f"cannot connect: {cause.strip().lower()}"
+    if isinstance(e, u.SSLError):
+        return f"TLS error: {e}"[:300]
+    if isinstance(e, (u.ProtocolError, ConnectionError)):
+        return "the connection was closed"
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return ApiError(0, f"{type(e).__name__}: {text}"[:300])
+    return f"{type(e).__name__}: {text}"[:300]
