@@ -200,11 +200,11 @@ def _network_message(e: BaseException) -> str:
         e = e.reason
     if isinstance(e, u.ReadTimeoutError):
         return "no answer in time (read timeout)"
-    if isinstance(e, u.ConnectTimeoutError):
-        return "cannot connect: timed out"
-    if isinstance(e, u.NewConnectionError):
+    if isinstance(e, u.NewConnectionError):  # (a subclass of ConnectTimeoutError)
         cause = str(e).rsplit("] ", 1)[-1] if "] " in str(e) else str(e)
         return f"cannot connect: {cause.strip().lower()}"
+    if isinstance(e, u.ConnectTimeoutError):
+        return "cannot connect: timed out"
     if isinstance(e, u.SSLError):
         return f"TLS error: {e}"[:300]
     if isinstance(e, (u.ProtocolError, ConnectionError)):
