@@ -190,18 +190,22 @@ def trace(files, legacy_namespace_isolation, src, dst, port, family, fmt) -> Non
     from enforcer import services, workloads
 
     src, note = workloads.resolve_name(loaded.cluster, src)
-    if note:
-        click.echo(f"note: {note}", err=True)
-    a = verdict.resolve(loaded.cluster, src)
+    a, host_note = workloads.host_network_endpoint(loaded.cluster, src, loaded.compiler.node_ips)
+    for n in (note, host_note):
+        if n:
+            click.echo(f"note: {n}", err=True)
+    a = a or verdict.resolve(loaded.cluster, src)
     svc = services.trace(loaded.cluster, loaded.firewalls, a, dst, p, proto, _family(family))
     if svc is not None:
         lines, doc, allowed = svc
         click.echo(json.dumps(doc, indent=2) if fmt == "json" else "\n".join(lines))
         sys.exit(0 if allowed else 1)
     dst, note = workloads.resolve_name(loaded.cluster, dst)
-    if note:
-        click.echo(f"note: {note}", err=True)
-    b = verdict.resolve(loaded.cluster, dst)
+    b, host_note = workloads.host_network_endpoint(loaded.cluster, dst, loaded.compiler.node_ips)
+    for n in (note, host_note):
+        if n:
+            click.echo(f"note: {n}", err=True)
+    b = b or verdict.resolve(loaded.cluster, dst)
     v = verdict.verdict(loaded.firewalls, a, b, p, proto, _family(family))
     if fmt == "json":
         click.echo(json.dumps(explain.trace_json(v, loaded.cluster), indent=2))

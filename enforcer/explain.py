@@ -131,11 +131,13 @@ def trace_lines(cluster: Cluster, v: Verdict) -> list[str]:
         lines.append(f"  {v.always}.")
         return lines
     if v.egress is None:
-        lines.append(f"  {v.src.id} is outside the cluster: no egress policy applies to it.")
+        where = "is a hostNetwork pod, i.e. the node" if v.src.kind == "node" else "is outside the cluster"
+        lines.append(f"  {v.src.id} {where}: no egress policy applies to it.")
     else:
         lines += ["  " + ln for ln in _side_text(cluster, v, v.egress)]
     if v.ingress is None:
-        lines.append(f"  {v.dst.id} is outside the cluster: no ingress policy applies to it.")
+        where = "is a hostNetwork pod, i.e. the node" if v.dst.kind == "node" else "is outside the cluster"
+        lines.append(f"  {v.dst.id} {where}: no ingress policy applies to it.")
     else:
         lines += ["  " + ln for ln in _side_text(cluster, v, v.ingress)]
     if v.allowed:

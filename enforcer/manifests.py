@@ -115,7 +115,11 @@ def _load(paths: Sequence[str], stdin: TextIO | None, legacy: bool) -> LoadResul
     problems.extend(_pod_name_clashes(decoded))
     if any(not p.warning for p in problems):
         raise InputError(problems)
-    return LoadResult(build_cluster(decoded), [p for p in problems if p.warning], notes)
+    cluster = build_cluster(decoded)
+    notes.extend(f"{key}: hostNetwork pod: it uses its node's network namespace and address, so as "
+                 "far as policy goes it is the node (always allowed, never isolated); it is no "
+                 "endpoint of the matrix or the lab" for key in sorted(cluster.host_network))
+    return LoadResult(cluster, [p for p in problems if p.warning], notes)
 
 
 def decode_text(text: str, filename: str, *, legacy_namespace_isolation: bool = False
@@ -139,9 +143,10 @@ def build_cluster(objects: Iterable[Decoded]) -> Cluster:
     for d in objects:
         if d.obj is None:
             continue
-        if d.kind in W.KINDS:  # a workload is the pods its controller would make
-            for pod in W.pods(d.obj):  # type: ignore[arg-type]
-                cluster.pods.setdefault(pod.key, pod)
+        if d.kind in W.KINDS or d.kind == "Pod":  # a workload is the pods its controller would make
+            for pod in W.pods(d.obj) if d.kind != "Pod" else [d.obj]:  # type: ignore[arg-type]
+                table = cluster.host_network if pod.host_network else cluster.pods  # type: ignore[union-attr]
+                table.setdefault(pod.key, pod)  # type: ignore[union-attr]
             continue
         table = tables.get(d.kind, cluster.services if d.kind == "Service" else None)
         if table is not None and d.key not in table:

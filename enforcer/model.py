@@ -187,6 +187,9 @@ class Cluster:
     policies: dict[str, NetworkPolicy] = field(default_factory=dict)
     externals: dict[str, ExternalHost] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
+    # hostNetwork pods: they are their node as far as policy goes (SEMANTICS 12), so they
+    # are no endpoint of their own; kept to say so (trace) and to count them.
+    host_network: dict[str, Pod] = field(default_factory=dict)
 
     def namespace(self, name: str) -> Namespace:
         """A namespace that no manifest declared still exists, with the label the API sets."""

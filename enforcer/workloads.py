@@ -273,8 +273,9 @@ def group_rows(cluster, rows: list[dict]) -> list[dict]:
 def groups(cluster) -> dict[str, list[str]]:
     """Group id -> its pods (sorted), for every pod of the cluster."""
     out: dict[str, list[str]] = {}
-    for key in sorted(cluster.pods):
-        out.setdefault(group_of(cluster.pods[key]), []).append(key)
+    everyone = {**cluster.host_network, **cluster.pods}
+    for key in sorted(everyone):
+        out.setdefault(group_of(everyone[key]), []).append(key)
     return out
 
 
@@ -283,7 +284,8 @@ def describe_group(cluster, group: str) -> str:
     members = groups(cluster).get(group, [])
     if len(members) == 1 and members[0] == group:
         return group
-    owner = cluster.pods[members[0]].owner.split("/", 1)[0] if members else "workload"
+    first = cluster.pods.get(members[0]) or cluster.host_network.get(members[0]) if members else None
+    owner = first.owner.split("/", 1)[0] if first is not None else "workload"
     return f"{owner} {group} ({len(members)} pod{'s' if len(members) != 1 else ''})"
 
 
@@ -297,3 +299,17 @@ def resolve_name(cluster, ident: str) -> tuple[str, str]:
         return ident, ""
     note = f"{describe_group(cluster, ident)}: tracing its first pod, {members[0]}"
     return members[0], note
+
+
+def host_network_endpoint(cluster, ident: str, node_ips: tuple[str, ...]):
+    """A hostNetwork pod named in ``trace``: the node's addresses, and a note saying why.
+    None when ``ident`` is no hostNetwork pod."""
+    pod = cluster.host_network.get(ident)
+    if pod is None:
+        return None, ""
+    from enforcer.verdict import Endpoint
+
+    note = (f"{ident} is a hostNetwork pod: it uses its node's network namespace and address "
+            f"({', '.join(node_ips)}); as far as policy goes it is the node: traffic between "
+            "it and the node's pods is always allowed, and no policy isolates it")
+    return Endpoint(ident, "node", tuple(node_ips), pod.ports), note

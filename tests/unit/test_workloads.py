@@ -151,7 +151,7 @@ def test_a_workload_pod_named_like_a_pod_is_an_error(tmp_path):
 def test_host_network_template(tmp_path):
     text = workload("DaemonSet", f"{SELECTOR}{TEMPLATE}\n      hostNetwork: true", name="agent")
     c = load([write(tmp_path, text)]).cluster
-    assert c.pods["ns/agent-node-0"].host_network
+    assert c.host_network["ns/agent-node-0"].host_network and not c.pods
 
 
 # ---- the command line --------------------------------------------------------------------
@@ -206,3 +206,54 @@ def test_trace_and_explain_name_workloads():
     r = run("explain", "-f", str(SHOP), "--by", "workload", "-o", "json")
     rows = {x["policy"]: x for x in json.loads(r.output)}
     assert rows["shop/cart-from-frontend"]["targets"] == ["Deployment shop/cart (2 pods)"]
+
+
+HOSTNET = """
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent, namespace: kube-system}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      hostNetwork: true
+      containers: [{name: a, ports: [{containerPort: 9100}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: prod, labels: {app: db}}
+spec: {containers: [{name: d, ports: [{containerPort: 5432}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: prod, labels: {app: web}}
+spec: {hostNetwork: true}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: prod}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+"""
+
+
+def test_host_network_pods_are_the_node(tmp_path):
+    r = load([write(tmp_path, HOSTNET)])
+    assert sorted(r.cluster.pods) == ["prod/db"]  # no endpoint of their own
+    assert sorted(r.cluster.host_network) == ["kube-system/agent-node-0", "prod/web"]
+    assert any("prod/web: hostNetwork pod" in n and "it is the node" in n for n in r.notes)
+    p = write(tmp_path, HOSTNET)
+    # prod/db is isolated both ways and allows nothing, yet the node's pods reach it
+    res = CliRunner().invoke(cli, ["trace", "-f", p, "--from", "kube-system/agent", "--to", "prod/db",
+                                   "--port", "5432"])
+    assert res.exit_code == 0, res.output
+    assert "kube-system/agent-node-0 is a hostNetwork pod, i.e. the node: no egress policy applies" in res.stdout
+    assert "traffic with the pod's own node is always allowed" in res.stdout
+    assert "as far as policy goes it is the node" in res.stderr
+    res = CliRunner().invoke(cli, ["trace", "-f", p, "--from", "prod/db", "--to", "prod/web", "--port", "80"])
+    assert res.exit_code == 0 and "prod/web is a hostNetwork pod, i.e. the node" in res.stdout
+
+
+def test_host_network_field_type_is_checked(tmp_path):
+    errs = errors(tmp_path, "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {hostNetwork: 'yes'}\n")
+    assert any('spec.hostNetwork: Invalid type: expected a boolean, got string "yes"' in e for e in errs), errs
