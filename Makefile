@@ -5,10 +5,15 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-unit bench bench-quick docs clean
+.PHONY: setup lock demo test test-unit bench bench-quick docs clean
 
 setup:
 	@./scripts/setup.sh
+
+# Re-resolve every Python dependency of pyproject.toml (all extras, the build backend) in a
+# throw-away venv and rewrite requirements.lock; the next `make setup` installs it.
+lock:
+	python3 scripts/lock.py
 
 demo: setup
 	@./scripts/demo.sh

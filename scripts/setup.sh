@@ -30,9 +30,27 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
+# Python packages: exactly the versions in requirements.lock (`make lock` writes it from
+# pyproject.toml), so a fresh clone runs what CI ran. The stamp holds a digest of the lock and
+# pyproject.toml: when either changes (a pull, `make lock`), the venv is brought back in line.
+lock=requirements.lock
 stamp=.venv/.installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install -q -e '.[test,bench]'
-  touch "$stamp"
+[ -f "$lock" ] || { echo "setup: $lock is missing: run 'make lock'" >&2; exit 1; }
+want="$(cat pyproject.toml "$lock" | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  py=.venv/bin/python
+  pip=("$py" -m pip --disable-pip-version-check --no-input -q)
+  locked_for=$(sed -n 's/^# resolved-for: *//p' "$lock")
+  have=$("$py" -c 'import platform, sys; print(f"{platform.python_implementation()} {sys.version_info[0]}.{sys.version_info[1]}")')
+  case "$locked_for" in
+    "$have,"*) ;;
+    *) echo "setup: warning: $lock was resolved for $locked_for, this venv is $have" >&2 ;;
+  esac
+  extras=$(sed -n 's/^# extras: *//p' "$lock")
+  mapfile -t build < <("$py" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
+  # pip and the build backend first, at their locked versions; the package is then built
+  # with that backend (no build isolation: an isolated build would fetch the newest one).
+  "${pip[@]}" install -c "$lock" pip "${build[@]}"
+  "${pip[@]}" install -c "$lock" --no-build-isolation -e ".[$extras]"
+  echo "$want" > "$stamp"
 fi
