@@ -532,7 +532,8 @@ class Daemon:
         (``live_only``): the worker loops (a pod that cannot be enforced is no reason to
         restart the daemon)."""
         if self.phase == "starting":
-            return False, "starting: the first sync has not finished"
+            ok, why = self.source.health()  # e.g. waiting for the API server's first lists
+            return False, "starting: the first sync has not finished" + ("" if ok else f" ({why})")
         if self.phase == "stopped":
             return False, "stopped"
         stalled = self.clock() - self._last_loop
