@@ -30,8 +30,7 @@ from enforcer.errors import ApplyError, NetnsError
 from enforcer.ir import (AddrPortSet, AddrSet, AllowRule, DirectionPolicy, PodFirewall,
                          PortMatch, Provenance)
 
-pytestmark = [pytest.mark.root,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]
+pytestmark = pytest.mark.root
 
 PREFIX = f"npt-bk{os.getpid()}"
 SRV, C1, C2 = f"{PREFIX}-srv", f"{PREFIX}-c1", f"{PREFIX}-c2"

@@ -21,8 +21,7 @@ import pytest
 from enforcer import netns
 from enforcer.daemon.testing import DaemonProcess, pod_doc, policy_doc, tcp_ok, wait_for, write_yaml
 
-ROOT = os.geteuid() == 0
-pytestmark = [pytest.mark.root, pytest.mark.skipif(not ROOT, reason="needs root")]
+pytestmark = pytest.mark.root
 
 IPS = {"a": "10.244.0.2", "b": "10.244.0.3", "c": "10.244.0.4"}
 SLOW = 3.0  # seconds we allow for a change to be enforced (it takes milliseconds)

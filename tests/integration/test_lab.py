@@ -23,7 +23,7 @@ from enforcer.lab.probe import Target, run as run_probes
 from enforcer.model import (Cluster, ContainerPort, ExternalHost, IPBlock, LabelSelector, Namespace,
                             NetworkPolicy, Peer, Pod, Rule)
 
-ROOT = os.geteuid() == 0
+from tests.conftest import ROOT
 FAST = 0.3  # probe timeout in tests: veths answer in well under a millisecond
 
 
@@ -136,7 +136,6 @@ def host_network() -> tuple:
 
 
 @pytest.mark.root
-@pytest.mark.skipif(not ROOT, reason="needs root")
 @pytest.mark.parametrize("backend", REAL_BACKENDS)
 def test_small_lab_up_probe_deny_down(backend):
     name = lab_name()
@@ -172,7 +171,6 @@ def test_small_lab_up_probe_deny_down(backend):
 
 
 @pytest.mark.root
-@pytest.mark.skipif(not ROOT, reason="needs root")
 def test_lab_up_existing_name_fails_and_failed_up_cleans_up(lab, monkeypatch):
     control.up(lab, small_cluster(), "fake")
     with pytest.raises(LabError, match="exists already"):
@@ -187,7 +185,6 @@ def test_lab_up_existing_name_fails_and_failed_up_cleans_up(lab, monkeypatch):
 
 
 @pytest.mark.root
-@pytest.mark.skipif(not ROOT, reason="needs root")
 def test_two_labs_side_by_side_do_not_see_each_other():
     a, b = lab_name(), lab_name()
     other = small_cluster()
@@ -217,7 +214,6 @@ def test_two_labs_side_by_side_do_not_see_each_other():
 
 
 @pytest.mark.root
-@pytest.mark.skipif(not ROOT, reason="needs root")
 def test_down_of_a_lab_spares_the_lab_with_a_longer_name():
     a = lab_name()
     b = f"{a}-b"  # its namespaces carry lab a's prefix too
@@ -255,7 +251,6 @@ CRASH = textwrap.dedent("""
 
 
 @pytest.mark.root
-@pytest.mark.skipif(not ROOT, reason="needs root")
 def test_killed_lab_up_is_cleaned_by_lab_down(lab):
     code = CRASH.format(tests=os.path.dirname(__file__), name=lab)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -271,7 +266,6 @@ def test_killed_lab_up_is_cleaned_by_lab_down(lab):
 
 
 @pytest.mark.root
-@pytest.mark.skipif(not ROOT, reason="needs root")
 def test_apply_adds_and_removes_pods_keeping_addresses(lab):
     backend = REAL_BACKENDS[0]
     control.up(lab, small_cluster([DENY_X]), backend)
@@ -313,7 +307,6 @@ def test_apply_adds_and_removes_pods_keeping_addresses(lab):
 
 
 @pytest.mark.root
-@pytest.mark.skipif(not ROOT, reason="needs root")
 def test_external_host_and_ipblock(lab):
     backend = REAL_BACKENDS[0]
     if backend == "fake":
@@ -335,7 +328,6 @@ def test_external_host_and_ipblock(lab):
 
 
 @pytest.mark.root
-@pytest.mark.skipif(not ROOT, reason="needs root")
 def test_ipv6_lab(lab):
     control.up(lab, small_cluster(), REAL_BACKENDS[0], ipv6=True)
     st = state.load(lab)
@@ -393,7 +385,6 @@ def netpol(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.root
-@pytest.mark.skipif(not ROOT, reason="needs root")
 def test_cli_lab_commands(lab, tmp_path):
     pytest.importorskip("enforcer.manifests")
     backend = REAL_BACKENDS[0]
@@ -427,7 +418,6 @@ def test_cli_lab_commands(lab, tmp_path):
 
 
 @pytest.mark.root
-@pytest.mark.skipif(not ROOT, reason="needs root")
 def test_cli_one_shot_probe(tmp_path):
     pytest.importorskip("enforcer.manifests")
     (tmp_path / "deny.yaml").write_text(DENY_YAML)

@@ -21,30 +21,12 @@ import pytest
 
 from enforcer import netns
 from enforcer.lab import observe, state
+from tests.unit.clusters import three_pods
 
 pytestmark = pytest.mark.root
 
 POLICY = "x/b-policy"
-MANIFESTS = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: x}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: x, labels: {app: a}}
-spec: {containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: x, labels: {app: b}}
-spec: {containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: c, namespace: x, labels: {app: c}}
-spec: {containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
----
+MANIFESTS = three_pods() + """---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: b-policy, namespace: x}

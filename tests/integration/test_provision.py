@@ -154,7 +154,7 @@ def test_vagrantfile_matches_the_provisioning():
         subprocess.run(["ruby", "-c", str(VAGRANTFILE)], check=True, capture_output=True)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root and runuser")
+@pytest.mark.root
 def test_refuses_to_install_as_non_root_without_prefix():
     # pytest's tmp_path is private to root; nobody needs a world-readable copy.
     with tempfile.TemporaryDirectory(prefix="npt-provision-") as tmp:

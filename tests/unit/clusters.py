@@ -1,4 +1,5 @@
-"""Small builders for model objects in unit tests (no YAML, no loader)."""
+"""Small clusters for tests: builders of model objects (no YAML, no loader), and the one
+small cluster that many test files load as manifest text (three_pods)."""
 from __future__ import annotations
 
 from enforcer import ipam
@@ -80,3 +81,23 @@ class World:
 
     def allowed(self, src, dst, port=80, proto="TCP", family=4) -> bool:
         return self.verdict(src, dst, port, proto, family).allowed
+
+
+# ---- as manifest text ---------------------------------------------------------------------
+# Namespace x and pods x/a, x/b, x/c labelled app=<name>, each serving 80/TCP: the cluster
+# of the diff, daemon and lab-observation tests. Without addresses, IPAM gives the pods
+# THREE_POD_IPS in this order (after the gateway 10.244.0.1); with_ips writes those same
+# addresses into status.podIP, as `kubectl get -o yaml` of a real cluster has them.
+THREE_POD_IPS = {"a": "10.244.0.2", "b": "10.244.0.3", "c": "10.244.0.4"}
+
+
+def three_pods(with_ips: bool = False) -> str:
+    docs = ["apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n"]
+    for name, ip in THREE_POD_IPS.items():
+        doc = (f"apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: {name}}}}}\n"
+               "spec: {containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}\n")
+        docs.append(doc + (f"status: {{podIP: {ip}}}\n" if with_ips else ""))
+    return "---\n".join(docs)
+
+
+THREE_PODS = three_pods()

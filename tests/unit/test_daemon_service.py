@@ -20,26 +20,9 @@ from enforcer.daemon.reconcile import Reconciler
 from enforcer.daemon.runner import FakeClock
 from enforcer.daemon.service import Daemon, Options
 from enforcer.errors import NetnsError
+from tests.unit.clusters import three_pods
 
-PODS = """apiVersion: v1
-kind: Namespace
-metadata: {name: x}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: x, labels: {app: a}}
-status: {podIP: 10.244.0.2}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: x, labels: {app: b}}
-status: {podIP: 10.244.0.3}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: c, namespace: x, labels: {app: c}}
-status: {podIP: 10.244.0.4}
----
+PODS = three_pods(with_ips=True) + """---
 apiVersion: v1
 kind: Pod
 metadata: {name: remote, namespace: x, labels: {app: r}}

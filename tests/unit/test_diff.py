@@ -10,27 +10,9 @@ from click.testing import CliRunner
 
 from enforcer.cli import cli
 from enforcer.errors import InputError
+from tests.unit.clusters import three_pods
 
-CLUSTER = """\
-apiVersion: v1
-kind: Namespace
-metadata: {name: x}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: x, labels: {app: a}}
-spec: {containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: x, labels: {app: b}}
-spec: {containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: c, namespace: x, labels: {app: c}}
-spec: {containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
-"""
+CLUSTER = three_pods()
 
 
 def policy(name: str, target: str, from_app: str | None) -> str:

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import io
+import json
 import os
-import time
+import re
+import tempfile
+import traceback
 from pathlib import Path
 
 import pytest
@@ -267,7 +270,8 @@ def test_every_problem_of_every_file_is_reported(tmp_path):
     assert len(errs) == 4
     assert errs[0].startswith(f"{tmp_path}/a.yaml: Pod default/A: metadata.name: Invalid value")
     assert errs[1].startswith(f"{tmp_path}/b.yaml: Pod X/b: metadata.namespace: Invalid value")
-    assert errs[2].startswith(f"{tmp_path}/c.yaml: line 2, column 1: YAML syntax error")
+    # the line is ours to get right; the column is libyaml's, and varies with its version
+    assert re.match(rf"{re.escape(str(tmp_path))}/c\.yaml: line 2(, column \d+)?: YAML syntax error", errs[2])
     assert errs[3] == f"{tmp_path}/missing.yaml: cannot read: no such file or directory"
 
 
@@ -330,13 +334,38 @@ def test_documents_that_are_not_objects(text, expected):
 
 BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
     f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+# Refusals stop at the problem: they pull at most this many events from libyaml, whatever
+# the size of the input (the deep block case below is 9 MB, ~6,000 events if read through).
+STOPS_WITHIN = documents.MAX_DEPTH + 5
+
+
+@pytest.fixture
+def parser_events(monkeypatch):
+    """How many events the YAML builder pulls from the parser: "fails fast" measured in work
+    done, not in seconds (unit tests carry no timed assertions; speed is for benchmarks/)."""
+    real = documents._Parser
+    count = [0]
+
+    class Counting:
+        def __init__(self, text):
+            self._parser = real(text)
+
+        def get_event(self):
+            count[0] += 1
+            return self._parser.get_event()
+
+    monkeypatch.setattr(documents, "_Parser", Counting)
+    return lambda: count[0]
 
 
 @pytest.mark.parametrize("text, where, message", [
     (BILLION_LAUGHS, "line 6", "refusing a possible alias bomb"),
     ("a: &a [*a]\n", "line 1", "recursive alias *a"),
     ("a: *nope\n", "line 1", "alias *nope names no anchor defined before it"),
-    ("a: " + "[" * 200_000, "line 1", "nested deeper than 100 levels"),
+    ("a: " + "[" * 500, "line 1", "nested deeper than 100 levels"),
+    # libyaml 0.2.6 (PyYAML 6.0.4's wheels) stops flow nesting at 1,000 levels itself, while
+    # scanning ahead and before our builder sees 100: either refusal is a clear one.
+    ("a: " + "[" * 200_000, "line 1", ("nested deeper than 100 levels", "exceeded maximum nesting depth")),
     ("".join("  " * i + "- \n" for i in range(3000)), "line 101", "nested deeper than 100 levels"),
     ("[" * 200_000 + "]" * 200_000, "", "JSON nested too deeply"),
     ("? [a]\n: b\n", "line 1", "a mapping key must be a string, not a list"),
@@ -344,27 +373,27 @@ BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".jo
     ("a: !custom x\n", "line 1", "unsupported YAML tag !custom"),
     ("a: !!set {x}\n", "line 1", "unsupported YAML tag tag:yaml.org,2002:set"),
     ("a: 1\n\x07: 2\n", "line 2", "unacceptable character #x0007: control characters are not allowed"),
-    ("a: b\n c: d\n", "line 2, column 3", "YAML syntax error: mapping values are not allowed"),
-    ("a:\n\tb: 1\n", "line 2, column 1", "YAML syntax error: found character that cannot start any token"),
-    ('{"a": [}', "line 1, column 8", "JSON syntax error: Expecting value"),
+    ("a: b\n c: d\n", "line 2", "YAML syntax error: mapping values are not allowed"),
+    ("a:\n\tb: 1\n", "line 2", "YAML syntax error: found character that cannot start any token"),
+    ('{"a": [}', "line 1", "JSON syntax error: Expecting value"),
     ("x: &a {y: 1}\nz:\n  <<: 5\n", "line 3", "a merge key (<<) needs a mapping or a list of mappings"),
 ])
-def test_hostile_yaml_fails_fast_with_a_clear_problem(text, where, message):
-    start = time.monotonic()
+def test_hostile_yaml_fails_fast_with_a_clear_problem(text, where, message, parser_events):
     objs, file_problems, _ = decode_text(text, "h.yaml")
-    assert time.monotonic() - start < 1.0
     assert objs == [] and len(file_problems) == 1
     p = file_problems[0]
-    assert p.file == "h.yaml" and p.field == where and message in p.message
+    # The line is ours; a column, where there is one, is the parser's and varies by version.
+    assert p.file == "h.yaml" and re.fullmatch(rf"{where}(, column \d+)?", p.field), p.field
+    assert any(m in p.message for m in ((message,) if isinstance(message, str) else message)), p.message
+    assert parser_events() <= STOPS_WITHIN
 
 
-def test_alias_bomb_through_load_is_an_input_error(tmp_path):
+def test_alias_bomb_through_load_is_an_input_error(tmp_path, parser_events):
     f = tmp_path / "bomb.yaml"
     f.write_text(BILLION_LAUGHS)
-    start = time.monotonic()
     errs = load_error([f])
-    assert time.monotonic() - start < 1.0
     assert len(errs) == 1 and "alias bomb" in errs[0]
+    assert parser_events() <= STOPS_WITHIN  # refused while parsing: nothing was expanded
 
 
 def test_moderate_alias_reuse_is_allowed():
@@ -406,12 +435,58 @@ def test_unreadable_path(tmp_path):
     assert errs == [f"{tmp_path}/nope/x.yaml: cannot read: no such file or directory"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_permission_denied(tmp_path):  # pragma: no cover - CI runs as root
-    f = tmp_path / "secret.yaml"
-    f.write_text("a: 1\n")
-    f.chmod(0)
-    assert load_error([f]) == [f"{f}: cannot read: permission denied"]
+NOBODY = 65534  # the unprivileged uid and gid Debian calls nobody / nogroup
+
+
+def _load_problems(path) -> list[str]:
+    try:
+        load([str(path)])
+    except InputError as e:
+        return [str(p) for p in e.problems]
+    return []
+
+
+def _load_problems_unprivileged(path) -> list[str]:
+    """load() in a forked child that gave up root for good (root reads any file, so the
+    permission check must run as someone else). The modules are imported already: the
+    child opens nothing but the manifest."""
+    if os.geteuid() != 0:
+        return _load_problems(path)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's coverage is not collected
+        code = 1
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            os.write(w, json.dumps(_load_problems(path)).encode())
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the unprivileged reader failed (see stderr)"
+    return json.loads(out)
+
+
+def test_permission_denied():
+    # Not pytest's tmp_path: its directories are private to the user running the tests.
+    with tempfile.TemporaryDirectory(prefix="npt-perm-") as tmp:
+        os.chmod(tmp, 0o755)
+        f = os.path.join(tmp, "secret.yaml")
+        with open(f, "w") as out:
+            out.write("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n")
+        os.chmod(f, 0o644)
+        assert _load_problems_unprivileged(f) == []  # the reader reaches the file...
+        os.chmod(f, 0)
+        # ...and only its mode stops it
+        assert _load_problems_unprivileged(f) == [f"{f}: cannot read: permission denied"]
 
 
 def test_legacy_namespace_isolation_annotation():
@@ -453,16 +528,14 @@ def test_null_rule_is_allow_all_and_null_fields_are_absent():
     assert [(r.peers, r.ports) for r in objs[0].obj.ingress] == [((), ()), ((), ())]
 
 
-def test_load_performance_smoke():
-    """2,000 pods in one file decode well under a second (the benchmark does 150,000)."""
+def test_two_thousand_pods_in_one_file():
+    """2,000 pods in one file all decode (their speed, up to 150,000, is benchmarks/' job)."""
     text = "".join(
         f"---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p{i}\n  namespace: ns{i % 7}\n"
         f"  labels: {{app: a{i % 10}}}\nspec:\n  containers:\n  - name: c\n    image: x\n"
         f"    ports: [{{containerPort: 80, name: http}}]\nstatus: {{podIP: 10.1.{i // 250}.{i % 250 + 1}}}\n"
         for i in range(2000))
-    start = time.monotonic()
     objs, probs, _ = decode_text(text, "p.yaml")
-    assert time.monotonic() - start < 1.5
     assert probs == [] and len(objs) == 2000 and all(d.obj is not None for d in objs)
 
 
