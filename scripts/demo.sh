@@ -25,6 +25,13 @@ run $NETPOL trace -f $EX --from prod/api --to prod/db --port 3306/TCP
 say "6. The rules installed in prod/db's network namespace, nftables and iptables side by side"
 COLUMNS=${COLUMNS:-180} run $NETPOL render -f $EX --pod prod/db --backend all
 
+say "7. An application as it is shipped (examples/shop): Deployments and Services"
+run $NETPOL matrix -f examples/shop --by workload --ports 9090/TCP
+SHOWN="grep -E '^Service|^  backend|^    shop/'"
+printf '$ %s\n' "netpol trace -f examples/shop --from shop/frontend --to svc:shop/cart --port 80/TCP | $SHOWN"
+$NETPOL trace -f examples/shop --from shop/frontend --to svc:shop/cart --port 80/TCP 2>/dev/null |
+  grep -E '^Service|^  backend|^    shop/'
+
 # `lab drops` in the background until it has seen 4 drops; a quiet probe makes them.
 stream_drops() {
   local err pid
@@ -39,16 +46,16 @@ stream_drops() {
 }
 
 if [ "$(id -u)" -eq 0 ] && $NETPOL lab --help >/dev/null 2>&1; then
-  say "7. Real packets: a lab of 9 pods and the backup host, probed before and after"
+  say "8. Real packets: a lab of 9 pods and the backup host, probed before and after"
   LAB=demo$$
   trap '$NETPOL lab down --name $LAB >/dev/null 2>&1' EXIT
   run $NETPOL lab up -f $EX/cluster.yaml --name $LAB --backend nftables &&
   run $NETPOL lab probe --name $LAB --ports 3306/TCP &&
   run $NETPOL lab apply --name $LAB -f $EX &&
   run $NETPOL lab probe --name $LAB --ports 3306/TCP --expect model
-  say "8. Stream a few drops (while a probe runs): pod, direction, peer and the isolating policy"
+  say "9. Stream a few drops (while a probe runs): pod, direction, peer and the isolating policy"
   stream_drops
-  say "9. Which rule of prod/db matched how many packets"
+  say "10. Which rule of prod/db matched how many packets"
   run $NETPOL lab stats --name $LAB --pod prod/db --nonzero
   run $NETPOL lab down --name $LAB
   trap - EXIT

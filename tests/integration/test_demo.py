@@ -24,4 +24,6 @@ def test_demo_runs_in_under_a_minute():
     assert "prod/api -> prod/db 3306/TCP" in out and ": allowed." in out
     assert "0 wrong, 90 correct" in out  # the kernel agrees with the model on every pair
     assert "DROP" in out  # the drop stream saw a denied packet
+    # the shop: Deployments grouped, a Service traced to its backends' targetPort
+    assert "shop/frontend ." in out and "-> shop/cart-" in out and "9090/TCP" in out
     assert elapsed < 60
