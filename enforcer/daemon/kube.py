@@ -71,7 +71,7 @@ class ApiSource:
 
     def __init__(self, api: Api, store: ApiStore, *, log, snapshot_path: str | None = None,
                  clock: Callable[[], float] = time.monotonic, ping_interval: float = 5.0,
-                 snapshot_wait: float = 5.0, save_interval: float = 1.0) -> None:
+                 snapshot_wait: float = 5.0, save_interval: float = 1.0, save_delay: float = 0.2) -> None:
         self.api = api
         self.store = store
         self.log = log
@@ -79,7 +79,8 @@ class ApiSource:
         self.snapshot_path = snapshot_path
         self.ping_interval = ping_interval
         self.snapshot_wait = snapshot_wait  # how long a start waits for the API before using the snapshot
-        self.save_interval = save_interval
+        self.save_interval = save_interval  # at most one snapshot write per interval
+        self.save_delay = save_delay  # after the last change: a burst is saved once
         self.on_ready: Callable[[float, float | None], None] = lambda at, nb: None
         self.kinds = {k: KindState(k) for k in KINDS}
         self._lock = threading.Lock()
@@ -94,6 +95,7 @@ class ApiSource:
         self.from_snapshot: str | None = None  # the snapshot's time, while it is what we enforce
         self._snapshot: dict | None = None
         self._snapshot_dirty = False
+        self._dirty_at = float("-inf")
         self._last_save = float("-inf")
         self.metrics: Any = None
 
@@ -299,14 +301,15 @@ class ApiSource:
         if self.from_snapshot is not None and self.complete():
             self.from_snapshot = None
             self.log.info("api state complete", reason="every kind listed; the snapshot is replaced")
+        now = self.clock()
         if (changes or queue) and self.complete():
+            if not self._snapshot_dirty:
+                self._dirty_at = now
             self._snapshot_dirty = True
-        if self._snapshot_dirty:
-            now = self.clock()
-            if now - self._last_save >= self.save_interval:
-                self._save()
-            else:
-                self.on_ready(now, self._last_save + self.save_interval)
+        # Saved by a later sync that has nothing to apply (next_ready() asks the daemon for
+        # one), never on the way to enforcing a change: 5,000 pods are ~1 MB of JSON.
+        if self._snapshot_dirty and not queue and now >= self._save_due():
+            self._save()
         if self.metrics is not None:
             self.metrics.update(self)
         return changes, len(queue)
@@ -323,8 +326,11 @@ class ApiSource:
         except OSError as e:
             self.log.warning("api snapshot not written", path=self.snapshot_path, error=str(e))
 
+    def _save_due(self) -> float:
+        return max(self._last_save + self.save_interval, self._dirty_at + self.save_delay)
+
     def next_ready(self) -> float | None:
-        return self._last_save + self.save_interval if self._snapshot_dirty else None
+        return self._save_due() if self._snapshot_dirty else None
 
     def is_local(self, pod_key: str) -> bool:
         return self.store.is_local(pod_key)

@@ -151,7 +151,7 @@ def make_source(api, tmp_path=None, **kw):
     log = Log()
     store = ApiStore(node=NODE)
     snap = str(tmp_path / "snap.json") if tmp_path else None
-    src = ApiSource(api, store, log=log, snapshot_path=snap, clock=FakeClock(), save_interval=0, **kw)
+    src = ApiSource(api, store, log=log, snapshot_path=snap, clock=FakeClock(), save_interval=0, save_delay=0, **kw)
     return src, log
 
 
@@ -345,7 +345,10 @@ def test_a_restart_while_the_api_is_down_enforces_the_saved_state(tmp_path):
     src, _ = make_source(api, tmp_path)
     sync_all(src)
     src.poll()
-    src.stop()
+    assert not (tmp_path / "snap.json").exists()  # not on the way to enforcing a change
+    assert src.next_ready() is not None
+    src.poll()  # the daemon's next sync, with nothing to apply
+    assert src.next_ready() is None
     saved = json.loads((tmp_path / "snap.json").read_text())
     assert {m["metadata"]["name"] for m in saved["items"]["Pod"]} == {"a", "b", "remote"}
     # A new process; the API server is down.
