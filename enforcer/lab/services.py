@@ -74,7 +74,19 @@ def sync(cluster: Cluster, pod_netns: list[str], node_netns: str, had_services: 
     else:
         texts = [(n, remove_text()) for n in [*pod_netns, node_netns]]
     for name, text in texts:
-        try:
+        _install(name, text)
+
+
+def _install(name: str, text: str) -> None:
+    """One nft transaction in namespace ``name``: in-process through libnftables when it
+    is there (no process per pod), else with the nft command."""
+    from backends import libnft
+
+    try:
+        if libnft.available():
+            with netns.entered(name), libnft.Context() as ctx:
+                ctx.run(text)
+        else:
             netns.run(name, ["nft", "-f", "-"], input=text)
-        except NetnsError as e:
-            raise LabError(f"Services' DNAT in {name}: {e}") from e
+    except (NetnsError, libnft.NftError) as e:
+        raise LabError(f"Services' DNAT in {name}: {e}") from e
