@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from enforcer.daemon.runner import BoundedRunner, Periodic, RunInfo
 from enforcer.daemon.sources import DirSource, Issue, LastGood, ManifestStore, ObjKey
 from enforcer.errors import NetpolError
 
+STOP_GRACE = 5.0  # seconds a stop waits for the worker's current call before exiting anyway
 DEFAULT_NODE_IPS = ipam.node_ips((ipam.DEFAULT_POD_CIDR, ipam.DEFAULT_POD_CIDR6))
 
 
@@ -126,6 +128,7 @@ class Daemon:
         self._cond = threading.Condition()
         self._kick = False
         self._stop = False
+        self._stop_at: float | None = None  # when SIGTERM/SIGINT came (monotonic)
         self._reload = False
         self._force_read = False
         self._dirty_ns: set[str] = set()
@@ -193,11 +196,13 @@ class Daemon:
                     self._stop = True
 
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-        worker = threading.Thread(target=work, name="netpol-daemon")
+        worker = threading.Thread(target=work, name="netpol-daemon", daemon=True)
         worker.start()
         try:
             while worker.is_alive():
                 worker.join(0.5)  # interruptible: signal handlers run on this thread
+                if self._stop_at is not None and worker.is_alive() and time.monotonic() - self._stop_at > STOP_GRACE:
+                    self._abandon()
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
@@ -219,7 +224,23 @@ class Daemon:
     def stop(self) -> None:
         with self._cond:
             self._stop = True
+            if self._stop_at is None:
+                self._stop_at = time.monotonic()
             self._cond.notify_all()
+
+    def _abandon(self) -> None:
+        """SIGTERM while the worker is stuck in one long call (a kernel transaction of a
+        huge table): exit anyway. Safe: every transaction is atomic and every rule stays
+        in place (fail-static), as after a kill -9."""
+        self.log.error("stopped while busy", waited_s=STOP_GRACE,
+                       reason="the worker is still in a long call; every rule stays in place"
+                       + ("; --cleanup-on-exit skipped" if self.opts.cleanup_on_exit else ""))
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(0)
 
     def reload(self) -> None:
         with self._cond:
