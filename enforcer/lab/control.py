@@ -193,6 +193,7 @@ def _preload() -> None:
     pyroute2, failing the cleanup with a NameError) or is swallowed by importlib's lock
     callback (seen: a Ctrl-C ignored)."""
     import asyncio  # noqa: F401 - pyroute2's sockets run on it
+    import concurrent.futures  # noqa: F401 - backends apply in threads
     import ctypes  # noqa: F401 - netns.create/_setns
 
     from pyroute2 import IPRoute, netns as _pyroute2_netns  # noqa: F401

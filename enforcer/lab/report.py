@@ -65,14 +65,16 @@ def port_table(key: PortKey, endpoints: list[str], observed: Mapping[CellKey, bo
     if not fits(len(cols)):
         rows = [e for e in endpoints if e in {c[0] for c in here}]
         cols = [e for e in endpoints if e in {c[1] for c in here}]
-        note = " (only rows and columns with a wrong cell)"
+        note = "only the rows and columns with a wrong cell (all of them with -vv)"
         while not fits(len(cols)):
             cols.pop()
-            note = " (only rows and some columns with a wrong cell; all of them with -vv)"
+            note = "only the rows and some columns with a wrong cell (all of them with -vv)"
     n_wrong = len(here)
     n_all = sum(1 for c in expected if (c[2], c[3]) == key)
-    head = [_clip(f"{port_label(key)}: {n_wrong} wrong, {n_all - n_wrong} correct; observed, "
-                  f"[ ] = wrong; rows from, columns to{note}", width)]
+    head = [_clip(f"{port_label(key)}: {n_wrong} wrong, {n_all - n_wrong} correct "
+                  "(what was observed; [ ] wrong; rows from, columns to)", width)]
+    if note:
+        head.append(note)
     head.append(" " * label_w + "".join(f"{number[c]:^3}" for c in cols).rstrip())
     for f in rows:
         name = f if len(f) <= names else f[:names - 1] + "~"

@@ -226,7 +226,8 @@ def owner(name: str) -> dict | None:
 
 def owner_alive(doc: dict) -> bool:
     pid = doc.get("pid")
-    return bool(pid) and proc_start(int(pid)) == doc.get("start")
+    start = proc_start(int(pid)) if pid else None
+    return start is not None and start == doc.get("start")
 
 
 UNOWNED_GRACE = 60.0  # a directory without owner nor state younger than this is being claimed

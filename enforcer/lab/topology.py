@@ -33,7 +33,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable
 
-from enforcer import ipam, netns
+from enforcer import interrupts, ipam, netns
 from enforcer.errors import LabError, NetnsError
 from enforcer.lab.state import Endpoint
 from enforcer.model import Cluster
@@ -177,7 +177,7 @@ def _iproute_in(name: str):
     """An IPRoute whose netlink socket lives in namespace ``name`` (opened while inside)."""
     from pyroute2 import IPRoute
 
-    with netns.entered(name):
+    with netns.entered(name), interrupts.deferred():  # a half-made IPRoute breaks its own __del__
         return IPRoute()
 
 
