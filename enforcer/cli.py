@@ -245,7 +245,8 @@ def explain(files, legacy_namespace_isolation, fmt, by) -> None:
 @LEGACY
 @click.option("--backend", "backend", default="nftables",
               help="nftables, iptables, iptables-legacy, or all (side by side).")
-@click.option("--pod", "pods", multiple=True, help="NAMESPACE/POD (repeatable; default: every pod).")
+@click.option("--pod", "pods", multiple=True,
+              help="NAMESPACE/POD or NAMESPACE/WORKLOAD (repeatable; default: every pod).")
 def render(files, legacy_namespace_isolation, backend, pods) -> None:
     """The exact ruleset that would be installed in each pod's namespace."""
     from backends import registry
@@ -253,10 +254,16 @@ def render(files, legacy_namespace_isolation, backend, pods) -> None:
 
     loaded = load(files, legacy=legacy_namespace_isolation)
     fws = loaded.firewalls
-    for p in pods:
-        if p not in fws:
-            raise InputError(f"--pod {p}: no such pod in the input")
-    keys = list(pods) or sorted(fws)
+    from enforcer import workloads
+
+    groups = workloads.groups(loaded.cluster)
+    keys = []
+    for p in pods:  # a workload's name (NS/WORKLOAD) means each of its pods
+        members = [p] if p in fws else [k for k in groups.get(p, []) if k in fws]
+        if not members:
+            raise InputError(f"--pod {p}: no such pod or workload in the input")
+        keys.extend(members)
+    keys = keys or sorted(fws)
     names = ["nftables", "iptables"] if backend == "all" else [backend]
     impls = [registry.get(n, check=False) for n in names]
     for key in keys:

@@ -257,3 +257,9 @@ def test_host_network_pods_are_the_node(tmp_path):
 def test_host_network_field_type_is_checked(tmp_path):
     errs = errors(tmp_path, "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {hostNetwork: 'yes'}\n")
     assert any('spec.hostNetwork: Invalid type: expected a boolean, got string "yes"' in e for e in errs), errs
+
+
+def test_render_takes_a_workload_name():
+    r = run("render", "-f", str(SHOP), "--pod", "shop/cart", "--backend", "nftables")
+    assert r.exit_code == 0
+    assert r.output.count("# pod shop/cart-") == 2 and "shop/frontend-" not in r.output.split("\n")[0]
