@@ -543,10 +543,10 @@ class Compiler:
             if direction == "ingress" and self.legacy and self.namespace(pod.namespace).legacy_default_deny:
                 isolated_by.append(f"{pod.namespace}/{LEGACY}")
             rules: list[ir.AllowRule] = []
-            for pkey in isolating:
+            for k, pkey in enumerate(isolating):
                 pol = self.policies[pkey]
                 for i in range(len(pol.ingress if direction == "ingress" else pol.egress)):
-                    rules.extend(self._allow_rules(pod, (pkey, direction, i), f"{prefix}{len(sets)}", sets))
+                    rules.extend(self._allow_rules(pod, (pkey, direction, i), set_name(prefix, i, k), sets))
             directions[direction] = ir.DirectionPolicy(bool(isolated_by), tuple(sorted(isolated_by)), tuple(rules))
         return ir.PodFirewall(key, pod.ips, self.node_ips, directions["ingress"], directions["egress"], tuple(sets))
 
@@ -582,6 +582,19 @@ class Compiler:
             sets.append(ir.AddrPortSet(name + "p", ap4, ap6))
             out.append(ir.AllowRule(prov, None, (), addr_ports=name + "p"))
         return out
+
+
+def set_name(prefix: str, rule_index: int, policy_ordinal: int) -> str:
+    """The set of rule ``rule_index`` of the pod's ``policy_ordinal``-th isolating policy
+    (sorted by key): in0 is ingress[0] of the first, eg1 egress[1]; in0B is ingress[0] of
+    the second policy, in0C of the third... A reader finds a rule's set by its index.
+    Upper case, so that no tag meets the lower-case "p" of a named-port set (eg0p)."""
+    tag = ""
+    k = policy_ordinal
+    while k:
+        k, r = divmod(k, 26)
+        tag = chr(ord("A") + r) + tag
+    return f"{prefix}{rule_index}{tag}"
 
 
 def compile_cluster(cluster: Cluster, *, node_ips: tuple[str, ...] = (),

@@ -540,3 +540,28 @@ def test_malformed_input_is_an_apply_error_not_a_traceback(backend):
     assert backend.read(SRV) is None
     with pytest.raises(NetnsError):
         backend.apply(f"{PREFIX}-gone", PodFirewall(pod="x/gone"))
+
+
+def test_compiled_set_names_load(backend):
+    """The compiler's set names (in0, in1, in0B for a second policy, eg0p for an egress
+    named port) load in every backend and read back equal, and still decide packets."""
+    from enforcer import compile as comp
+    from enforcer.model import ContainerPort, PortSpec
+    from tests.unit.clusters import cluster, peer_block, peer_pods, pod, policy, rule as mrule, sel
+
+    cl = cluster(
+        pod("x", "srv", {"app": "srv"}, ips=ADDR["srv1"], ports=[ContainerPort(8080, "TCP", "http")]),
+        pod("x", "c1", {"app": "c1"}, ips=ADDR["c1"], ports=[ContainerPort(8080, "TCP", "http")]),
+        pod("x", "c2", {"app": "c2"}, ips=ADDR["c2"]),
+        policy("x", "a", sel({"app": "srv"}),
+               ingress=[mrule(peer_pods({"app": "c1"}), ports=[("TCP", 8080)]), mrule(peer_block("10.99.0.0/16"))],
+               egress=[mrule(peer_pods({"app": "c1"}), ports=[PortSpec("TCP", "http")])]),
+        policy("x", "b", sel({"app": "srv"}), ingress=[mrule(peer_pods({"app": "c2"}), ports=[("UDP", UDP_PORT)])]),
+    )
+    fw = comp.compile_cluster(cl)["x/srv"]
+    assert sorted(s.name for s in fw.sets) == ["eg0p", "in0", "in0B", "in1"]
+    backend.apply(SRV, fw)
+    assert backend.verify(SRV, fw)
+    assert tcp(C1, ADDR["srv1"][0], 8080) == "connected"
+    assert tcp(C2, ADDR["srv2"][0], 8080) == "timeout"
+    assert udp(C2, ADDR["srv2"][0])
