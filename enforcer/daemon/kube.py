@@ -180,12 +180,14 @@ class ApiSource:
             self.on_ready(self.clock(), None)
             return
         st.watching = True
+        began, received = time.monotonic(), 0
         try:
             slim = self._slim(kind)
             for etype, obj in self.api.watch(kind, st.resource_version):
                 now = self.clock()
                 self._contact()
                 rv = (obj.get("metadata") or {}).get("resourceVersion") if isinstance(obj, dict) else None
+                received += 1
                 if slim is not None and etype != "BOOKMARK":
                     obj = slim(obj)
                 with self._cond:
@@ -202,6 +204,9 @@ class ApiSource:
         finally:
             st.watching = False
         st.watch_restarts += 1  # the server ended the request (timeoutSeconds): resume
+        if not received and time.monotonic() - began < 1.0:
+            # Ended at once with nothing: a proxy or a server in trouble; do not spin.
+            raise ApiError(0, "the watch request ended at once")
 
     @staticmethod
     def _slim(kind: str) -> Callable[[dict], dict] | None:
