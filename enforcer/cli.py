@@ -77,8 +77,9 @@ def validate(files, legacy_namespace_isolation) -> None:
         click.echo(str(w), err=True)
     for n in notes:
         click.echo(n, err=True)
+    extra = f", {len(c.services)} services" if c.services else ""
     click.echo(f"valid: {len(c.namespaces)} namespaces, {len(c.pods)} pods, "
-               f"{len(c.policies)} network policies, {len(c.externals)} external hosts")
+               f"{len(c.policies)} network policies, {len(c.externals)} external hosts{extra}")
 
 
 @cli.command("lint", context_settings=CONTEXT)

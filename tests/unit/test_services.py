@@ -159,3 +159,28 @@ def test_trace_to_a_service_without_backends_is_denied(tmp_path):
     p = write(tmp_path, PODS + svc("  selector: {app: nobody}\n  ports: [{port: 80}]"))
     r = run("trace", "-f", p, "--from", "ns/client", "--to", "svc:ns/web", "--port", "80")
     assert r.exit_code == 1 and "No pod backs it" in r.stdout
+
+
+# ---- the lab's DNAT table, as text (pure) --------------------------------------------------
+
+
+def test_lab_dnat_rules(tmp_path):
+    from enforcer.lab import services as lab_services
+
+    text = PODS + svc("  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]") \
+        + svc("  selector: {app: client}\n  ports: [{port: 53, protocol: UDP}]", "dns") \
+        + svc("  selector: {app: nobody}\n  ports: [{port: 80}]", "empty") \
+        + svc("  clusterIP: None\n  selector: {app: web}\n  ports: [{port: 80}]", "headless")
+    c = cluster(tmp_path, text)
+    ip = {k: s.cluster_ip for k, s in c.services.items()}
+    pods = {k: p.ips[0] for k, p in c.pods.items()}
+    rules = lab_services.rules(c)
+    assert rules == [
+        f'ip daddr {ip["ns/dns"]} udp dport 53 dnat to {pods["ns/client"]}:53 comment "ns/dns:53/UDP"',
+        f'ip daddr {ip["ns/web"]} tcp dport 80 dnat ip to numgen inc mod 2 map '
+        f'{{ 0 : {pods["ns/a"]} . 8080, 1 : {pods["ns/b"]} . 9090 }} comment "ns/web:80/TCP"',
+    ]  # no backend (empty) and headless: no rule
+    table = lab_services.render(c, "output")
+    assert table.startswith("add table ip netpol-svc\ndelete table ip netpol-svc\n")
+    assert "type nat hook output priority -100; policy accept;" in table
+    assert "hook prerouting" in lab_services.render(c, "prerouting")

@@ -163,7 +163,7 @@ def run(*args: str):
 
 def test_shop_validates_and_its_matrix_groups_by_workload():
     r = run("validate", "-f", str(SHOP))
-    assert r.exit_code == 0 and "7 pods" in r.output
+    assert r.exit_code == 0 and "7 pods" in r.output and "4 services" in r.output
     r = run("matrix", "-f", str(SHOP), "--by", "workload", "-o", "json")
     rows = {(x["from"], x["to"], x["port"]): x for x in json.loads(r.output)["results"]}
     assert rows[("shop/frontend", "shop/cart", 9090)]["allowed"] is True
