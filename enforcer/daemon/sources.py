@@ -24,14 +24,14 @@ incremental changes, and the problems in force can be diffed to log each exactly
 
 ``DirSource`` watches the directories (inotify, through watchdog) and decides *when* a file
 is read: after it is closed or moved into place, not while it is written. A modified file
-that someone holds open (IN_OPEN without its IN_CLOSE yet) waits for the close, up to
-``hold`` seconds; a modification without a visible open waits ``settle`` seconds. A periodic ``scan`` compares
-every file's stat signature as a safety net for lost events.
+that someone holds open (IN_OPEN without its IN_CLOSE yet) waits for the close, however
+long; a modification without a visible open waits ``settle`` seconds. A periodic ``scan``
+compares every file's stat signature as a safety net for lost events (never reading a
+file that is still held or settling). Only regular files owned by root or the daemon's
+user are read, never through a symlink leading out of the watched directories.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import threading
@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from enforcer import manifests
+from enforcer.daemon.files import (LastGood, is_manifest, list_dir, read_text, signature,  # noqa: F401
+                                   tame, text_digest)
 from enforcer.errors import Problem
 from enforcer.model import Cluster
 
@@ -48,6 +50,8 @@ ObjKey = tuple[str, str]  # (kind, key): ("NetworkPolicy", "prod/db"), ("Namespa
 KEPT = "last good version stays in force"
 NOT_LOADED = "not loaded"
 FILE_KEPT = "objects of this file stay in force"
+
+HELD = float("inf")  # "ready at" of a file its writer still holds open: at its close
 
 KIND_ORDER = {"Namespace": 0, "Pod": 1, "NetworkPolicy": 2, "ExternalHost": 3}
 
@@ -106,6 +110,7 @@ class ManifestStore:
         objects: dict[ObjKey, object] = {}
         issues: list[Issue] = []
         broken = any(not p.warning for p in file_problems)
+        file_problems = [tame(p) for p in file_problems]
         for note in notes:
             kind = truncated_kind(note)
             if kind is not None:
@@ -118,8 +123,8 @@ class ManifestStore:
             issues.append(Issue(p, FILE_KEPT if not p.warning else "warning"))
         for d in decoded:
             key = (d.kind, d.key)
-            errors = [p for p in d.problems if not p.warning]
-            warnings = [p for p in d.problems if p.warning]
+            errors = [tame(p) for p in d.problems if not p.warning]
+            warnings = [tame(p) for p in d.problems if p.warning]
             issues.extend(Issue(p, "warning") for p in warnings)
             if d.obj is not None and not errors:
                 if key not in objects:  # a duplicate inside the file: the first wins
@@ -267,165 +272,6 @@ def _has_errors(decoded, file_problems, notes) -> bool:
             or any(truncated_kind(n) for n in notes) or not decoded)
 
 
-def text_digest(text: str) -> str:
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
-
-
-class LastGood:
-    """The last good versions, on disk, for the next start of the daemon.
-
-    Per watched file: which text (by digest) each of its objects in force came from, and
-    those texts. ``<dir>/<digest>.txt`` are the texts; ``<dir>/files/<hash of the path>.json``
-    say, for one watched file, which object came from which text (one small file per
-    watched file, so a policy edit never rewrites the record of a 5,000-pod file). A daemon
-    that starts while a file is damaged decodes the remembered texts of that file instead
-    of forgetting what was in force (fail-static across restarts). Only files that exist
-    are ever recalled: a file deleted while the daemon was down removes its objects.
-    """
-
-    def __init__(self, directory: str) -> None:
-        self.dir = directory
-        self.index: dict[str, dict[str, str]] = {}
-        self._uses: dict[str, int] = {}  # digest -> references
-        try:
-            names = os.listdir(os.path.join(directory, "files"))
-        except OSError:
-            names = []
-        for name in names:
-            try:
-                with open(os.path.join(directory, "files", name)) as f:
-                    data = json.load(f)
-                path, refs = data["path"], dict(data["refs"])
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            self.index[path] = refs
-            for d in refs.values():
-                self._uses[d] = self._uses.get(d, 0) + 1
-
-    def recall(self, path: str, legacy: bool = False) -> tuple[dict[ObjKey, object], dict[ObjKey, str]]:
-        refs = self.index.get(path, {})
-        objects: dict[ObjKey, object] = {}
-        origin: dict[ObjKey, str] = {}
-        by_digest: dict[str, set[ObjKey]] = {}
-        for ref, digest in refs.items():
-            kind, _, key = ref.partition(" ")
-            by_digest.setdefault(digest, set()).add((kind, key))
-        for digest, keys in by_digest.items():
-            try:
-                with open(os.path.join(self.dir, f"{digest}.txt"), encoding="utf-8", errors="surrogatepass") as f:
-                    text = f.read()
-            except OSError:
-                continue
-            decoded, _, _ = manifests.decode_text(text, path, legacy_namespace_isolation=legacy)
-            for d in decoded:
-                key = (d.kind, d.key)
-                if key in keys and d.obj is not None and key not in objects:
-                    objects[key] = d.obj
-                    origin[key] = digest
-        return objects, origin
-
-    def remember(self, path: str, origin: dict[ObjKey, str], digest: str, text: str) -> None:
-        refs = {f"{k} {key}": d for (k, key), d in sorted(origin.items())}
-        if self.index.get(path, {}) == refs:
-            return
-        try:
-            os.makedirs(os.path.join(self.dir, "files"), mode=0o700, exist_ok=True)
-            if digest in refs.values():
-                target = os.path.join(self.dir, f"{digest}.txt")
-                if not os.path.exists(target):
-                    _write_atomic(target, text)
-            self._update(path, refs)
-        except OSError:
-            pass  # a full /run costs the restart memory, never the running enforcement
-
-    def forget(self, path: str) -> None:
-        if path in self.index:
-            try:
-                self._update(path, {})
-            except OSError:
-                pass
-
-    def _record(self, path: str) -> str:
-        return os.path.join(self.dir, "files", hashlib.blake2b(path.encode(), digest_size=12).hexdigest() + ".json")
-
-    def _update(self, path: str, refs: dict[str, str]) -> None:
-        old = self.index.pop(path, {})
-        if refs:
-            self.index[path] = refs
-            _write_atomic(self._record(path), json.dumps({"path": path, "refs": refs}, indent=0))
-        else:
-            try:
-                os.unlink(self._record(path))
-            except FileNotFoundError:
-                pass
-        for d in refs.values():
-            self._uses[d] = self._uses.get(d, 0) + 1
-        for d in old.values():
-            self._uses[d] -= 1
-            if self._uses[d] <= 0:
-                del self._uses[d]
-                try:
-                    os.unlink(os.path.join(self.dir, f"{d}.txt"))
-                except FileNotFoundError:
-                    pass
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", errors="surrogatepass") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------------- reading
-
-
-def signature(st: os.stat_result) -> tuple:
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def read_text(path: str) -> tuple[str | None, Problem | None]:
-    """A manifest file's text, or the problem that stops us reading it."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(manifests.MAX_FILE_BYTES + 1)
-    except OSError as e:
-        return None, Problem(path, "", "", f"cannot read: {(e.strerror or str(e)).lower()}")
-    if len(data) > manifests.MAX_FILE_BYTES:
-        return None, Problem(path, "", "", "file too large: refusing to parse it")
-    if b"\x00" in data:
-        return None, Problem(path, "", "", "binary data (NUL bytes), not YAML or JSON text")
-    try:
-        return data.decode("utf-8-sig"), None
-    except UnicodeDecodeError as e:
-        return None, Problem(path, "", "", f"not UTF-8 text (invalid byte at offset {e.start})")
-
-
-def is_manifest(name: str) -> bool:
-    return not name.startswith(".") and name.endswith(manifests.MANIFEST_SUFFIXES)
-
-
-def list_dir(directory: str) -> tuple[dict[str, tuple], Problem | None]:
-    """Manifest files directly in ``directory`` with their signatures (not recursive)."""
-    try:
-        names = os.listdir(directory)
-    except OSError as e:
-        return {}, Problem(directory, "", "", f"cannot read directory: {(e.strerror or str(e)).lower()}")
-    out = {}
-    for name in names:
-        if not is_manifest(name):
-            continue
-        full = os.path.join(directory, name)
-        try:
-            st = os.stat(full)
-        except OSError:
-            continue  # gone between listdir and stat: the next scan sees it
-        if os.path.isdir(full):
-            continue
-        out[full] = signature(st)
-    return out, None
-
-
 # ---------------------------------------------------------------------- watching
 
 
@@ -447,7 +293,6 @@ class DirSource:
         self._lock = threading.Lock()
         self._pending: dict[str, tuple[float, float]] = {}  # path -> (event time, ready at)
         self._open: dict[str, int] = {}  # path -> open file handles we saw being made
-        self.hold = max(settle, 30.0)
         self._observer = None
         self._watched: set[str] = set()
 
@@ -476,9 +321,10 @@ class DirSource:
             if ready or (held is not None and held[1] <= now):
                 ready_at = now  # complete (or already due and not yet read)
             elif self._open.get(path):
-                # Modified and still open: wait for the writer's close (IN_CLOSE_WRITE),
-                # however long it writes, up to ``hold`` (a writer that never closes).
-                ready_at = max(now + self.settle, held[1] if held else 0.0, at + self.hold)
+                # Modified and still open: wait for the writer's close (IN_CLOSE_WRITE, or
+                # the kernel's close when the writer dies), however long it writes. Its
+                # last good version stays in force meanwhile: a partial file is never read.
+                ready_at = HELD
             else:
                 ready_at = now + self.settle  # modified without an open we saw: settle
             self._pending[path] = (at, ready_at)
@@ -486,7 +332,7 @@ class DirSource:
 
     def next_ready(self) -> float | None:
         with self._lock:
-            return min((r for _, r in self._pending.values()), default=None)
+            return min((r for _, r in self._pending.values() if r != HELD), default=None)
 
     def take_due(self) -> tuple[list[str], float | None]:
         """Paths due for reading now, and the oldest event time among them."""
@@ -516,7 +362,7 @@ class DirSource:
             except OSError as e:
                 changes.update(self.store.put_unreadable(path, Problem(path, "", "", f"cannot stat: {e.strerror}")))
                 continue
-            text, problem = read_text(path)
+            text, problem = read_text(path, self.dirs)
             if problem is not None:
                 changes.update(self.store.put_unreadable(path, problem, signature(st)))
             else:
@@ -536,7 +382,12 @@ class DirSource:
             self._ensure_watch(d)
             known = {p for p in self.store.files if os.path.dirname(p) == d}
             stale = []
+            with self._lock:
+                now = self.clock()
+                waiting = {p: r for p, (_, r) in self._pending.items() if r > now}
             for path, sig in listing.items():
+                if path in waiting and (not force or waiting[path] == HELD):
+                    continue  # still being written or settling: its own event reads it
                 entry = self.store.files.get(path)
                 if not force and entry is not None and entry.sig == sig:
                     continue

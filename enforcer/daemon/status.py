@@ -8,8 +8,10 @@ problems, failed applies, ambiguous namespaces).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 import time
 from typing import Any
@@ -26,15 +28,37 @@ def iso(t: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
 
 
+def safe_dir(directory: str, *, private: bool) -> None:
+    """Make sure the daemon (root) can write in ``directory`` without another user
+    steering it: a real directory (not a symlink), owned by root or the daemon's user,
+    not writable by others (``private``: mode 0700), or else a sticky shared one such as
+    /tmp (mkstemp + rename never follow a planted link there). Created 0700 if missing.
+    Raises OSError saying what is wrong."""
+    try:
+        os.makedirs(directory, mode=0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.ENOTDIR, f"{directory} is not a directory (a symbolic link?)")
+    if st.st_uid not in (0, os.geteuid()):
+        raise OSError(errno.EPERM, f"{directory} is owned by uid {st.st_uid}, not root or the daemon's user")
+    if private:
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            os.chmod(directory, 0o700)
+    elif st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise OSError(errno.EPERM, f"{directory} is writable by other users (and not sticky)")
+
+
 def write(path: str, data: dict[str, Any]) -> None:
+    """Atomically, mode 0600: a temporary file made exclusively (mkstemp), then renamed."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o755, exist_ok=True)
+    safe_dir(directory, private=False)
     fd, tmp = tempfile.mkstemp(prefix=".daemon-", suffix=".json", dir=directory)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, separators=(",", ":"))
             f.write("\n")
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         try:

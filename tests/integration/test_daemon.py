@@ -499,3 +499,75 @@ def test_sigterm_is_served_during_a_long_apply(lab, run, tmp_path):
     assert time.monotonic() - t0 < 8  # STOP_GRACE (5 s) at most, plus exit
     assert d.proc.returncode == 0
     assert not lab.ok("c", "b", 80)  # whatever was in force stays in force
+
+
+def test_a_fifo_in_the_watch_directory_blocks_nothing(lab, run):
+    """Finding 4 of issue 20: a FIFO is not opened (it would block the worker for good)."""
+    os.mkfifo(run.watch / "fifo.yaml")
+    d = run()  # READY despite the FIFO (the start-up reads every file)
+    write_yaml(str(run.watch / "b.yaml"), [b_from("a")])
+    assert wait_for(lambda: not lab.ok("c", "b"), SLOW) is not None
+    errors = [e for e in d.logs("input error") if e["file"].endswith("fifo.yaml")]
+    assert errors and "not a regular file" in errors[0]["reason"]
+    t0 = time.monotonic()
+    assert d.stop() == 0 and time.monotonic() - t0 < 5
+    d2 = run()  # a restart does not block either
+    assert d2.stop() == 0
+
+
+def test_links_out_and_foreign_files_are_refused_and_secrets_never_quoted(lab, run, tmp_path):
+    """Finding 5 of issue 20: a symlink to a root-only file outside the watched directory
+    is not read (its content never reaches the log or the state file), nor is a file
+    owned by another user; the state and the last good copies are private."""
+    import pwd
+    import stat as st
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:$y$j9T$TOPSECRETHASHVALUE0123456789:19000:0:99999:7:::\n")
+    os.chmod(secret, 0o600)
+    os.symlink(secret, run.watch / "shadow.yaml")
+    # A link that stays inside the directory (a ConfigMap volume's layout) is fine.
+    (run.watch / "..data").mkdir()
+    write_yaml(str(run.watch / "..data" / "b.yaml"), [b_from("a")])
+    os.symlink("..data/b.yaml", run.watch / "b.yaml")
+    foreign = run.watch / "foreign.yaml"
+    write_yaml(str(foreign), [policy_doc("x", "c-in", {"app": "c"}, [{"app": "a"}])])
+    nobody = pwd.getpwnam("nobody")
+    os.chown(foreign, nobody.pw_uid, nobody.pw_gid)
+    d = run()
+    assert not lab.ok("c", "b") and lab.ok("a", "b")  # the inside link is read
+    assert lab.ok("b", "c")  # the foreign file is not
+    text = d.log_text() + open(d.state_file).read()
+    assert "TOPSECRET" not in text and "j9T" not in text
+    reasons = {os.path.basename(e["file"]): e["reason"] for e in d.logs("input error")}
+    assert "leading out of the watched directories" in reasons["shadow.yaml"]
+    assert "not by root" in reasons["foreign.yaml"]
+    assert st.S_IMODE(os.stat(d.state_file).st_mode) == 0o600
+    lastgood = d.state_file + ".lastgood"
+    assert st.S_IMODE(os.stat(lastgood).st_mode) == 0o700
+    for root, dirs, files in os.walk(lastgood):
+        for name in dirs:
+            assert st.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o700
+        for name in files:
+            assert st.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o600
+
+
+def test_a_slow_writer_never_gets_its_partial_file_enforced(lab, run):
+    """Finding 6 of issue 20: a file held open by its writer for longer than 30 s (and
+    across resyncs) keeps its last good version until the writer closes it."""
+    write_yaml(str(run.watch / "b.yaml"), [b_from("a")])
+    d = run("--resync", "2")
+    assert not lab.ok("c", "b")
+    with open(run.watch / "b.yaml", "w") as f:
+        # "- from:" with its peers not written yet reads as "from anywhere".
+        f.write("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b-in, namespace: x}\n"
+                "spec:\n  podSelector: {matchLabels: {app: b}}\n  ingress:\n  - from:\n")
+        f.flush()
+        deadline = time.monotonic() + 32
+        while time.monotonic() < deadline:
+            assert not lab.ok("c", "b"), "the partial file was enforced"
+            time.sleep(1)
+        f.write("    - podSelector: {matchLabels: {app: c}}\n")
+    assert wait_for(lambda: lab.ok("c", "b"), SLOW) is not None
+    assert not lab.ok("a", "b")
+    assert d.stop() == 0

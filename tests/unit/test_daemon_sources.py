@@ -288,10 +288,20 @@ def test_a_file_held_open_is_not_read_until_closed(tmp_path):
     src.opened(p, -1)
     src.note(p, ready=True)  # IN_CLOSE_WRITE
     assert src.take_due() == ([p], 1000.0)
-    # A writer that never closes is read after ``hold`` anyway.
+    # Issue 20, finding 6: a writer that holds it open for however long is waited for
+    # (its partial content is never read, not by a resync scan either) until it closes.
+    with open(p, "w") as f:
+        f.write(policy("p1"))
+    src.load([p])
     src.opened(p, +1)
     src.note(p, ready=False)
-    clock.advance(src.hold)
+    with open(p, "w") as f:
+        f.write(policy("p1").split("  ingress:")[0])  # half written
+    clock.advance(3600.0)
+    assert src.take_due() == ([], None) and src.next_ready() is None
+    assert src.scan() == {}  # the mtime is old, but the file is still held
+    src.opened(p, -1)
+    src.note(p, ready=True)
     assert src.take_due()[0] == [p]
 
 
@@ -324,3 +334,33 @@ def test_last_good_versions_survive_a_restart(tmp_path):
     s4.put_text("/d/f.yaml", policy("p2", peer="z"))
     assert set(s4.cluster().policies) == {"x/p2"}
     assert len([n for n in os.listdir(mem) if n.endswith(".txt")]) == 1
+
+
+def test_only_regular_files_inside_the_watched_directories_are_read(tmp_path):
+    """Issue 20, findings 4 and 5: a FIFO is never opened (it would block), a symlink out
+    of the watched directories is not followed, one inside is."""
+    from enforcer.daemon.files import read_text
+
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    os.mkfifo(watch / "fifo.yaml")
+    text, problem = read_text(str(watch / "fifo.yaml"), [str(watch)])  # returns: did not block
+    assert text is None and "not a regular file" in problem.message
+    (tmp_path / "outside.yaml").write_text("secret: value\n")
+    os.symlink(tmp_path / "outside.yaml", watch / "out.yaml")
+    text, problem = read_text(str(watch / "out.yaml"), [str(watch)])
+    assert text is None and "leading out of the watched directories" in problem.message
+    (watch / "real.yaml").write_text(policy("p1"))
+    os.symlink("real.yaml", watch / "in.yaml")
+    assert read_text(str(watch / "in.yaml"), [str(watch)]) == (policy("p1"), None)
+
+
+def test_long_quoted_values_are_cut_in_problems():
+    from enforcer.daemon.files import tame
+    from enforcer.errors import Problem
+
+    p = tame(Problem("f.yaml", "", "", 'expected a Kubernetes object (a mapping), got string '
+                     '"root:$y$j9T$SECRETSECRETSECRET:19000"'))
+    assert "SECRET" not in p.message and '"root:$y$j9T$SECR..." (cut)' in p.message
+    short = Problem("f.yaml", "Pod x/a", "metadata.name", 'Invalid value: "A": bad')
+    assert tame(short) is short
