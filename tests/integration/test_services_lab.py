@@ -139,3 +139,116 @@ def _without_services(tmp_path: Path, app: Path) -> list[str]:
     out = tmp_path / "no-services.yaml"
     out.write_text("\n---\n".join(kept))
     return [str(out), str(SHOP / "policies.yaml")]
+
+
+EVERY_KIND = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: w}
+"""
+_TEMPLATE = """
+    metadata: {labels: {app: %(app)s}}
+    spec: {containers: [{name: c, ports: [{name: http, containerPort: %(port)d}]}]}"""
+for _kind, _api, _spec in [
+    ("Deployment", "apps/v1", "replicas: 2\n  selector: {matchLabels: {app: deploy}}"),
+    ("ReplicaSet", "apps/v1", "replicas: 2\n  selector: {matchLabels: {app: rs}}"),
+    ("StatefulSet", "apps/v1", "replicas: 2\n  serviceName: sts\n  selector: {matchLabels: {app: sts}}"),
+    ("DaemonSet", "apps/v1", "selector: {matchLabels: {app: ds}}"),
+    ("ReplicationController", "v1", "replicas: 2\n  selector: {app: rc}"),
+    ("Job", "batch/v1", "parallelism: 2"),
+]:
+    _app = {"Deployment": "deploy", "ReplicaSet": "rs", "StatefulSet": "sts", "DaemonSet": "ds",
+            "ReplicationController": "rc", "Job": "job"}[_kind]
+    EVERY_KIND += (f"---\napiVersion: {_api}\nkind: {_kind}\nmetadata: {{name: {_app}, namespace: w}}\n"
+                   f"spec:\n  {_spec}\n  template:" + _TEMPLATE % {"app": _app, "port": 8080} + "\n")
+EVERY_KIND += """
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: cron, namespace: w}
+spec:
+  schedule: "@hourly"
+  jobTemplate:
+    spec:
+      parallelism: 1
+      template:
+        metadata: {labels: {app: cron}}
+        spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deploy-from-jobs, namespace: w}
+spec:
+  podSelector: {matchLabels: {app: deploy}}
+  ingress:
+  - from: [{podSelector: {matchExpressions: [{key: job-name, operator: Exists}]}}]
+    ports: [{port: http}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: sts-1-only-from-sts-0, namespace: w}
+spec:
+  podSelector: {matchLabels: {statefulset.kubernetes.io/pod-name: sts-1}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {statefulset.kubernetes.io/pod-name: sts-0}}}]
+"""
+
+
+@pytest.mark.root
+def test_every_workload_kind_in_the_lab(netpol_lab):
+    lab = netpol_lab(EVERY_KIND, backend="nftables")
+    pods = sorted(lab.cluster.pods)
+    assert len(pods) == 2 + 2 + 2 + 1 + 2 + 2 + 1, pods
+    assert {"w/sts-0", "w/sts-1", "w/ds-node-0", "w/rs-0", "w/rc-1", "w/job-1", "w/cron-0"} <= set(pods)
+    rows = lab.probe(["8080/TCP"], timeout=0.5)
+    allowed = {(r["from"], r["to"]) for r in rows if r["allowed"]}
+    deploy = [p for p in pods if p.startswith("w/deploy-")]
+    # the controllers' own labels are what these policies select on
+    assert ("w/job-0", deploy[0]) in allowed and ("w/cron-0", deploy[1]) in allowed
+    assert ("w/rs-0", deploy[0]) not in allowed
+    assert ("w/sts-0", "w/sts-1") in allowed and ("w/sts-1", "w/sts-0") in allowed
+    assert ("w/rc-0", "w/sts-1") not in allowed
+    lab.assert_matches("model", ports=["8080/TCP"], timeout=0.5)
+
+
+NAMED = """
+apiVersion: v1
+kind: Pod
+metadata: {name: old, namespace: n, labels: {app: api}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: new, namespace: n, labels: {app: api}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 9090}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: n, labels: {app: client}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: n}
+spec:
+  selector: {app: api}
+  ports: [{port: 80, targetPort: http}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api-on-http, namespace: n}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{port: http}]
+"""
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_a_named_target_port_with_a_different_number_on_each_backend(netpol_lab, backend):
+    lab = netpol_lab(NAMED, backend=backend, servers=False)
+    serve(lab, "n/old", 8080)
+    serve(lab, "n/new", 9090)
+    ip = lab.cluster.services["n/api"].cluster_ip
+    assert {connect(lab, "n/client", ip, 80) for _ in range(4)} == {"n/old", "n/new"}
