@@ -132,7 +132,7 @@ def _family(value: str) -> int:
 @click.option("--ports", help="Ports to check, e.g. 80/TCP,81/UDP (default: every port the destination declares).")
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "dot", "svg", "png"]), default="table")
 @click.option("--family", type=click.Choice(["ipv4", "ipv6"]), default="ipv4")
-@click.option("--out-file", type=click.Path(dir_okay=False), help="Where -o svg|png writes (default matrix.svg/png).")
+@click.option("--out-file", type=click.Path(dir_okay=False), help="Write -o svg|png to this file (default: stdout).")
 @click.option("--from", "src_glob", default="*", help="Only sources matching this pattern, e.g. 'prod/*'.")
 @click.option("--to", "dst_glob", default="*", help="Only destinations matching this pattern, e.g. 'prod/db'.")
 @BY
@@ -150,11 +150,14 @@ def matrix(files, legacy_namespace_isolation, ports, fmt, family, out_file, src_
         rows = workloads.group_rows(loaded.cluster, rows)
     # Dense clusters draw unreadable pictures: the patterns keep what a reader asks about.
     rows = [r for r in rows if fnmatch.fnmatchcase(r["from"], src_glob) and fnmatch.fnmatchcase(r["to"], dst_glob)]
-    emit_rows(rows, fmt, backend="model", out_file=out_file)
+    isolated = {k: {d for d in ("ingress", "egress") if fw.direction(d).isolated} for k, fw in loaded.firewalls.items()}
+    emit_rows(rows, fmt, backend="model", out_file=out_file, isolated=isolated)
 
 
-def emit_rows(rows: list[dict], fmt: str, *, backend: str, out_file: str | None = None) -> None:
-    """Print matrix/probe rows in the requested format (shared by matrix and the lab)."""
+def emit_rows(rows: list[dict], fmt: str, *, backend: str, out_file: str | None = None,
+              isolated: dict | None = None) -> None:
+    """Print matrix/probe rows in the requested format (shared by matrix and the lab).
+    Pictures go to stdout unless ``out_file`` names a file: never a file nobody asked for."""
     from enforcer import reachability
 
     if fmt == "json":
@@ -164,13 +167,19 @@ def emit_rows(rows: list[dict], fmt: str, *, backend: str, out_file: str | None 
     else:
         from enforcer import pictures
 
-        dot = pictures.matrix_dot(rows, title=backend)
+        dot = pictures.matrix_dot(rows, title=backend, isolated=isolated)
         if fmt == "dot":
             click.echo(dot)
+        elif out_file:
+            pictures.render_dot(dot, fmt, out_file)
+            click.echo(f"wrote {out_file}", err=True)
         else:
-            path = out_file or f"matrix.{fmt}"
-            pictures.render_dot(dot, fmt, path)
-            click.echo(f"wrote {path}", err=True)
+            if fmt == "png" and sys.stdout.isatty():
+                raise InputError("-o png writes an image: redirect it (> matrix.png) or give --out-file FILE")
+            data = pictures.render_dot(dot, fmt) or b""
+            sys.stdout.flush()
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
 
 
 @cli.command(context_settings=CONTEXT)

@@ -221,22 +221,22 @@ def update_examples() -> int:
 # --------------------------------------------------------------------------- pictures
 
 # (output file, command) -- every picture in docs/images that a command draws. A matrix of
-# every pair is a dense graph; the concept pictures keep the edges into prod/db only.
-INTO_DB = "awk '!/->/ || /-> \"prod\\/db\"/' | sed 's/allowed connections/allowed connections into prod\\/db/'"
+# every pair is a dense graph; the concept pictures keep the connections into prod/db only.
+INTO_DB = "--to prod/db"
 IMAGES = [
     ("docs/images/concepts-01-default-allow.svg",
-     "netpol matrix -f examples/concepts/cluster.yaml --ports 3306/TCP -o dot | {into_db} | dot -Tsvg -o {out}"),
+     "netpol matrix -f examples/concepts/cluster.yaml --ports 3306/TCP {into_db} -o svg --out-file {out}"),
     ("docs/images/concepts-02-db-policy.svg",
      "netpol matrix -f examples/concepts/cluster.yaml -f examples/concepts/02-isolation --ports 3306/TCP "
-     "-o dot | {into_db} | dot -Tsvg -o {out}"),
+     "{into_db} -o svg --out-file {out}"),
     ("docs/images/concepts-07-and.svg",
      "netpol matrix -f examples/concepts/cluster.yaml -f examples/concepts/07-and-or/and.yaml "
-     "--ports 3306/TCP -o dot | {into_db} | dot -Tsvg -o {out}"),
+     "--ports 3306/TCP {into_db} -o svg --out-file {out}"),
     ("docs/images/concepts-07-or.svg",
      "netpol matrix -f examples/concepts/cluster.yaml -f examples/concepts/07-and-or/or.yaml "
-     "--ports 3306/TCP -o dot | {into_db} | dot -Tsvg -o {out}"),
+     "--ports 3306/TCP {into_db} -o svg --out-file {out}"),
     ("docs/images/three-tier.svg",
-     "netpol matrix -f examples/three-tier --ports 3306/TCP -o dot | {into_db} | dot -Tsvg -o {out}"),
+     "netpol matrix -f examples/three-tier --ports 80/TCP,3306/TCP -o svg --out-file {out}"),
     ("docs/images/lab-topology.svg", "dot -Tsvg docs/images/lab-topology.dot -o {out}"),
     ("docs/images/pipeline.svg", "dot -Tsvg docs/images/pipeline.dot -o {out}"),
 ]

@@ -62,7 +62,8 @@ def test_unknown_endpoint_and_missing_file_are_one_line_errors(tmp_path):
 def test_matrix_dot_output():
     r = netpol("matrix", "-f", EX, "--ports", "3306/TCP", "-o", "dot")
     assert r.returncode == 0 and r.stdout.startswith("digraph")
-    assert '"prod/api" -> "prod/db"' in r.stdout and '"prod/web" -> "prod/db"' not in r.stdout
+    assert '"prod/api" -> "prod/db" [color=forestgreen' in r.stdout
+    assert '"prod/web" -> "prod/db" [color=firebrick, style=dashed' in r.stdout  # denied: drawn, styled apart
 
 
 def test_explain_shows_legacy_isolation_only_when_asked():
