@@ -68,10 +68,11 @@ class LastGood:
         try:
             for d in (directory, os.path.join(directory, "files")):
                 safe_dir(d, private=True)
-            self.usable = True
+            self.usable, self.problem = True, ""
             names = os.listdir(os.path.join(directory, "files"))
-        except OSError:
-            self.usable = False
+        except OSError as e:
+            # Not ours to use: no last good versions across restarts (said once at start).
+            self.usable, self.problem = False, f"last good versions not kept: {e.strerror or e}"
             names = []
         for name in names:
             try:

@@ -88,6 +88,8 @@ class Daemon:
         self.metrics = Metrics()
         if source is None:  # the file source; the API source is built by the caller (kube.py)
             memory = LastGood(opts.state_file + ".lastgood") if opts.state_file else None
+            if memory is not None and not memory.usable:
+                log.warning("state file not written", path=memory.dir, error=memory.problem)
             store = ManifestStore(legacy_namespace_isolation=opts.legacy_namespace_isolation, memory=memory)
             source = DirSource(opts.watch, store, settle=opts.settle, clock=clock)
         self.source: Source = source

@@ -571,3 +571,52 @@ def test_a_slow_writer_never_gets_its_partial_file_enforced(lab, run):
     assert wait_for(lambda: lab.ok("c", "b"), SLOW) is not None
     assert not lab.ok("a", "b")
     assert d.stop() == 0
+
+
+def test_state_file_in_a_shared_directory_cannot_be_turned_against_root(lab, run, tmp_path):
+    """Finding 7 of issue 20: in a world-writable sticky directory another user plants a
+    link where the state file goes and one where its last good copies go; the daemon
+    writes through neither (exclusive temporary files, private directories)."""
+    import pwd
+    import stat as st
+
+    nobody = pwd.getpwnam("nobody")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    victim = theirs / "victim.txt"
+    victim.write_text("theirs\n")
+    for p in (theirs, victim):
+        os.chown(p, nobody.pw_uid, nobody.pw_gid)
+    state = shared / "daemon.json"
+    os.symlink(victim, state)
+    os.symlink(theirs, shared / "daemon.json.lastgood")
+    for p in (state, shared / "daemon.json.lastgood"):
+        os.lchown(p, nobody.pw_uid, nobody.pw_gid)
+    write_yaml(str(run.watch / "b.yaml"), [b_from("a")])
+    d = DaemonProcess([str(run.watch)], state_file=str(state), netns_prefix=lab.prefix,
+                      args=["--repair-interval", "1"], log_path=str(tmp_path / "d7.log"))
+    d.start()
+    try:
+        assert not lab.ok("c", "b")
+        assert victim.read_text() == "theirs\n" and sorted(os.listdir(theirs)) == ["victim.txt"]
+        info = os.lstat(state)
+        assert st.S_ISREG(info.st_mode) and info.st_uid == 0 and st.S_IMODE(info.st_mode) == 0o600
+        assert d.state()["phase"] == "running"
+        warned = d.logs("state file not written")
+        assert warned and "last good versions not kept" in warned[0]["error"]
+    finally:
+        d.close()
+    # A directory of the state file that another user owns is refused outright.
+    os.unlink(shared / "daemon.json.lastgood")
+    os.chown(theirs, nobody.pw_uid, nobody.pw_gid)
+    d2 = DaemonProcess([str(run.watch)], state_file=str(theirs / "daemon.json"), netns_prefix=lab.prefix,
+                       log_path=str(tmp_path / "d7b.log"))
+    d2.start()
+    try:
+        assert not os.path.exists(theirs / "daemon.json")
+        assert any("owned by uid" in r["error"] for r in d2.logs("state file not written"))
+    finally:
+        d2.close()
