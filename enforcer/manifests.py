@@ -113,6 +113,7 @@ def _load(paths: Sequence[str], stdin: TextIO | None, legacy: bool) -> LoadResul
             decoded.extend(objs)
             notes.extend(file_notes)
     problems.extend(_pod_name_clashes(decoded))
+    problems.extend(S.clashes(decoded))
     if any(not p.warning for p in problems):
         raise InputError(problems)
     cluster = build_cluster(decoded)

@@ -129,6 +129,26 @@ def _ports(v: object, svc_type: str, cluster_ip: str, errs: D.Errs, anc: D.Anc) 
     return tuple(out)
 
 
+def clashes(decoded) -> list:
+    """Two Services of the input with one clusterIP (``Decoded`` objects of kind Service):
+    the API server refuses the second one."""
+    from enforcer.errors import Problem
+
+    owner: dict[str, str] = {}
+    out = []
+    for d in decoded:
+        if d.kind != "Service" or d.obj is None:
+            continue
+        ip = d.obj.cluster_ip
+        if not ip or ip == "None":
+            continue
+        if ip in owner and owner[ip] != d.key:
+            out.append(Problem(d.file, f"Service {d.key}", "spec.clusterIP",
+                               V.invalid(ip, f"provided IP is already allocated (to Service {owner[ip]})")))
+        owner.setdefault(ip, d.key)
+    return out
+
+
 # ==== the model ===============================================================================
 
 
@@ -142,7 +162,15 @@ class Backend:
 def assign_cluster_ips(services: Mapping[str, Service], cidr: str = SERVICE_CIDR) -> dict[str, Service]:
     """Every Service without a clusterIP gets one, at a place derived from its name."""
     net = ipaddress.ip_network(cidr)
-    taken = {s.cluster_ip for s in services.values() if s.cluster_ip}
+    owner: dict[str, str] = {}
+    for key in sorted(services):
+        ip = services[key].cluster_ip
+        if ip and ip != "None":
+            if ip in owner:
+                raise InputError(f"Service {key}: spec.clusterIP: Invalid value: \"{ip}\": "
+                                 f"provided IP is already allocated (to Service {owner[ip]})")
+            owner[ip] = key
+    taken = set(owner)
     size = net.num_addresses - 3  # not the network address, not .1 (the API's own), not broadcast
     out = dict(services)
     for key in sorted(services):

@@ -184,3 +184,10 @@ def test_lab_dnat_rules(tmp_path):
     assert table.startswith("add table ip netpol-svc\ndelete table ip netpol-svc\n")
     assert "type nat hook output priority -100; policy accept;" in table
     assert "hook prerouting" in lab_services.render(c, "prerouting")
+
+
+def test_two_services_with_one_cluster_ip_are_refused(tmp_path):
+    text = svc("  clusterIP: 10.96.0.5\n  ports: [{port: 80}]", "a") + svc("  clusterIP: 10.96.0.5\n  ports: [{port: 80}]", "b")
+    with pytest.raises(InputError) as e:
+        load([write(tmp_path, text)])  # validate says so, not only matrix
+    assert 's.yaml: Service ns/b: spec.clusterIP: Invalid value: "10.96.0.5": provided IP is already allocated (to Service ns/a)' in str(e.value)
