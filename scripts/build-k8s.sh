@@ -41,6 +41,7 @@ else
     echo "build-k8s: a cold build takes 10-30 min on 2 cores; later runs reuse the cache"
     start=$(date +%s)
     tmp=$(mktemp -d "$cache_root/.build.XXXXXX")
+    chmod 755 "$tmp"
     trap 'rm -rf "$tmp"' EXIT
     cd "$mod"
     export GOFLAGS="${GOFLAGS:-} -buildvcs=false -mod=readonly"

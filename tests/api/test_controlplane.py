@@ -128,23 +128,29 @@ def test_api_server_restarts_on_the_same_port_with_the_same_data(control_plane, 
     assert kubectl("get", "namespace", ns, "-o", "name").stdout.strip() == f"namespace/{ns}"
 
 
-def test_compacting_etcd_makes_an_old_watch_fail_with_410_gone(control_plane, kubectl, api_namespace_prefix):
-    ns = api_namespace_prefix + "w"
-    kubectl("create", "namespace", ns)
-    first = json.loads(kubectl("create", "configmap", "c0", "-n", ns, "-o", "json").stdout)
+def assert_watch_from_old_version_gets_410(cp, ns: str) -> None:
+    cp.kubectl("create", "namespace", ns)
+    first = json.loads(cp.kubectl("create", "configmap", "c0", "-n", ns, "-o", "json").stdout)
     old = first["metadata"]["resourceVersion"]
     for i in range(1, 4):
-        kubectl("create", "configmap", f"c{i}", "-n", ns)
-    control_plane.compact_etcd()
-    # timeoutSeconds ends the stream, so the whole answer can be read.
-    raw = control_plane.api("GET", f"/api/v1/namespaces/{ns}/configmaps?watch=1&resourceVersion={old}"
-                                   "&timeoutSeconds=3")
-    if raw.status == 410:
-        return  # refused before the stream started
-    assert raw.ok, raw
-    events = [json.loads(line) for line in raw.text.splitlines() if line.strip()]
-    assert events and events[0]["type"] == "ERROR", events
+        cp.kubectl("create", "configmap", f"c{i}", "-n", ns)
+    watch = f"/api/v1/namespaces/{ns}/configmaps?watch=1&resourceVersion={old}&timeoutSeconds=2"
+    before = cp.api("GET", watch)  # timeoutSeconds ends the stream: the whole answer is read
+    assert before.ok and '"ADDED"' in before.text, before
+    cp.compact_etcd()
+    after = cp.api("GET", watch)
+    if after.status == 410:  # the watch cache refuses before the stream starts
+        assert after.body["reason"] == "Expired", after
+        return
+    # etcd's answer comes inside the stream, as an ERROR event
+    assert after.ok, after
+    events = [json.loads(line) for line in after.text.splitlines() if line.strip()]
+    assert [e["type"] for e in events] == ["ERROR"], events
     assert events[0]["object"]["code"] == 410 and events[0]["object"]["reason"] in ("Expired", "Gone")
+
+
+def test_compacting_etcd_makes_an_old_watch_fail_with_410_gone(control_plane, api_namespace_prefix):
+    assert_watch_from_old_version_gets_410(control_plane, api_namespace_prefix + "w")
 
 
 def _listening(port: int) -> bool:
@@ -156,7 +162,8 @@ def test_stop_leaves_nothing_running(tmp_path):
     reason = missing_binaries()
     if reason:
         pytest.skip(reason)
-    with ControlPlane(tmp_path) as cp:
+    with ControlPlane(tmp_path, watch_cache=False) as cp:
+        assert_watch_from_old_version_gets_410(cp, "no-watch-cache")  # an etcd watch, not a cached one
         pids = [cp.apiserver_pid, cp.etcd_pid]
         port = int(cp.server.rsplit(":", 1)[1])
         etcd_port = int(cp.etcd_url.rsplit(":", 1)[1])

@@ -56,7 +56,7 @@ def test_cluster_role_reads_three_kinds_and_nothing_more():
 def test_manifests_pass_server_side_dry_run(control_plane, kubectl):
     # A dry run creates nothing, so the namespace the other objects live in must exist.
     kubectl("create", "namespace", NS, check=False)
-    out = kubectl("apply", "--dry-run=server", "--validate=strict", *sum((["-f", str(p)] for p in MANIFESTS), []))
+    out = kubectl("apply", "--server-side", "--dry-run=server", "--validate=strict", *sum((["-f", str(p)] for p in MANIFESTS), []))
     lines = out.stdout.splitlines()
     kinds = [d["kind"] for p in MANIFESTS for d in docs(p)]
     assert len(lines) == len(kinds) and all("(server dry run)" in line for line in lines), out.stdout
@@ -77,7 +77,7 @@ def test_service_account_of_the_cluster_role_reads_and_watches_only_what_it_need
     node_pods = as_agent("get", "pods", "-A", "--field-selector", "spec.nodeName=node-a", "-o", "name")
     assert node_pods.returncode == 0, node_pods.stderr
     for args in (("get", "secrets", "-A"), ("get", "secrets", "-n", NS), ("get", "configmaps", "-A"),
-                 ("get", "nodes"), ("delete", "pods", "--all", "-n", "default"),
+                 ("get", "nodes"), ("delete", "pod", "any", "-n", "default"),
                  ("create", "namespace", "agent-may-not")):
         denied = as_agent(*args)
         assert denied.returncode != 0 and "Forbidden" in denied.stderr, (args, denied.stderr)
