@@ -87,14 +87,54 @@ def parse_addr(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+REQUEST_TIMEOUT = 5.0  # seconds a client may take to send its request or read the answer
+MAX_CLIENTS = 16  # connections served at once; more are closed at once (a scraper needs one)
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, at most MAX_CLIENTS of them (half-open connections must
+    not pile up threads), and one log line per failed request instead of a traceback."""
+
+    daemon_threads = True
+    log: Callable[[str, BaseException], None] = staticmethod(lambda client, e: None)
+
+    def __init__(self, *args, **kw) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        super().__init__(*args, **kw)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # full: the client retries, we stay bounded
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        self.log(str(client_address[0]) if client_address else "", sys.exc_info()[1])
+
+
 class MetricsServer:
     """/metrics and /healthz, served from a thread. ``health()`` returns (ok, text)."""
 
-    def __init__(self, addr: str, metrics: Metrics, health: Callable[[], tuple[bool, str]]) -> None:
+    def __init__(self, addr: str, metrics: Metrics, health: Callable[..., tuple[bool, str]],
+                 log=None) -> None:
         host, port = parse_addr(addr)
         metrics_ref, health_ref = metrics, health
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = REQUEST_TIMEOUT  # applied to the socket: a silent client is dropped
+
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
@@ -115,11 +155,11 @@ class MetricsServer:
             def log_message(self, *args) -> None:  # scrapes are not log lines
                 pass
 
-        family_server = ThreadingHTTPServer
+        family_server = _BoundedServer
         if ":" in host:
             import socket
 
-            class V6Server(ThreadingHTTPServer):
+            class V6Server(_BoundedServer):
                 address_family = socket.AF_INET6
 
             family_server = V6Server
@@ -127,7 +167,13 @@ class MetricsServer:
             self.server = family_server((host, port), Handler)
         except OSError as e:
             raise NetpolError(f"--metrics-addr {addr}: cannot listen: {e.strerror or e}") from e
-        self.server.daemon_threads = True
+        if log is not None:
+            def said(client: str, e: BaseException | None) -> None:
+                # A client that went away or stalled is not our error: one debug line.
+                quiet = isinstance(e, (ConnectionError, TimeoutError))
+                (log.debug if quiet else log.warning)("metrics request failed", client=client,
+                                                      error=f"{type(e).__name__}: {e}")
+            self.server.log = said
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True)
 

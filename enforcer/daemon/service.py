@@ -159,7 +159,7 @@ class Daemon:
                 raise NetpolError(f"--watch {d}: not a directory")
         self.backend.check()
         if self.opts.metrics_addr:
-            self.server = MetricsServer(self.opts.metrics_addr, self.metrics, self.health)
+            self.server = MetricsServer(self.opts.metrics_addr, self.metrics, self.health, log=self.log)
             self.server.start()
         self.source.on_ready = lambda at, nb: self.request(at=at, not_before=nb)
         if self.watch_files:

@@ -347,6 +347,7 @@ def _free_port() -> int:
 
 
 def _http(url: str) -> tuple[int, str]:
+    import http.client
     import urllib.error
     import urllib.request
 
@@ -355,6 +356,8 @@ def _http(url: str) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+    except (OSError, ConnectionError, http.client.HTTPException) as e:  # turned away (full)
+        return 0, str(e)
 
 
 def test_repair_that_cannot_succeed_stays_reported_until_it_can(lab, run):
@@ -620,3 +623,38 @@ def test_state_file_in_a_shared_directory_cannot_be_turned_against_root(lab, run
         assert any("owned by uid" in r["error"] for r in d2.logs("state file not written"))
     finally:
         d2.close()
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("Threads:")).split()[1])
+
+
+def test_metrics_endpoint_bounds_half_open_clients_and_logs_no_tracebacks(lab, run):
+    """Finding 10 of issue 20: 95 half-open connections held 95 threads, and clients
+    that disconnect printed tracebacks into the JSON log."""
+    port = _free_port()
+    d = run("--metrics-addr", f"127.0.0.1:{port}")
+    base_threads = _threads(d.proc.pid)
+    idle = []
+    try:
+        for _ in range(95):  # connect, say nothing
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            idle.append(s)
+        time.sleep(0.5)
+        assert _threads(d.proc.pid) <= base_threads + 17  # at most 16 clients served at once
+        # Within the request timeout (5 s) the silent clients are dropped and scrapes work.
+        assert wait_for(lambda: _http(f"http://127.0.0.1:{port}/healthz")[0] == 200, 15, interval=0.5) is not None
+    finally:
+        for s in idle:
+            s.close()
+    # Clients that go away in the middle of an answer: one line each at most, no traceback.
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.close()  # RST: the write of the answer fails
+    time.sleep(1)
+    assert _http(f"http://127.0.0.1:{port}/metrics")[0] == 200
+    assert "Traceback" not in d.log_text()
+    assert wait_for(lambda: _threads(d.proc.pid) <= base_threads + 1, 10, interval=0.5) is not None
