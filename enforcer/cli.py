@@ -136,7 +136,9 @@ def _family(value: str) -> int:
 @click.option("--from", "src_glob", default="*", help="Only sources matching this pattern, e.g. 'prod/*'.")
 @click.option("--to", "dst_glob", default="*", help="Only destinations matching this pattern, e.g. 'prod/db'.")
 @BY
-def matrix(files, legacy_namespace_isolation, ports, fmt, family, out_file, src_glob, dst_glob, by) -> None:
+@click.option("--services", is_flag=True,
+              help="Also every endpoint to every Service port (to: svc:NS/NAME; allowed when every backend allows it).")
+def matrix(files, legacy_namespace_isolation, ports, fmt, family, out_file, src_glob, dst_glob, by, services) -> None:
     """The model's verdict for every ordered pair of endpoints (no root needed)."""
     import fnmatch
 
@@ -144,6 +146,10 @@ def matrix(files, legacy_namespace_isolation, ports, fmt, family, out_file, src_
 
     loaded = load(files, legacy=legacy_namespace_isolation)
     rows = verdict.matrix(loaded.cluster, loaded.firewalls, verdict.parse_ports(ports), _family(family))
+    if services:
+        from enforcer import services as svcs
+
+        rows += svcs.matrix_rows(loaded.cluster, loaded.firewalls, verdict.parse_ports(ports), _family(family))
     if by == "workload":
         from enforcer import workloads
 

@@ -284,3 +284,61 @@ def trace(cluster: Cluster, firewalls: dict, src, ident: str, port: int, protoco
         doc["backends"].append(explain.trace_json(v))
     doc["allowed"] = allowed
     return lines, doc, allowed
+
+
+# ==== matrix rows for Services (``--services``) ==============================================
+
+
+@dataclass(frozen=True)
+class Case:
+    """Connections from ``src`` to a Service port: one per backend, to cover them all."""
+
+    src: str
+    svc: str  # "svc:NS/NAME"
+    ip: str  # the clusterIP
+    port: int
+    protocol: str
+    backends: tuple[Backend, ...]
+
+
+def probe_cases(cluster: Cluster, ports: list[tuple[int, str]] | None = None, family: int = 4) -> list[Case]:
+    """Every endpoint with an address of ``family`` to every port of every Service that has a
+    virtual address of that family and at least one backend (IPv4 ClusterIPs only, as the
+    lab's), but a Service's own backends."""
+    from enforcer import verdict
+
+    out = []
+    eps = [e for e in verdict.endpoints(cluster) if e.ip(family)]
+    for key in sorted(cluster.services):
+        svc = cluster.services[key]
+        ip = svc.cluster_ip
+        if not ip or ip == "None" or ipaddress.ip_address(ip).version != family:
+            continue
+        for sp in svc.ports:
+            if ports is not None and (sp.port, sp.protocol) not in ports:
+                continue
+            bks = tuple(backends(cluster, svc, sp, family))
+            mine = {b.pod for b in bks}
+            # A pod and a Service it backs are left out, as a pod and itself are: the
+            # connection may land on the pod itself (always allowed, SEMANTICS 11).
+            out.extend(Case(e.id, f"{PREFIX}{key}", ip, sp.port, sp.protocol, bks)
+                       for e in eps if bks and e.id not in mine)
+    return out
+
+
+def matrix_rows(cluster: Cluster, firewalls: dict, ports: list[tuple[int, str]] | None = None,
+                family: int = 4) -> list[dict]:
+    """The model's verdict for connections to Services, in the matrix schema: ``to`` is
+    ``svc:NS/NAME``, ``port`` the Service's port; allowed when every backend allows it (a
+    connection may land on any), with ``backends`` and ``mixed`` (some allow, some not)."""
+    from enforcer import verdict
+
+    eps = {e.id: e for e in verdict.endpoints(cluster)}
+    rows = []
+    for c in probe_cases(cluster, ports, family):
+        verdicts = [verdict.verdict(firewalls, eps[c.src], eps[b.pod], b.port, c.protocol, family).allowed
+                    for b in c.backends]
+        rows.append({"from": c.src, "to": c.svc, "port": c.port, "protocol": c.protocol,
+                     "allowed": all(verdicts), "backends": len(verdicts),
+                     "mixed": any(verdicts) and not all(verdicts)})
+    return rows

@@ -30,6 +30,9 @@ EXPECT = click.option("--expect", help="Compare with expected results: a JSON fi
                                        "schema) or 'model' (the model's verdicts); exit 1 on any wrong cell.")
 TIMEOUT = click.option("--timeout", type=click.FloatRange(0.05, 30.0), default=1.0, show_default=True,
                        help="Seconds to wait for an answer before a probe counts as blocked.")
+SERVICES = click.option("--services", is_flag=True,
+                        help="Also connect to every Service port through its clusterIP (to: svc:NS/NAME), "
+                             "once per backend; allowed when every connection got through.")
 FAMILY = click.option("--family", type=click.Choice(["ipv4", "ipv6"]), default="ipv4", show_default=True)
 
 
@@ -140,13 +143,16 @@ def apply_cmd(name, files) -> None:
 @EXPECT
 @TIMEOUT
 @FAMILY
-def probe_cmd(name, ports, fmt, expect, timeout, family) -> None:
+@SERVICES
+def probe_cmd(name, ports, fmt, expect, timeout, family, services) -> None:
     """Real connections between every ordered pair of endpoints, in parallel."""
     _need_root()
     fam = 6 if family == "ipv6" else 4
     parsed = _ports(ports)
     expect_rows = _expected_rows(expect, name, parsed, fam) if expect else None
     report = control.probe(name, parsed, family=fam, timeout=timeout)
+    if services:
+        expect_rows = _add_services(report, expect, expect_rows, name, parsed, fam, timeout)
     if not _emit(report, fmt, name, expect_rows):
         sys.exit(1)
 
@@ -268,7 +274,8 @@ def drops_cmd(name, count, timeout, fmt) -> None:
 @FAMILY
 @click.option("--ipv6", is_flag=True, help="Give every pod an IPv6 address too.")
 @click.option("--name", help="The throw-away lab's name (default probe-PID).")
-def probe(files, backend, ports, fmt, expect, timeout, family, ipv6, name) -> None:
+@SERVICES
+def probe(files, backend, ports, fmt, expect, timeout, family, ipv6, name, services) -> None:
     """Up, probe, down in one: a throw-away lab (always removed, also on errors or Ctrl-C)."""
     _need_root()
     from enforcer.lab import naming
@@ -283,6 +290,8 @@ def probe(files, backend, ports, fmt, expect, timeout, family, ipv6, name) -> No
         _notes(out.notes)
         expect_rows = _expected_rows(expect, name, parsed, fam) if expect else None
         report = control.probe(name, parsed, family=fam, timeout=timeout)
+        if services:
+            expect_rows = _add_services(report, expect, expect_rows, name, parsed, fam, timeout)
     finally:
         try:
             if control.mine(name):  # not a lab of that name that someone else made
@@ -291,6 +300,17 @@ def probe(files, backend, ports, fmt, expect, timeout, family, ipv6, name) -> No
             signal.signal(signal.SIGTERM, previous)
     if not _emit(report, fmt, name, expect_rows):
         sys.exit(1)
+
+
+def _add_services(report, expect, expect_rows, name, parsed, fam, timeout):
+    """``--services``: probe rows through the Services' DNAT (enforcer/lab/services.py)
+    added to the report, and the model's rows for them to the expectation."""
+    from enforcer.lab import services as lab_services
+
+    report.rows += lab_services.probe_rows(name, parsed, family=fam, timeout=timeout)
+    if expect == "model" and expect_rows is not None:
+        expect_rows = expect_rows + lab_services.expected_rows(name, parsed, family=fam)
+    return expect_rows
 
 
 def _terminate(signum, _frame) -> None:

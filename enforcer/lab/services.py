@@ -90,3 +90,56 @@ def _install(name: str, text: str) -> None:
             netns.run(name, ["nft", "-f", "-"], input=text)
     except (NetnsError, libnft.NftError) as e:
         raise LabError(f"Services' DNAT in {name}: {e}") from e
+
+
+# ---- probes through the DNAT (``lab probe --services``) --------------------------------------
+
+
+def probe_rows(lab: str, ports: list[tuple[int, str]] | None = None, *, family: int = 4,
+               timeout: float = 1.0) -> list[dict]:
+    """Real connections from every endpoint to every Service port, as many as the port has
+    backends: they run at once from one namespace, so the round robin gives each backend
+    one (no retry: a retried connection would land on the next backend). A row is allowed
+    when every connection got through, as in ``matrix --services``."""
+    from enforcer.lab import state
+    from enforcer.lab.probe import Target
+    from enforcer.lab.probe import run as run_probes
+
+    with state.locked(lab):
+        st = state.load(lab)
+    cases = [c for c in S.probe_cases(st.cluster, ports, family) if c.protocol in _PROBED]
+    targets, owner = [], []
+    for i, c in enumerate(cases):
+        for _ in c.backends:
+            targets.append(Target(st.endpoints[c.src].netns, c.ip, c.port, c.protocol))
+            owner.append(i)
+    outcomes = run_probes(targets, timeout=timeout, retries=0)
+    got: dict[int, list] = {}
+    for i, o in zip(owner, outcomes):
+        got.setdefault(i, []).append(o)
+    rows = []
+    for i, c in enumerate(cases):
+        os_ = got.get(i, [])
+        through = sum(1 for o in os_ if o.allowed)
+        detail = next((o.detail for o in os_ if not o.allowed), os_[0].detail if os_ else "timeout")
+        rows.append({"from": c.src, "to": c.svc, "port": c.port, "protocol": c.protocol,
+                     "allowed": bool(os_) and through == len(os_), "detail": detail,
+                     "backends": len(c.backends), "reached": through,
+                     "ms": max((o.ms for o in os_), default=0.0)})
+    return rows
+
+
+def expected_rows(lab: str, ports: list[tuple[int, str]] | None = None, *, family: int = 4) -> list[dict]:
+    """The model's rows for the same cases (the firewalls the lab installed)."""
+    from enforcer.compile import compile_cluster
+    from enforcer.lab import state
+
+    with state.locked(lab):
+        st = state.load(lab)
+    firewalls = dict(st.firewalls)
+    if any(k not in firewalls for k in st.cluster.pods):
+        firewalls = {**compile_cluster(st.cluster, node_ips=tuple(st.gateways)), **firewalls}
+    return [r for r in S.matrix_rows(st.cluster, firewalls, ports, family) if r["protocol"] in _PROBED]
+
+
+_PROBED = ("TCP", "UDP")

@@ -252,3 +252,22 @@ def test_a_named_target_port_with_a_different_number_on_each_backend(netpol_lab,
     serve(lab, "n/new", 9090)
     ip = lab.cluster.services["n/api"].cluster_ip
     assert {connect(lab, "n/client", ip, 80) for _ in range(4)} == {"n/old", "n/new"}
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_probe_services_agrees_with_the_model(backend):
+    """`netpol probe --services`: every endpoint to every Service port through the DNAT,
+    once per backend, compared with `matrix --services`."""
+    r = subprocess.run([sys.executable, "-m", "enforcer", "probe", "-f", str(SHOP), "--backend", backend,
+                        "--services", "--expect", "model", "--timeout", "0.5", "-o", "json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    import json
+
+    doc = json.loads(r.stdout)
+    svc_rows = [x for x in doc["results"] if x["to"].startswith("svc:")]
+    assert len(svc_rows) == 7 * 4 - 7  # every pod to every Service it does not back
+    assert doc["comparison"]["wrong"] == 0
+    front = [x for x in svc_rows if x["from"].startswith("shop/frontend-") and x["to"] == "svc:shop/cart"]
+    assert front and all(x["allowed"] and x["reached"] == 2 for x in front)

@@ -191,3 +191,19 @@ def test_two_services_with_one_cluster_ip_are_refused(tmp_path):
     with pytest.raises(InputError) as e:
         load([write(tmp_path, text)])  # validate says so, not only matrix
     assert 's.yaml: Service ns/b: spec.clusterIP: Invalid value: "10.96.0.5": provided IP is already allocated (to Service ns/a)' in str(e.value)
+
+
+def test_matrix_services_rows():
+    r = run("matrix", "-f", str(SHOP), "--services", "-o", "json")
+    rows = {(x["from"].rsplit("-", 2)[0], x["to"], x["port"]): x
+            for x in json.loads(r.stdout)["results"] if x["to"].startswith("svc:")}
+    assert rows[("shop/frontend", "svc:shop/cart", 80)]["allowed"] is True
+    assert rows[("shop/frontend", "svc:shop/cart", 80)]["backends"] == 2
+    assert rows[("shop/payment", "svc:shop/cart", 80)]["allowed"] is False
+    assert rows[("shop/cart", "svc:shop/store", 5432)]["allowed"] is True
+    assert rows[("shop/frontend", "svc:shop/payment", 443)]["allowed"] is True
+    assert rows[("shop/store", "svc:shop/frontend", 80)]["allowed"] is False  # store has no egress
+    # a Service's own backends are left out, as a pod and itself are
+    assert not any(k[0] == "shop/cart" and k[1] == "svc:shop/cart" for k in rows)
+    # only Service ports, never the pods' ports
+    assert {k[2] for k in rows} == {80, 443, 5432}
