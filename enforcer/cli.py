@@ -197,13 +197,20 @@ def emit_rows(rows: list[dict], fmt: str, *, backend: str, out_file: str | None 
 @click.option("--port", "port", required=True, help="PORT/PROTOCOL, e.g. 80/TCP.")
 @click.option("--family", type=click.Choice(["ipv4", "ipv6"]), default="ipv4")
 @click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text")
-def trace(files, legacy_namespace_isolation, src, dst, port, family, fmt) -> None:
+@BY
+def trace(files, legacy_namespace_isolation, src, dst, port, family, fmt, by) -> None:
     """Verdict for one connection and the reasons (exit 0 allowed, 1 denied)."""
     from enforcer import explain, verdict
 
     loaded = load(files, legacy=legacy_namespace_isolation)
     (p, proto), = verdict.parse_ports(port) or [(0, "")]
     from enforcer import services, workloads
+
+    if by == "workload" and not dst.startswith(services.PREFIX):
+        lines, doc, allowed = workloads.trace_groups(loaded.cluster, loaded.firewalls, src, dst, p, proto,
+                                                     _family(family))
+        click.echo(json.dumps(doc, indent=2) if fmt == "json" else "\n".join(lines))
+        sys.exit(0 if allowed else 1)
 
     src, note = workloads.resolve_name(loaded.cluster, src)
     a, host_note = workloads.host_network_endpoint(loaded.cluster, src, loaded.compiler.node_ips)

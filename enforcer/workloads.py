@@ -313,3 +313,32 @@ def host_network_endpoint(cluster, ident: str, node_ips: tuple[str, ...]):
             f"({', '.join(node_ips)}); as far as policy goes it is the node: traffic between "
             "it and the node's pods is always allowed, and no policy isolates it")
     return Endpoint(ident, "node", tuple(node_ips), pod.ports), note
+
+
+def trace_groups(cluster, firewalls, src: str, dst: str, port: int, protocol: str,
+                 family: int = 4) -> tuple[list[str], dict, bool]:
+    """``trace --by workload``: every replica of ``src`` to every replica of ``dst`` (a
+    workload, a pod or an external host each). Allowed when every pod pair is; the reasons
+    are given for the first pair, and for the first pair of the other verdict if they differ."""
+    from enforcer import explain, verdict
+
+    gs = groups(cluster)
+    srcs, dsts = gs.get(src, [src]), gs.get(dst, [dst])
+    vs = [verdict.verdict(firewalls, verdict.resolve(cluster, a), verdict.resolve(cluster, b), port, protocol, family)
+          for a in srcs for b in dsts if a != b]
+    ok = sum(1 for v in vs if v.allowed)
+    allowed = ok == len(vs)
+    word = "allowed" if allowed else ("denied" if ok == 0 else "partly allowed")
+    lines = [f"{describe_group(cluster, src)} -> {describe_group(cluster, dst)} {port}/{protocol}: "
+             f"{word} ({ok} of {len(vs)} pod pair{'s' if len(vs) != 1 else ''})."]
+    shown = []
+    for v in vs:
+        if all(v.allowed != s.allowed for s in shown):
+            shown.append(v)
+    for v in shown:
+        lines.append(f"  e.g. {v.src.id} -> {v.dst.id}:")
+        lines.extend("    " + line for line in explain.trace_lines(cluster, v))
+    doc = {"from": src, "to": dst, "port": port, "protocol": protocol, "allowed": allowed,
+           "pairs": len(vs), "allowed_pairs": ok,
+           "verdicts": [{"from": v.src.id, "to": v.dst.id, "allowed": v.allowed} for v in vs]}
+    return lines, doc, allowed

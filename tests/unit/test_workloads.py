@@ -263,3 +263,22 @@ def test_render_takes_a_workload_name():
     r = run("render", "-f", str(SHOP), "--pod", "shop/cart", "--backend", "nftables")
     assert r.exit_code == 0
     assert r.output.count("# pod shop/cart-") == 2 and "shop/frontend-" not in r.output.split("\n")[0]
+
+
+def test_trace_by_workload_judges_every_replica_pair(tmp_path):
+    r = run("trace", "-f", str(SHOP), "--by", "workload", "--from", "shop/frontend", "--to", "shop/cart",
+            "--port", "9090/TCP", "-o", "json")
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0 and doc["allowed"] and doc["pairs"] == 4 and doc["allowed_pairs"] == 4
+    # replicas differ: only db-1 is isolated (its pod-name label), so web -> db is partly allowed
+    text = workload("StatefulSet", f"  replicas: 2\n{SELECTOR}{TEMPLATE}", name="db").replace(
+        "app: x", "app: db").replace("{app: x, tier: t}", "{app: db}")
+    text += "---\n" + workload("Deployment", f"{SELECTOR}{TEMPLATE}", name="web")
+    text += ("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: ns}\n"
+             "spec: {podSelector: {matchLabels: {statefulset.kubernetes.io/pod-name: db-1}}, policyTypes: [Ingress]}\n")
+    r = run("trace", "-f", write(tmp_path, text), "--by", "workload", "--from", "ns/web", "--to", "ns/db",
+            "--port", "8080")
+    assert r.exit_code == 1
+    assert r.stdout.startswith("Deployment ns/web (1 pod) -> StatefulSet ns/db (2 pods) 8080/TCP: "
+                               "partly allowed (1 of 2 pod pairs).")
+    assert "e.g. ns/web-" in r.stdout and "-> ns/db-0:" in r.stdout and "-> ns/db-1:" in r.stdout
