@@ -52,6 +52,10 @@ except ImportError:  # pragma: no cover - depends on how PyYAML was built
     from yaml import SafeLoader as _Parser  # type: ignore[assignment]
 
 MAX_FILE_BYTES = 128 * 1024 * 1024  # 150,000 pods in one YAML file are ~45 MB
+# Nodes (scalars, mappings, lists) in one file: the parsed tree costs ~160 bytes a node
+# whatever the input spends on it ("{}, " is 4 bytes), so the byte cap alone let 128 MB of
+# "items: [{}, {}, ...]" take ~5 GB. 150,000 pods in one file are ~6 M nodes.
+MAX_NODES = 8_000_000
 MAX_DEPTH = 100  # a Kubernetes object nests ~15 deep; libyaml's composer crashes near 100k
 # Aliases may add at most ALIAS_BUDGET + ALIAS_FACTOR x (nodes written) nodes to a document:
 # yaml.dump writes shared objects as aliases (legitimate, ~1x); a bomb is ~10^9 x.
@@ -132,6 +136,10 @@ def _too_large() -> str:
     return f"input larger than {limit}: refusing to parse it"
 
 
+def _too_many() -> str:
+    return f"more than {MAX_NODES:,} values in one file: refusing it (split it into several files)"
+
+
 def check_text(name: str, text: str) -> Problem | None:
     if len(text) > MAX_FILE_BYTES:
         return Problem(name, "", "", _too_large())
@@ -170,6 +178,11 @@ class _ParseFail(Exception):
 def parse_documents(text: str, filename: str, problems: list[Problem]) -> Iterable[Doc]:
     """The documents of one file, lazily for YAML (each can be decoded, then freed, before the
     next is built). A syntax error ends the stream and is appended to ``problems``."""
+    if text.count("{") + text.count("[") > MAX_NODES:
+        # That many flow collections ("items: [{}, {}, ...]"): refused in milliseconds,
+        # before building any of them (a few braces inside strings never come near).
+        problems.append(Problem(filename, "", "", _too_many()))
+        return []
     stripped = text.lstrip()
     if stripped[:1] in ("{", "["):
         docs, problem = _json_documents(text, filename)
@@ -388,6 +401,7 @@ def _yaml_documents(text: str, filename: str, problems: list[Problem]) -> Iterat
     index = 0
     line: int | None = 1
     parsed = expanded = 0
+    budget = MAX_NODES  # nodes left for this document (earlier ones spent the rest)
     missing = _MISSING
     resolvable = _RESOLVABLE_FIRST
     try:
@@ -396,6 +410,8 @@ def _yaml_documents(text: str, filename: str, problems: list[Problem]) -> Iterat
             cls = ev.__class__
             if cls is ScalarEvent:
                 parsed += 1
+                if parsed > budget:
+                    raise _ParseFail(_line_of(ev), _too_many())
                 top = stack[-1]
                 if top[1] and top[2] is missing:  # a mapping key
                     if ev.implicit[0] and ev.value == "<<":
@@ -419,6 +435,8 @@ def _yaml_documents(text: str, filename: str, problems: list[Problem]) -> Iterat
                     anchors[ev.anchor] = (value, 1)
             elif cls is MappingStartEvent or cls is SequenceStartEvent:
                 parsed += 1
+                if parsed > budget:
+                    raise _ParseFail(_line_of(ev), _too_many())
                 top = stack[-1]
                 if top[1] and top[2] is _MISSING:
                     raise _ParseFail(_line_of(ev), "a mapping key must be a string, not a "
@@ -467,6 +485,7 @@ def _yaml_documents(text: str, filename: str, problems: list[Problem]) -> Iterat
                 anchors = {}
                 open_anchors = set()
                 dups = []
+                budget -= parsed
                 parsed = expanded = 0
                 continue
             elif cls is DocumentEndEvent:

@@ -364,3 +364,20 @@ def test_long_quoted_values_are_cut_in_problems():
     assert "SECRET" not in p.message and '"root:$y$j9T$SECR..." (cut)' in p.message
     short = Problem("f.yaml", "Pod x/a", "metadata.name", 'Invalid value: "A": bad')
     assert tame(short) is short
+
+
+@pytest.mark.parametrize("text", ["items: [" + "{}, " * 3000 + "{}]\n",
+                                  "- a\n" * 3000,
+                                  '{"items": [' + "{}, " * 3000 + "{}]}"])
+def test_a_file_of_too_many_values_is_refused_and_its_objects_kept(monkeypatch, text):
+    """Issue 20, finding 11: the parsed tree is bounded by a count of values, not only
+    by the file's bytes (128 MB of "{}, " would take ~5 GB)."""
+    from enforcer import documents
+
+    monkeypatch.setattr(documents, "MAX_NODES", 2000)
+    s = ManifestStore()
+    s.put_text("/d/f.yaml", policy("p1"))
+    changes = s.put_text("/d/f.yaml", text)
+    assert changes == {} and "x/p1" in s.cluster().policies  # kept: the file is broken
+    errors = [str(i) for i in s.errors()]
+    assert len(errors) == 1 and "more than 2,000 values in one file" in errors[0]
