@@ -134,6 +134,71 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _stage(work: str, name: str, docs: list[dict]) -> str:
+    """A complete file beside the watched directory (same file system), to rename in."""
+    stage = os.path.join(work, "stage")
+    os.makedirs(stage, exist_ok=True)
+    path = os.path.join(stage, name)
+    with open(path, "w") as f:
+        json.dump({"apiVersion": "v1", "kind": "List", "items": docs}, f)
+    return path
+
+
+def _until(pred, timeout: float = 600.0) -> float:
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError("not reached")
+        time.sleep(0.005)
+    return time.monotonic()
+
+
+def bursts(d: DaemonProcess, work: str, watch: str) -> dict:
+    """Issue 20's cases, timed from outside through the state file (written at the end of
+    every sync): the rename of the last file until the sync that read it is done."""
+    def policies() -> int:
+        try:
+            return d.state()["counts"]["policies"]
+        except (OSError, ValueError):
+            return -1  # between the state file's rename and its reading
+
+    def pol(name: str, sel: dict, port: int) -> dict:
+        return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": name, "namespace": NS},
+                "spec": {"podSelector": {"matchLabels": sel}, "policyTypes": ["Ingress"],
+                         "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client-a"}}}],
+                                      "ports": [{"port": port, "protocol": "TCP"}]}]}}
+
+    out: dict = {}
+    base = policies()
+    q1 = _stage(work, "q1.json", [pol("q1", {"role": "nobody"}, 80)])
+    q2 = _stage(work, "q2.json", [pol("q2", {"role": "nobody"}, 81)])
+    os.rename(q1, os.path.join(watch, "q1.json"))
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    os.rename(q2, os.path.join(watch, "q2.json"))
+    out["two_files_0.3s_apart_second_read_s"] = round(_until(lambda: policies() == base + 2) - t0, 3)
+    staged = [_stage(work, f"m{i:04d}.json", [pol(f"m{i:04d}", {"role": "nobody"}, 80)]) for i in range(1000)]
+    t0 = time.monotonic()
+    for i, p in enumerate(staged):
+        os.rename(p, os.path.join(watch, f"m{i:04d}.json"))
+    renamed = time.monotonic()
+    done = _until(lambda: policies() == base + 1002)
+    out["thousand_files_moved_in"] = {"renames_s": round(renamed - t0, 3), "all_read_s": round(done - t0, 3)}
+    # 10,000 policies selecting one pod (client-b), in one file (nftables: the table then has
+    # 20,000 sets, whose libnftables transaction dominates; compile alone is ~1 s).
+    many = _stage(work, "many.json", [pol(f"p{i:05d}", {"who": "client-b"}, 1000 + i % 5000)
+                                      for i in range(10_000)])
+    mark = len(d.logs("sync done"))
+    t0 = time.monotonic()
+    os.rename(many, os.path.join(watch, "many.json"))
+    done = _until(lambda: policies() == base + 11_002)
+    sync = [s for s in d.logs("sync done")[mark:] if s.get("files")]
+    out["ten_thousand_policies_one_file"] = {"until_state_shows_them_s": round(done - t0, 3),
+                                              "sync_ms": sync[-1]["ms"] if sync else None}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--local", type=int, default=110, help="server pods with a namespace here")
@@ -142,6 +207,8 @@ def main() -> None:
     ap.add_argument("--idle", type=float, default=30.0, help="seconds of idle to measure CPU over")
     ap.add_argument("--workers", type=int, default=1, help="--apply-workers of the daemon")
     ap.add_argument("--repair-interval", type=float, default=10.0)
+    ap.add_argument("--bursts", action="store_true",
+                    help="also time files moved in (2 and 1,000) and 10,000 policies in one file (issue 20)")
     args = ap.parse_args()
 
     lab = f"npt-bd{uuid.uuid4().hex[:6]}"
@@ -214,6 +281,8 @@ def main() -> None:
         out["drift_repairs"] = st["totals"]["drift_repairs"]
         out["apply_errors"] = st["totals"]["apply_errors"]
         out["applies"] = st["totals"]["applies"]
+        if args.bursts:
+            out["bursts"] = bursts(d, work, watch)
     finally:
         if d is not None:
             d.close()
