@@ -1,0 +1,221 @@
+"""`netpol validate` against the real thing: every invalid and tricky NetworkPolicy, Pod and
+Namespace of our own test corpus goes to kube-apiserver (server-side dry run, strict field
+validation) and to our validator; both must accept it or both must refuse it.
+
+Where they differ, the API server is right. Known differences are listed in KNOWN with what
+differs, as strict xfails: fixing one turns its xfail into a failure, so the list stays true.
+Pod status (podIP, podIPs) is only validated by the API server on the status subresource, as
+a kubelet writes it: those cases create the pod for real, then dry-run the status patch.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from enforcer.manifests import decode_text
+from tests.unit import test_validation as corpus
+
+DATA = Path(__file__).resolve().parents[1] / "unit" / "data" / "manifests"
+KINDS = ("NetworkPolicy", "Pod", "Namespace")
+# Fields only the API server sets: a create must not carry them, a `kubectl get` output does.
+SERVER_SET = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields", "selfLink")
+
+
+def _params(test_function) -> list:
+    [mark] = [m for m in test_function.pytestmark if m.name == "parametrize"]
+    return list(mark.args[1])
+
+
+def _valid_policies() -> list[tuple[str, dict]]:
+    labels = {"a" * 63: "b" * 63, "x" * 253 + "/y": ""}
+    return [(f"valid policy {i}", corpus.policy(spec, labels=labels))
+            for i, spec in enumerate(_params(corpus.test_valid_policies_have_no_problems))]
+
+
+TRICKY: list[tuple[str, object]] = [
+    # accepted by the API server, some with a warning
+    ("cidr with host bits", corpus.policy(corpus.ip_block("10.0.0.5/24"))),
+    ("cidr with leading zeros", corpus.policy(corpus.ip_block("010.0.0.0/8"))),
+    ("ipv6 cidr upper case", corpus.policy(corpus.ip_block("FD00:0:0::/48", "fd00::/64"))),
+    ("port name 15 chars", corpus.policy(corpus.port({"port": "abcdefghijklmno"}))),
+    ("endPort equal port", corpus.policy(corpus.port({"port": 80, "endPort": 80}))),
+    ("empty policyTypes", corpus.policy({"policyTypes": []})),
+    ("null egress", corpus.policy({"egress": None})),
+    ("podIP leading zeros", corpus.pod(status={"podIP": "010.000.001.002"})),
+    ("podIP non-canonical ipv6", corpus.pod(status={"podIP": "fd00::0001", "podIPs": [{"ip": "fd00::1"}]})),
+    ("dual-stack podIPs", corpus.pod(status={"podIP": "fd00::1", "podIPs": [{"ip": "fd00::1"}, {"ip": "10.0.0.1"}]})),
+    ("container port protocol empty", corpus.pod([{"containerPort": 80, "protocol": ""}])),
+    ("pod fields we do not read", {
+        **corpus.pod([{"containerPort": 80, "name": "http", "hostIP": "0.0.0.0", "hostPort": 8080}],
+                     status={"phase": "Running", "hostIP": "192.168.1.1", "podIP": "10.0.0.9"}),
+        "spec": {"nodeName": "n1", "volumes": [{"name": "v", "emptyDir": {}}],
+                 "containers": [{"name": "c", "image": "x", "command": ["sh"],
+                                 "ports": [{"containerPort": 80, "name": "http"}],
+                                 "resources": {"limits": {"cpu": 1}},
+                                 "livenessProbe": {"httpGet": {"port": "http"}}}],
+                 "initContainers": [{"name": "i", "image": "x", "ports": [{"bogus": 1}]}]}}),
+    ("namespace with labels", corpus.namespace("ns-ok", metadata={"name": "ns-ok", "labels": {"team": "a", "x.io/y": ""}})),
+    ("policyTypes twice", corpus.policy({"policyTypes": ["Ingress", "Ingress"]})),
+    ("pod without containers", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "prod"},
+                                "status": {"podIP": "10.0.0.1"}}),
+    ("networkpolicy with status", {**corpus.policy(), "status": {}}),
+]
+
+
+class _Loader(yaml.SafeLoader):
+    """Timestamps stay strings (as kubectl reads them), so they go back to the server as sent."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+def _file_cases() -> list[tuple[str, object]]:
+    out = []
+    for path in sorted(DATA.rglob("*")):
+        if path.suffix not in (".yaml", ".yml", ".json"):
+            continue
+        text = path.read_text()
+        try:
+            docs = [d for d in yaml.load_all(text, Loader=_Loader) if isinstance(d, dict)]
+        except yaml.YAMLError:
+            continue
+        for i, d in enumerate(docs):
+            items = d.get("items") if d.get("kind", "").endswith("List") else [d]
+            for j, item in enumerate(items or []):
+                if isinstance(item, dict) and item.get("kind", d.get("kind", "").removesuffix("List")) in KINDS:
+                    item = {"kind": d["kind"].removesuffix("List"), "apiVersion": d.get("apiVersion"), **item} \
+                        if "kind" not in item else item
+                    out.append((f"{path.relative_to(DATA)}#{i}.{j}", item))
+    return out
+
+
+CASES: list[tuple[str, object]] = (
+    [(f"policy: {n}", d) for n, d, _ in corpus.NETWORK_POLICY_CASES]
+    + [(f"pod: {n}", d) for n, d, _ in corpus.POD_CASES]
+    + [(f"namespace: {n}", d) for n, d, _ in corpus.OTHER_CASES if n.startswith("namespace")]
+    + _valid_policies() + TRICKY + _file_cases()
+)
+
+# Known differences: case id -> what differs (the API server is right). Strict xfails.
+_MAPPED = "an IPv4-mapped IPv6 address is accepted with a warning (StrictIPCIDRValidation is alpha, off)"
+_NO_CONTAINERS = "a Pod without spec.containers is refused (spec.containers: Required value)"
+_CANONICAL = "a non-canonical IPv6 address gets a warning (should be in RFC 5952 canonical format)"
+KNOWN: dict[str, str] = {
+    "policy: cidr ipv4-mapped": _MAPPED,
+    "pod: podIP ipv4-mapped": _MAPPED,
+    "pod: podIP differs": "status.podIP is taken from status.podIPs[0] (the v1 conversion); no error",
+    "pod fields we do not read": "fields of a Pod we do not read are validated too (strict decoding: "
+                                 "unknown field spec.initContainers[0].ports[0].bogus)",
+    "pod without containers": _NO_CONTAINERS,
+    "cluster/.hidden.yaml#0.0": _NO_CONTAINERS,
+    "cluster/sub/nested.yaml#0.0": _NO_CONTAINERS,
+    "list.yaml#0.0": _NO_CONTAINERS,
+    "typed-list.json#0.0": _NO_CONTAINERS,
+    "typed-list.json#0.1": _NO_CONTAINERS,
+    "networkpolicy with status": "NetworkPolicy has no status since Kubernetes 1.28: unknown field",
+    "kubectl-get.yaml#0.2": "NetworkPolicy has no status since Kubernetes 1.28: unknown field",
+    "ipv6 cidr upper case": _CANONICAL,
+    "podIP non-canonical ipv6": _CANONICAL,
+}
+# Deliberate: we warn where the API server accepts silently (docs/concepts.md lists them).
+DELIBERATE_WARNINGS: dict[str, str] = {
+    "policyTypes twice": "a policy type listed twice means the same as once",
+}
+
+_ids = itertools.count()
+
+
+def _kind_and_ns(doc: object) -> tuple[str, str]:
+    if isinstance(doc, str):
+        doc = yaml.safe_load(doc)
+    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    ns = meta.get("namespace")
+    return doc.get("kind"), ns if isinstance(ns, str) else "default"
+
+
+def _path(kind: str, ns: str) -> str:
+    if kind == "Namespace":
+        return "/api/v1/namespaces"
+    if kind == "Pod":
+        return f"/api/v1/namespaces/{ns}/pods"
+    return f"/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies"
+
+
+DRY = "?dryRun=All&fieldValidation=Strict"
+
+
+def ours(doc: object) -> tuple[bool, list[str]]:
+    """(accepted, warnings) of our validator."""
+    text = doc if isinstance(doc, str) else yaml.safe_dump(doc)
+    objs, file_problems, _ = decode_text(text, "case.yaml")
+    problems = list(file_problems) + [p for o in objs for p in o.problems]
+    return not any(not p.warning for p in problems), [p.message for p in problems if p.warning]
+
+
+def _accepted(reply) -> bool:
+    # AlreadyExists comes from storage, after validation passed (the corpus reuses names).
+    return reply.ok or reply.body.get("reason") == "AlreadyExists"
+
+
+def theirs(cp, kubectl, doc: object) -> tuple[bool, str, list[str]]:
+    """(accepted, message, warnings) of the API server."""
+    kind, ns = _kind_and_ns(doc)
+    if isinstance(doc, str):  # the exact bytes: the server's own YAML decoding decides
+        reply = cp.api("POST", _path(kind, ns) + DRY, doc, content_type="application/yaml")
+        return _accepted(reply), reply.body.get("message", ""), reply.warnings
+    doc = copy.deepcopy(doc)
+    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    for key in SERVER_SET:
+        meta.pop(key, None)
+    status = doc.pop("status", None) if kind == "Pod" else None
+    reply = cp.api("POST", _path(kind, ns) + DRY, json.dumps(doc))
+    if not reply.ok or status is None:
+        return _accepted(reply), reply.body.get("message", ""), reply.warnings
+    # Status: create the pod for real in a namespace of its own, then dry-run the status
+    # write a kubelet would make.
+    real_ns = f"oracle-{next(_ids)}"
+    kubectl("create", "namespace", real_ns)
+    meta["namespace"] = real_ns
+    created = cp.api("POST", _path("Pod", real_ns), json.dumps(doc))
+    assert created.ok, created
+    name = created.body["metadata"]["name"]
+    patch = cp.api("PATCH", f"/api/v1/namespaces/{real_ns}/pods/{name}/status" + DRY,
+                   json.dumps({"status": status}), content_type="application/merge-patch+json")
+    return patch.ok, patch.body.get("message", ""), reply.warnings + patch.warnings
+
+
+@pytest.fixture(scope="module")
+def oracle_namespaces(control_plane):
+    """The namespaces the corpus' objects live in (they are not what is being tested)."""
+    names = {_kind_and_ns(d)[1] for _, d in CASES} - {"default"}
+    for ns in sorted(n for n in names if isinstance(n, str) and corpus.V.dns1123_label(n) == []):
+        control_plane.kubectl("create", "namespace", ns, check=False)
+
+
+def _marks(case_id: str):
+    if case_id in KNOWN:
+        return [pytest.mark.xfail(strict=True, reason=KNOWN[case_id])]
+    return []
+
+
+@pytest.mark.parametrize("doc", [pytest.param(d, id=i, marks=_marks(i)) for i, d in CASES])
+def test_validate_agrees_with_the_api_server(control_plane, kubectl, oracle_namespaces, doc, request):
+    accepted, warnings = ours(doc)
+    server_ok, message, server_warnings = theirs(control_plane, kubectl, doc)
+    assert accepted == server_ok, (f"we {'accept' if accepted else 'refuse'}, the API server "
+                                   f"{'accepts' if server_ok else 'refuses'}: {message}")
+    if not accepted:
+        return
+    # Accepted by both: a warning from one must be a warning from the other (wording may
+    # differ), except where we warn on purpose.
+    if request.node.callspec.id in DELIBERATE_WARNINGS:
+        assert warnings and not server_warnings, (warnings, server_warnings)
+    else:
+        assert bool(warnings) == bool(server_warnings), (f"ours: {warnings}", f"API server: {server_warnings}")
