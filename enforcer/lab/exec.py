@@ -70,7 +70,7 @@ def exec_cmd(name, endpoint, argv) -> None:
     """Run CMD inside a pod's network namespace (or an external host's); its exit code is ours.
 
     Only the network namespace changes: CMD runs with this shell's files, user and
-    environment, e.g. ``netpol lab exec --name demo shop/cart-0 -- python3 -m http.server 9090``.
+    environment. Example: netpol lab exec --name demo shop/store-0 -- python3 -m http.server 5432
     """
     import os
     import sys
