@@ -359,6 +359,10 @@ class LabHandle:
 
 def _factory(workdir: Path, prefix: str = DEFAULT_PREFIX, verbosity: int = 0):
     """The lab factory both fixtures hand out, and the teardown they share."""
+    from enforcer.lab import control
+
+    with interrupts.deferred():  # at fixture set-up, not inside the test's lab up
+        control._preload()
     made: list[LabHandle] = []
     me = os.getpid()
 

@@ -157,8 +157,9 @@ def up(name: str, cluster: Cluster, backend_name: str = "nftables", *, ipv6: boo
     """
     t0 = time.monotonic()
     naming.check_lab_name(name)
-    backend = get_backend(backend_name)
-    _preload()
+    with interrupts.deferred():  # an interrupt must never land inside an import
+        _preload()
+        backend = get_backend(backend_name)
     leftovers = _scan(name)
     if leftovers and not state.exists(name):
         raise LabError(f"namespaces of an earlier lab {name} are still there ({leftovers[0]}, ...); "
@@ -188,10 +189,10 @@ def up(name: str, cluster: Cluster, backend_name: str = "nftables", *, ipv6: boo
 
 
 def _preload() -> None:
-    """Import now what building and tearing down import lazily. An interrupt that lands
-    inside an import leaves a half-initialised module behind (seen: asyncio, under
-    pyroute2, failing the cleanup with a NameError) or is swallowed by importlib's lock
-    callback (seen: a Ctrl-C ignored)."""
+    """Import now what building and tearing down import lazily (callers hold interrupts
+    meanwhile). An interrupt that lands inside an import leaves a half-initialised module
+    behind (seen: asyncio, under pyroute2, failing the cleanup with a NameError) or is
+    swallowed by importlib's lock callback (seen: a Ctrl-C ignored)."""
     import asyncio  # noqa: F401 - pyroute2's sockets run on it
     import concurrent.futures  # noqa: F401 - backends apply in threads
     import ctypes  # noqa: F401 - netns.create/_setns

@@ -96,11 +96,13 @@ def one(backend: str, delay: float, sig: int = signal.SIGINT, prefix: str = "npt
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = proc.stdout.readline()  # "go ...": the child is about to call up
     sent_at = 0.0
-    if first.startswith("go "):
-        time.sleep(delay)
+    out = err = ""
+    try:
+        out, err = proc.communicate(timeout=delay if first.startswith("go ") else 60)
+    except subprocess.TimeoutExpired:
         sent_at = time.monotonic()
         proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     return Run(name, delay, proc.returncode, first + out, err, leftovers(name), sent_at)
 
 
