@@ -91,8 +91,12 @@ def problems(proj: dict | None = None, lock: Path = LOCK) -> list[str]:
     """
     try:
         from packaging.requirements import Requirement
-    except ImportError:  # a bare python3 (make lock runs outside .venv): pip's own copy
-        from pip._vendor.packaging.requirements import Requirement
+    except ImportError:  # a python3 outside .venv: pip's own copy, if it has pip
+        try:
+            from pip._vendor.packaging.requirements import Requirement
+        except ImportError:
+            raise SystemExit("lock: this python has neither packaging nor pip: "
+                             "run it with .venv/bin/python") from None
 
     proj = proj or project()
     if not lock.exists():
@@ -123,33 +127,32 @@ def problems(proj: dict | None = None, lock: Path = LOCK) -> list[str]:
     return out
 
 
-def resolve(proj: dict) -> tuple[dict[str, tuple[str, str]], str]:
-    """Resolve pyproject's full dependency set in a throw-away venv.
+def resolve(proj: dict, tmp: Path) -> tuple[dict[str, tuple[str, str]], str, str]:
+    """Resolve pyproject's full dependency set in a throw-away venv made in tmp.
 
-    Returns ({normalized name: (name as published, version)}, pip version).
+    Returns ({normalized name: (name as published, version)}, pip version, venv's python).
     """
-    with tempfile.TemporaryDirectory(prefix="netpol-lock-") as tmp:
-        venv = Path(tmp) / "venv"
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        py = str(venv / "bin" / "python")
-        pip = [py, "-m", "pip", "--disable-pip-version-check", "--no-input"]
-        # The newest pip resolves: it knows the newest metadata formats and markers.
-        subprocess.run(pip + ["install", "-q", "--upgrade", "pip"], check=True)
-        pip_version = subprocess.run([py, "-c", "import pip; print(pip.__version__)"], check=True,
-                                     capture_output=True, text=True).stdout.strip()
-        report = Path(tmp) / "report.json"
-        extras = ",".join(sorted(proj["extras"]))
-        target = f"{ROOT}[{extras}]" if extras else str(ROOT)
-        # --ignore-installed: the venv's own seed packages (setuptools) must not count as
-        # already satisfied, or they would be left out of the lock.
-        subprocess.run(pip + ["install", "-q", "--dry-run", "--ignore-installed", "--report", str(report),
-                              target, *proj["build"]], check=True)
-        resolved = {}
-        for item in json.loads(report.read_text())["install"]:
-            meta = item["metadata"]
-            if normalize(meta["name"]) != normalize(proj["name"]):
-                resolved[normalize(meta["name"])] = (meta["name"], meta["version"])
-    return resolved, pip_version
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+    pip = [py, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    # The newest pip resolves: it knows the newest metadata formats and markers.
+    subprocess.run(pip + ["install", "-q", "--upgrade", "pip"], check=True)
+    pip_version = subprocess.run([py, "-c", "import pip; print(pip.__version__)"], check=True,
+                                 capture_output=True, text=True).stdout.strip()
+    report = tmp / "report.json"
+    extras = ",".join(sorted(proj["extras"]))
+    target = f"{ROOT}[{extras}]" if extras else str(ROOT)
+    # --ignore-installed: the venv's own seed packages (setuptools) must not count as
+    # already satisfied, or they would be left out of the lock.
+    subprocess.run(pip + ["install", "-q", "--dry-run", "--ignore-installed", "--report", str(report),
+                          target, *proj["build"]], check=True)
+    resolved = {}
+    for item in json.loads(report.read_text())["install"]:
+        meta = item["metadata"]
+        if normalize(meta["name"]) != normalize(proj["name"]):
+            resolved[normalize(meta["name"])] = (meta["name"], meta["version"])
+    return resolved, pip_version, py
 
 
 def write(proj: dict, resolved: dict[str, tuple[str, str]], pip_version: str, lock: Path = LOCK) -> None:
@@ -178,17 +181,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lock: {LOCK.name} agrees with pyproject.toml")
         return 1 if found else 0
     old = read_lock()[0] if LOCK.exists() else {}
-    resolved, pip_version = resolve(proj)
-    write(proj, resolved, pip_version)
-    new = read_lock()[0]
-    for name in sorted(set(old) | set(new)):
-        if old.get(name) != new.get(name):
-            print(f"lock: {name}: {old.get(name, '-')} -> {new.get(name, '-')}")
-    left = problems(proj)
-    for p in left:
-        print(f"lock: {p}", file=sys.stderr)
-    print(f"lock: wrote {LOCK.name} ({len(new)} pins); `make setup` installs them")
-    return 1 if left else 0
+    with tempfile.TemporaryDirectory(prefix="netpol-lock-") as tmp:
+        resolved, pip_version, venv_python = resolve(proj, Path(tmp))
+        write(proj, resolved, pip_version)
+        new = read_lock()[0]
+        for name in sorted(set(old) | set(new)):
+            if old.get(name) != new.get(name):
+                print(f"lock: {name}: {old.get(name, '-')} -> {new.get(name, '-')}")
+        print(f"lock: wrote {LOCK.name} ({len(new)} pins); `make setup` installs them")
+        # The same check as CI's, by the throw-away venv's python (it has pip's packaging).
+        return subprocess.run([venv_python, __file__, "--check"]).returncode
 
 
 if __name__ == "__main__":

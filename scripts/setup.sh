@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup for a fresh Debian 12 machine: the system tools the enforcer drives
-# (nftables, iptables, ipset, conntrack, iproute2, graphviz) and a .venv with the package.
+# (nftables, iptables, ipset, conntrack, iproute2, graphviz; systemd-analyze for the tests)
+# and a .venv with the package, at the versions of requirements.lock.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,8 @@ command -v ipset >/dev/null     || need+=(ipset)
 command -v conntrack >/dev/null || need+=(conntrack)
 command -v ip >/dev/null        || need+=(iproute2)
 command -v dot >/dev/null       || need+=(graphviz)
+# systemd-analyze verifies the daemon's unit file in the tests (a container may lack it)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 ldconfig -p 2>/dev/null | grep -q libnftables.so.1 || need+=(libnftables1)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v python3 >/dev/null   || need+=(python3)
