@@ -307,11 +307,11 @@ class Reconciler:
         except NetnsError as e:
             if not self.exists(ns):
                 return ("gone",)
-            err = _message(e)
+            err = _message(e, cause=retry)
         except Exception as e:
             if self.inode(ns) is None:  # removed while we applied: not an error
                 return ("gone",)
-            err = _message(e)
+            err = _message(e, cause=retry)
         if standin or not isolated(fw):
             return ("error", key, err)
         # Fail closed: the real rules were refused. Whatever is in force now (nothing, or
