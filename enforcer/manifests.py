@@ -84,6 +84,7 @@ class Decoded:
     key: str
     obj: object | None
     problems: list[Problem] = field(default_factory=list)
+    owned_by: tuple[tuple[str, str], ...] = ()  # metadata.ownerReferences: (kind, name)
 
 
 def load(paths: Sequence[str], *, stdin: TextIO | None = None,
@@ -117,6 +118,10 @@ def _load(paths: Sequence[str], stdin: TextIO | None, legacy: bool) -> LoadResul
     if any(not p.warning for p in problems):
         raise InputError(problems)
     cluster = build_cluster(decoded)
+    skipped = W.superseded(decoded)
+    notes.extend(f"{d.file}: {d.kind} {d.key}: not expanded into pods: the input has the objects it "
+                 f"owns ({skipped[d.kind, d.key]}, ...), which stand for it"
+                 for d in decoded if d.kind in W.KINDS and (d.kind, d.key) in skipped and d.obj is not None)
     notes.extend(f"{key}: hostNetwork pod: it uses its node's network namespace and address, so as "
                  "far as policy goes it is the node (always allowed, never isolated); it is no "
                  "endpoint of the matrix or the lab" for key in sorted(cluster.host_network))
@@ -134,6 +139,8 @@ def decode_text(text: str, filename: str, *, legacy_namespace_isolation: bool = 
 
 def build_cluster(objects: Iterable[Decoded]) -> Cluster:
     """A Cluster of the valid objects (the first of duplicates wins)."""
+    objects = list(objects)
+    skip = W.superseded(objects)
     cluster = Cluster()
     tables: dict[str, dict] = {
         "Namespace": cluster.namespaces,
@@ -144,6 +151,8 @@ def build_cluster(objects: Iterable[Decoded]) -> Cluster:
     for d in objects:
         if d.obj is None:
             continue
+        if (d.kind, d.key) in skip:
+            continue  # its ReplicaSets, Jobs or Pods are in the input themselves
         if d.kind in W.KINDS or d.kind == "Pod":  # a workload is the pods its controller would make
             for pod in W.pods(d.obj) if d.kind != "Pod" else [d.obj]:  # type: ignore[arg-type]
                 table = cluster.host_network if pod.host_network else cluster.pods  # type: ignore[union-attr]
@@ -160,8 +169,9 @@ def _pod_name_clashes(decoded: list[Decoded]) -> list[Problem]:
     would not say which one it means."""
     owners: dict[str, str] = {}
     out = []
+    skip = W.superseded(decoded)
     for d in decoded:
-        if d.obj is None or (d.kind != "Pod" and d.kind not in W.KINDS):
+        if d.obj is None or (d.kind != "Pod" and d.kind not in W.KINDS) or (d.kind, d.key) in skip:
             continue
         keys = [d.key] if d.kind == "Pod" else [p.key for p in W.pods(d.obj)]  # type: ignore[arg-type]
         for key in keys:
@@ -322,7 +332,7 @@ def _decode_object(d: dict, kind: str, version: str, where: str, dups: list[DupK
         errs.append((render_path(path + [k]), _dup_message(k, line)))
     problems = [Problem(ctx.filename, label, path, msg) for path, msg in errs]
     problems.extend(Problem(ctx.filename, label, path, msg, warning=True) for path, msg in warns)
-    decoded = Decoded(ctx.filename, kind, key, None if errs else obj, problems)
+    decoded = Decoded(ctx.filename, kind, key, None if errs else obj, problems, W.owner_refs(d))
     ctx.where[id(decoded)] = where
     return decoded
 

@@ -342,3 +342,31 @@ def trace_groups(cluster, firewalls, src: str, dst: str, port: int, protocol: st
            "pairs": len(vs), "allowed_pairs": ok,
            "verdicts": [{"from": v.src.id, "to": v.dst.id, "allowed": v.allowed} for v in vs]}
     return lines, doc, allowed
+
+
+# ==== ``kubectl get all -o yaml``: a workload and the objects it owns ==========================
+
+
+def owner_refs(d: dict) -> tuple[tuple[str, str], ...]:
+    """(kind, name) of each metadata.ownerReferences entry of a raw object."""
+    meta = d.get("metadata")
+    refs = meta.get("ownerReferences") if meta.__class__ is dict else None
+    if not refs or refs.__class__ is not list:
+        return ()
+    return tuple((r["kind"], r["name"]) for r in refs
+                 if r.__class__ is dict and r.get("kind").__class__ is str and r.get("name").__class__ is str)
+
+
+def superseded(decoded) -> dict[tuple[str, str], str]:
+    """Workloads whose own objects are in the input too (a dump of a running cluster has
+    the Deployment, its ReplicaSet and their Pods): (kind, ns/name) -> one object that stands
+    for it. Those workloads are not expanded, or every pod would be there two or three times."""
+    out: dict[tuple[str, str], str] = {}
+    for d in decoded:
+        if d.obj is None or not d.owned_by:
+            continue
+        ns = d.key.split("/", 1)[0]
+        for kind, name in d.owned_by:
+            if kind in KINDS:
+                out.setdefault((kind, f"{ns}/{name}"), f"{d.kind} {d.key}")
+    return out

@@ -282,3 +282,62 @@ def test_trace_by_workload_judges_every_replica_pair(tmp_path):
     assert r.stdout.startswith("Deployment ns/web (1 pod) -> StatefulSet ns/db (2 pods) 8080/TCP: "
                                "partly allowed (1 of 2 pod pairs).")
     assert "e.g. ns/web-" in r.stdout and "-> ns/db-0:" in r.stdout and "-> ns/db-1:" in r.stdout
+
+
+DUMP = """
+apiVersion: v1
+kind: List
+items:
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata: {name: web, namespace: shop, uid: d1}
+  spec:
+    replicas: 2
+    selector: {matchLabels: {app: web}}
+    template:
+      metadata: {labels: {app: web}}
+      spec: {containers: [{name: w, image: nginx, ports: [{containerPort: 80}]}]}
+- apiVersion: apps/v1
+  kind: ReplicaSet
+  metadata:
+    name: web-7d4b9c8f5
+    namespace: shop
+    ownerReferences: [{apiVersion: apps/v1, kind: Deployment, name: web, uid: d1, controller: true}]
+  spec:
+    replicas: 2
+    selector: {matchLabels: {app: web, pod-template-hash: 7d4b9c8f5}}
+    template:
+      metadata: {labels: {app: web, pod-template-hash: 7d4b9c8f5}}
+      spec: {containers: [{name: w, image: nginx, ports: [{containerPort: 80}]}]}
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: web-7d4b9c8f5-abcde
+    namespace: shop
+    labels: {app: web, pod-template-hash: 7d4b9c8f5}
+    ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-7d4b9c8f5, uid: r1}]
+  spec: {containers: [{name: w, image: nginx, ports: [{containerPort: 80}]}]}
+  status: {podIP: 10.244.1.5}
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: web-7d4b9c8f5-fghij
+    namespace: shop
+    labels: {app: web, pod-template-hash: 7d4b9c8f5}
+    ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-7d4b9c8f5, uid: r1}]
+  spec: {containers: [{name: w, image: nginx, ports: [{containerPort: 80}]}]}
+  status: {podIP: 10.244.1.6}
+"""
+
+
+def test_a_dump_of_a_running_cluster_is_not_counted_twice(tmp_path):
+    """`kubectl get all -o yaml` has the Deployment, its ReplicaSet and their Pods: the
+    Pods stand for the ReplicaSet, the ReplicaSet for the Deployment."""
+    r = load([write(tmp_path, DUMP)])
+    assert sorted(r.cluster.pods) == ["shop/web-7d4b9c8f5-abcde", "shop/web-7d4b9c8f5-fghij"]
+    assert any("Deployment shop/web: not expanded into pods: the input has the objects it owns "
+               "(ReplicaSet shop/web-7d4b9c8f5, ...)" in n for n in r.notes), r.notes
+    # without its Pods, the ReplicaSet makes them (and still stands for the Deployment)
+    no_pods = DUMP.split("- apiVersion: v1\n  kind: Pod")[0]
+    c = load([write(tmp_path, no_pods)]).cluster
+    assert sorted(c.pods) == ["shop/web-7d4b9c8f5-0", "shop/web-7d4b9c8f5-1"]
