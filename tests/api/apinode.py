@@ -18,8 +18,6 @@ import time
 import uuid
 from typing import Iterable
 
-import yaml
-
 from enforcer.daemon.testing import DaemonProcess, tcp_ok, wait_for
 
 NODE = "node-under-test"
@@ -51,8 +49,8 @@ class ApiCluster:
 
     def apply(self, objects: Iterable[dict]) -> None:
         docs = [_strip(o) for o in objects]
-        if docs:
-            self.cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs, sort_keys=False))
+        if docs:  # JSON: kubectl reads YAML 1.1, where a label value y would be a boolean
+            self.cp.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
 
     def create_pod(self, obj: dict, *, node: str | None = None, phase: str = "Running",
                    ips: list[str] | None = None) -> None:
