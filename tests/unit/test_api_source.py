@@ -470,3 +470,19 @@ def test_status_shows_the_api_source():
     ok = status.api_line({"type": "api", "server": "https://h", "node": "n", "reachable": True,
                           "kinds": {"Pod": {"listed": True}}})
     assert ok.endswith("in sync; relists: 0")
+
+
+def test_library_errors_become_one_line_api_errors():
+    from kubernetes.client.exceptions import ApiException
+    from urllib3 import exceptions as u
+
+    from enforcer.daemon.kubeclient import translate
+
+    e = ApiException(status=403, reason="Forbidden")
+    e.body = json.dumps({"kind": "Status", "message": 'pods is forbidden: User "x" cannot list resource "pods"'})
+    t = translate(e)
+    assert t.status == 403 and str(t) == '403 pods is forbidden: User "x" cannot list resource "pods"'
+    refused = u.MaxRetryError(None, "/api/v1/pods", u.NewConnectionError(None, "[Errno 111] Connection refused"))
+    assert (translate(refused).status, str(translate(refused))) == (0, "cannot connect: connection refused")
+    assert str(translate(u.ReadTimeoutError(None, "/", "read timed out"))) == "no answer in time (read timeout)"
+    assert str(translate(u.ProtocolError("boom"))) == "the connection was closed"
