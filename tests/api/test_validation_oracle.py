@@ -66,6 +66,30 @@ TRICKY: list[tuple[str, object]] = [
     ("networkpolicy with status", {**corpus.policy(), "status": {}}),
 ]
 
+_NP = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: prod}\n"
+# YAML as written: the API server decodes these bytes itself (YAML 1.1, like PyYAML).
+TRICKY_TEXT: list[tuple[str, str]] = [
+    ("yaml: anchors and merge keys", _NP + "spec:\n  podSelector:\n    matchLabels: &l {app: db}\n"
+                                          "  ingress:\n  - from:\n    - podSelector:\n        matchLabels:\n"
+                                          "          <<: *l\n          tier: x\n"),
+    ("yaml: flow style", "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: np, namespace: prod},"
+                         " spec: {podSelector: {}}}"),
+    ("yaml: json", '{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", '
+                   '"metadata": {"name": "np", "namespace": "prod"}, "spec": {"podSelector": {}}}'),
+    ("yaml: octal port 010", _NP + "spec:\n  ingress:\n  - ports:\n    - port: 010\n"),
+    ("yaml: port 0080", _NP + "spec:\n  ingress:\n  - ports:\n    - port: 0080\n"),
+    ("yaml: port 1_000", _NP + "spec:\n  ingress:\n  - ports:\n    - port: 1_000\n"),
+    ("yaml: port 80.0", _NP + "spec:\n  ingress:\n  - ports:\n    - port: 80.0\n"),
+    ("yaml: port 0x50", _NP + "spec:\n  ingress:\n  - ports:\n    - port: 0x50\n"),
+    ("yaml: label value on", _NP.replace("namespace: prod}", "namespace: prod, labels: {a: on}}")),
+    ("yaml: label value null", _NP.replace("namespace: prod}", "namespace: prod, labels: {a: ~}}")),
+    ("yaml: label value 1e3", _NP.replace("namespace: prod}", "namespace: prod, labels: {a: 1e3}}")),
+    ("yaml: old apiVersion", _NP.replace("networking.k8s.io/v1", "extensions/v1beta1")),
+    ("yaml: kind lowercase", _NP.replace("kind: NetworkPolicy", "kind: networkpolicy")),
+    ("yaml: tab indentation", _NP + "spec:\n\tpodSelector: {}\n"),
+    ("yaml: duplicate spec", _NP + "spec: {}\nspec: {}\n"),
+]
+
 
 class _Loader(yaml.SafeLoader):
     """Timestamps stay strings (as kubectl reads them), so they go back to the server as sent."""
@@ -100,7 +124,7 @@ CASES: list[tuple[str, object]] = (
     [(f"policy: {n}", d) for n, d, _ in corpus.NETWORK_POLICY_CASES]
     + [(f"pod: {n}", d) for n, d, _ in corpus.POD_CASES]
     + [(f"namespace: {n}", d) for n, d, _ in corpus.OTHER_CASES if n.startswith("namespace")]
-    + _valid_policies() + TRICKY + _file_cases()
+    + _valid_policies() + TRICKY + TRICKY_TEXT + _file_cases()
 )
 
 # Known differences: case id -> what differs (the API server is right). Strict xfails.
@@ -121,6 +145,11 @@ KNOWN: dict[str, str] = {
     "typed-list.json#0.1": _NO_CONTAINERS,
     "networkpolicy with status": "NetworkPolicy has no status since Kubernetes 1.28: unknown field",
     "kubectl-get.yaml#0.2": "NetworkPolicy has no status since Kubernetes 1.28: unknown field",
+    "yaml: port 0080": "YAML 1.1 as the API server reads it: 0080 is the number 80 (for us the string "
+                       "\"0080\", an invalid port name)",
+    "yaml: port 80.0": "a number with a zero fraction is accepted where an integer is expected (80.0 is 80)",
+    "yaml: label value 1e3": "YAML 1.1 as the API server reads it: 1e3 is a number (for us a string), "
+                             "so the label value is refused",
     "ipv6 cidr upper case": _CANONICAL,
     "podIP non-canonical ipv6": _CANONICAL,
 }
@@ -134,7 +163,12 @@ _ids = itertools.count()
 
 def _kind_and_ns(doc: object) -> tuple[str, str]:
     if isinstance(doc, str):
-        doc = yaml.safe_load(doc)
+        try:
+            doc = yaml.safe_load(doc)
+        except yaml.YAMLError:  # the server refuses it too; any path will do
+            return "NetworkPolicy", "prod"
+        if not isinstance(doc, dict):
+            return "NetworkPolicy", "prod"
     meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
     ns = meta.get("namespace")
     return doc.get("kind"), ns if isinstance(ns, str) else "default"
