@@ -7,6 +7,9 @@ import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -175,3 +178,27 @@ def test_stop_leaves_nothing_running(tmp_path):
     assert cp.apiserver_pid is None and cp.etcd_pid is None
     assert not (tmp_path / "etcd-data").exists()
     cp.stop()  # idempotent
+
+
+def test_a_killed_test_run_takes_its_control_plane_with_it(tmp_path):
+    """SIGKILL gives no finally and no atexit: the children must still go (PDEATHSIG)."""
+    reason = missing_binaries()
+    if reason:
+        pytest.skip(reason)
+    script = ("import sys, json, pathlib\n"
+              "from enforcer.k8s.controlplane import ControlPlane\n"
+              "cp = ControlPlane(pathlib.Path(sys.argv[1])); cp.start()\n"
+              "print(json.dumps([cp.apiserver_pid, cp.etcd_pid]), flush=True)\n"
+              "sys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=REPO,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        pids = json.loads(proc.stdout.readline())
+        assert all(Path(f"/proc/{pid}").exists() for pid in pids)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()], "left running after SIGKILL"
