@@ -19,7 +19,7 @@ demo: setup
 	@./scripts/demo.sh
 
 # kube-apiserver, etcd and kubectl for tests/api (a real control plane on 127.0.0.1), built
-# from the Go module proxy into a per-user cache (cold: ~18 min on 2 busy cores; warm: 0.1 s).
+# from the Go module proxy into a per-user cache (cold: ~18 min on 2 busy cores; warm: ~1 s).
 # `make test` builds them when Go is installed; without Go the API tests skip, saying why.
 k8s: setup
 	@./scripts/build-k8s.sh
