@@ -108,11 +108,11 @@ def up_cmd(files, name, backend, ipv6, no_servers) -> None:
     """Create the lab: node namespace, bridge, pods, external hosts, servers, then policies."""
     _need_root()
     cluster = load_cluster(files)
-    previous = signal.signal(signal.SIGTERM, _terminate)  # a killed up removes what it built
+    previous = _catch_termination()  # a killed up removes what it built
     try:
         out = control.up(name, cluster, backend, ipv6=ipv6, servers=not no_servers)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _restore(previous)
     _notes(out.notes)
     pods = sum(1 for k in out.added if "/" in k)
     click.echo(f"lab {name} is up: {pods} pods, {len(out.added) - pods} external hosts, "
@@ -284,7 +284,7 @@ def probe(files, backend, ports, fmt, expect, timeout, family, ipv6, name, servi
     cluster = load_cluster(files)
     fam = 6 if family == "ipv6" else 4
     parsed = _ports(ports)
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = _catch_termination()
     try:
         out = control.up(name, cluster, backend, ipv6=ipv6 or fam == 6, owned=True)
         _notes(out.notes)
@@ -297,7 +297,7 @@ def probe(files, backend, ports, fmt, expect, timeout, family, ipv6, name, servi
             if control.mine(name):  # not a lab of that name that someone else made
                 control.down(name)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            _restore(previous)
     if not _emit(report, fmt, name, expect_rows):
         sys.exit(1)
 
@@ -315,6 +315,16 @@ def _add_services(report, expect, expect_rows, name, parsed, fam, timeout):
 
 def _terminate(signum, _frame) -> None:
     raise SystemExit(128 + signum)  # unwinds through ``finally``: the lab is removed
+
+
+def _catch_termination() -> dict:
+    """SIGTERM and SIGHUP (a closed terminal) unwind like Ctrl-C does."""
+    return {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
+
+
+def _restore(previous: dict) -> None:
+    for s, handler in previous.items():
+        signal.signal(s, handler)
 
 
 def _need_root() -> None:

@@ -4,7 +4,7 @@ The full upstream-style report (expected, observed and comparison tables for eve
 ``reachability.compare``) is right for ``netpol lab probe --expect``; in a pytest failure
 one wrong cell drowned in 200 lines of tables of ports that were fine. Here:
 
-    line 1      the count and the first wrong cell (all that ``pytest -rf`` shows)
+    line 1      the first wrong cell and the count (all that ``pytest -rf`` shows)
     then        at most MAX_CELLS wrong cells, each with the model's reason (the policy
                 and the rule that allow it, or the policies that isolate without one)
     then        one compact table per port that has a wrong cell, 100 columns at most
@@ -38,9 +38,9 @@ def _wrap(text: str, indent: str, width: int = WIDTH) -> list[str]:
 def headline(comparison: Comparison) -> str:
     """The first line: what ``pytest -rf`` prints after ``AssertionError:``."""
     n, total = comparison.wrong, comparison.wrong + comparison.correct
-    first = comparison.wrong_cells[0]
-    more = f" (and {n - 1} more)" if n > 1 else ""
-    return _clip(f"{n} wrong cell{'s' if n > 1 else ''} of {total}: {first}{more}")
+    first = comparison.wrong_cells[0]  # first: a summary line cut at the terminal's width keeps it
+    count = "1 wrong cell" if n == 1 else f"and {n - 1} more wrong cells"
+    return _clip(f"{first} ({count} of {total})")
 
 
 def _mark(v: bool | None) -> str:
