@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from click.testing import CliRunner
+
+from enforcer.cli import cli
 from enforcer.manifests import decode_text
 from tests.unit import test_validation as corpus
 
@@ -185,12 +188,22 @@ def _path(kind: str, ns: str) -> str:
 DRY = "?dryRun=All&fieldValidation=Strict"
 
 
-def ours(doc: object) -> tuple[bool, list[str]]:
-    """(accepted, warnings) of our validator."""
+def ours(doc: object, tmp_path: Path | None = None) -> tuple[bool, list[str]]:
+    """(accepted, warnings) of our validator: the verdict is `netpol validate`'s exit code
+    (run in-process) when *tmp_path* is given; the warnings are the loader's, the ones that
+    mirror the API server's (validate also prints lint's hints, which the API server has
+    no counterpart for)."""
     text = doc if isinstance(doc, str) else yaml.safe_dump(doc)
     objs, file_problems, _ = decode_text(text, "case.yaml")
     problems = list(file_problems) + [p for o in objs for p in o.problems]
-    return not any(not p.warning for p in problems), [p.message for p in problems if p.warning]
+    accepted = not any(not p.warning for p in problems)
+    if tmp_path is not None:
+        case = tmp_path / "case.yaml"
+        case.write_text(text)
+        result = CliRunner().invoke(cli, ["validate", "-f", str(case)])
+        assert result.exit_code in (0, 1), result.output
+        assert accepted == (result.exit_code == 0), result.output  # one loader, one verdict
+    return accepted, [p.message for p in problems if p.warning]
 
 
 def _accepted(reply) -> bool:
@@ -240,8 +253,8 @@ def _marks(case_id: str):
 
 
 @pytest.mark.parametrize("doc", [pytest.param(d, id=i, marks=_marks(i)) for i, d in CASES])
-def test_validate_agrees_with_the_api_server(control_plane, kubectl, oracle_namespaces, doc, request):
-    accepted, warnings = ours(doc)
+def test_validate_agrees_with_the_api_server(control_plane, kubectl, oracle_namespaces, doc, request, tmp_path):
+    accepted, warnings = ours(doc, tmp_path)
     server_ok, message, server_warnings = theirs(control_plane, kubectl, doc)
     assert accepted == server_ok, (f"we {'accept' if accepted else 'refuse'}, the API server "
                                    f"{'accepts' if server_ok else 'refuses'}: {message}")
