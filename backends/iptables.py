@@ -76,13 +76,20 @@ class IpSet:
     type: str  # hash:ip | hash:net | hash:ip,port
     family: int
     elements: tuple[str, ...]
+    # element -> what it is (the pod, the ipBlock): ipset's comment extension. Words only.
+    notes: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def tmp(self) -> str:
         return TMP_PREFIX + self.name[len(SET_PREFIX):]
 
     def create(self, name: str | None = None) -> str:
-        return f"create {name or self.name} {self.type} family {'inet' if self.family == 4 else 'inet6'}"
+        # Every set has the comment extension, so that its elements can say what they are.
+        return f"create {name or self.name} {self.type} family {'inet' if self.family == 4 else 'inet6'} comment"
+
+    def add(self, element: str, name: str | None = None) -> str:
+        note = self.notes.get(element)
+        return f"add {name or self.name} {element}" + (f' comment "{fit(note, COMMENT_MAX - 1)}"' if note else "")
 
 
 @dataclass(frozen=True)
@@ -160,8 +167,15 @@ def render_sets(fw: PodFirewall) -> tuple[IpSet, ...]:
     for s in sorted(fw.sets, key=lambda s: s.name):
         kind, typ = _kind(s)
         for fam in FAMILIES:
-            out.append(IpSet(ipset_name(s.name, kind, fam), typ, fam, tuple(set_elements(s, fam))))
+            out.append(IpSet(ipset_name(s.name, kind, fam), typ, fam, tuple(set_elements(s, fam)),
+                             _notes(s, fam) if s.notes else {}))
     return tuple(out)
+
+
+def _notes(s: AddrSet | AddrPortSet, family: int) -> dict[str, str]:
+    """ipset element text -> the pod or ipBlock it comes from (a /0 is two elements)."""
+    items = set(s.v4 if family == 4 else s.v6)
+    return {e: note for k, note in s.notes if k in items for e in set_elements(s, family, [k])}
 
 
 def _comment(text: str) -> tuple[str, ...]:
@@ -286,7 +300,7 @@ def sets_text(sets: tuple[IpSet, ...]) -> str:
     lines = []
     for s in sets:
         lines.append(s.create())
-        lines.extend(f"add {s.name} {e}" for e in s.elements)
+        lines.extend(s.add(e) for e in s.elements)
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -755,10 +769,15 @@ class IptablesBackend:
         # 1. build under temporary names, swap into place (tmp keeps the old elements)
         build_lines = []
         for s in rs.sets:
-            build_lines += [s.create(s.tmp), f"flush {s.tmp}"] + [f"add {s.tmp} {e}" for e in s.elements]
+            # A temporary left by a crash may lack the comment extension: create fails on
+            # a same-named set with other options, even with -exist.
+            build_lines += [f"destroy {s.tmp}"] * (s.tmp in existing)
+            build_lines += [s.create(s.tmp), f"flush {s.tmp}"] + [s.add(e, s.tmp) for e in s.elements]
         swap_lines = []
         for s in rs.sets:
-            swap_lines += [s.create(), f"swap {s.tmp} {s.name}"]
+            # Only new live sets are created: one made by an older version (no comment
+            # extension) swaps fine with the new temporary, but cannot be "created" again.
+            swap_lines += [s.create()] * (s.name in fresh) + [f"swap {s.tmp} {s.name}"]
         tmps = "".join(f"destroy {s.tmp}\n" for s in rs.sets)
         try:
             self._ipset(netns, "\n".join(build_lines) + "\n", "build")

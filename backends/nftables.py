@@ -105,20 +105,36 @@ def _set_type(s: AddrSet | AddrPortSet, family: int) -> str:
 
 
 def render_set(s: AddrSet | AddrPortSet, family: int) -> list[str]:
-    """A set's definition. Cached by the set's kind, name and elements (compared in full,
-    not by any digest): a selector's set is the same in the firewall of every pod whose
-    policies reference it."""
+    """A set's definition. Cached by the set's kind, name, elements and their notes
+    (compared in full, not by any digest): a selector's set is the same in the firewall of
+    every pod whose policies reference it."""
     items = s.v4 if family == 4 else s.v6
-    return list(_render_set_cached(type(s), s.name, s.interval, family, tuple(items)))
+    return list(_render_set_cached(type(s), s.name, s.interval, family, tuple(items), s.notes))
 
 
 @functools.lru_cache(maxsize=8192)
-def _render_set_cached(kind: type, name: str, interval: bool, family: int, items: tuple) -> tuple[str, ...]:
+def _render_set_cached(kind: type, name: str, interval: bool, family: int, items: tuple,
+                       notes: tuple = ()) -> tuple[str, ...]:
     if kind is AddrPortSet:
-        s: AddrSet | AddrPortSet = AddrPortSet(name, **{f"v{family}": items})
+        s: AddrSet | AddrPortSet = AddrPortSet(name, **{f"v{family}": items}, notes=notes)
     else:
-        s = AddrSet(name, interval=interval, **{f"v{family}": items})
+        s = AddrSet(name, interval=interval, **{f"v{family}": items}, notes=notes)
     return tuple(_render_set(s, family))
+
+
+def _element_notes(s: AddrSet | AddrPortSet, family: int) -> dict[str, str]:
+    """Element text (as _elements writes it) -> its comment: the pod or the ipBlock."""
+    items = set(s.v4 if family == 4 else s.v6)
+    if isinstance(s, AddrPortSet):
+        def text(e):
+            return f"{_addr(e[0])[1]} . {e[1].lower()} . {e[2]}"
+    elif s.interval:
+        def text(e):
+            return _addr(e)[1]
+    else:
+        def text(e):
+            return _host(e, s.name)[1]
+    return {text(k): fit(v, COMMENT_MAX) for k, v in s.notes if k in items}
 
 
 def _render_set(s: AddrSet | AddrPortSet, family: int) -> list[str]:
@@ -127,7 +143,14 @@ def _render_set(s: AddrSet | AddrPortSet, family: int) -> list[str]:
         lines.append("\t\tflags interval")
     elems = _elements(s, family)
     if elems:
-        lines.append(f"\t\telements = {{ {', '.join(elems)} }}")
+        # Element comments name the pod or the ipBlock an element comes from. Elements
+        # added later by a delta carry none (normalise ignores them on both sides).
+        words = _element_notes(s, family) if s.notes else {}
+        if words:  # one element a line, as nft lists long sets
+            elems = [f'{e} comment "{words[e]}"' if e in words else e for e in elems]
+            lines.append("\t\telements = { " + ",\n\t\t\t     ".join(elems) + " }")
+        else:
+            lines.append(f"\t\telements = {{ {', '.join(elems)} }}")
     lines.append("\t}")
     return lines
 
@@ -280,6 +303,7 @@ _HANDLE = re.compile(r"\s*# handle \d+")
 _COUNTER = re.compile(r"counter packets \d+ bytes \d+")
 _ELEMENTS = re.compile(r"elements = \{(.*?)\}", re.S)
 _ANON = re.compile(r"\{ ([^{}]*) \}")
+_ELEMENT_COMMENT = re.compile(r'\s+comment\s+"[^"]*"')  # words, not state: never compared
 
 
 def normalise(listing: str) -> list[str]:
@@ -288,7 +312,7 @@ def normalise(listing: str) -> list[str]:
     text = _HANDLE.sub("", listing)
     text = _COUNTER.sub("counter", text)
     text = _ELEMENTS.sub(lambda m: "elements = { " + ", ".join(
-        sorted(e.strip() for e in m.group(1).split(",") if e.strip())) + " }", text)
+        sorted(e.strip() for e in _ELEMENT_COMMENT.sub("", m.group(1)).split(",") if e.strip())) + " }", text)
     out = []
     for line in text.splitlines():
         line = " ".join(line.split())

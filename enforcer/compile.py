@@ -28,6 +28,7 @@ from enforcer.labelindex import LabelIndex
 from enforcer.model import (EGRESS, INGRESS, Cluster, IPBlock, Namespace, NetworkPolicy,
                             Peer, Pod, Rule)
 from enforcer.selectors import matches
+from enforcer.setwords import NoteCache, addr_notes, addrport_notes, set_name  # noqa: F401 (set_name: re-export)
 
 RuleId = tuple[str, str, int]  # (policy key, "ingress"|"egress", rule index)
 LEGACY = "[legacy DefaultDeny annotation]"
@@ -132,6 +133,7 @@ class Compiler:
         self._rules_all_pods: set[RuleId] = set()  # egress named ports to any/ipBlock: read every pod
         self._ns_groups_cache: dict[str, set[GroupKey]] = {}
         self._elements: dict[object, tuple] = {}  # cached set elements
+        self._notes = NoteCache()  # their element comments
         self._firewalls: dict[str, ir.PodFirewall] = {}
         for n in cluster.namespaces.values():
             self._put_namespace(n)
@@ -558,7 +560,9 @@ class Compiler:
 
         def peer_set() -> None:
             v4, v6 = self._addr_elements(rid)
-            sets.append(ir.AddrSet(name, v4, v6, interval=bool(spec.blocks)))
+            g = self._group_of[rid]
+            notes = self._notes.get(g, v4, v6, lambda: addr_notes(v4 + v6, self._members.get(g, ()), self.pods, g[1]))
+            sets.append(ir.AddrSet(name, v4, v6, interval=bool(spec.blocks), notes=notes))
 
         if spec.all_ports:
             if peers:
@@ -579,22 +583,10 @@ class Compiler:
         if spec.named and rid[1] == "egress":
             # Egress named ports: the peer restriction is folded into address.port elements.
             ap4, ap6 = self._addrport_elements(rid)
-            sets.append(ir.AddrPortSet(name + "p", ap4, ap6))
+            notes = self._notes.get(rid, ap4, ap6, lambda: addrport_notes(ap4 + ap6, self.pods))
+            sets.append(ir.AddrPortSet(name + "p", ap4, ap6, notes=notes))
             out.append(ir.AllowRule(prov, None, (), addr_ports=name + "p"))
         return out
-
-
-def set_name(prefix: str, rule_index: int, policy_ordinal: int) -> str:
-    """The set of rule ``rule_index`` of the pod's ``policy_ordinal``-th isolating policy
-    (sorted by key): in0 is ingress[0] of the first, eg1 egress[1]; in0B is ingress[0] of
-    the second policy, in0C of the third... A reader finds a rule's set by its index.
-    Upper case, so that no tag meets the lower-case "p" of a named-port set (eg0p)."""
-    tag = ""
-    k = policy_ordinal
-    while k:
-        k, r = divmod(k, 26)
-        tag = chr(ord("A") + r) + tag
-    return f"{prefix}{rule_index}{tag}"
 
 
 def compile_cluster(cluster: Cluster, *, node_ips: tuple[str, ...] = (),

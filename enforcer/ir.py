@@ -99,6 +99,10 @@ class AddrSet:
     # Decided by the rule (it has an ipBlock peer), not by the elements, so that pod churn
     # never changes a set's type: an interval set is a tree, a host set a hash.
     interval: bool = False
+    # (element, what it is: "prod/api", "ipBlock 10.0.0.0/8 except 10.1.0.0/16"), for the
+    # element comments a reader of the rendered rules sees. Words only: never compared,
+    # never part of the digest, so a renamed pod alone is no change to apply.
+    notes: tuple[tuple[str, str], ...] = field(default=(), compare=False)
     # Equality compares this digest, not 30,000 elements: comparing every changed pod's
     # firewall element by element cost ~0.7 s for one label change at 150,000 pods.
     # Not an init field, so dataclasses.replace(s, v4=...) always gets a fresh one.
@@ -125,6 +129,7 @@ class AddrPortSet:
     name: str
     v4: tuple[tuple[str, str, int], ...] = field(default=(), compare=False)
     v6: tuple[tuple[str, str, int], ...] = field(default=(), compare=False)
+    notes: tuple[tuple[tuple[str, str, int], str], ...] = field(default=(), compare=False)  # as AddrSet.notes
     digest: str = field(init=False, default="")
 
     interval = False

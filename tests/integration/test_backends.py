@@ -560,8 +560,13 @@ def test_compiled_set_names_load(backend):
     )
     fw = comp.compile_cluster(cl)["x/srv"]
     assert sorted(s.name for s in fw.sets) == ["eg0p", "in0", "in0B", "in1"]
+    # every element says where it comes from (element comments; ipset's comment extension)
+    assert {s.name: s.notes for s in fw.sets}["in1"] == (("10.99.0.0/16", "ipBlock 10.99.0.0/16"),)
+    assert dict({s.name: s.notes for s in fw.sets}["in0"])[f"{ADDR['c1'][0]}/32"] == "x/c1"
     backend.apply(SRV, fw)
     assert backend.verify(SRV, fw)
+    listing = backend.read(SRV) or ""
+    assert "x/c1" in listing and "ipBlock 10.99.0.0/16" in listing  # the kernel keeps the comments
     assert tcp(C1, ADDR["srv1"][0], 8080) == "connected"
     assert tcp(C2, ADDR["srv2"][0], 8080) == "timeout"
     assert udp(C2, ADDR["srv2"][0])

@@ -129,19 +129,19 @@ def test_ipsets_host_interval_and_addr_port():
         AddrSet("h", v4=("10.0.0.10/32", "10.0.0.9/32"), v6=("fd00::3/128",)),
         AddrSet("n", v4=("0.0.0.0/0",), v6=("fd00::/64", "::/0"), interval=True),
         AddrPortSet("ap", v4=(("10.0.0.3", "TCP", 80),), v6=(("fd00::3", "SCTP", 9),))))
-    assert ipt.sets_text(ipt.build(fw).sets) == '''create np.ap.ipp4 hash:ip,port family inet
+    assert ipt.sets_text(ipt.build(fw).sets) == '''create np.ap.ipp4 hash:ip,port family inet comment
 add np.ap.ipp4 10.0.0.3,tcp:80
-create np.ap.ipp6 hash:ip,port family inet6
+create np.ap.ipp6 hash:ip,port family inet6 comment
 add np.ap.ipp6 fd00::3,sctp:9
-create np.h.ip4 hash:ip family inet
+create np.h.ip4 hash:ip family inet comment
 add np.h.ip4 10.0.0.9
 add np.h.ip4 10.0.0.10
-create np.h.ip6 hash:ip family inet6
+create np.h.ip6 hash:ip family inet6 comment
 add np.h.ip6 fd00::3
-create np.n.net4 hash:net family inet
+create np.n.net4 hash:net family inet comment
 add np.n.net4 0.0.0.0/1
 add np.n.net4 128.0.0.0/1
-create np.n.net6 hash:net family inet6
+create np.n.net6 hash:net family inet6 comment
 add np.n.net6 ::/1
 add np.n.net6 8000::/1
 add np.n.net6 fd00::/64

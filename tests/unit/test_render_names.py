@@ -44,3 +44,35 @@ def test_sets_follow_rule_indices_in_both_backends():
     assert 'ip daddr @eg0_4 tcp dport 22 counter accept comment "prod/a-db egress[0]"' in nft
     ipt = "\n".join(str(s) for s in iptables.render_sets(fw))
     assert "np.in0B.ip4" in ipt and "np.eg1p.ipp4" in ipt
+
+
+def test_elements_say_which_pod_or_ipblock_they_come_from():
+    fw = _fw()
+    nft = nftables.render(fw)
+    ip = {s.name: s for s in fw.sets}
+    api = ip["in0"].v4[0].split("/")[0]
+    assert f'elements = {{ {api} comment "prod/api" }}' in nft
+    assert 'elements = { 10.0.0.0/8 comment "ipBlock 10.0.0.0/8" }' in nft
+    assert f'{api} . tcp . 8080 comment "prod/api"' in nft
+    sets = {s.name: s for s in iptables.render_sets(fw)}
+    assert sets["np.in0.ip4"].add(api) == f'add np.in0.ip4 {api} comment "prod/api"'
+    assert sets["np.eg0.net4"].add("192.168.5.10") == 'add np.eg0.net4 192.168.5.10 comment "ipBlock 192.168.5.10/32"'
+    assert sets["np.in0.ip4"].create() == "create np.in0.ip4 hash:ip family inet comment"
+
+
+def test_except_and_many_pods_in_one_interval_element():
+    from enforcer.model import IPBlock
+    from enforcer.setwords import interval_notes
+
+    pods = {f"10.0.0.{i}": f"x/p{i}" for i in range(1, 6)}
+    notes = dict(interval_notes(["10.0.0.0/24", "10.1.0.0/17"], pods,
+                                [IPBlock("10.1.0.0/16", ("10.1.128.0/17",))]))
+    assert notes == {"10.0.0.0/24": "x/p1 + x/p2 + x/p3 + 2 more pods",
+                     "10.1.0.0/17": "ipBlock 10.1.0.0/16 except 10.1.128.0/17"}
+
+
+def test_read_back_ignores_element_comments():
+    """A delta adds elements without comments; the read-back must still match."""
+    fw = _fw()
+    listing = nftables.render(fw).replace(' comment "prod/api"', "")
+    assert nftables.normalise(listing) == nftables.normalise(nftables.render(fw))
