@@ -292,3 +292,20 @@ def test_default_prefix_for_users_differs_from_our_suite():
     from enforcer import pytest_plugin
 
     assert pytest_plugin.DEFAULT_PREFIX == "pyt"  # docs' labs are not confused with npt-*
+
+
+def test_the_command_line_fails_a_comparison_of_nothing(tmp_path):
+    (tmp_path / "portless.yaml").write_text(textwrap.dedent("""
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: a, namespace: x}
+        spec: {containers: [{name: c, image: i}]}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: b, namespace: x}
+        spec: {containers: [{name: c, image: i}]}
+    """))
+    r = netpol("probe", "-f", str(tmp_path / "portless.yaml"), "--backend", "fake", "--expect", "model",
+               "--name", f"npt-cv{uuid.uuid4().hex[:4]}")
+    assert r.returncode == 1 and "no cell was compared" in r.stderr, r.stdout + r.stderr
