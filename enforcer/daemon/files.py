@@ -68,6 +68,7 @@ class LastGood:
         try:
             for d in (directory, os.path.join(directory, "files")):
                 safe_dir(d, private=True)
+                _private_files(d)  # copies an older version wrote 0644
             self.usable, self.problem = True, ""
             names = os.listdir(os.path.join(directory, "files"))
         except OSError as e:
@@ -150,6 +151,14 @@ class LastGood:
                     os.unlink(os.path.join(self.dir, f"{d}.txt"))
                 except FileNotFoundError:
                     pass
+
+
+def _private_files(directory: str) -> None:
+    for name in os.listdir(directory):
+        full = os.path.join(directory, name)
+        st = os.lstat(full)
+        if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077:
+            os.chmod(full, 0o600)
 
 
 def _write_atomic(path: str, text: str) -> None:

@@ -381,3 +381,25 @@ def test_a_file_of_too_many_values_is_refused_and_its_objects_kept(monkeypatch, 
     assert changes == {} and "x/p1" in s.cluster().policies  # kept: the file is broken
     errors = [str(i) for i in s.errors()]
     assert len(errors) == 1 and "more than 2,000 values in one file" in errors[0]
+
+
+def test_last_good_copies_are_private_even_those_an_older_version_left(tmp_path):
+    """Issue 20, finding 5: the copies of manifests were 0644 in 0755 directories."""
+    import stat
+
+    from enforcer.daemon.sources import LastGood
+
+    mem = tmp_path / "lastgood"
+    (mem / "files").mkdir(parents=True)
+    os.chmod(mem, 0o755)
+    old = mem / "0123.txt"
+    old.write_text(policy("p1"))
+    os.chmod(old, 0o644)
+    s = ManifestStore(memory=LastGood(str(mem)))
+    s.put_text("/d/f.yaml", policy("p2"))
+    assert stat.S_IMODE(os.stat(mem).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(mem / "files").st_mode) == 0o700
+    for root, _, files in os.walk(mem):
+        assert files or root != str(mem)
+        for name in files:
+            assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o600, name
