@@ -54,7 +54,8 @@ def _positive(ctx, param, value):
               help="Address of this node on the pod network, always allowed (repeatable; "
                    "default: the lab's gateways 10.244.0.1 and fd00:10:244::1).")
 @click.option("--settle", type=float, default=1.0, show_default=True, callback=_positive,
-              help="Seconds to wait for a file that is modified but not closed before reading it.")
+              help="Seconds to wait for a file modified without an open we saw (a file held "
+                   "open by its writer is read when it is closed, however long).")
 @click.option("--apply-workers", type=click.IntRange(1, 32), default=1, show_default=True,
               help="Namespaces applied in parallel when several change at once (iptables "
                    "backends; nftables always applies one at a time: libnftables is not thread-safe).")
