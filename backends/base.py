@@ -13,10 +13,10 @@ comment texts, the nflog prefix.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
+from enforcer import intervals
 from enforcer.errors import ApplyError, BackendError, NetpolError
 from enforcer.ir import AllowRule, PodFirewall, PortMatch, same_structure, set_deltas
 
@@ -196,20 +196,22 @@ def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def host_or_cidr(cidr: str) -> str:
-    """``10.0.0.5/32`` -> ``10.0.0.5``; other prefixes in their canonical form."""
-    net = ipaddress.ip_network(cidr, strict=False)
-    if net.prefixlen == net.max_prefixlen:
-        return str(net.network_address)
-    return str(net)
+    """``10.0.0.5/32`` -> ``10.0.0.5``; other prefixes in their canonical form. Integer
+    arithmetic (enforcer.intervals), not ``ipaddress``: a set of 150,000 pod addresses
+    is rendered element by element."""
+    fam, (lo, hi) = intervals.parse_cidr(cidr)
+    text = intervals.fmt_ip(fam, lo)
+    plen = intervals.BITS[fam] - (hi - lo).bit_length()
+    return text if plen == intervals.BITS[fam] else f"{text}/{plen}"
 
 
 def host_only(cidr: str, set_name: str) -> str:
     """An element of a host (non-interval) set: must be one address."""
-    net = ipaddress.ip_network(cidr, strict=False)
-    if net.prefixlen != net.max_prefixlen:
+    fam, (lo, hi) = intervals.parse_cidr(cidr)
+    if lo != hi:
         raise BackendError(f"set {set_name}: {cidr} is a network, but the set holds single "
                            "addresses (the compiler must mark sets with ipBlocks as interval)")
-    return str(net.network_address)
+    return intervals.fmt_ip(fam, lo)
 
 
 def family_of(addr: str) -> int:

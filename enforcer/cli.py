@@ -276,21 +276,21 @@ def render(files, legacy_namespace_isolation, backend, pods) -> None:
     from enforcer import output
 
     loaded = load(files, legacy=legacy_namespace_isolation)
-    fws = loaded.firewalls
+    comp = loaded.compiler
     from enforcer import workloads
 
     groups = workloads.groups(loaded.cluster)
     keys = []
     for p in pods:  # a workload's name (NS/WORKLOAD) means each of its pods
-        members = [p] if p in fws else [k for k in groups.get(p, []) if k in fws]
+        members = [p] if p in comp.pods else [k for k in groups.get(p, []) if k in comp.pods]
         if not members:
             raise InputError(f"--pod {p}: no such pod or workload in the input")
         keys.extend(members)
-    keys = keys or sorted(fws)
+    keys = keys or sorted(comp.pods)
     names = ["nftables", "iptables"] if backend == "all" else [backend]
     impls = [registry.get(n, check=False) for n in names]
-    for key in keys:
-        texts = [(b.name, b.render(fws[key])) for b in impls]
+    for key in keys:  # compiled on demand: --pod builds only the asked-for pods' firewalls
+        texts = [(b.name, b.render(comp.firewall(key))) for b in impls]
         click.echo(output.render_block(key, texts))
 
 

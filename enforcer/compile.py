@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import functools
 import gc
-import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Iterable
 
 from enforcer import ir
-from enforcer.labelindex import LabelIndex
+from enforcer import intervals
+from enforcer.labelindex import LabelIndex, PodIndex
 from enforcer.model import (EGRESS, INGRESS, Cluster, IPBlock, Namespace, NetworkPolicy,
                             Peer, Pod, Rule)
 from enforcer.selectors import matches
@@ -41,32 +41,19 @@ def block_networks(block: IPBlock) -> tuple[tuple[str, ...], tuple[str, ...]]:
     Interval arithmetic, not a deny: an except removes addresses from this peer only, so
     another peer or rule may still allow them (SEMANTICS 7).
     """
-    nets = [ipaddress.ip_network(block.cidr, strict=False)]
-    for exc in block.except_:
-        hole = ipaddress.ip_network(exc, strict=False)
-        out = []
-        for n in nets:
-            if hole.version == n.version and hole.subnet_of(n):  # type: ignore[arg-type]
-                out.extend(n.address_exclude(hole))  # type: ignore[arg-type]
-            elif hole.version == n.version and n.subnet_of(hole):  # type: ignore[arg-type]
-                continue
-            else:
-                out.append(n)
-        nets = out
-    v4 = tuple(str(n) for n in ipaddress.collapse_addresses(n for n in nets if n.version == 4))
-    v6 = tuple(str(n) for n in ipaddress.collapse_addresses(n for n in nets if n.version == 6))
-    return v4, v6
+    r = block_ranges((block,))
+    return intervals.to_cidrs(4, r[4]), intervals.to_cidrs(6, r[6])
+
+
+@functools.lru_cache(maxsize=None)
+def block_ranges(blocks: tuple[IPBlock, ...]) -> dict[int, list[intervals.Range]]:
+    """ipBlocks (excepts cut out) as merged integer ranges per family; read-only."""
+    return intervals.blocks_ranges((b.cidr, b.except_) for b in blocks)
 
 
 @functools.lru_cache(maxsize=1 << 20)
 def _ip_key(addr: str) -> tuple[int, int]:
-    ip = ipaddress.ip_address(addr)
-    return ip.version, int(ip)
-
-
-def _net_key(cidr: str) -> tuple[int, int, int]:
-    n = ipaddress.ip_network(cidr)
-    return n.version, int(n.network_address), n.prefixlen
+    return intervals.parse_ip(addr)
 
 
 @dataclass(frozen=True)
@@ -116,16 +103,17 @@ class Compiler:
         self.pods: dict[str, Pod] = {}
         self.policies: dict[str, NetworkPolicy] = {}
         self._ns_index = LabelIndex()
-        self._pod_index = LabelIndex()  # all pods, keyed "ns/name"
-        self._pods_by_ns: dict[str, set[str]] = defaultdict(set)
+        self._pod_index = PodIndex()  # all pods, keyed "ns/name", cluster-wide and per namespace
         self._policies_by_ns: dict[str, set[str]] = defaultdict(set)
         self._selected: dict[str, set[str]] = {}  # policy -> pods it selects
         self._selecting: dict[str, set[str]] = defaultdict(set)  # pod -> policies selecting it
         self._spec: dict[RuleId, RuleSpec] = {}
         self._group_of: dict[RuleId, GroupKey] = {}
         self._group_rules: dict[GroupKey, set[RuleId]] = defaultdict(set)
+        # Members of the *live* groups only: a group's members are computed when a firewall
+        # that reads them is first built (demand-driven), and kept up to date from then on.
         self._members: dict[GroupKey, set[str]] = {}
-        # Reverse indexes: which groups a change can touch.
+        # Reverse indexes: which live groups a change can touch.
         self._groups_by_pod_key: dict[str, set[GroupKey]] = defaultdict(set)
         self._groups_by_ns_key: dict[str, set[GroupKey]] = defaultdict(set)
         self._groups_pod_scope: dict[str, set[GroupKey]] = defaultdict(set)  # ns -> groups with podSelector-only peers there
@@ -134,28 +122,44 @@ class Compiler:
         self._ns_groups_cache: dict[str, set[GroupKey]] = {}
         self._elements: dict[object, tuple] = {}  # cached set elements
         self._notes = NoteCache()  # their element comments
+        # Built on request only (firewall(), firewalls()): `render --pod` or a daemon's 110
+        # local pods in 150,000 cost their firewalls and the groups those read (issue 15).
         self._firewalls: dict[str, ir.PodFirewall] = {}
-        for n in cluster.namespaces.values():
-            self._put_namespace(n)
-        for pod in cluster.pods.values():
-            self._put_pod(pod)
-        for pol in cluster.policies.values():
-            self._add_policy(pol)
-        for key in self.pods:
-            self._firewalls[key] = self._build(key)
+        # Millions of objects and no garbage: collector passes meanwhile cost seconds.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for n in cluster.namespaces.values():
+                self._put_namespace(n)
+            for pod in cluster.pods.values():
+                self._put_pod(pod)
+            for pol in cluster.policies.values():
+                self._add_policy(pol)
+        finally:
+            if collecting:
+                gc.enable()
         if len(self.pods) > 10_000:
             # A big cluster is millions of long-lived objects; without this every full
             # garbage collection walks them all (measured: ~0.7 s pauses on one label
             # change at 150,000 pods). Frozen objects are skipped by the collector.
-            gc.collect()
             gc.freeze()
 
     # ----------------------------------------------------------------- queries
 
     def firewall(self, pod_key: str) -> ir.PodFirewall:
-        return self._firewalls[pod_key]
+        """The pod's firewall, built on first request (KeyError for an unknown pod)."""
+        fw = self._firewalls.get(pod_key)
+        if fw is None:
+            if pod_key not in self.pods:
+                raise KeyError(pod_key)
+            fw = self._firewalls[pod_key] = self._build(pod_key)
+        return fw
 
     def firewalls(self) -> dict[str, ir.PodFirewall]:
+        """Every pod's firewall (the whole-cluster views: matrix, explain, lint, diff)."""
+        for key in self.pods:
+            if key not in self._firewalls:
+                self._firewalls[key] = self._build(key)
         return dict(self._firewalls)
 
     def namespace(self, name: str) -> Namespace:
@@ -165,7 +169,7 @@ class Compiler:
         return frozenset(self._selected.get(policy_key, ()))
 
     def rule_members(self, rule: RuleId) -> frozenset[str]:
-        return frozenset(self._members[self._group_of[rule]])
+        return frozenset(self._live(self._group_of[rule]))
 
     # ----------------------------------------------------------------- changes
 
@@ -187,8 +191,9 @@ class Compiler:
         self._put_pod(pod)
         affected = self._reselect_pod(pod.key)
         affected |= self._update_membership(pod.key, groups)
-        if old is None or old.ips != pod.ips:
-            # The pod's addresses are elements of every group it belongs to.
+        if old is None or old.ips != pod.ips or old.ports != pod.ports:
+            # The pod's addresses are elements of every group it belongs to, and its ports
+            # of the egress named-port sets of those groups' rules.
             affected |= self._invalidate_groups({g for g in self._groups_in_scope_of(pod) if pod.key in self._members[g]})
         if old is None or old.ips != pod.ips or old.ports != pod.ports:
             affected |= self._invalidate_all_pods_rules()
@@ -201,7 +206,6 @@ class Compiler:
         groups = {g for g in self._groups_in_scope_of(pod) if key in self._members[g]}
         del self.pods[key]
         self._pod_index.remove(key)
-        self._pods_by_ns[pod.namespace].discard(key)
         for pol in self._selecting.pop(key, set()):
             self._selected[pol].discard(key)
         self._firewalls.pop(key, None)
@@ -229,7 +233,7 @@ class Compiler:
                 self._members[g] = members
                 affected |= self._invalidate_groups({g})
         if legacy_changed:
-            affected |= self._pods_by_ns.get(ns.name, set())
+            affected |= set(self._pod_index.in_namespace(ns.name))
         return self._rebuild(affected)
 
     def remove_namespace(self, name: str) -> set[str]:
@@ -293,8 +297,7 @@ class Compiler:
         if pod.namespace not in self._ns_index.labels:
             # A namespace nobody declared still exists, with the label the API server sets.
             self._ns_index.add(pod.namespace, {"kubernetes.io/metadata.name": pod.namespace})
-        self._pod_index.add(pod.key, pod.labels)
-        self._pods_by_ns[pod.namespace].add(pod.key)
+        self._pod_index.add(pod.key, pod.namespace, pod.labels)
 
     def _reselect_pod(self, key: str) -> set[str]:
         """Recompute which policies select this pod; returns pods to rebuild (just it)."""
@@ -379,7 +382,7 @@ class Compiler:
     def _add_policy(self, pol: NetworkPolicy) -> set[str]:
         self.policies[pol.key] = pol
         self._policies_by_ns[pol.namespace].add(pol.key)
-        selected = {k for k in self._pods_by_ns.get(pol.namespace, ()) if matches(pol.pod_selector, self.pods[k].labels)}
+        selected = self._pod_index.select(pol.pod_selector, (pol.namespace,))
         self._selected[pol.key] = selected
         for k in selected:
             self._selecting[k].add(pol.key)
@@ -388,9 +391,7 @@ class Compiler:
             self._spec[rid] = spec
             g = group_key(pol.namespace, rule)
             self._group_of[rid] = g
-            if g not in self._members:
-                self._index_group(g)
-            self._group_rules[g].add(rid)
+            self._group_rules[g].add(rid)  # registered; computed when a firewall reads it
             if rid[1] == "egress" and spec.named and (spec.all_peers or spec.blocks):
                 self._rules_all_pods.add(rid)
         return set(selected)
@@ -411,6 +412,14 @@ class Compiler:
                 self._unindex_group(g)
         return set(selected)
 
+    def _live(self, g: GroupKey) -> set[str]:
+        """The group's members, computed (and indexed for updates) on first use."""
+        members = self._members.get(g)
+        if members is None:
+            self._index_group(g)
+            members = self._members[g]
+        return members
+
     def _index_group(self, g: GroupKey) -> None:
         scope, peers = g
         for peer in peers:
@@ -427,6 +436,10 @@ class Compiler:
         self._members[g] = self._select_members(g)
 
     def _unindex_group(self, g: GroupKey) -> None:
+        del self._group_rules[g]
+        self._elements.pop(g, None)
+        if self._members.pop(g, None) is None:
+            return  # never live: nothing indexed
         scope, peers = g
         for peer in peers:
             if peer.pod_selector is not None:
@@ -439,9 +452,6 @@ class Compiler:
             self._groups_ns_scoped.discard(g)
             self._ns_groups_cache.clear()
         self._groups_pod_scope.get(scope, set()).discard(g)
-        del self._members[g]
-        del self._group_rules[g]
-        self._elements.pop(g, None)
 
     def _select_members(self, g: GroupKey) -> set[str]:
         scope, peers = g
@@ -456,24 +466,19 @@ class Compiler:
             namespaces = {scope}
         else:
             namespaces = self._ns_index.select(peer.namespace_selector)
-        sel = peer.pod_selector
-        if sel is None or sel.is_empty:
-            return set().union(*(self._pods_by_ns.get(n, ()) for n in namespaces))
-        cands = self._pod_index.candidates(sel)
-        in_ns = sum(len(self._pods_by_ns.get(n, ())) for n in namespaces)
-        if cands is not None and len(cands) < in_ns:
-            pool: Iterable[str] = (k for k in cands if self.pods[k].namespace in namespaces)
-        else:
-            pool = (k for n in namespaces for k in self._pods_by_ns.get(n, ()))
-        return {k for k in pool if matches(sel, self.pods[k].labels)}
+        return self._pod_index.select(peer.pod_selector, namespaces)
 
     def _rebuild(self, pods: Iterable[str]) -> set[str]:
         changed = set()
         for key in pods:
             if key not in self.pods:
                 continue
+            old = self._firewalls.get(key)
+            if old is None:
+                changed.add(key)  # never built: built when asked for; say it may have changed
+                continue
             fw = self._build(key)
-            if self._firewalls.get(key) != fw:
+            if old != fw:
                 self._firewalls[key] = fw
                 changed.add(key)
         return changed
@@ -485,23 +490,15 @@ class Compiler:
         cached = self._elements.get(g)
         if cached is not None:
             return cached
-        v4: list[str] = []
-        v6: list[str] = []
-        for k in self._members[g]:
-            for ip in self.pods[k].ips:
-                (v6 if ":" in ip else v4).append(ip)
-        blocks = [p.ip_block for p in g[1] if p.ip_block is not None]
+        members = self._live(g)
+        pods = self.pods
+        addrs = [ip for k in members for ip in pods[k].ips]
+        blocks = tuple(p.ip_block for p in g[1] if p.ip_block is not None)
         if blocks:
-            nets = [ipaddress.ip_network(a) for a in v4 + v6]
-            for b in blocks:
-                b4, b6 = block_networks(b)
-                nets.extend(ipaddress.ip_network(n) for n in b4 + b6)
-            e4 = tuple(str(n) for n in ipaddress.collapse_addresses(n for n in nets if n.version == 4))
-            e6 = tuple(str(n) for n in ipaddress.collapse_addresses(n for n in nets if n.version == 6))
-            out = (tuple(sorted(e4, key=_net_key)), tuple(sorted(e6, key=_net_key)))
+            r = block_ranges(blocks)
+            out = intervals.collapse(addrs, r[4], r[6])
         else:
-            out = (tuple(f"{a}/32" for a in sorted(set(v4), key=_ip_key)),
-                   tuple(f"{a}/128" for a in sorted(set(v6), key=_ip_key)))
+            out = intervals.host_cidrs(addrs)
         self._elements[g] = out
         return out
 
@@ -515,12 +512,11 @@ class Compiler:
         if spec.all_peers:
             pods: Iterable[str] = self.pods
         else:
-            pods = set(self._members[self._group_of[rid]])
+            pods = set(self._live(self._group_of[rid]))
             if spec.blocks:
-                nets = [ipaddress.ip_network(n) for b in spec.blocks for n in sum(block_networks(b), ())]
+                merged = block_ranges(spec.blocks)
                 pods |= {k for k, p in self.pods.items()
-                         if any(ipaddress.ip_address(ip) in n for ip in p.ips for n in nets
-                                if n.version == ipaddress.ip_address(ip).version)}
+                         if any(intervals.contains(merged[f], v) for f, v in map(_ip_key, p.ips))}
         v4, v6 = set(), set()
         for k in pods:
             pod = self.pods[k]

@@ -61,3 +61,50 @@ class LabelIndex:
         if selector.is_empty:
             return set(cands)
         return {i for i in cands if matches(selector, labels[i])}
+
+
+class PodIndex:
+    """Pods indexed by labels per namespace.
+
+    A namespace-local selector (a podSelector-only peer, a policy's own podSelector) asks
+    one namespace's index, so ``app=web`` in ``ns0`` costs the pods of ns0 labelled so,
+    not every ``app=web`` pod of 10,000 namespaces (11.6 M selector matches for one
+    compile with a cluster-wide index, issue 15). A selector over every namespace costs
+    one look-up per namespace, then only the candidates.
+    """
+
+    def __init__(self) -> None:
+        self.by_ns: dict[str, LabelIndex] = {}
+        self.ns_of: dict[str, str] = {}
+
+    def add(self, ident: str, namespace: str, labels: Mapping[str, str]) -> None:
+        old = self.ns_of.get(ident)
+        if old is not None and old != namespace:
+            self.by_ns[old].remove(ident)
+        self.ns_of[ident] = namespace
+        idx = self.by_ns.get(namespace)
+        if idx is None:
+            idx = self.by_ns[namespace] = LabelIndex()
+        idx.add(ident, labels)
+
+    def remove(self, ident: str) -> None:
+        ns = self.ns_of.pop(ident, None)
+        if ns is not None:
+            self.by_ns[ns].remove(ident)
+
+    def in_namespace(self, namespace: str) -> Iterable[str]:
+        idx = self.by_ns.get(namespace)
+        return idx.labels.keys() if idx is not None else ()
+
+    def select(self, selector: LabelSelector | None, namespaces: Iterable[str]) -> set[str]:
+        """Pods of ``namespaces`` matching ``selector`` (None or empty: all of them)."""
+        out: set[str] = set()
+        every = selector is None or selector.is_empty
+        for n in namespaces:
+            idx = self.by_ns.get(n)
+            if idx is not None:
+                if every:
+                    out.update(idx.labels)
+                else:
+                    out |= idx.select(selector)
+        return out
