@@ -26,6 +26,7 @@ from typing import Iterable, Iterator, Sequence, TextIO
 from enforcer import services as S
 from enforcer import validation as V
 from enforcer import workloads as W
+from enforcer.cnp import decode as CNP
 # Names other modules and tests know as enforcer.manifests.X are re-exported from here.
 from enforcer.decode import (  # noqa: F401
     LEGACY_ANNOTATION,
@@ -58,6 +59,7 @@ KIND_API_VERSIONS = {
     "NetworkPolicy": "networking.k8s.io/v1",
     "ExternalHost": "netpol-enforcer/v1alpha1",
     "Service": "v1",
+    CNP.KIND: CNP.API_VERSION,
     **W.API_VERSIONS,
 }
 _KINDS_LOWER = {k.lower(): k for k in KIND_API_VERSIONS}
@@ -147,6 +149,7 @@ def build_cluster(objects: Iterable[Decoded]) -> Cluster:
         "Pod": cluster.pods,
         "NetworkPolicy": cluster.policies,
         "ExternalHost": cluster.externals,
+        CNP.KIND: cluster.cnps,
     }
     for d in objects:
         if d.obj is None:
@@ -301,7 +304,7 @@ def _object_label(kind: str, d: dict, where: str) -> tuple[str, str]:
     name = meta.get("name") if isinstance(meta, dict) else None
     if not isinstance(name, str) or not name:
         return f"{kind} <unnamed, {where}>", ""
-    if kind in ("Namespace", "ExternalHost"):
+    if kind in ("Namespace", "ExternalHost", CNP.KIND):  # cluster-scoped
         return f"{kind} {name}", name
     ns = meta.get("namespace")  # type: ignore[union-attr]
     ns = ns if isinstance(ns, str) and ns else "default"
@@ -324,6 +327,8 @@ def _decode_object(d: dict, kind: str, version: str, where: str, dups: list[DupK
                 obj = W.decode(d, kind, errs, warns, ctx.filename)
             elif kind == "Service":
                 obj = S.decode(d, errs, warns, ctx.filename, ctx.notes, label)
+            elif kind == CNP.KIND:
+                obj = CNP.decode_object(d, errs, warns, ctx.filename)
             else:
                 obj = decode_kind(d, kind, errs, warns, ctx.filename, ctx.legacy, ctx.notes, label)
         except RecursionError:  # cannot happen with our builder's depth limit; never a traceback

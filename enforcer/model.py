@@ -7,7 +7,10 @@ in snake_case so a reader can map them back to the YAML.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    from enforcer.cnp.model import ClusterNetworkPolicy
 
 INGRESS = "Ingress"
 EGRESS = "Egress"
@@ -190,6 +193,8 @@ class Cluster:
     # hostNetwork pods: they are their node as far as policy goes (SEMANTICS 12), so they
     # are no endpoint of their own; kept to say so (trace) and to count them.
     host_network: dict[str, Pod] = field(default_factory=dict)
+    # ClusterNetworkPolicies (enforcer.cnp), by name: the Admin and Baseline tiers.
+    cnps: dict[str, "ClusterNetworkPolicy"] = field(default_factory=dict)
 
     def namespace(self, name: str) -> Namespace:
         """A namespace that no manifest declared still exists, with the label the API sets."""
