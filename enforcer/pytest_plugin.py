@@ -207,6 +207,15 @@ class DropWatch:
             raise self._error
 
 
+def _in_family(rows: list[dict], cluster, family: int) -> list[dict]:
+    """Rows whose endpoints have an address of ``family``; an endpoint the lab does not
+    know stays (its cells then fail as missing, naming the typo)."""
+    from enforcer import verdict
+
+    has = {e.id: e.ip(family) is not None for e in verdict.endpoints(cluster)}
+    return [r for r in rows if has.get(r["from"], True) and has.get(r["to"], True)]
+
+
 class LabHandle:
     """A running lab, for one test. Methods raise enforcer.errors.NetpolError on failure."""
 
@@ -280,6 +289,8 @@ class LabHandle:
                 want = reachability.load_rows(os.fspath(expected))
             else:
                 want = reachability.rows_of(expected)
+            if len(fams) > 1:  # one expectation for both families: not for v4-only endpoints in v6
+                want = _in_family(want, self.cluster, fam)
             sctp = [r for r in want if r["protocol"] not in control.PROBE_PROTOCOLS]
             want = [r for r in want if r["protocol"] in control.PROBE_PROTOCOLS]
             want_ports = _ports(ports) if ports is not None else \

@@ -309,3 +309,15 @@ def test_the_command_line_fails_a_comparison_of_nothing(tmp_path):
     r = netpol("probe", "-f", str(tmp_path / "portless.yaml"), "--backend", "fake", "--expect", "model",
                "--name", f"npt-cv{uuid.uuid4().hex[:4]}")
     assert r.returncode == 1 and "no cell was compared" in r.stderr, r.stdout + r.stderr
+
+
+def test_dual_stack_expectations_skip_ipv4_only_hosts_in_ipv6(netpol_lab):
+    from enforcer.model import ExternalHost
+
+    cluster = small()
+    cluster.externals = {"backup": ExternalHost("backup", ("192.168.50.10",), (ContainerPort(22, "TCP"),))}
+    lab = netpol_lab(cluster, ipv6=True)
+    r = Reachability(["x/a", "x/b", "y/c", "backup"], ports=["22/TCP"])
+    lab.assert_matches(r, timeout=FAST)  # backup has no IPv6 address: its cells only in IPv4
+    with pytest.raises(AssertionError, match="x/a -> nobody 22/TCP: expected allowed, observed missing"):
+        lab.assert_matches(Reachability(["x/a", "nobody"], ports=["22/TCP"]), timeout=FAST)
