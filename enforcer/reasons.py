@@ -222,8 +222,9 @@ def side_reasons(cluster: Cluster, isolated_by: tuple[str, ...], direction: str,
     for key in isolated_by:
         pol = cluster.policies.get(key)
         if pol is None:
-            out.append(PolicyReasons(key, direction, note="the namespace's pre-v1 DefaultDeny annotation "
-                                                         "isolates the pod and allows nothing itself"))
+            note = ("the namespace's pre-v1 DefaultDeny annotation isolates the pod and allows nothing itself"
+                    if key.endswith("/[legacy DefaultDeny annotation]") else "not a NetworkPolicy of the input")
+            out.append(PolicyReasons(key, direction, note=note))
             continue
         rules = pol.ingress if direction == "ingress" else pol.egress
         out.append(PolicyReasons(key, direction, [
