@@ -107,7 +107,8 @@ def _lint(files, legacy: bool):
     c = result.cluster
     if not (c.namespaces or c.pods or c.policies or c.externals or getattr(c, "services", None)):
         skipped = f" ({len(result.notes)} object(s) of kinds not used skipped)" if result.notes else ""
-        raise InputError(f"{', '.join(files)}: no Kubernetes objects to check: the input is empty "
+        names = ", ".join("<stdin>" if f == "-" else f for f in files)
+        raise InputError(f"{names}: no Kubernetes objects to check: the input is empty "
                          f"or only comments{skipped}")
     cluster = ipam.assign_ips(c)
     compiler = Compiler(cluster, node_ips=ipam.node_ips(), legacy_namespace_isolation=legacy)

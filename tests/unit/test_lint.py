@@ -193,3 +193,8 @@ def test_course_notes_name_label_gets_the_label_every_namespace_has():
         "warning: examples/concepts/06-namespace-selector/a-seed-name-label.yaml: NetworkPolicy prod/db-net-policy: "
         "spec.ingress[0].from[0].namespaceSelector: no namespace has a label name, so this selector selects no "
         "namespace; fix: use kubernetes.io/metadata.name: prod, the label every namespace has"]
+
+
+def test_empty_stdin_is_named():
+    r = netpol("lint", "-f", "-", stdin="# nothing here\n")
+    assert (r.returncode, r.stderr) == (1, "<stdin>: no Kubernetes objects to check: the input is empty or only comments\n")
