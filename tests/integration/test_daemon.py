@@ -295,7 +295,9 @@ def test_conntrack_strict_cuts_a_flow_the_new_policy_denies(lab, run, strict):
 
 def test_new_pod_is_isolated_as_soon_as_its_namespace_appears(lab, run, tmp_path):
     write_yaml(str(run.watch / "b.yaml"), [b_from("a")])
-    d = run()
+    # A long coalescing interval: a new pod must not wait for it (no timing race to lose
+    # on a loaded machine, yet a daemon that made new pods wait would fail by seconds).
+    d = run("--min-interval", "3")
     # The scheduler's view first (the pod and its address), then the node makes its namespace.
     extra = [pod_doc("x", "b2", "10.244.0.5", {"app": "b"})]
     write_yaml(str(run.watch / "pods.yaml"), pods_docs(extra=extra))
@@ -310,13 +312,13 @@ def test_new_pod_is_isolated_as_soon_as_its_namespace_appears(lab, run, tmp_path
         # Isolated (the lab's servers answer only allowed peers) ...
         assert wait_for(lambda: not tcp_ok(lab.ns("c"), "10.244.0.5", 80), SLOW) is not None
         assert tcp_ok(lab.ns("a"), "10.244.0.5", 80)
-        # ... milliseconds after the pod's address appeared in its namespace (no
-        # min-interval wait for a new pod), before the lab even finished starting it.
+        # ... right after the pod's address appeared in its namespace (no min-interval
+        # wait for a new pod), before the lab even finished starting it.
         seen = [r for r in d.logs("namespace changed") if r["netns"] == ns and r["addresses"]]
         applied = [r for r in d.logs("applied") if r["netns"] == ns]
         assert seen and applied and applied[0]["kind"] == "full"
         gap = _ts(applied[0]["ts"]) - _ts(seen[0]["ts"])
-        assert 0 <= gap < 0.05, gap
+        assert 0 <= gap < 1.5, gap
     finally:
         path2 = str(tmp_path / "lab3.yaml")
         write_yaml(path2, pods_docs())
