@@ -195,8 +195,12 @@ def write_kubeconfig(path: Path, server: str, ca: Path, *, user: str,
 class ControlPlane:
     """etcd and kube-apiserver as children in their own process groups; see the module doc."""
 
-    def __init__(self, workdir: Path, binaries: Path | None = None, *, watch_cache: bool = True):
+    def __init__(self, workdir: Path, binaries: Path | None = None, *, watch_cache: bool = True,
+                 detached: bool = False):
         self.workdir = Path(workdir)
+        # Detached: the processes outlive this Python process (a lab's control plane lives
+        # until ``netpol lab down``, which kills them by pid): no PDEATHSIG, no atexit stop.
+        self.detached = detached
         self._bin = binaries
         # On, as in every real cluster: watches are served from the API server's cache, with
         # bookmarks. Off: every watch is an etcd watch (cheaper compaction tests).
@@ -230,7 +234,8 @@ class ControlPlane:
             raise ControlPlaneError(reason or "control plane binaries not found: run make k8s")
         begin = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        _LIVE.add(self)
+        if not self.detached:
+            _LIVE.add(self)
         try:
             if not (self.certs / "admin.crt").exists():
                 make_certificates(self.certs)
@@ -259,7 +264,7 @@ class ControlPlane:
             proc = subprocess.Popen(
                 [str(self._bin / name), *args], stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True,
-                preexec_fn=_die_with_parent, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+                preexec_fn=None if self.detached else _die_with_parent, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
         finally:
             log.close()
         self._procs[name] = proc

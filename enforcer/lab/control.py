@@ -13,8 +13,9 @@ Order of work, and why:
             made as in ``up``. Every pod's new firewall is handed to the backend with the
             firewall it has now, so an unchanged pod is not touched and a set-only change
             is a delta. Then the server opens the ports of new endpoints.
-    down    stop the server, remove every namespace the lab made (its state, the journal,
-            and a scan for its prefix), forget the state. Works on half-built labs.
+    down    stop the server, remove every namespace the lab made (its state and its
+            journal; with force also any namespace carrying its prefix), forget the
+            state. Works on half-built labs. Without state nothing is removed unless forced.
 
 Every command on a lab holds the lab's lock (state.locked).
 """
@@ -148,12 +149,18 @@ def _services_sync(st: LabState, had_services: bool) -> None:
 
 
 def up(name: str, cluster: Cluster, backend_name: str = "nftables", *, ipv6: bool = False,
-       owned: bool = False, servers: bool = True) -> Outcome:
+       owned: bool = False, servers: bool = True, nodes: int = 1, api: bool = False,
+       node_of: dict[str, str] | None = None, policies: list[dict] | None = None) -> Outcome:
     """Build lab ``name`` from ``cluster`` and enforce its policies with ``backend_name``.
 
     ``owned``: the lab belongs to the calling process for as long as it lives (a test's
     lab, a one-shot probe); once that process is gone the lab is stale (``lab down
     --stale``). Otherwise the lab has an owner only while it is being built.
+
+    ``nodes`` > 1: several node namespaces on a routed underlay (nodes.py), pods placed by
+    ``node_of`` (spec.nodeName) or spread evenly. ``api``: the lab's own control plane and
+    one agent per node enforce (apilab.py); ``policies`` are the input's NetworkPolicy
+    objects as written, sent to the API server.
     """
     t0 = time.monotonic()
     naming.check_lab_name(name)
@@ -172,7 +179,13 @@ def up(name: str, cluster: Cluster, backend_name: str = "nftables", *, ipv6: boo
             state.claim(name)
             claimed = True
         with state.locked(name):
-            out = _build(name, cluster, backend, backend_name, ipv6, servers)
+            if nodes > 1 or api:
+                from enforcer.lab import multinode
+
+                out = multinode.build(name, cluster, backend, backend_name, servers, nodes=nodes,
+                                      api=api, node_of=node_of or {}, policies=policies or [])
+            else:
+                out = _build(name, cluster, backend, backend_name, ipv6, servers)
         if not owned:
             state.set_owner(name, None)
     except BaseException as e:
@@ -240,26 +253,51 @@ def _build(name: str, cluster: Cluster, backend, backend_name: str, ipv6: bool,
 # ------------------------------------------------------------------- apply
 
 
-def apply(name: str, cluster: Cluster) -> Outcome:
-    """Make ``cluster`` the lab's whole desired state, touching only what changed."""
+def apply(name: str, cluster: Cluster, *, node_of: dict[str, str] | None = None,
+          policies: list[dict] | None = None) -> Outcome:
+    """Make ``cluster`` the lab's whole desired state, touching only what changed (an API
+    lab: through its API server, apilab.py)."""
     t0 = time.monotonic()
     with state.locked(name):
         st = state.load(name)
         if st.phase != "ready":
             raise LabError(f"lab {name} was never completed; remove it with: netpol lab down --name {name}")
         backend = get_backend(st.backend)
-        out = _converge(st, cluster, backend)
+        if st.api is not None:
+            from enforcer.lab import apilab
+
+            out = apilab.apply(st, cluster, backend, node_of or {}, policies or [])
+        else:
+            out = _converge(st, cluster, backend, node_of)
     out.seconds = round(time.monotonic() - t0, 3)
     return out
 
 
-def _converge(st: LabState, cluster: Cluster, backend) -> Outcome:
+def _fabric(st: LabState):
+    """The node (one-node lab) or the router and nodes (nodes.py) a command wires on."""
+    if st.nodes:
+        from enforcer.lab import nodes as lab_nodes
+
+        return lab_nodes.Fabric(st)
+    return topology.Node(st.node_netns, st.bridge)
+
+
+def _converge(st: LabState, cluster: Cluster, backend, node_of: dict[str, str] | None = None) -> Outcome:
     out = Outcome()
     had_services = bool(st.cluster.services)
     old = dict(st.endpoints)
     running = {k: e.ips for k, e in old.items() if e.kind == "pod"}
     v6 = topology.wants_ipv6(cluster) or any(":" in c for c in st.cidrs)
     base = topology.base_cidrs(v6)
+    placement = None
+    if st.nodes:  # several nodes: addresses come from each pod's node (nodes.py)
+        from enforcer.lab import nodes as lab_nodes
+
+        placement = lab_nodes.place([k for k, p in cluster.pods.items() if not p.host_network],
+                                    [n["name"] for n in st.nodes], node_of or {},
+                                    {k: e.node for k, e in old.items() if e.kind == "pod"})
+        cluster = lab_nodes.assign_ips(cluster, st.nodes, placement, existing=running)
+        lab_nodes.check(cluster, st.nodes)
     cluster = ipam.assign_ips(cluster, base, existing=running)
     cidrs = topology.pod_cidrs(cluster, tuple(st.cidrs) + base)
 
@@ -277,12 +315,17 @@ def _converge(st: LabState, cluster: Cluster, backend) -> Outcome:
     topology.check_addresses(cluster, cidrs, busy)
     new_cidrs = [c for c in cidrs if c not in st.cidrs]
     gateways = ipam.node_ips(cidrs)
-    firewalls = _compile(cluster, gateways)
+    if placement is not None:
+        new_cidrs = []
+        gateways = [n["gateway"] for n in st.nodes]
+        firewalls = lab_nodes.compile_per_node(cluster, st.nodes, placement)
+    else:
+        firewalls = _compile(cluster, gateways)
 
     # 1. Endpoints that go: close their sockets first (a socket keeps a namespace alive).
     if gone:
         out.notes += _server_sync(st, [old[k] for k in sorted(kept)])
-    with topology.Node(st.node_netns, st.bridge) as node:
+    with _fabric(st) as node:
         for key in gone:
             ep = st.endpoints.pop(key)
             st.firewalls.pop(key, None)
@@ -297,8 +340,8 @@ def _converge(st: LabState, cluster: Cluster, backend) -> Outcome:
         # 3. Every pod that stays gets its new firewall; the backend does deltas.
         try:
             for key in sorted(kept):
-                if old[key].kind != "pod":
-                    continue
+                if old[key].kind != "pod" or st.api is not None:
+                    continue  # an API lab: the nodes' agents enforce what the API says
                 fw = firewalls[key]
                 previous = st.firewalls.get(key)
                 if fw != previous:
@@ -307,7 +350,9 @@ def _converge(st: LabState, cluster: Cluster, backend) -> Outcome:
                     out.applies[key] = res.kind
             # 4. New endpoints, isolated before they have a link or a server.
             for key in sorted(k for k in cluster.pods if k not in kept):
-                _add_pod(st, node, backend, _new_endpoint(st, cluster, key, "pod"), firewalls[key])
+                ep = _new_endpoint(st, cluster, key, "pod")
+                ep.node = placement[key] if placement is not None else ""
+                _add_pod(st, node, backend, ep, firewalls[key])
                 out.added.append(key)
                 out.applies[key] = "full"
             for key in sorted(k for k in cluster.externals if k not in kept):
@@ -339,7 +384,7 @@ def probe(name: str, ports: list[tuple[int, str]] | None = None, *, family: int 
 
     t0 = time.monotonic()
     with state.locked(name):
-        st = state.load(name)
+        st = _synced(state.load(name))
         if st.phase != "ready":
             raise LabError(f"lab {name} was never completed; remove it with: netpol lab down --name {name}")
         cases = verdict.probe_cases(st.cluster, ports, family)
@@ -364,13 +409,29 @@ def expected(name: str, ports: list[tuple[int, str]] | None = None, *, family: i
     from enforcer import verdict
 
     with state.locked(name):
-        st = state.load(name)
+        st = _synced(state.load(name))
     rows = verdict.matrix(st.cluster, firewalls_of(st), ports, family)
     return [r for r in rows if r["protocol"] in PROBE_PROTOCOLS]
 
 
+def _synced(st: LabState) -> LabState:
+    """An API lab: its pods and policies as the API server has them now (pods made or
+    deleted with kubectl get or lose their namespace first, as a kubelet would do)."""
+    if st.api is None or st.phase != "ready":
+        return st
+    from enforcer.lab import apilab
+
+    return apilab.sync(st, get_backend(st.backend))
+
+
 def firewalls_of(st: LabState) -> dict[str, PodFirewall]:
-    """The firewall installed in each pod (compiled for pods a crash left without one)."""
+    """The firewall installed in each pod (compiled for pods a crash left without one);
+    an API lab: what its agents compile from the API's objects."""
+    if st.api is not None and st.nodes:
+        from enforcer.lab import nodes as lab_nodes
+
+        placement = {k: e.node for k, e in st.endpoints.items() if e.kind == "pod"}
+        return lab_nodes.compile_per_node(st.cluster, st.nodes, placement)
     firewalls = dict(st.firewalls)
     missing = [k for k in st.cluster.pods if k not in firewalls]
     if missing:
@@ -432,6 +493,9 @@ def _teardown(name: str, scan: bool = False) -> int:
     except LabError:
         pass
     servers.stop(name, [st.server_pid] if st else [])
+    from enforcer.lab import apilab
+
+    apilab.kill_processes(name, st.api if st else None)  # agents, API server, etcd
     names = set(state.journaled(name)) | (set(_scan(name)) if scan else set())
     backend = None
     if st is not None:
@@ -527,5 +591,9 @@ def list_labs() -> list[dict]:
             "server": "running" if servers.is_ours(st.server_pid, n) else "stopped",
             "node_netns": st.node_netns, "cidrs": list(st.cidrs),
         })
+        if st.nodes or st.api is not None:
+            from enforcer.lab import apilab
+
+            item.update(apilab.describe(st))
         out.append(item)
     return out

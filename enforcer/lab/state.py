@@ -64,17 +64,22 @@ class Endpoint:
     node_addrs: tuple[str, ...] = ()  # externals: node-side addresses on their link
     mac: str = ""  # the endpoint's eth0
     node_mac: str = ""  # externals: the node's side of their link
+    node: str = ""  # a multi-node lab's pod: the node it runs on (enforcer/lab/nodes.py)
 
     def to_json(self) -> dict:
-        return {"key": self.key, "kind": self.kind, "netns": self.netns, "link": self.link,
-                "ips": list(self.ips), "ports": [list(p) for p in self.ports],
-                "node_addrs": list(self.node_addrs), "mac": self.mac, "node_mac": self.node_mac}
+        d = {"key": self.key, "kind": self.kind, "netns": self.netns, "link": self.link,
+             "ips": list(self.ips), "ports": [list(p) for p in self.ports],
+             "node_addrs": list(self.node_addrs), "mac": self.mac, "node_mac": self.node_mac}
+        if self.node:
+            d["node"] = self.node
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "Endpoint":
         return cls(d["key"], d["kind"], d["netns"], d["link"], tuple(d["ips"]),
                    tuple((int(p), str(q)) for p, q in d.get("ports", [])),
-                   tuple(d.get("node_addrs", ())), d.get("mac", ""), d.get("node_mac", ""))
+                   tuple(d.get("node_addrs", ())), d.get("mac", ""), d.get("node_mac", ""),
+                   d.get("node", ""))
 
 
 @dataclass
@@ -94,6 +99,11 @@ class LabState:
     created: float = 0.0
     phase: str = "building"  # "building" until lab up finished, then "ready"
     no_servers: bool = False  # lab up --no-servers: the test brings its own (lab exec)
+    # A multi-node lab (--nodes N, enforcer/lab/nodes.py): one dict per node (name, netns,
+    # cidr, gateway, underlay address, MAC); empty for the classic one-node lab.
+    nodes: list[dict] = field(default_factory=list)
+    # An API lab (--api, enforcer/lab/apilab.py): the control plane's and agents' processes.
+    api: dict | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -106,6 +116,7 @@ class LabState:
             "server_pid": self.server_pid, "server_generation": self.server_generation,
             "cluster": codec.encode(self.cluster),
             "firewalls": {k: codec.encode(v) for k, v in sorted(self.firewalls.items())},
+            "nodes": self.nodes, "api": self.api,
         }
 
     @classmethod
@@ -120,6 +131,7 @@ class LabState:
             server_pid=d.get("server_pid"), server_generation=d.get("server_generation", 0),
             created=d.get("created", 0.0),
             phase=d.get("phase", "ready"), no_servers=d.get("no_servers", False),
+            nodes=list(d.get("nodes") or ()), api=d.get("api"),
         )
 
 

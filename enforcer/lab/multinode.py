@@ -1,0 +1,109 @@
+"""``lab up --nodes N`` and ``lab up --api``: the build of a multi-node lab.
+
+The same order as a one-node lab (control._build): every pod's firewall before its link
+(fail-closed), its node's firewall compiled with that node's gateway. An API lab starts
+its control plane in a thread first (its start is most of the time), builds the
+namespaces meanwhile, then publishes the objects and starts one agent per node
+(apilab.py). The agents then own enforcement: what the lab installed at first is what they
+compile from the same objects, so they adopt it.
+"""
+from __future__ import annotations
+
+import time
+
+from enforcer import ipam
+from enforcer.lab import naming, nodes as lab_nodes, state, topology
+from enforcer.lab.state import LabState
+from enforcer.model import Cluster
+
+
+def build(name: str, cluster: Cluster, backend, backend_name: str, servers_wanted: bool, *,
+          nodes: int, api: bool, node_of: dict[str, str], policies: list[dict]):
+    from enforcer.lab import control
+
+    out = control.Outcome()
+    st = LabState(name=name, backend=backend_name, node_netns=naming.node_netns(name),
+                  bridge=lab_nodes.underlay_bridge(name), created=time.time(),
+                  no_servers=not servers_wanted)
+    st.nodes = lab_nodes.plan_nodes(name, nodes, cluster)
+    names = [n["name"] for n in st.nodes]
+    placement = lab_nodes.place([k for k, p in cluster.pods.items() if not p.host_network], names, node_of)
+    cluster = lab_nodes.assign_ips(cluster, st.nodes, placement)
+    lab_nodes.check(cluster, st.nodes)
+    base = topology.base_cidrs(False)
+    cluster = ipam.assign_ips(cluster, base)  # every pod has one now; Services get theirs
+    st.cidrs = topology.pod_cidrs(cluster, base)
+    st.gateways = tuple(n["gateway"] for n in st.nodes)
+    topology.check_addresses(cluster, st.cidrs)
+    firewalls = lab_nodes.compile_per_node(cluster, st.nodes, placement)
+    starter = None
+    if api:
+        from enforcer.lab import apilab
+
+        st.api = {"workdir": apilab.workdir(name), "agents": {}}
+        starter = apilab.Starter(st)
+    state.save(st)
+    if starter is not None:
+        starter.start()
+    try:
+        journal = control._journal(st)
+        topology.create_netns(name, st.node_netns, journal)
+        with lab_nodes.Fabric.build(st, journal) as fabric:
+            try:
+                for key in sorted(cluster.pods):
+                    ep = control._new_endpoint(st, cluster, key, "pod")
+                    ep.node = placement[key]
+                    control._add_pod(st, fabric, backend, ep, firewalls[key])
+                    out.added.append(key)
+                for key in sorted(cluster.externals):
+                    control._add_external(st, fabric, control._new_endpoint(st, cluster, key, "external"))
+                    out.added.append(key)
+            finally:
+                st.cluster = cluster
+                state.save(st)
+        control._services_sync(st, had_services=False)
+        out.notes += control._server_sync(st, st.endpoints.values())
+    except BaseException:
+        if starter is not None:
+            starter.thread.join()  # never leave a control plane starting behind a failure
+        raise
+    if starter is not None:
+        from enforcer.lab import apilab
+
+        waited = apilab.start(st, starter, cluster, policies)
+        out.notes.append(f"control plane: {starter.seconds:.1f}s to start, {waited:.1f}s of it "
+                         "after the namespaces were built")
+    st.phase = "ready"
+    state.save(st)
+    return out
+
+
+def raw_inputs(files) -> tuple[dict[str, str], list[dict]]:
+    """What the model does not keep, from the input files as written: each Pod's
+    spec.nodeName and the NetworkPolicy objects (sent as they are to an API lab's server).
+    The files were loaded and validated already (manifests.load), so problems are moot."""
+    from enforcer.documents import parse_all, read_path
+
+    node_of: dict[str, str] = {}
+    policies: list[dict] = []
+
+    def visit(obj) -> None:
+        if not isinstance(obj, dict):
+            return
+        if obj.get("kind") == "List" or (str(obj.get("kind", "")).endswith("List") and "items" in obj):
+            for item in obj.get("items") or ():
+                visit(item)
+            return
+        meta = obj.get("metadata") or {}
+        if obj.get("kind") == "Pod" and (obj.get("spec") or {}).get("nodeName"):
+            node_of[f"{meta.get('namespace') or 'default'}/{meta.get('name')}"] = obj["spec"]["nodeName"]
+        elif obj.get("kind") == "NetworkPolicy":
+            policies.append(obj)
+
+    for path in files:
+        for _name, text, problem in read_path(path, None):
+            if problem is None and text is not None:
+                docs, _ = parse_all(text, _name)
+                for d in docs:
+                    visit(d.value)
+    return node_of, policies
