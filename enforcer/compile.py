@@ -102,6 +102,9 @@ class Compiler:
         self.namespaces: dict[str, Namespace] = {}
         self.pods: dict[str, Pod] = {}
         self.policies: dict[str, NetworkPolicy] = {}
+        # ClusterNetworkPolicies (enforcer.cnp): their tiers are added to each firewall as it
+        # is built; not tracked incrementally (a change to them means a new Compiler).
+        self.cnps = tuple(cluster.cnps.values())
         self._ns_index = LabelIndex()
         self._pod_index = PodIndex()  # all pods, keyed "ns/name", cluster-wide and per namespace
         self._policies_by_ns: dict[str, set[str]] = defaultdict(set)
@@ -546,7 +549,11 @@ class Compiler:
                 for i in range(len(pol.ingress if direction == "ingress" else pol.egress)):
                     rules.extend(self._allow_rules(pod, (pkey, direction, i), set_name(prefix, i, k), sets))
             directions[direction] = ir.DirectionPolicy(bool(isolated_by), tuple(sorted(isolated_by)), tuple(rules))
-        return ir.PodFirewall(key, pod.ips, self.node_ips, directions["ingress"], directions["egress"], tuple(sets))
+        fw = ir.PodFirewall(key, pod.ips, self.node_ips, directions["ingress"], directions["egress"], tuple(sets))
+        if self.cnps:
+            from enforcer.cnp.tiers import attach
+            fw = attach(fw, pod, self.pods.values(), self.namespace, self.cnps)
+        return fw
 
     def _allow_rules(self, pod: Pod, rid: RuleId, name: str, sets: list) -> list[ir.AllowRule]:
         spec = self._spec[rid]

@@ -161,10 +161,36 @@ class AllowRule:
 
 
 @dataclass(frozen=True)
+class TierRule:
+    """One ClusterNetworkPolicy rule in a pod's Admin or Baseline tier (enforcer.cnp.tiers):
+    when the peer and port match as in ``AllowRule``, ``action`` decides: Accept, Deny, or
+    Pass (leave this tier). Rules are kept in evaluation order (priority, then rule order)."""
+
+    tier: str  # "Admin" | "Baseline"
+    policy: str  # the ClusterNetworkPolicy's name
+    priority: int
+    direction: str  # "ingress" | "egress"
+    rule_index: int
+    action: str  # "Accept" | "Deny" | "Pass"
+    name: str = ""  # the rule's own name, may be ""
+    peers: str | None = None
+    ports: tuple[PortMatch, ...] = ()
+    addr_ports: str | None = None
+
+    def comment(self) -> str:
+        named = f" {self.name}" if self.name else ""
+        return f"{self.tier} {self.policy} {self.direction}[{self.rule_index}]{named} {self.action}"
+
+
+@dataclass(frozen=True)
 class DirectionPolicy:
     isolated: bool = False
     isolated_by: tuple[str, ...] = ()  # policy keys, sorted
     rules: tuple[AllowRule, ...] = ()
+    # ClusterNetworkPolicy tiers, before and after the NetworkPolicy rules (empty: no CNP
+    # selects the pod, and the firewall is exactly what it was before CNPs existed).
+    admin: tuple[TierRule, ...] = ()
+    baseline: tuple[TierRule, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 say is what the kernel does.
 
 A connection from S to D on port/protocol is allowed iff S's egress side allows it and D's
-ingress side allows it (SEMANTICS 4); an endpoint outside the cluster has no side. A pod
+ingress side allows it (SEMANTICS 4); an endpoint outside the cluster has no side. A side
+with ClusterNetworkPolicy tiers is judged in the tiers' order (enforcer.cnp.tiers.decide). A pod
 talking to itself, and any traffic with the pod's node, is always allowed (11, 12).
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from enforcer import ir
+from enforcer.cnp import tiers
 from enforcer.errors import InputError
 from enforcer.model import Cluster, ContainerPort
 
@@ -52,10 +54,27 @@ class Side:
     isolated_by: tuple[str, ...]
     allowed_by: list[ir.Provenance] = field(default_factory=list)
     always: str = ""  # why it is allowed whatever the policies say
+    # ClusterNetworkPolicy tiers (enforcer.cnp.tiers): the first matching rule of each, and
+    # whether the pod has any tier rule for this direction at all.
+    tiered: bool = False
+    admin: ir.TierRule | None = None
+    baseline: ir.TierRule | None = None
+
+    @property
+    def decision(self) -> tiers.Decision | None:
+        """Which tier decided and how; None when no ClusterNetworkPolicy selects the pod."""
+        if not self.tiered or self.always:
+            return None
+        return tiers.decide(self.admin, self.isolated, bool(self.allowed_by), self.baseline)
 
     @property
     def allowed(self) -> bool:
-        return bool(self.always) or not self.isolated or bool(self.allowed_by)
+        if self.always:
+            return True
+        decision = self.decision
+        if decision is not None:
+            return decision.allowed
+        return not self.isolated or bool(self.allowed_by)
 
 
 @dataclass
@@ -135,6 +154,10 @@ def side(fw: ir.PodFirewall, direction: str, peer_ip: str, protocol: str, port: 
         return s
     if d.isolated:
         s.allowed_by = [r.provenance for r in d.rules if _rule_matches(fw, r, peer_ip, protocol, port)]
+    if d.admin or d.baseline:
+        s.tiered = True
+        s.admin = tiers.first_match(fw, d.admin, peer_ip, protocol, port)
+        s.baseline = tiers.first_match(fw, d.baseline, peer_ip, protocol, port)
     return s
 
 
