@@ -236,6 +236,14 @@ def test_owners_and_stale_labs(tmp_path, monkeypatch):
 # ----------------------------------------------------------------- held interrupts
 
 def test_deferred_interrupts_arrive_after_the_block():
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _deferred_checks()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _deferred_checks():
     done = []
     with pytest.raises(KeyboardInterrupt):
         with interrupts.deferred():
