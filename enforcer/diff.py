@@ -131,6 +131,12 @@ def _why(v: vd.Verdict) -> str:
     if v.always:
         return v.always
     sides = [s for s in (v.egress, v.ingress) if s is not None]
+    # A ClusterNetworkPolicy rule that decided a side (Admin or Baseline tier) is the reason.
+    tiered = [f"{s.pod} {s.direction} {'allowed' if s.allowed else 'denied'} by {s.decision.rule.comment()}"
+              for s in sides if s.decision is not None and s.decision.rule is not None
+              and s.allowed == v.allowed]
+    if tiered:
+        return "; ".join(tiered)
     if v.allowed:
         # Name the rules of the isolated sides; a side that is not isolated is only worth
         # mentioning when nothing is isolated at all.

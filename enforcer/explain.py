@@ -8,6 +8,8 @@ from __future__ import annotations
 from enforcer.model import Cluster, NetworkPolicy, Peer, Rule
 from enforcer.reasons import Check, PolicyReasons, RuleReasons, side_reasons
 from enforcer.selectors import describe
+from enforcer.cnp.words import explain_rows as cnp_rows
+from enforcer.cnp.words import tier_json, tier_lines
 from enforcer.verdict import Side, Verdict
 
 
@@ -103,6 +105,18 @@ def _side_text(cluster: Cluster, v: Verdict, s: Side) -> list[str]:
     port = f"{v.port}/{v.protocol}"
     if s.always:
         return [f"{s.pod} {d}: allowed, {s.always}."]
+    tiered, decided = tier_lines(s)  # ClusterNetworkPolicy tiers around NetworkPolicy
+    if decided:
+        return tiered
+    if tiered:
+        return tiered + _side_text_np(cluster, v, s)
+    return _side_text_np(cluster, v, s)
+
+
+def _side_text_np(cluster: Cluster, v: Verdict, s: Side) -> list[str]:
+    d = s.direction
+    other = v.src.id if d == "ingress" else v.dst.id
+    port = f"{v.port}/{v.protocol}"
     if not s.isolated:
         return [f"{s.pod} is not isolated for {d}: every {'source' if d == 'ingress' else 'destination'} is allowed."]
     by = " and ".join(s.isolated_by)
@@ -173,6 +187,9 @@ def trace_json(v: Verdict, cluster: Cluster | None = None) -> dict:
                             "port_matched": r.port_ok}
                            for r in pr.rules]}
                 for pr in pols]
+        tiers = tier_json(s)
+        if tiers is not None:
+            out["tiers"] = tiers
         return out
     return {"from": v.src.id, "to": v.dst.id, "port": v.port, "protocol": v.protocol,
             "from_ip": v.src_ip, "to_ip": v.dst_ip, "allowed": v.allowed,
@@ -204,4 +221,6 @@ def explain_rows(cluster: Cluster, selected: dict[str, frozenset[str]],
         rows.append({"policy": key, "pod_selector": str(pol.pod_selector),
                      "targets": sorted(selected.get(key, ())),
                      "policy_types": sorted(pol.policy_types), "rules": rules})
+    if cluster.cnps:  # the tiers in evaluation order: Admin, NetworkPolicy, Baseline
+        rows = cnp_rows(cluster, "Admin") + rows + cnp_rows(cluster, "Baseline")
     return rows
