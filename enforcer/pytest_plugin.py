@@ -103,6 +103,25 @@ def _load(manifests: Any, workdir: Path):
 
     if isinstance(manifests, Cluster):
         return manifests, []
+    paths = _paths(manifests, workdir)
+    from enforcer import manifests as loader
+
+    result = loader.load(paths)
+    return result.cluster, [str(w) for w in result.warnings] + [str(n) for n in result.notes]
+
+
+def _raw(manifests: Any, workdir: Path) -> tuple[dict, list]:
+    """Each pod's spec.nodeName and the NetworkPolicy objects as written (multi-node and
+    API labs: enforcer/lab/multinode.py)."""
+    from enforcer.lab import multinode
+    from enforcer.model import Cluster
+
+    if isinstance(manifests, Cluster):
+        return {}, []
+    return multinode.raw_inputs(_paths(manifests, workdir))
+
+
+def _paths(manifests: Any, workdir: Path) -> list[str]:
     paths: list[str]
     if isinstance(manifests, (str, os.PathLike)) and not _looks_like_text(manifests):
         paths = [os.fspath(manifests)]
@@ -123,10 +142,7 @@ def _load(manifests: Any, workdir: Path):
                 paths.append(os.fspath(m))
     else:
         raise TypeError(f"netpol_lab: cannot use {type(manifests).__name__} as manifests")
-    from enforcer import manifests as loader
-
-    result = loader.load(paths)
-    return result.cluster, [str(w) for w in result.warnings] + [str(n) for n in result.notes]
+    return paths
 
 
 def _cluster(manifests: Any, workdir: Path, what: str):
@@ -219,12 +235,54 @@ def _in_family(rows: list[dict], cluster, family: int) -> list[dict]:
 class LabHandle:
     """A running lab, for one test. Methods raise enforcer.errors.NetpolError on failure."""
 
-    def __init__(self, name: str, backend: str, workdir: Path, verbosity: int = 0):
+    def __init__(self, name: str, backend: str, workdir: Path, verbosity: int = 0, *,
+                 nodes: int = 1, api: bool = False):
         self.name = name
         self.backend = backend
+        self.nodes = nodes
+        self.api = api
         self._workdir = workdir
         self._verbosity = verbosity
         self._procs: list = []  # lab.popen's processes, stopped before the lab goes
+
+    @property
+    def kubeconfig(self) -> str:
+        """An API lab's admin kubeconfig."""
+        from enforcer.lab import apilab
+
+        return apilab.kubeconfig(self.name)
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True):
+        """Run kubectl against an API lab; its ``CompletedProcess`` (text). With ``check``,
+        a failure raises AssertionError with kubectl's stderr."""
+        import subprocess
+        import sys
+
+        kubectl = os.path.join(os.path.dirname(sys.executable), "kubectl")
+        if not os.path.exists(kubectl):
+            from enforcer.k8s.controlplane import binary_dir
+
+            kubectl = str((binary_dir() or Path("/nonexistent")) / "kubectl")
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        proc = subprocess.run([kubectl, "--kubeconfig", self.kubeconfig, *args], input=input,
+                              capture_output=True, text=True, env=env, timeout=60)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()}")
+        return proc
+
+    def agent_pid(self, node: str) -> int | None:
+        """The pid of node ``node``'s agent (API labs), None when it is not running."""
+        from enforcer.lab import apilab, state
+
+        st = state.load(self.name)
+        rec = ((st.api or {}).get("agents") or {}).get(node) or {}
+        return int(rec["pid"]) if rec and apilab._alive(rec) else None
+
+    def restart_agent(self, node: str) -> int:
+        """Start node ``node``'s agent again (after a test killed it); waits until it enforces."""
+        from enforcer.lab import apilab
+
+        return apilab.restart_agent(self.name, node)
 
     @property
     def cluster(self):
@@ -237,7 +295,9 @@ class LabHandle:
         """Make ``manifests`` the lab's whole desired state (incremental, like ``lab apply``)."""
         from enforcer.lab import control
 
-        return control.apply(self.name, _cluster(manifests, self._workdir, f"lab.apply on {self.name}"))
+        cluster = _cluster(manifests, self._workdir, f"lab.apply on {self.name}")
+        node_of, policies = _raw(manifests, self._workdir) if (self.api or self.nodes > 1) else ({}, [])
+        return control.apply(self.name, cluster, node_of=node_of, policies=policies)
 
     def probe(self, ports: Iterable[Any] | str | None = None, *, timeout: float = 1.0,
               family: int = 4) -> list[dict]:
@@ -378,17 +438,20 @@ def _factory(workdir: Path, prefix: str = DEFAULT_PREFIX, verbosity: int = 0):
     me = os.getpid()
 
     def factory(manifests: Any, backend: str = "nftables", *, ipv6: bool = False,
-                name: str | None = None, servers: bool = True) -> LabHandle:
+                name: str | None = None, servers: bool = True, nodes: int = 1,
+                api: bool = False) -> LabHandle:
         from enforcer.lab import control, naming
 
         lab_name = naming.check_lab_name(name or f"{prefix}-{uuid.uuid4().hex[:8]}")
-        handle = LabHandle(lab_name, backend, workdir / lab_name, verbosity)
+        handle = LabHandle(lab_name, backend, workdir / lab_name, verbosity, nodes=nodes, api=api)
         cluster = _cluster(manifests, handle._workdir, f"lab {lab_name}")
+        node_of, policies = _raw(manifests, handle._workdir) if (api or nodes > 1) else ({}, [])
         _catch_signals()
         made.append(handle)
         _live[lab_name] = me
         try:
-            control.up(lab_name, cluster, backend, ipv6=ipv6, owned=True, servers=servers)
+            control.up(lab_name, cluster, backend, ipv6=ipv6, owned=True, servers=servers,
+                       nodes=nodes, api=api, node_of=node_of, policies=policies)
         except BaseException:
             # up removed what it built; a name that was taken is another lab, not ours
             made.remove(handle)
@@ -443,6 +506,47 @@ def netpol_lab_module(tmp_path_factory, request):
     factory, teardown = _factory(tmp_path_factory.mktemp("netpol-lab"), *_settings(request.config))
     try:
         yield factory
+    finally:
+        teardown()
+
+
+def _need_api() -> None:
+    from enforcer.k8s.controlplane import missing_binaries
+
+    reason = missing_binaries()
+    if reason:
+        pytest.skip(f"netpol_api_lab: {reason}")
+
+
+@pytest.fixture
+def netpol_api_lab(tmp_path: Path, request):
+    """Factory of API labs: ``lab = netpol_api_lab(manifests, backend, nodes=3)``: the lab's
+    own API server, objects made through it, one agent per node; drive it with
+    ``lab.kubectl("apply", "-f", path)``. Skipped without kube-apiserver (make k8s)."""
+    _need_root()
+    _need_api()
+    factory, teardown = _factory(tmp_path, *_settings(request.config))
+
+    def api_factory(manifests: Any, backend: str = "nftables", *, nodes: int = 3, **kw) -> LabHandle:
+        return factory(manifests, backend, nodes=nodes, api=True, **kw)
+    try:
+        yield api_factory
+    finally:
+        teardown()
+
+
+@pytest.fixture(scope="module")
+def netpol_api_lab_module(tmp_path_factory, request):
+    """``netpol_api_lab`` with labs kept for the whole module (one control plane per
+    module, not per test)."""
+    _need_root()
+    _need_api()
+    factory, teardown = _factory(tmp_path_factory.mktemp("netpol-api-lab"), *_settings(request.config))
+
+    def api_factory(manifests: Any, backend: str = "nftables", *, nodes: int = 3, **kw) -> LabHandle:
+        return factory(manifests, backend, nodes=nodes, api=True, **kw)
+    try:
+        yield api_factory
     finally:
         teardown()
 
