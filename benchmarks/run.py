@@ -32,6 +32,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ FIGURES = ROOT / "docs" / "performance"
 # Scales of the full run, picked so that the whole run stays near 10 minutes here.
 COMPILE_SIZES = ((1500, 100, 100), (5000, 300, 300), (15000, 1000, 1000), (50000, 3000, 3000),
                  (150000, 10000, 10000))
+COMPILE_SHAPES = ("common", "many-small", "shared-group")  # gen.SHAPES, at 150,000 pods
 COMPILE_POLICIES = ((15000, 1000, 100), (15000, 1000, 3000), (15000, 1000, 10000))
 APPLY_PODS = {  # backend -> local pod counts (the slow ones stop where they take minutes)
     "nftables-libnft": (10, 25, 50, 110, 250),
@@ -59,6 +61,7 @@ DAEMON_LOCAL = (10, 50, 110)
 
 QUICK_APPLY_PODS = 30
 QUICK_COMPILE = ((1500, 100, 100), (15000, 1000, 1000))
+QUICK_DEMAND = (15000, 1000, 1000)  # the common shape (gen.common): one pod on demand vs all
 
 
 def log(msg: str) -> None:
@@ -146,19 +149,27 @@ def quick_ratios(compile_runs: list[list[dict]], apply: dict | None, datapath: d
     """The ratios the quick check compares, from the raw outputs of one run:
 
     - compile: time at 15,000 pods over time at 1,500 (best of the repeats; lower better),
+    - compile: one pod's firewall on demand over every pod's, common shape (lower better),
     - apply: cold full apply of N pods over one set delta to all N (per backend),
     - datapath: 10,000 peers over 1 peer per layout, sets over rule-per-peer at 1,000.
     """
     out: dict[str, float | None] = {}
     small, big = QUICK_COMPILE[0][0], QUICK_COMPILE[1][0]
     best: dict[int, float] = {}
+    demand = full_common = math.inf
     for run in compile_runs:
         for row in run:
             t = row.get("compile_s")
-            if t:
+            if row.get("shape", "mixed") == "common":
+                if t and row.get("demand_1_pod_s"):
+                    demand = min(demand, row["demand_1_pod_s"])
+                    full_common = min(full_common, t)
+            elif t:
                 best[row["pods"]] = min(best.get(row["pods"], math.inf), t)
     out[f"compile: time at {big} pods / at {small} pods"] = (
         best[big] / best[small] if small in best and big in best and best[small] > 0 else None)
+    out[f"compile: 1 pod on demand / all pods, common shape, {QUICK_DEMAND[0]} pods"] = (
+        demand / full_common if math.isfinite(demand) and math.isfinite(full_common) else None)
     names = {"nftables-libnft": "nftables", "iptables": "iptables"}
     got = {r["backend"]: r for r in (apply or {}).get("results", [])}
     for backend, short in names.items():
@@ -258,7 +269,16 @@ def compile_curves(s: Suite) -> dict:
                     f"compile {pols} policies")
         if d:
             policies.extend(d if isinstance(d, list) else [d])
-    return {"by_cluster_size": sizes, "by_policies": policies,
+    shapes = []
+    for shape in COMPILE_SHAPES:
+        d = s.bench(["-m", "benchmarks.bench_compile", "--shape", shape, "--sizes", "150000:10000:10000"], 900,
+                    f"compile {shape} shape")
+        if d:
+            shapes.extend(d if isinstance(d, list) else [d])
+    d = s.bench(["-m", "benchmarks.bench_compile", "--shape", "common", "--render-pod", "150000:10000:10000"],
+                900, "render --pod, common shape")
+    return {"by_cluster_size": sizes, "by_policies": policies, "by_shape": shapes,
+            "render_pod": d if isinstance(d, dict) else None,
             "note": "one process per point: maxrss_mib is that point's peak memory"}
 
 
@@ -344,7 +364,7 @@ def write_json(path: Path, data: object) -> None:
 
 def full(args) -> int:
     s = Suite()
-    out = Path(args.out)
+    out = Path(args.out or RESULTS)
     meta = machine()
     only = set(args.only.split(",")) if args.only else None
     steps = [("compile", compile_curves, False), ("apply", apply_curves, True), ("lab", lab_curves, True),
@@ -395,6 +415,10 @@ def quick(args) -> int:
                      ",".join(f"{p}:{n}:{q}" for p, n, q in QUICK_COMPILE)], 300, "quick compile")
         if d:
             compile_runs.append(d if isinstance(d, list) else [d])
+        d = s.bench(["-m", "benchmarks.bench_compile", "--shape", "common", "--sizes",
+                     ":".join(str(x) for x in QUICK_DEMAND)], 300, "quick compile on demand")
+        if d:
+            compile_runs.append(d if isinstance(d, list) else [d])
     apply = datapath = None
     if is_root():
         apply = s.bench(["benchmarks/bench_apply.py", "--pods", str(QUICK_APPLY_PODS), "--backends",
@@ -408,7 +432,8 @@ def quick(args) -> int:
     print(format_verdicts(verdicts, tolerance))
     took = round(time.monotonic() - t0, 1)
     print(f"quick benchmark: {took} s")
-    write_json(Path(args.out) / "quick.json", {
+    # Not into the tracked results: a quick check must leave the work tree as it was.
+    write_json(Path(args.out or os.path.join(tempfile.gettempdir(), "netpol-bench")) / "quick.json", {
         "machine": machine(), "seconds": took, "tolerance": tolerance, "measured": measured,
         "verdicts": [v.__dict__ for v in verdicts], "errors": s.errors,
         "raw": {"compile": compile_runs, "apply": apply, "datapath_ratios": (datapath or {}).get("ratios")
@@ -421,7 +446,8 @@ def quick(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="ratios against bounds.json, < 2 minutes")
-    ap.add_argument("--out", default=str(RESULTS), help="directory for the JSON results")
+    ap.add_argument("--out", help="directory for the JSON results (default: benchmarks/results; "
+                    "--quick: $TMPDIR/netpol-bench, outside the tracked files)")
     ap.add_argument("--figures", default=str(FIGURES), help="directory for the plots")
     ap.add_argument("--doc", default=str(DOC), help="the performance page to write")
     ap.add_argument("--bounds", default=str(BOUNDS))
@@ -434,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.docs_only:
         from benchmarks import plots, report
 
-        results = report.load_results(Path(args.out))
+        results = report.load_results(Path(args.out or RESULTS))
         plots.draw_all(results, Path(args.figures))
         Path(args.doc).write_text(report.render(results))
         return 0

@@ -100,6 +100,16 @@ def test_quick_ratios_from_raw_outputs():
     assert got["datapath: ipt-net rate, 10000 peers / 1 peer"] is None
 
 
+def test_demand_ratio_comes_from_the_common_shape_rows_only():
+    compile_runs = [[{"pods": 1500, "compile_s": 0.04}, {"pods": 15000, "compile_s": 0.8}],
+                    [{"shape": "common", "pods": 15000, "compile_s": 2.0, "demand_1_pod_s": 0.6}],
+                    [{"shape": "common", "pods": 15000, "compile_s": 2.5, "demand_1_pod_s": 0.5}]]
+    got = quick_ratios(compile_runs, None, None)
+    assert got["compile: 1 pod on demand / all pods, common shape, 15000 pods"] == pytest.approx(0.25)
+    assert got["compile: time at 15000 pods / at 1500 pods"] == pytest.approx(20.0)
+    assert quick_ratios(compile_runs[:1], None, None)["compile: 1 pod on demand / all pods, common shape, 15000 pods"] is None
+
+
 # --- the datapath benchmark's pure parts -------------------------------------------------
 
 
