@@ -271,8 +271,11 @@ def explain(files, legacy_namespace_isolation, fmt, by) -> None:
               help="nftables, iptables, iptables-legacy, or all (side by side).")
 @click.option("--pod", "pods", multiple=True,
               help="NAMESPACE/POD or NAMESPACE/WORKLOAD (repeatable; default: every pod).")
-def render(files, legacy_namespace_isolation, backend, pods) -> None:
-    """The exact ruleset that would be installed in each pod's namespace."""
+@click.option("--enforce-at", "enforce_at", type=click.Choice(["pod", "host", "both"]), default="pod",
+              show_default=True, help="pod: each pod's own table; host: the node's table (a chain per "
+                                      "pod, nftables); both: the two side by side, per pod.")
+def render(files, legacy_namespace_isolation, backend, pods, enforce_at) -> None:
+    """The exact ruleset that would be installed in each pod's namespace (or its node's)."""
     from backends import registry
     from enforcer import output
 
@@ -289,6 +292,23 @@ def render(files, legacy_namespace_isolation, backend, pods) -> None:
         keys.extend(members)
     keys = keys or sorted(comp.pods)
     names = ["nftables", "iptables"] if backend == "all" else [backend]
+    if enforce_at != "pod":
+        from backends import nft_host
+
+        if names != ["nftables"]:
+            raise InputError(f"--enforce-at {enforce_at}: host mode renders nftables only "
+                             "(iptables host mode: see docs/cnis.md)")
+        veth = {k: f"veth{i}" for i, k in enumerate(sorted(comp.pods))}  # as a node would name them
+        if enforce_at == "host":
+            click.echo(f"# node (host mode, {len(keys)} pods)\n"
+                       + nft_host.render_node([(comp.firewall(k), veth[k]) for k in keys], "node").rstrip())
+            return
+        pod_impl = registry.get("nftables", check=False)
+        for key in keys:
+            fw = comp.firewall(key)
+            click.echo(output.render_block(key, [("pod: nftables", pod_impl.render(fw)),
+                                                 ("host: nftables", nft_host.render_node([(fw, veth[key])], "node"))]))
+        return
     impls = [registry.get(n, check=False) for n in names]
     for key in keys:  # compiled on demand: --pod builds only the asked-for pods' firewalls
         texts = [(b.name, b.render(comp.firewall(key))) for b in impls]
