@@ -558,6 +558,8 @@ def pytest_addoption(parser) -> None:
 
 
 def pytest_configure(config) -> None:
+    global _stopping
+    _stopping = False  # a new session (pytester runs sessions in one process)
     config.addinivalue_line("markers", "netpol_lab: a test that brings up a netpol-enforcer lab (root)")
 
 
