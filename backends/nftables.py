@@ -49,7 +49,7 @@ import socket
 import threading
 from dataclasses import dataclass
 
-from backends import base
+from backends import base, nft_tiers
 from backends.base import ApplyResult, fit, plan
 from enforcer import intervals, netns as nsmod
 from enforcer.errors import ApplyError, BackendError, BackendUnavailable, NetnsError
@@ -217,6 +217,8 @@ def render_chain(fw: PodFirewall, direction: str) -> list[str]:
     for ip in sorted(fw.node_ips, key=lambda a: (base.family_of(a), _addr(a)[0])):
         kw = "ip" if base.family_of(ip) == 4 else "ip6"
         rules.append(f"{kw} {addr} {base.host_or_cidr(ip)} counter accept {node}")
+    tiered = nft_tiers.has_tiers(pol)  # ClusterNetworkPolicy: Admin before, Baseline after
+    rules += [nft_tiers.jump("Admin", direction)] if tiered else []
     if pol.isolated:
         for r in pol.rules:
             rules.extend(render_allow(r, direction))
@@ -225,6 +227,7 @@ def render_chain(fw: PodFirewall, direction: str) -> list[str]:
                      f"group {base.LOG_GROUP} {_quote(base.log_comment(direction))}")
         rules.append(f"counter drop {_quote(base.isolation_comment(direction, pol.isolated_by))}")
     else:
+        rules += [nft_tiers.jump("Baseline", direction)] if tiered else []
         rules.append(f"counter accept {_quote(base.open_comment(direction))}")
     return ([f"\tchain {chain} {{",
              f"\t\ttype filter hook {chain} priority filter; policy accept;"]
@@ -237,6 +240,7 @@ def render(fw: PodFirewall) -> str:
     for s in sorted(fw.sets, key=lambda s: s.name):
         for fam in (4, 6):
             blocks.append(render_set(s, fam))
+    blocks.extend(nft_tiers.chains(fw))  # before the hook chains that jump to them
     for d in base.DIRECTIONS:
         blocks.append(render_chain(fw, d))
     lines = [f"table {FAMILY} {TABLE} {{", f'\t{_quote("pod " + fw.pod)}']

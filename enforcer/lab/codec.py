@@ -14,9 +14,10 @@ import dataclasses
 from typing import Any
 
 from enforcer import ir, model
+from enforcer.cnp import model as cnp_model
 
 _TYPES: dict[str, type] = {}
-for _mod in (model, ir):
+for _mod in (model, ir, cnp_model):
     for _name in dir(_mod):
         _obj = getattr(_mod, _name)
         if isinstance(_obj, type) and dataclasses.is_dataclass(_obj) and _obj.__module__ == _mod.__name__:

@@ -1,0 +1,67 @@
+"""nftables rendering of the ClusterNetworkPolicy tiers (ir.TierRule), for backends.nftables.
+
+A pod whose direction has tier rules gets regular chains next to its hook chain::
+
+    chain admin_input      one rule per tier rule and family/protocol, in evaluation order:
+                           Accept -> accept, Deny -> drop, Pass -> return
+    chain baseline_input   the same for the Baseline tier
+    chain input (hook)     ... node accept; jump admin_input; then, isolated: the
+                           NetworkPolicy accepts, log, drop (Baseline is never consulted);
+                           not isolated: jump baseline_input; accept
+
+``accept`` and ``drop`` in a jumped-to chain are final verdicts for the packet; ``return``
+(Pass) goes back to the hook chain, after the jump: the next tier. A pod without tier
+rules renders exactly as before. The chains are declared before the hook chains: a jump
+must name a chain that exists, and ``nft list`` prints chains in that order.
+"""
+from __future__ import annotations
+
+from backends import base
+from enforcer.ir import DirectionPolicy, PodFirewall, TierRule
+
+VERDICT = {"Accept": "accept", "Deny": "drop", "Pass": "return"}
+
+
+def chain_name(tier: str, hook_chain: str) -> str:
+    return f"{tier.lower()}_{hook_chain}"
+
+
+def has_tiers(pol: DirectionPolicy) -> bool:
+    return bool(pol.admin or pol.baseline)
+
+
+def rule_lines(rule: TierRule, direction: str) -> list[str]:
+    from backends import nftables as N
+    addr = N.CHAINS[direction][1]
+    tail = f"counter {VERDICT[rule.action]} {N._quote(rule.comment())}"
+    if rule.addr_ports is not None:
+        return [f"{ip} {addr} . meta l4proto . th dport @{N.set_name(rule.addr_ports, fam)} {tail}"
+                for fam, ip in ((4, "ip"), (6, "ip6"))]
+    groups = base.port_groups(rule.ports)
+    if rule.peers is None:
+        return [f"{N._ports_expr(proto, ranges)}{tail}" for proto, ranges in groups]
+    return [f"{ip} {addr} @{N.set_name(rule.peers, fam)} {N._ports_expr(proto, ranges)}{tail}"
+            for fam, ip in ((4, "ip"), (6, "ip6")) for proto, ranges in groups]
+
+
+def chains(fw: PodFirewall) -> list[list[str]]:
+    """The tier chains of both directions (none for a pod without tier rules)."""
+    from backends import nftables as N
+    blocks = []
+    for direction in base.DIRECTIONS:
+        pol = fw.direction(direction)
+        for tier, rules in (("Admin", pol.admin), ("Baseline", pol.baseline)):
+            if not has_tiers(pol):
+                continue
+            lines = [f"\tchain {chain_name(tier, N.CHAINS[direction][0])} {{"]
+            for r in rules:
+                lines.extend(f"\t\t{ln}" for ln in rule_lines(r, direction))
+            lines.append("\t}")
+            blocks.append(lines)
+    return blocks
+
+
+def jump(tier: str, direction: str) -> str:
+    from backends import nftables as N
+    return (f"counter jump {chain_name(tier, N.CHAINS[direction][0])} "
+            f"{N._quote(base.fixed_comment(direction, tier + ' tier'))}")
