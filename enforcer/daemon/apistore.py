@@ -132,7 +132,7 @@ class ApiStore:
         self.node = node
         self.legacy = legacy_namespace_isolation
         self.view: dict[ObjKey, object] = {}
-        self.trimmed: dict[ObjKey, dict] = {}  # the snapshot of what is in force
+        self.trimmed: dict[ObjKey, dict] = {}  # namespaces and policies in force, for the snapshot
         self.counts: dict[str, int] = {}
         self.local: set[str] = set()  # keys of the pods bound to our node
         self.skipped: dict[str, str] = {}  # pod key -> why it does not count
@@ -167,7 +167,8 @@ class ApiStore:
                 self.skipped[d.key] = d.skip
                 return self._remove(key)
         assert d.obj is not None and d.trimmed is not None
-        self.trimmed[key] = d.trimmed
+        if kind != "Pod":  # pods are written from their model (pod_doc): 5,000 dicts saved
+            self.trimmed[key] = d.trimmed
         before = self.view.get(key)
         if before is not None and same_object(before, d.obj):
             return {}
@@ -190,7 +191,7 @@ class ApiStore:
         return self._remove(key)
 
     def _remove(self, key: ObjKey) -> dict[ObjKey, object | None]:
-        self.trimmed.pop(key, None)
+        self.trimmed.pop(key, None)  # (pods have none)
         if key not in self.view:
             return {}
         del self.view[key]
@@ -237,6 +238,9 @@ class ApiStore:
         items: dict[str, list[dict]] = {k: [] for k in KINDS}
         for (kind, _), raw in sorted(self.trimmed.items()):
             items[kind].append(raw)
+        for (kind, key), obj in sorted(self.view.items()):
+            if kind == "Pod":
+                items["Pod"].append(pod_doc(obj, self.node if key in self.local else None))
         return {"version": SNAPSHOT_VERSION, "node": self.node, "items": items}
 
     def restore(self, data: dict) -> dict[ObjKey, object | None]:
@@ -252,14 +256,29 @@ class ApiStore:
         return changes
 
 
+def pod_doc(pod, node: str | None) -> dict:
+    """A pod in force, as an API object that decodes back to it (one container per port:
+    port names need only be unique within a container)."""
+    spec: dict[str, Any] = {"containers": [
+        {"name": f"c{i}", "ports": [{"containerPort": p.port, "protocol": p.protocol,
+                                     **({"name": p.name} if p.name else {})}]}
+        for i, p in enumerate(pod.ports)]}
+    if node:
+        spec["nodeName"] = node
+    return {"metadata": {"name": pod.name, "namespace": pod.namespace, "labels": dict(pod.labels)},
+            "spec": spec,
+            "status": {"phase": "Running", "podIP": pod.ips[0], "podIPs": [{"ip": ip} for ip in pod.ips]}}
+
+
 def save_snapshot(path: str, data: dict) -> None:
     """Atomically, readable by root only (it lists every pod and policy of the cluster)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o700, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".api-snapshot-", suffix=".json", dir=directory)
     try:
+        text = json.dumps(data, separators=(",", ":"))  # dumps: the C encoder (dump is pure Python)
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         try:

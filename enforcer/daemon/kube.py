@@ -71,7 +71,7 @@ class ApiSource:
 
     def __init__(self, api: Api, store: ApiStore, *, log, snapshot_path: str | None = None,
                  clock: Callable[[], float] = time.monotonic, ping_interval: float = 5.0,
-                 snapshot_wait: float = 5.0, save_interval: float = 1.0, save_delay: float = 0.2) -> None:
+                 snapshot_wait: float = 5.0, save_interval: float = 2.0, save_delay: float = 0.5) -> None:
         self.api = api
         self.store = store
         self.log = log
