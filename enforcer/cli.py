@@ -158,11 +158,12 @@ def matrix(files, legacy_namespace_isolation, ports, fmt, family, out_file, src_
     # Dense clusters draw unreadable pictures: the patterns keep what a reader asks about.
     rows = [r for r in rows if fnmatch.fnmatchcase(r["from"], src_glob) and fnmatch.fnmatchcase(r["to"], dst_glob)]
     isolated = {k: {d for d in ("ingress", "egress") if fw.direction(d).isolated} for k, fw in loaded.firewalls.items()}
-    emit_rows(rows, fmt, backend="model", out_file=out_file, isolated=isolated)
+    scope = "" if (src_glob, dst_glob) == ("*", "*") else f" (from {src_glob} to {dst_glob})"
+    emit_rows(rows, fmt, backend="model", out_file=out_file, isolated=isolated, title="model" + scope)
 
 
 def emit_rows(rows: list[dict], fmt: str, *, backend: str, out_file: str | None = None,
-              isolated: dict | None = None) -> None:
+              isolated: dict | None = None, title: str | None = None) -> None:
     """Print matrix/probe rows in the requested format (shared by matrix and the lab).
     Pictures go to stdout unless ``out_file`` names a file: never a file nobody asked for."""
     from enforcer import reachability
@@ -174,7 +175,7 @@ def emit_rows(rows: list[dict], fmt: str, *, backend: str, out_file: str | None 
     else:
         from enforcer import pictures
 
-        dot = pictures.matrix_dot(rows, title=backend, isolated=isolated)
+        dot = pictures.matrix_dot(rows, title=title or backend, isolated=isolated)
         if fmt == "dot":
             click.echo(dot)
         elif out_file:
