@@ -22,6 +22,12 @@ A test's own programs: ``netpol_lab(..., servers=False)`` starts no servers (``l
 --no-servers``); ``lab.popen("ns/srv", [...])`` starts a program in a pod's network
 namespace (stopped when the lab goes) and ``lab.exec("ns/cli", [...])`` runs one and
 returns its ``CompletedProcess``. They meet the pods' firewalls as the lab's servers do.
+
+Several nodes and a real API server (docs/lab.md): ``netpol_lab(..., nodes=3)`` spreads
+the pods over three node namespaces; ``netpol_api_lab(manifests, backend, nodes=3)`` (and
+``netpol_api_lab_module``) also runs the lab's own API server and one agent per node, and
+``lab.kubectl("apply", "-f", path)`` drives it as a user would (skipped without
+kube-apiserver: ``make k8s``).
 """
 from __future__ import annotations
 
