@@ -120,8 +120,12 @@ def start(st: LabState, starter: Starter, cluster: Cluster, policies: list[dict]
     waited = time.monotonic() - t0
     api = kubelet.Client.of(st)
     kubelet.create_nodes(api, st.nodes)
-    kubelet.publish(api, st, cluster, policies)
+    # The agents start (a second of Python imports each) while the objects are created:
+    # what they list first may be partial; their watches bring the rest, and each pod's
+    # namespace holds the lab's firewall from the same objects meanwhile.
     start_agents(st)
+    kubelet.publish(api, st, cluster, policies)
+    wait_agents(st)
     return waited
 
 
@@ -133,7 +137,6 @@ def start_agents(st: LabState) -> None:
             continue
         agents[n["name"]] = start_agent(st, n)
         state.save(st)
-    wait_agents(st)
 
 
 def agent_argv(st: LabState, node: dict) -> list[str]:
