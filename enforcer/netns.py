@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from typing import Iterator, Sequence
+import threading
+from typing import Callable, Generic, Iterator, Sequence, TypeVar
 
 from enforcer import interrupts
 from enforcer.errors import NetnsError
@@ -26,6 +27,58 @@ def path(name: str) -> str:
 
 def exists(name: str) -> bool:
     return os.path.exists(path(name))
+
+
+def inode(name: str) -> int | None:
+    """The namespace's identity, None when there is none of that name. A name can be
+    reused by a new namespace; the inode tells them apart, so anything kept per namespace
+    (a socket, a context, an applied state) is keyed by it as well as by the name."""
+    try:
+        return os.stat(path(name)).st_ino
+    except OSError:
+        return None
+
+
+H = TypeVar("H")
+
+
+class Handles(Generic[H]):
+    """One handle per namespace (a netlink socket, a libnftables context), made inside it
+    on first use and kept: using it later is a send and a receive, no setns. A namespace
+    re-created under the same name (new inode) gets a new handle; the old one is closed."""
+
+    def __init__(self, make: Callable[[], H], close: Callable[[H], None] = lambda h: h.close()) -> None:
+        self._make = make
+        self._close = close
+        self._held: dict[str, tuple[int, H]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> H:
+        """The handle for ``name``; NetnsError when the namespace does not exist."""
+        ino = inode(name)
+        with self._lock:
+            held = self._held.get(name)
+            if held is not None and held[0] == ino:
+                return held[1]
+            if held is not None:
+                del self._held[name]
+                self._close(held[1])
+            if ino is None:
+                raise NetnsError(f"network namespace {name} does not exist")
+            with entered(name):
+                handle = self._make()
+            self._held[name] = (ino, handle)
+            return handle
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            held = self._held.pop(name, None)
+        if held is not None:
+            self._close(held[1])
+
+    def close(self) -> None:
+        for name in list(self._held):
+            self.forget(name)
 
 
 def list_names(prefix: str = "") -> list[str]:

@@ -48,13 +48,6 @@ class NsInfo:
     addrs: frozenset[str]
 
 
-def inode_of(name: str) -> int | None:
-    try:
-        return os.stat(nsmod.path(name)).st_ino
-    except OSError:
-        return None
-
-
 def _interesting(addr: str) -> bool:
     ip = ipaddress.ip_address(addr)
     return not (ip.is_loopback or ip.is_link_local)
@@ -147,7 +140,7 @@ class Discovery:
 
     def __init__(self, prefix: str = "", *, reader: Callable[[str], frozenset[str]] = read_addrs,
                  lister: Callable[[str], list[str]] = nsmod.list_names,
-                 inode: Callable[[str], int | None] = inode_of) -> None:
+                 inode: Callable[[str], int | None] = nsmod.inode) -> None:
         self.prefix = prefix
         self.reader = reader
         self.lister = lister
@@ -346,7 +339,7 @@ class NetnsWatcher:
         self.on_change(name, time.monotonic())
 
     def _examine(self, name: str) -> None:
-        ino = inode_of(name)
+        ino = nsmod.inode(name)
         held = self._socks.get(name)
         if held is not None and held[0] != ino:
             self._close(name)

@@ -73,30 +73,17 @@ def generation(netns: str) -> int | None:
 
 
 class GenerationReader:
-    """``generation`` with one netlink socket kept per namespace (opened inside it once;
-    asking is then a send and a receive, no setns). A namespace re-created under the same
-    name (new inode) gets a new socket."""
+    """``generation`` with one netlink socket kept per namespace (enforcer.netns.Handles:
+    opened inside it once, re-opened when the name comes back as a new namespace)."""
 
     def __init__(self) -> None:
-        self._socks: dict[str, tuple[int, socket.socket]] = {}
+        self._socks: nsmod.Handles[socket.socket] = nsmod.Handles(_open_socket)
 
     def __call__(self, netns: str) -> int | None:
-        ino = _inode(netns)
-        held = self._socks.get(netns)
-        if held is not None and held[0] != ino:
-            self.forget(netns)
-            held = None
-        if ino is None:
+        try:
+            s = self._socks.get(netns)
+        except (OSError, NetnsError):
             return None
-        if held is None:
-            try:
-                with nsmod.entered(netns):
-                    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
-            except (OSError, NetnsError):
-                return None
-            s.settimeout(1.0)
-            held = self._socks[netns] = (ino, s)
-        s = held[1]
         try:
             msg, seq = request()
             s.send(msg)
@@ -109,19 +96,13 @@ class GenerationReader:
             return None
 
     def forget(self, netns: str) -> None:
-        held = self._socks.pop(netns, None)
-        if held is not None:
-            held[1].close()
+        self._socks.forget(netns)
 
     def close(self) -> None:
-        for name in list(self._socks):
-            self.forget(name)
+        self._socks.close()
 
 
-def _inode(netns: str) -> int | None:
-    import os
-
-    try:
-        return os.stat(nsmod.path(netns)).st_ino
-    except OSError:
-        return None
+def _open_socket() -> socket.socket:
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+    s.settimeout(1.0)
+    return s

@@ -24,7 +24,6 @@ calls release the GIL and every namespace commits under its own lock in the kern
 """
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -101,16 +100,9 @@ def isolated(fw: PodFirewall) -> bool:
     return fw.ingress.isolated or fw.egress.isolated
 
 
-def default_inode(netns: str) -> int | None:
-    try:
-        return os.stat(nsmod.path(netns)).st_ino
-    except OSError:
-        return None
-
-
 class Reconciler:
     def __init__(self, backend, *, clock: Clock = time.monotonic, workers: int = 1,
-                 inode: Callable[[str], int | None] = default_inode,
+                 inode: Callable[[str], int | None] = nsmod.inode,
                  exists: Callable[[str], bool] = nsmod.exists, max_backoff: float = 30.0,
                  generation: Callable[[str], int | None] | None = None) -> None:
         self.backend = backend
