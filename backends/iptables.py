@@ -47,13 +47,15 @@ import shutil
 import threading
 from dataclasses import dataclass, field
 
-from backends import base
+from backends import base, ipt_tiers
 from backends.base import ApplyResult, fit, plan
 from enforcer import netns as nsmod
 from enforcer.errors import ApplyError, BackendError, BackendUnavailable
 from enforcer.ir import AddrPortSet, AddrSet, AllowRule, PodFirewall
 
 CHAINS = {"ingress": "NETPOL-INGRESS", "egress": "NETPOL-EGRESS"}
+# Every chain of ours: the tier chains (ipt_tiers) first, as they must exist before a jump.
+OWN_CHAINS = ipt_tiers.ALL + tuple(CHAINS.values())
 HOOKS = {"ingress": "INPUT", "egress": "OUTPUT"}
 PEER_DIR = {"ingress": "src", "egress": "dst"}
 LOOPBACK = {"ingress": "-i", "egress": "-o"}
@@ -246,6 +248,8 @@ def render_chain(fw: PodFirewall, direction: str, family: int) -> tuple[tuple[st
     for n in nodes:
         rules.append((NODE[direction], f"{n.network_address}/{n.prefixlen}") + fixed("node") + ("-j", "ACCEPT"))
     pol = fw.direction(direction)
+    tiered = ipt_tiers.has_tiers(fw, direction)  # ClusterNetworkPolicy: Admin before, Baseline after
+    rules += [ipt_tiers.jump("Admin", direction)] if tiered else []
     if pol.isolated:
         for r in pol.rules:
             rules.extend(render_allow(fw, r, direction, family))
@@ -255,6 +259,7 @@ def render_chain(fw: PodFirewall, direction: str, family: int) -> tuple[tuple[st
                         "--nflog-group", str(base.LOG_GROUP)))
         rules.append(_comment(base.isolation_comment(direction, pol.isolated_by)) + ("-j", "DROP"))
     else:
+        rules += [ipt_tiers.jump("Baseline", direction)] if tiered else []
         rules.append(_comment(base.open_comment(direction)) + ("-j", "ACCEPT"))
     return tuple(rules)
 
@@ -264,7 +269,8 @@ def jump_rule(direction: str) -> tuple[str, ...]:
 
 
 def build(fw: PodFirewall) -> Ruleset:
-    return Ruleset(render_sets(fw), {fam: {CHAINS[d]: render_chain(fw, d, fam) for d in base.DIRECTIONS}
+    return Ruleset(render_sets(fw), {fam: {**ipt_tiers.chains(fw, fam),
+                                           **{CHAINS[d]: render_chain(fw, d, fam) for d in base.DIRECTIONS}}
                                      for fam in FAMILIES})
 
 
@@ -281,17 +287,23 @@ def rule_line(chain: str, args: tuple[str, ...], verb: str = "-A") -> str:
 
 
 def rules_text(rs: Ruleset, family: int, jumps: bool = True,
-               delete_jumps: dict[str, list[int]] | None = None) -> str:
+               delete_jumps: dict[str, list[int]] | None = None, drop_chains: tuple[str, ...] = ()) -> str:
     """iptables-restore --noflush input: declaring our chains flushes them; then the jump
-    fix-ups (delete stale jumps by number, highest first; insert one at position 1)."""
-    lines = ["*filter"] + [f":{CHAINS[d]} - [0:0]" for d in base.DIRECTIONS]
+    fix-ups (delete stale jumps by number, highest first; insert one at position 1).
+    ``drop_chains`` (tier chains no longer wanted) are emptied and deleted at the end."""
+    tiers = [c for c in rs.rules[family] if c in ipt_tiers.ALL]
+    lines = ["*filter"] + [f":{c} - [0:0]" for c in tiers] + [f":{CHAINS[d]} - [0:0]" for d in base.DIRECTIONS]
     for d in base.DIRECTIONS:
         for n in sorted((delete_jumps or {}).get(HOOKS[d], []), reverse=True):
             lines.append(f"-D {HOOKS[d]} {n}")
         if jumps:
             lines.append(rule_line(HOOKS[d], jump_rule(d), "-I"))
+    for c in tiers:
+        lines.extend(rule_line(c, a) for a in rs.rules[family][c])
     for d in base.DIRECTIONS:
         lines.extend(rule_line(CHAINS[d], a) for a in rs.rules[family][CHAINS[d]])
+    for c in drop_chains:
+        lines += [f"-F {c}", f"-X {c}"]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -343,7 +355,7 @@ class FamilyState:
     jump_args: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
 
     def has_ours(self) -> bool:
-        return any(c in self.chains for c in CHAINS.values())
+        return any(c in self.chains for c in OWN_CHAINS)
 
     def jumps_ok(self) -> bool:
         return all(self.jumps.get(HOOKS[d]) == [1] for d in base.DIRECTIONS)
@@ -351,7 +363,7 @@ class FamilyState:
 
 def parse_save(text: str) -> FamilyState:
     st = FamilyState()
-    ours = set(CHAINS.values())
+    ours = set(OWN_CHAINS)
     position: dict[str, int] = {}
     in_filter = False
     for raw in text.splitlines():
@@ -416,6 +428,8 @@ def matches(rs: Ruleset, states: dict[int, FamilyState], sets: dict[str, tuple[s
         for chain, want in rs.rules[fam].items():
             if chain not in st.chains or tuple(st.rules.get(chain, [])) != want:
                 return False
+        if any(c in st.chains and c not in rs.rules[fam] for c in ipt_tiers.ALL):
+            return False
     want_sets = {s.name: (s.type, s.family, set(s.elements)) for s in rs.sets}
     return sets == want_sets
 
@@ -424,8 +438,7 @@ def counters_of(states: dict[int, FamilyState]) -> list[tuple[str, int, int]]:
     totals: dict[str, list[int]] = {}
     for fam in FAMILIES:
         st = states[fam]
-        for d in base.DIRECTIONS:
-            chain = CHAINS[d]
+        for chain in OWN_CHAINS:
             for args, (p, b) in zip(st.rules.get(chain, []), st.counts.get(chain, [])):
                 if "--comment" not in args:
                     continue
@@ -456,7 +469,8 @@ class _RestoreInstaller:
 
     def install(self, netns: str, family: int, rs: Ruleset, state: FamilyState) -> None:
         text = rules_text(rs, family, jumps=not state.jumps_ok(),
-                          delete_jumps=None if state.jumps_ok() else state.jumps)
+                          delete_jumps=None if state.jumps_ok() else state.jumps,
+                          drop_chains=tuple(c for c in ipt_tiers.ALL if c in state.chains and c not in rs.rules[family]))
         proc = nsmod.run(netns, [self.restore[family], "--noflush"], input=text, check=False)
         if proc.returncode != 0:
             raise _Refused(proc.stderr.strip())
@@ -467,11 +481,12 @@ class _RestoreInstaller:
         lines = ["*filter"]
         for hook, positions in sorted(now.jumps.items()):
             lines.extend(f"-D {hook} {n}" for n in sorted(positions, reverse=True))
-        for chain in CHAINS.values():
+        for chain in OWN_CHAINS:  # tier chains first: they must exist before a jump to them
             if chain in state.chains:
                 lines.append(f":{chain} - [0:0]")
                 lines.extend(rule_line(chain, a) for a in state.rules.get(chain, []))
-            elif chain in now.chains:
+        for chain in OWN_CHAINS:  # then delete the others, nothing jumps to them any more
+            if chain not in state.chains and chain in now.chains:
                 lines.extend([f"-F {chain}", f"-X {chain}"])
         for hook, arglist in sorted(state.jump_args.items()):
             for args in reversed(arglist):
@@ -669,7 +684,9 @@ class _IptcInstaller(_RestoreInstaller):
                         if not table.is_chain(target):  # a jump needs its chain first
                             table.create_chain(target)
                         _put(table, hook, self._rule(family, args, table), first=True)
-                for name in CHAINS.values():
+                # tier chains before the chains that jump to them; unwanted ones deleted last
+                order = [c for c in OWN_CHAINS if c in chains] + [c for c in OWN_CHAINS if c not in chains]
+                for name in order:
                     if name in chains:
                         if table.is_chain(name):
                             table.flush_entries(name)
@@ -690,7 +707,7 @@ class _IptcInstaller(_RestoreInstaller):
         self._write(netns, family, rs.rules[family], None, state)
 
     def restore_state(self, netns: str, family: int, state: FamilyState) -> None:
-        chains = {c: tuple(state.rules.get(c, [])) for c in CHAINS.values() if c in state.chains}
+        chains = {c: tuple(state.rules.get(c, [])) for c in OWN_CHAINS if c in state.chains}
         self._write(netns, family, chains, state.jump_args, self.read_state(netns, family))
 
 
@@ -860,10 +877,10 @@ class IptablesBackend:
             lines = ["*filter"]
             for hook in HOOKS.values():
                 lines.extend(rule_line(hook, a) for a in st.jump_args.get(hook, []))
-            for chain in CHAINS.values():
+            for chain in OWN_CHAINS:
                 if chain in st.chains:
                     lines.append(f":{chain} - [0:0]")
-            for chain in CHAINS.values():
+            for chain in OWN_CHAINS:
                 lines.extend(rule_line(chain, a) for a in st.rules.get(chain, []))
             lines.append("COMMIT")
             parts.append(f"# IPv{fam}\n" + "\n".join(lines) + "\n")

@@ -18,7 +18,7 @@ from tests.conformance.cnp.cases import BASE, load_cases
 
 pytestmark = pytest.mark.root
 
-BACKENDS = ["nftables"]  # iptables: next commit
+BACKENDS = ["nftables", "iptables"]
 CASES = load_cases()
 FAST_TIMEOUT = float(os.environ.get("NETPOL_CONFORMANCE_TIMEOUT", "0.3"))
 CONFIRM_TIMEOUT = 1.0
@@ -61,3 +61,26 @@ def test_scenario_with_real_packets(lab, case, tmp_path):
         if wrong:  # confirm with a patient timeout before calling it a bug
             wrong = _probe(lab, probes, CONFIRM_TIMEOUT)
         assert not wrong, f"{case.name} step {k} ({step.name}) on {lab.backend}:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("flavour", ["tiers then none"])
+def test_installed_rules_are_what_render_says_and_tiers_leave_cleanly(lab, flavour, tmp_path):
+    """After a tiered apply every pod's kernel state is exactly its rendering (verify); after
+    the CNPs are gone too, i.e. no tier chain or set is left behind."""
+    from backends import registry
+    from enforcer.lab import state
+
+    [case] = [c for c in CASES if c.name == "CNPAdminTierIntegration"]
+    for text in (case.steps[0].manifests_text(), BASE.read_text()):
+        f = tmp_path / "state.yaml"
+        f.write_text(text)
+        lab.apply([str(f)])
+        st = state.load(lab.name)
+        backend = registry.get(st.backend)
+        tiered = [k for k, fw in st.firewalls.items() if fw.ingress.admin or fw.egress.admin]
+        assert bool(tiered) == (text != BASE.read_text())
+        for key, fw in st.firewalls.items():
+            assert backend.verify(st.endpoints[key].netns, fw), f"{key} on {st.backend}: kernel != render"
+        if not tiered:
+            listing = backend.read(st.endpoints[next(iter(st.firewalls))].netns) or ""
+            assert "admin" not in listing.lower() and "NETPOL-BASE" not in listing

@@ -1,0 +1,68 @@
+"""iptables rendering of the ClusterNetworkPolicy tiers (ir.TierRule), for backends.iptables.
+
+The same order as nftables (backends/nft_tiers.py), with chains of our own next to
+NETPOL-INGRESS / NETPOL-EGRESS, present only while the pod has tier rules::
+
+    NETPOL-ADMIN-IN / -OUT   one rule per tier rule (and protocol, and multiport slice):
+    NETPOL-BASE-IN  / -OUT   Accept -> ACCEPT, Deny -> DROP, Pass -> RETURN
+    NETPOL-INGRESS           ... node accept; -j NETPOL-ADMIN-IN; isolated: the
+                             NetworkPolicy accepts, NFLOG, DROP; not isolated:
+                             -j NETPOL-BASE-IN; ACCEPT
+
+ACCEPT and DROP in a called chain end the packet's traversal; RETURN (Pass) continues in
+NETPOL-INGRESS after the jump: the next tier. A tier chain that is no longer wanted is
+flushed and deleted after the chain that jumped to it was rewritten.
+"""
+from __future__ import annotations
+
+from backends import base
+from enforcer.ir import PodFirewall, TierRule
+
+CHAINS = {("Admin", "ingress"): "NETPOL-ADMIN-IN", ("Admin", "egress"): "NETPOL-ADMIN-OUT",
+          ("Baseline", "ingress"): "NETPOL-BASE-IN", ("Baseline", "egress"): "NETPOL-BASE-OUT"}
+ALL = tuple(CHAINS.values())
+TARGET = {"Accept": "ACCEPT", "Deny": "DROP", "Pass": "RETURN"}
+
+
+def has_tiers(fw: PodFirewall, direction: str) -> bool:
+    pol = fw.direction(direction)
+    return bool(pol.admin or pol.baseline)
+
+
+def jump(tier: str, direction: str) -> tuple[str, ...]:
+    from backends import iptables as I
+    return I._comment(base.fixed_comment(direction, tier + " tier")) + ("-j", CHAINS[tier, direction])
+
+
+def rule_args(fw: PodFirewall, rule: TierRule, direction: str, family: int) -> list[tuple[str, ...]]:
+    from backends import iptables as I
+    comment = I._comment(rule.comment())
+    target = ("-j", TARGET[rule.action])
+    if rule.addr_ports is not None:
+        name = I._set_name_of(fw, rule.addr_ports, family)
+        return [("-m", "set", "--match-set", name, f"{I.PEER_DIR[direction]},dst") + comment + target]
+    peer: tuple[str, ...] = ()
+    if rule.peers is not None:
+        peer = ("-m", "set", "--match-set", I._set_name_of(fw, rule.peers, family), I.PEER_DIR[direction])
+    out = []
+    for proto, ranges in base.port_groups(rule.ports):
+        if proto is None:
+            out.append(peer + comment + target)
+        elif ranges is None:
+            out.append(("-p", proto.lower()) + peer + comment + target)
+        else:
+            for ports in I._port_matches(proto.lower(), ranges):
+                out.append(("-p", proto.lower()) + peer + ports + comment + target)
+    return out
+
+
+def chains(fw: PodFirewall, family: int) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """The tier chains of one family (empty for a pod without tier rules)."""
+    out = {}
+    for direction in base.DIRECTIONS:
+        if not has_tiers(fw, direction):
+            continue
+        pol = fw.direction(direction)
+        for tier, rules in (("Admin", pol.admin), ("Baseline", pol.baseline)):
+            out[CHAINS[tier, direction]] = tuple(a for r in rules for a in rule_args(fw, r, direction, family))
+    return out
