@@ -221,6 +221,20 @@ items:
 """
 
 
+EGRESS_B = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: x, name: b-no-egress}
+spec: {podSelector: {matchLabels: {pod: b}}, policyTypes: [Egress]}
+"""
+POD_C = """
+apiVersion: v1
+kind: Pod
+metadata: {namespace: x, name: c, labels: {pod: c}}
+spec: {containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
+"""
+
+
 def test_two_api_labs_at_once_then_nothing_left(api_lab, netpol_api_lab):
     """A second API lab whose pods have the same addresses as the module lab's: each
     agent sees only its lab's namespaces, each API server only its lab."""
@@ -234,6 +248,14 @@ def test_two_api_labs_at_once_then_nothing_left(api_lab, netpol_api_lab):
     assert _wait_pairs(other, {("x/b", "x/a"): False}) == {("x/b", "x/a"): False}
     assert _pairs(api_lab, {("x/b", "x/a")}) == {("x/b", "x/a"): True}
     assert api_lab.kubectl("get", "networkpolicy", "-n", "x", "-o", "name").stdout.strip() == ""
+    # lab apply on an API lab goes through the API: the input is the whole desired state
+    other.apply([SMALL, EGRESS_B, POD_C])
+    assert other.kubectl("get", "networkpolicy", "-n", "x", "-o", "name").stdout.split() == \
+        ["networkpolicy.networking.k8s.io/b-no-egress"]
+    c = json.loads(other.kubectl("get", "pod", "-n", "x", "c", "-o", "json").stdout)
+    assert c["status"]["phase"] == "Running" and c["spec"]["nodeName"] in ("node1", "node2")
+    want = {("x/a", "x/b"): True, ("x/b", "x/a"): False, ("x/c", "x/a"): True}
+    assert _wait_pairs(other, want) == want
     name = other.name
     t0 = time.monotonic()
     other.down()
