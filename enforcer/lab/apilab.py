@@ -247,25 +247,19 @@ def sync(st: LabState, backend) -> LabState:
 
 
 def kill_processes(lab: str, api: dict | None) -> None:
-    """Agents get SIGTERM (they exit in milliseconds, leaving the rules: the namespaces go
-    next anyway); the API server and etcd get SIGKILL (their store is thrown away, and a
-    graceful API server shutdown takes seconds). Found by their saved pids, then by any
-    process whose command line names the lab's directory (a crash between a start and its
-    save); whatever is left after 5 s gets SIGKILL."""
-    recs, hard = [], set()
+    """SIGKILL to all of them: nothing of theirs outlives the lab. The agents' rules live in
+    the pods' namespaces, which go next; the API server's store is thrown away (a graceful
+    shutdown of the API server takes seconds, of an agent most of a second on a busy
+    machine). Found by their saved pids, then by any process whose command line names the
+    lab's directory (a crash between a start and its save)."""
+    recs = []
     if api:
         recs += list((api.get("agents") or {}).values())
-        cp = [{"pid": int(p), "start": s} for p, s in (api.get("pids") or {}).items()]
-        recs += cp
-        hard = {int(r["pid"]) for r in cp}
+        recs += [{"pid": int(p), "start": s} for p, s in (api.get("pids") or {}).items()]
     pids = [int(r["pid"]) for r in recs if _alive(r)]
-    for p in _find(lab):
-        if p not in pids:
-            pids.append(p)
-            if not _is_agent(p):
-                hard.add(p)
+    pids += [p for p in _find(lab) if p not in pids]
     for p in pids:
-        _signal(p, signal.SIGKILL if p in hard else signal.SIGTERM)
+        _signal(p, signal.SIGKILL)
     deadline, killed = time.monotonic() + 5, False
     while pids:
         pids = [p for p in pids if state.proc_start(p) is not None]
@@ -284,14 +278,6 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, signal.SIGCONT)  # a stopped process must see it
     except ProcessLookupError:
         pass
-
-
-def _is_agent(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"enforcer\x00run" in f.read()
-    except OSError:
-        return False
 
 
 def _find(lab: str) -> list[int]:
