@@ -107,3 +107,27 @@ def raw_inputs(files) -> tuple[dict[str, str], list[dict]]:
                 for d in docs:
                     visit(d.value)
     return node_of, policies
+
+
+def fabric(st: LabState):
+    """What a command wires on: the node of a one-node lab, or the router and nodes."""
+    if st.nodes:
+        return lab_nodes.Fabric(st)
+    return topology.Node(st.node_netns, st.bridge)
+
+
+def synced(st: LabState, get_backend) -> LabState:
+    """An API lab: its pods and policies as the API server has them now (pods made or
+    deleted with kubectl get or lose their namespace first, as a kubelet would do)."""
+    if st.api is None or st.phase != "ready":
+        return st
+    from enforcer.lab import apilab
+
+    return apilab.sync(st, get_backend(st.backend))
+
+
+def api_firewalls(st: LabState) -> dict:
+    """An API lab's firewalls as its agents compile them from the API's objects (what the
+    lab installed at first is not what is in force after kubectl changes)."""
+    placement = {k: e.node for k, e in st.endpoints.items() if e.kind == "pod"}
+    return lab_nodes.compile_per_node(st.cluster, st.nodes, placement)
