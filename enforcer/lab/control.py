@@ -29,7 +29,7 @@ from typing import Iterable
 from enforcer import interrupts, ipam, netns
 from enforcer.errors import LabError, NetnsError
 from enforcer.ir import PodFirewall
-from enforcer.lab import naming, servers, state, topology
+from enforcer.lab import multinode, naming, servers, state, topology
 from enforcer.lab.probe import Target
 from enforcer.lab.probe import run as run_probes
 from enforcer.lab.state import Endpoint, LabState
@@ -180,8 +180,6 @@ def up(name: str, cluster: Cluster, backend_name: str = "nftables", *, ipv6: boo
             claimed = True
         with state.locked(name):
             if nodes > 1 or api:
-                from enforcer.lab import multinode
-
                 if ipv6:
                     raise LabError("--ipv6 works with one node only: a lab of several nodes "
                                    "(or with --api) is IPv4 only")
@@ -277,15 +275,6 @@ def apply(name: str, cluster: Cluster, *, node_of: dict[str, str] | None = None,
     return out
 
 
-def _fabric(st: LabState):
-    """The node (one-node lab) or the router and nodes (nodes.py) a command wires on."""
-    if st.nodes:
-        from enforcer.lab import nodes as lab_nodes
-
-        return lab_nodes.Fabric(st)
-    return topology.Node(st.node_netns, st.bridge)
-
-
 def _converge(st: LabState, cluster: Cluster, backend, node_of: dict[str, str] | None = None) -> Outcome:
     out = Outcome()
     had_services = bool(st.cluster.services)
@@ -329,7 +318,7 @@ def _converge(st: LabState, cluster: Cluster, backend, node_of: dict[str, str] |
     # 1. Endpoints that go: close their sockets first (a socket keeps a namespace alive).
     if gone:
         out.notes += _server_sync(st, [old[k] for k in sorted(kept)])
-    with _fabric(st) as node:
+    with multinode.fabric(st) as node:
         for key in gone:
             ep = st.endpoints.pop(key)
             st.firewalls.pop(key, None)
@@ -388,7 +377,7 @@ def probe(name: str, ports: list[tuple[int, str]] | None = None, *, family: int 
 
     t0 = time.monotonic()
     with state.locked(name):
-        st = _synced(state.load(name))
+        st = multinode.synced(state.load(name), get_backend)
         if st.phase != "ready":
             raise LabError(f"lab {name} was never completed; remove it with: netpol lab down --name {name}")
         cases = verdict.probe_cases(st.cluster, ports, family)
@@ -413,29 +402,16 @@ def expected(name: str, ports: list[tuple[int, str]] | None = None, *, family: i
     from enforcer import verdict
 
     with state.locked(name):
-        st = _synced(state.load(name))
+        st = multinode.synced(state.load(name), get_backend)
     rows = verdict.matrix(st.cluster, firewalls_of(st), ports, family)
     return [r for r in rows if r["protocol"] in PROBE_PROTOCOLS]
-
-
-def _synced(st: LabState) -> LabState:
-    """An API lab: its pods and policies as the API server has them now (pods made or
-    deleted with kubectl get or lose their namespace first, as a kubelet would do)."""
-    if st.api is None or st.phase != "ready":
-        return st
-    from enforcer.lab import apilab
-
-    return apilab.sync(st, get_backend(st.backend))
 
 
 def firewalls_of(st: LabState) -> dict[str, PodFirewall]:
     """The firewall installed in each pod (compiled for pods a crash left without one);
     an API lab: what its agents compile from the API's objects."""
-    if st.api is not None and st.nodes:
-        from enforcer.lab import nodes as lab_nodes
-
-        placement = {k: e.node for k, e in st.endpoints.items() if e.kind == "pod"}
-        return lab_nodes.compile_per_node(st.cluster, st.nodes, placement)
+    if st.api is not None:
+        return multinode.api_firewalls(st)
     firewalls = dict(st.firewalls)
     missing = [k for k in st.cluster.pods if k not in firewalls]
     if missing:
