@@ -30,7 +30,7 @@ def has_tiers(pol: DirectionPolicy) -> bool:
     return bool(pol.admin or pol.baseline)
 
 
-def rule_lines(rule: TierRule, direction: str) -> list[str]:
+def rule_lines(fw: PodFirewall, rule: TierRule, direction: str) -> list[str]:
     from backends import nftables as N
     addr = N.CHAINS[direction][1]
     tail = f"counter {VERDICT[rule.action]} {N._quote(rule.comment())}"
@@ -40,7 +40,11 @@ def rule_lines(rule: TierRule, direction: str) -> list[str]:
     groups = base.port_groups(rule.ports)
     if rule.peers is None:
         return [f"{N._ports_expr(proto, ranges)}{tail}" for proto, ranges in groups]
-    return [f"{ip} {addr} @{N.set_name(rule.peers, fam)} {N._ports_expr(proto, ranges)}{tail}"
+    # An interval (networks) set is keyed like the NetworkPolicy ipBlock sets: by address
+    # alone, or by address . protocol where backends.nftables concatenates (ANY_PROTO).
+    concat = fw.set(rule.peers).interval and hasattr(N, "ANY_PROTO")
+    key = f"{addr} . meta l4proto" if concat else addr
+    return [f"{ip} {key} @{N.set_name(rule.peers, fam)} {N._ports_expr(proto, ranges)}{tail}"
             for fam, ip in ((4, "ip"), (6, "ip6")) for proto, ranges in groups]
 
 
@@ -55,7 +59,7 @@ def chains(fw: PodFirewall) -> list[list[str]]:
                 continue
             lines = [f"\tchain {chain_name(tier, N.CHAINS[direction][0])} {{"]
             for r in rules:
-                lines.extend(f"\t\t{ln}" for ln in rule_lines(r, direction))
+                lines.extend(f"\t\t{ln}" for ln in rule_lines(fw, r, direction))
             lines.append("\t}")
             blocks.append(lines)
     return blocks

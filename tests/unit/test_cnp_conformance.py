@@ -14,7 +14,7 @@ CASES = load_cases()
 
 def test_every_standard_scenario_is_ported():
     names = {c.name for c in CASES}
-    assert len(names) == 16 and sum(len(s.probes) for c in CASES for s in c.steps) == 230
+    assert len(names) == 18 and sum(len(s.probes) for c in CASES for s in c.steps) == 230 + 2 * 27
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in CASES])

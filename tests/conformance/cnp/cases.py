@@ -41,7 +41,16 @@ class Step:
     probes: list[Probe]
 
     def manifests_text(self) -> str:
-        return BASE.read_text() + "\n---\n" + yaml.safe_dump_all(self.objects)
+        """The base model with the step's objects; a step's Namespace (a relabel) replaces
+        the base's."""
+        items = yaml.safe_load(BASE.read_text())["items"]
+        mine = {_key(o) for o in self.objects}
+        items = [o for o in items if _key(o) not in mine] + self.objects
+        return yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+def _key(o: dict) -> tuple:
+    return (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])
 
 
 @dataclass
@@ -70,6 +79,18 @@ def _find(objects: list[dict], name: str, where: str) -> dict:
 
 def _mutate(objects: list[dict], m: dict, where: str) -> None:
     [(op, args)] = m.items()
+    if op == "labels":
+        # A merge patch that sets the namespace's labels; the API server keeps its own
+        # kubernetes.io/metadata.name label.
+        ns = PREFIX + args["namespace"]
+        objects[:] = [o for o in objects if _key(o) != ("Namespace", None, ns)]
+        objects.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": ns, "labels": {**args["labels"], "kubernetes.io/metadata.name": ns}}})
+        return
+    if op == "prepend":
+        spec = _find(objects, args["policy"], where)["spec"]
+        spec[args["direction"]] = [args["rule"]] + list(spec.get(args["direction"]) or [])
+        return
     if op == "delete":
         key = (args["kind"], args.get("namespace"), args["name"])
         kept = [o for o in objects if (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) != key]
