@@ -78,6 +78,7 @@ def validate(files, legacy_namespace_isolation) -> None:
     for n in notes:
         click.echo(n, err=True)
     extra = f", {len(c.services)} services" if c.services else ""
+    extra += f", {len(c.cnps)} cluster network policies" if c.cnps else ""
     click.echo(f"valid: {len(c.namespaces)} namespaces, {len(c.pods)} pods, "
                f"{len(c.policies)} network policies, {len(c.externals)} external hosts{extra}")
 
