@@ -18,15 +18,13 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 from enforcer import intervals
 from enforcer.errors import ApplyError, BackendError, NetpolError
-from enforcer.ir import AllowRule, PodFirewall, PortMatch, same_structure, set_deltas
+from enforcer.ir import DIRECTIONS, PROTOCOLS, AllowRule, PodFirewall, PortMatch, same_structure, set_deltas
 
 # What the final drop of an isolated direction logs to: nflog group, at most this many
 # packets per second (a flood of dropped packets must not become a flood of log lines).
 LOG_GROUP = 100
 LOG_RATE_PER_SECOND = 10
 LOG_PREFIX_MAX = 63  # iptables' NFLOG allows 64 bytes with the NUL; nft allows more
-PROTOCOLS = ("TCP", "UDP", "SCTP")  # render order of per-protocol rules
-DIRECTIONS = ("ingress", "egress")
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,7 @@ def matrix(files, legacy_namespace_isolation, ports, fmt, family, out_file, src_
     import fnmatch
 
     from enforcer import verdict
+    from enforcer.ir import DIRECTIONS
 
     loaded = load(files, legacy=legacy_namespace_isolation)
     rows = verdict.matrix(loaded.cluster, loaded.firewalls, verdict.parse_ports(ports), _family(family))
@@ -158,7 +159,7 @@ def matrix(files, legacy_namespace_isolation, ports, fmt, family, out_file, src_
         rows = workloads.group_rows(loaded.cluster, rows)
     # Dense clusters draw unreadable pictures: the patterns keep what a reader asks about.
     rows = [r for r in rows if fnmatch.fnmatchcase(r["from"], src_glob) and fnmatch.fnmatchcase(r["to"], dst_glob)]
-    isolated = {k: {d for d in ("ingress", "egress") if fw.direction(d).isolated} for k, fw in loaded.firewalls.items()}
+    isolated = {k: {d for d in DIRECTIONS if fw.direction(d).isolated} for k, fw in loaded.firewalls.items()}
     scope = "" if (src_glob, dst_glob) == ("*", "*") else f" (from {src_glob} to {dst_glob})"
     emit_rows(rows, fmt, backend="model", out_file=out_file, isolated=isolated, title="model" + scope)
 

@@ -5,6 +5,7 @@ anything, it only says why the IR decided what it did.
 """
 from __future__ import annotations
 
+from enforcer.ir import DIRECTIONS
 from enforcer.model import Cluster, NetworkPolicy, Peer, Rule
 from enforcer.reasons import Check, PolicyReasons, RuleReasons, side_reasons
 from enforcer.selectors import describe
@@ -210,7 +211,7 @@ def explain_rows(cluster: Cluster, selected: dict[str, frozenset[str]],
                                     "text": "ingress: deny all (namespace annotation net.beta.kubernetes.io/network-policy)"}]})
     for key, pol in sorted(cluster.policies.items()):
         rules = []
-        for direction in ("ingress", "egress"):
+        for direction in DIRECTIONS:
             if direction.capitalize() not in pol.policy_types:
                 continue
             rs = pol.ingress if direction == "ingress" else pol.egress

@@ -22,7 +22,13 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Union
 
+from enforcer.model import PROTOCOLS  # noqa: F401  (re-exported: backends import the IR only)
+
 TABLE = "netpol"
+# The two directions, as the IR, backends, logs and metrics name them (the API's
+# policyTypes spell them enforcer.model.INGRESS / EGRESS). Protocols: enforcer.model.PROTOCOLS,
+# in the order backends render per-protocol rules.
+DIRECTIONS = ("ingress", "egress")
 
 
 @functools.lru_cache(maxsize=4096)

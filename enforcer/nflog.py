@@ -26,6 +26,7 @@ import struct
 from dataclasses import dataclass
 
 from enforcer.errors import NetnsError
+from enforcer.ir import DIRECTIONS
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_ULOG = 4
@@ -222,7 +223,7 @@ def parse_prefix(prefix: str) -> tuple[str, str] | None:
     """``"netpol drop ingress prod/db: "`` -> ``("ingress", "prod/db")``; None for a
     prefix that is not ours. (A long pod name may be cut with a hash: backends.base.fit.)"""
     words = prefix.strip().split(" ", 3)
-    if len(words) < 4 or words[:2] != ["netpol", "drop"] or words[2] not in ("ingress", "egress"):
+    if len(words) < 4 or words[:2] != ["netpol", "drop"] or words[2] not in DIRECTIONS:
         return None
     return words[2], words[3].rstrip(":").rstrip()
 

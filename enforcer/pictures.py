@@ -6,6 +6,7 @@ import subprocess
 from collections import defaultdict
 
 from enforcer.errors import NetpolError
+from enforcer.ir import DIRECTIONS
 
 
 def _q(s: str) -> str:
@@ -107,7 +108,7 @@ def matrix_dot(rows: list[dict], title: str = "", isolated: dict[str, set[str]] 
         decl = []
         for m in members:
             short = m.split("/", 1)[1] if "/" in m else m
-            dirs = [d for d in ("ingress", "egress") if d in iso.get(m, ())]
+            dirs = [d for d in DIRECTIONS if d in iso.get(m, ())]
             label = short + (f"\\nisolated: {', '.join(dirs)}" if dirs else "")
             attrs = [f"label={_q(label)}"] + (["penwidth=2.5"] if dirs else []) + ([] if ns else ["shape=ellipse"])
             decl.append(f"{_q(m)} [{', '.join(attrs)}];")

@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Union
 
 from enforcer.errors import InputError
-
-PROTOCOLS = ("TCP", "UDP", "SCTP")
+from enforcer.model import PROTOCOLS
 
 PortKey = tuple[int, str]  # (port, protocol)
 CellKey = tuple[str, str, int, str]  # (from, to, port, protocol)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enforcer import ir
 from enforcer.cnp import tiers
 from enforcer.errors import InputError
-from enforcer.model import Cluster, ContainerPort
+from enforcer.model import PROTOCOLS, Cluster, ContainerPort
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def parse_ports(text: str | None) -> list[tuple[int, str]] | None:
         item = item.strip()
         num, _, proto = item.partition("/")
         proto = (proto or "TCP").upper()
-        if not num.isdigit() or not 1 <= int(num) <= 65535 or proto not in ("TCP", "UDP", "SCTP"):
+        if not num.isdigit() or not 1 <= int(num) <= 65535 or proto not in PROTOCOLS:
             raise InputError(f"--ports: {item!r}: expected PORT/PROTOCOL with PORT in 1..65535 and PROTOCOL TCP, UDP or SCTP")
         out.append((int(num), proto))
     return out

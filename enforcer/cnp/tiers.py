@@ -121,7 +121,7 @@ def attach(fw: ir.PodFirewall, pod: Pod, pods: Iterable[Pod], namespace: Callabl
 
     sets: list = list(fw.sets)
     dirs = {}
-    for direction in ("ingress", "egress"):
+    for direction in ir.DIRECTIONS:
         tiers: dict[str, list[ir.TierRule]] = {"Admin": [], "Baseline": []}
         for pol in mine:
             for i, rule in enumerate(pol.ingress if direction == "ingress" else pol.egress):
@@ -178,4 +178,4 @@ def decide(admin: ir.TierRule | None, isolated: bool, np_allows: bool,
             return Decision(baseline.action == ACCEPT, "Baseline", baseline, tuple(passed))
         assert baseline.action == PASS
         passed.append(baseline)
-    return Decision(True, "default", None, tuple(passed))
+    return Decision(not passed, "default", None, tuple(passed))

@@ -66,7 +66,7 @@ def explain_rows(cluster, tier: str) -> list[dict]:
     for c in sorted((c for c in cluster.cnps.values() if c.tier == tier), key=lambda c: c.order()):
         targets = sorted(k for k, p in cluster.pods.items() if selects(c.subject, p, cluster.namespace(p.namespace)))
         rules = [{"direction": d, "rule": i, "text": _rule_text(d, i, r)}
-                 for d in ("ingress", "egress") for i, r in enumerate(c.ingress if d == "ingress" else c.egress)]
+                 for d in ir.DIRECTIONS for i, r in enumerate(c.ingress if d == "ingress" else c.egress)]
         rows.append({"policy": f"ClusterNetworkPolicy {c.name} ({c.tier} tier, priority {c.priority})",
                      "pod_selector": str(c.subject), "targets": targets,
                      "policy_types": [d.capitalize() for d in ("ingress", "egress")

@@ -22,7 +22,7 @@ from typing import Callable
 
 from enforcer import netns as nsmod
 from enforcer.errors import NetnsError
-from enforcer.ir import PodFirewall
+from enforcer.ir import PROTOCOLS, PodFirewall
 from enforcer.verdict import side
 
 PROTOS = {"tcp": "TCP", "udp": "UDP", "sctp": "SCTP", "icmp": "ICMP", "icmpv6": "ICMPV6"}
@@ -47,7 +47,7 @@ class Flow:
         deletes all of it (a pod may hold thousands of entries to one peer)."""
         args = ["-f", "ipv6" if self.family == 6 else "ipv4", "-p", self.protocol.lower(),
                 "-s", self.src, "-d", self.dst]
-        if self.protocol in ("TCP", "UDP", "SCTP"):
+        if self.protocol in PROTOCOLS:
             args += ["--dport", str(self.dport)]
         return args
 

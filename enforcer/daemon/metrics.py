@@ -33,6 +33,7 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, dis
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from enforcer.errors import NetpolError
+from enforcer.ir import DIRECTIONS
 
 SYNC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60)
@@ -71,7 +72,7 @@ class Metrics:
             self.syncs.labels(result)
         for kind in ("delta", "full", "adopted", "deny-only"):
             self.applies.labels(kind)
-        for d in ("ingress", "egress"):
+        for d in DIRECTIONS:
             self.isolated.labels(d)
 
     def render(self) -> bytes:
