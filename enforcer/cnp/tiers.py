@@ -178,4 +178,4 @@ def decide(admin: ir.TierRule | None, isolated: bool, np_allows: bool,
             return Decision(baseline.action == ACCEPT, "Baseline", baseline, tuple(passed))
         assert baseline.action == PASS
         passed.append(baseline)
-    return Decision(not passed, "default", None, tuple(passed))
+    return Decision(True, "default", None, tuple(passed))
