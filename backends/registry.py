@@ -13,10 +13,12 @@ contexts, worth reusing across calls).
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from backends.base import Backend, FakeBackend
 from enforcer.errors import BackendUnavailable
+
+if TYPE_CHECKING:  # the names are read at CLI start-up (--backend's choices): import nothing heavy
+    from backends.base import Backend
 
 
 def _nftables() -> Backend:
@@ -31,6 +33,12 @@ def _iptables() -> Backend:
     return IptablesBackend(flavour="nft")
 
 
+def _fake() -> Backend:
+    from backends.base import FakeBackend
+
+    return FakeBackend()
+
+
 def _iptables_legacy() -> Backend:
     from backends.iptables import IptablesBackend
 
@@ -41,7 +49,7 @@ _FACTORIES: dict[str, Callable[[], Backend]] = {
     "nftables": _nftables,
     "iptables": _iptables,
     "iptables-legacy": _iptables_legacy,
-    "fake": FakeBackend,
+    "fake": _fake,
 }
 _instances: dict[str, Backend] = {}
 _lock = threading.Lock()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import click
 
 from enforcer import ipam
-from enforcer.cliutil import CONTEXT
+from enforcer.cliutil import CONTEXT, backend_option
 from enforcer.errors import InputError, NetpolError
 
 FILES = click.option("-f", "--filename", "files", multiple=True, required=True,
@@ -270,8 +270,7 @@ def explain(files, legacy_namespace_isolation, fmt, by) -> None:
 @cli.command(context_settings=CONTEXT)
 @FILES
 @LEGACY
-@click.option("--backend", "backend", default="nftables",
-              help="nftables, iptables, iptables-legacy, or all (side by side).")
+@backend_option(also={"all": "nftables and iptables side by side"})
 @click.option("--pod", "pods", multiple=True,
               help="NAMESPACE/POD or NAMESPACE/WORKLOAD (repeatable; default: every pod).")
 @click.option("--enforce-at", "enforce_at", type=click.Choice(["pod", "host", "both"]), default="pod",
@@ -318,31 +317,19 @@ def render(files, legacy_namespace_isolation, backend, pods, enforce_at) -> None
         click.echo(output.render_block(key, texts))
 
 
-def _register_optional() -> None:
-    """Commands that live in their own packages (lab, daemon, diff), if present."""
-    try:
-        from enforcer.lab.commands import lab, probe
+def _register_commands() -> None:
+    """Commands that live in their own packages. Imported unconditionally: every
+    dependency they need is a required one, so an ImportError here is a bug to see, not
+    a command to hide."""
+    from enforcer.daemon.commands import run, status
+    from enforcer.diff import diff
+    from enforcer.lab.commands import lab, probe
 
-        cli.add_command(lab)
-        cli.add_command(probe)
-    except ImportError:
-        pass
-    try:
-        from enforcer.daemon.commands import run, status
-
-        cli.add_command(run)
-        cli.add_command(status)
-    except ImportError:
-        pass
-    try:
-        from enforcer.diff import diff
-
-        cli.add_command(diff)
-    except ImportError:
-        pass
+    for command in (lab, probe, run, status, diff):
+        cli.add_command(command)
 
 
-_register_optional()
+_register_commands()
 
 
 def main() -> None:

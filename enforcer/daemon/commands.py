@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from enforcer.cliutil import CONTEXT
+from enforcer.cliutil import CONTEXT, backend_option
 
 from enforcer.daemon import status as statusfile
 from enforcer.errors import NetpolError
@@ -29,8 +29,7 @@ def _positive(ctx, param, value):
 @click.option("--node", default=None, envvar="NODE_NAME", metavar="NAME",
               help="With the API: this node's name; local pods are those with spec.nodeName == NAME "
                    "(default: $NODE_NAME).")
-@click.option("--backend", default="nftables", show_default=True,
-              help="nftables, iptables, iptables-legacy or fake (no kernel changes).")
+@backend_option()
 @click.option("--metrics-addr", default=None, metavar="HOST:PORT",
               help="Serve Prometheus /metrics and /healthz here, e.g. 127.0.0.1:9617.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
