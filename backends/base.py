@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Callable, NamedTuple, Protocol, Sequence, runtime_checkable
 
 from enforcer import intervals
 from enforcer.errors import ApplyError, BackendError, NetpolError
@@ -85,18 +85,23 @@ class Backend(Protocol):
         pod's failure never stops the others)."""
 
 
-Job = tuple  # (netns, fw, previous or None)
+class Job(NamedTuple):
+    """One apply of ``apply_many``: a plain (netns, fw, previous) tuple is one as well."""
+
+    netns: str
+    fw: PodFirewall
+    previous: PodFirewall | None  # what the namespace holds now, as far as we know (None: nothing known)
 
 
-def run_jobs(apply: Callable[..., ApplyResult], jobs: Sequence[Job],
+def run_jobs(apply: Callable[..., ApplyResult], jobs: Sequence[tuple],
              workers: int = 1) -> list[ApplyResult | NetpolError]:
-    """Run ``apply(*job)`` (``job`` = netns, fw, previous, ...) for every job, on up to
-    ``workers`` threads.
+    """Run ``apply(*job)`` for every job (a Job, or a longer tuple of ``apply``'s
+    arguments: a backend may add its plan), on up to ``workers`` threads.
 
     Threads pay off when apply spends its time outside the interpreter (libnftables calls
     release the GIL; the kernel work of different namespaces runs in parallel)."""
 
-    def one(job: Job) -> ApplyResult | NetpolError:
+    def one(job: tuple) -> ApplyResult | NetpolError:
         try:
             return apply(*job)
         except NetpolError as e:

@@ -10,12 +10,18 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import click
 
 from enforcer import ipam
 from enforcer.cliutil import CONTEXT, backend_option
 from enforcer.errors import InputError, NetpolError
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without the compiler
+    from enforcer.compile import Compiler
+    from enforcer.ir import PodFirewall
+    from enforcer.model import Cluster
 
 FILES = click.option("-f", "--filename", "files", multiple=True, required=True,
                      help="Manifest file, directory or - for stdin (repeatable).")
@@ -27,11 +33,11 @@ LEGACY = click.option("--legacy-namespace-isolation", is_flag=True,
 
 @dataclass
 class Loaded:
-    cluster: object
-    compiler: object
+    cluster: Cluster
+    compiler: Compiler
 
     @property
-    def firewalls(self):
+    def firewalls(self) -> dict[str, PodFirewall]:
         return self.compiler.firewalls()
 
 

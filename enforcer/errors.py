@@ -4,8 +4,6 @@
     ├── InputError                   bad input: a file we cannot read or parse, or objects
     │   │                            the API server would refuse; carries every Problem found
     │   └── (raised once per load with *all* problems, so a user fixes them in one pass)
-    ├── CompileError                 a cluster state we cannot compile (should not happen on
-    │                                validated input; a bug, reported clearly)
     ├── BackendError                 the kernel or a userspace tool refused what we asked
     │   ├── BackendUnavailable       the backend's tools or kernel features are missing
     │   └── ApplyError               one apply failed; the previous rules stay in force
@@ -56,10 +54,6 @@ class InputError(NetpolError):
             problems = [Problem("", "", "", problems)]
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
-
-
-class CompileError(NetpolError):
-    pass
 
 
 class BackendError(NetpolError):
