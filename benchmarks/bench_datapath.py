@@ -13,12 +13,13 @@ What is measured (prints one JSON document):
 Layouts (the receiver's ingress is isolated; the sender's address is one of N peers):
 
     nft-set       our nftables table, one rule matching an exact-address set of N pods
-    nft-interval  our nftables table, one rule matching an interval set of N ipBlocks
+    nft-interval  our nftables table, one rule matching a set of N ipBlocks (address .
+                  protocol intervals, every protocol: the kernel's pipapo set)
     ipt-set       our iptables rules (the host's iptables) with an ipset hash:ip
     ipt-net       the same with N ipBlocks in an ipset hash:net
     iptl-set/-net the same through iptables-legacy (python-iptables), full runs only
-    nft-concat    hand-written alternative to nft-interval: the same ipBlocks in an
-                  ``address . port`` interval set (the kernel's pipapo set instead of a tree)
+    nft-concat    hand-written variant of nft-interval: the same ipBlocks in an
+                  ``address . port`` interval set (pipapo too, the port in the key)
     nft-naive     hand-written: N nftables rules, one per peer, the sender's rule last
     ipt-naive     hand-written: N iptables rules, one per peer, the sender's rule last
     none          no rules at all (no conntrack either): the ceiling

@@ -446,10 +446,10 @@ def datapath_section(res: dict) -> str:
     concat = dp_ratio(res, "nft-concat: 10000 vs 1 peer")
     concat_text = ""
     if concat:
-        concat_text = (f"\n- **A concatenated set would do better for ipBlocks.** The same 10,000 ipBlocks as "
-                       f"`address . port` intervals (the kernel's pipapo set type, hand-written here, not what "
-                       f"the backend installs today) keep {concat['median']:.3f} of the one-range rate, against "
-                       f"{num((dp_ratio(res, 'nft-interval: 10000 vs 1 peer') or {}).get('median'), 3)} for the tree.")
+        concat_text = (f"\n- **ipBlock sets are concatenations.** The backend keys an ipBlock set by address and "
+                       f"protocol (`address . 0-255`: the kernel's pipapo set type, not a tree): "
+                       f"{num((dp_ratio(res, 'nft-interval: 10000 vs 1 peer') or {}).get('median'), 3)} of the "
+                       f"one-range rate; the hand-written `address . port` set keeps {concat['median']:.3f}.")
     return f"""## Datapath: new flows per second against allowed peers
 
 {figure('datapath', 'new-flow packet rate vs allowed peers for each layout, and the ratio to one peer')}
@@ -537,8 +537,8 @@ def behind_section(res: dict) -> str:
     r = dp_ratio(res, "nft-interval: 10000 vs 1 peer")
     if r and r["median"] < 0.9:
         items.append(f"**ipBlock-heavy policies in nftables.** At 10,000 ranges an nftables interval set "
-                     f"passes {r['median']:.3f} of the one-range rate (target 0.9): the kernel keeps a "
-                     "single-field interval set as a red-black tree. In this run ipset hash:net did "
+                     f"passes {r['median']:.3f} of the one-range rate (target 0.9), in its pipapo layout "
+                     "(address . protocol). In this run ipset hash:net did "
                      f"{'better' if (dp_ratio(res, 'ipt-net: 10000 vs 1 peer') or {}).get('median', 0) > r['median'] else 'no better'}.")
     elif r:
         items.append(f"**Interval sets are not free.** 10,000 ipBlock ranges in nftables: {r['median']:.3f} of "

@@ -40,8 +40,8 @@ def test_sets_follow_rule_indices_in_both_backends():
     assert by_rule == {"prod/a-db ingress[0]": "in0", "prod/a-db ingress[1]": "in1", "prod/b-db ingress[0]": "in0B",
                        "prod/a-db egress[0]": "eg0", "prod/a-db egress[1]": "eg1p"}
     nft = nftables.render(fw)
-    assert 'ip saddr @in1_4 counter accept comment "prod/a-db ingress[1]"' in nft
-    assert 'ip daddr @eg0_4 tcp dport 22 counter accept comment "prod/a-db egress[0]"' in nft
+    assert 'ip saddr . meta l4proto @in1_4 counter accept comment "prod/a-db ingress[1]"' in nft
+    assert 'ip daddr . meta l4proto @eg0_4 tcp dport 22 counter accept comment "prod/a-db egress[0]"' in nft
     ipt = "\n".join(str(s) for s in iptables.render_sets(fw))
     assert "np.in0B.ip4" in ipt and "np.eg1p.ipp4" in ipt
 
@@ -52,7 +52,7 @@ def test_elements_say_which_pod_or_ipblock_they_come_from():
     ip = {s.name: s for s in fw.sets}
     api = ip["in0"].v4[0].split("/")[0]
     assert f'elements = {{ {api} comment "prod/api" }}' in nft
-    assert 'elements = { 10.0.0.0/8 comment "ipBlock 10.0.0.0/8" }' in nft
+    assert 'elements = { 10.0.0.0/8 . 0-255 comment "ipBlock 10.0.0.0/8" }' in nft
     assert f'{api} . tcp . 8080 comment "prod/api"' in nft
     sets = {s.name: s for s in iptables.render_sets(fw)}
     assert sets["np.in0.ip4"].add(api) == f'add np.in0.ip4 {api} comment "prod/api"'
