@@ -9,19 +9,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import click
 
 from enforcer import ipam
-from enforcer.cliutil import CONTEXT, backend_option
+from enforcer.cliutil import CONTEXT, backend_option, echo_findings
 from enforcer.errors import InputError, NetpolError
 
 if TYPE_CHECKING:  # imported where used: the CLI starts without the compiler
-    from enforcer.compile import Compiler
-    from enforcer.ir import PodFirewall
-    from enforcer.model import Cluster
+    from enforcer.frontend import Prepared
 
 FILES = click.option("-f", "--filename", "files", multiple=True, required=True,
                      help="Manifest file, directory or - for stdin (repeatable).")
@@ -31,39 +28,23 @@ LEGACY = click.option("--legacy-namespace-isolation", is_flag=True,
                       help="Honour the pre-v1 namespace annotation net.beta.kubernetes.io/network-policy (DefaultDeny).")
 
 
-@dataclass
-class Loaded:
-    cluster: Cluster
-    compiler: Compiler
-
-    @property
-    def firewalls(self) -> dict[str, PodFirewall]:
-        return self.compiler.firewalls()
-
-
 def read(files, *, legacy: bool = False):
     """Load and validate (raises InputError listing every problem); print warnings and
     notes (skipped kinds) on stderr."""
     from enforcer import manifests
 
     result = manifests.load(list(files), stdin=sys.stdin, legacy_namespace_isolation=legacy)
-    for w in result.warnings:
-        click.echo(str(w), err=True)
-    for n in result.notes:
-        click.echo(n, err=True)
+    echo_findings(result)
     return result
 
 
-def load(files, *, legacy: bool = False, cidrs: tuple[str, ...] = (ipam.DEFAULT_POD_CIDR,)) -> Loaded:
-    """Load, validate, assign addresses and compile: the front half of the pipeline."""
-    from enforcer.compile import Compiler
+def load(files, *, legacy: bool = False, cidrs: tuple[str, ...] = (ipam.DEFAULT_POD_CIDR,)) -> Prepared:
+    """enforcer.frontend.prepare, with its warnings and notes on stderr."""
+    from enforcer.frontend import prepare
 
-    cluster = read(files, legacy=legacy).cluster
-    if any(":" in ip for p in cluster.pods.values() for ip in p.ips) and ipam.DEFAULT_POD_CIDR6 not in cidrs:
-        cidrs = cidrs + (ipam.DEFAULT_POD_CIDR6,)
-    cluster = ipam.assign_ips(cluster, cidrs)
-    compiler = Compiler(cluster, node_ips=ipam.node_ips(cidrs), legacy_namespace_isolation=legacy)
-    return Loaded(cluster, compiler)
+    prepared = prepare(files, legacy=legacy, cidrs=cidrs)
+    echo_findings(prepared)
+    return prepared
 
 
 @click.group(context_settings=CONTEXT)

@@ -18,3 +18,13 @@ def backend_option(*, default: str = "nftables", also: dict[str, str] | None = N
     help_text = "; ".join(f"{name}: {what}" for name, what in {"fake": "in memory, no kernel changes", **extra}.items())
     return click.option("--backend", "backend", type=click.Choice([*registry.names(), *extra]),
                         default=default, show_default=True, help=help_text + ".")
+
+
+def echo_findings(loaded, prefix: str = "") -> None:
+    """Warnings and notes (kinds skipped) of a load, on stderr: the input was still used."""
+    import click
+
+    for w in loaded.warnings:
+        click.echo(f"{prefix}{w}", err=True)
+    for n in loaded.notes:
+        click.echo(f"{prefix}{n}", err=True)

@@ -23,15 +23,14 @@ Pure except for reading the input files; exit code 0 whatever the difference is.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from typing import Iterable
 
 import click
 
-from enforcer.cliutil import CONTEXT
+from enforcer.cliutil import CONTEXT, echo_findings
 
-from enforcer import ipam, verdict as vd
+from enforcer import verdict as vd
 from enforcer.errors import InputError
 from enforcer.model import Cluster
 
@@ -90,28 +89,11 @@ def load_state(paths: Iterable[str], *, legacy: bool = False,
                existing: dict[str, tuple[str, ...]] | None = None,
                label: str = "") -> State:
     """Load, validate, assign addresses (keeping ``existing`` ones) and compile."""
-    from enforcer import manifests
-    from enforcer.compile import Compiler
+    from enforcer.frontend import prepare
 
-    paths = list(paths)
-    if not paths:
-        cluster = Cluster()
-    else:
-        result = manifests.load(paths, stdin=sys.stdin, legacy_namespace_isolation=legacy)
-        prefix = f"{label}: " if label else ""
-        for w in result.warnings:
-            click.echo(f"{prefix}{w}", err=True)
-        for n in result.notes:
-            click.echo(f"{prefix}{n}", err=True)
-        cluster = result.cluster
-    cidrs: tuple[str, ...] = (ipam.DEFAULT_POD_CIDR,)
-    if any(":" in ip for p in cluster.pods.values() for ip in p.ips) or \
-            any(":" in ip for ips in (existing or {}).values() for ip in ips):
-        cidrs = cidrs + (ipam.DEFAULT_POD_CIDR6,)
-    keep = {k: v for k, v in (existing or {}).items() if k in cluster.pods and not cluster.pods[k].ips}
-    cluster = ipam.assign_ips(cluster, cidrs, existing=keep)
-    compiler = Compiler(cluster, node_ips=ipam.node_ips(cidrs), legacy_namespace_isolation=legacy)
-    return State(cluster, compiler.firewalls())
+    prepared = prepare(paths, legacy=legacy, existing=existing)
+    echo_findings(prepared, prefix=f"{label}: " if label else "")
+    return State(prepared.cluster, prepared.firewalls)
 
 
 def load_pair(base: Iterable[str], old: Iterable[str], new: Iterable[str], *,
