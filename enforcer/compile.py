@@ -266,6 +266,10 @@ class Compiler:
     def sync(self, cluster: Cluster) -> set[str]:
         """Make ``cluster`` the whole desired state; returns the pods whose firewall changed."""
         changed: set[str] = set()
+        cnps = tuple(cluster.cnps.values())
+        if cnps != self.cnps:
+            self.cnps = cnps
+            changed |= self._rebuild(self.pods if cnps else set(self._firewalls))
         for name in list(self.namespaces):
             if name not in cluster.namespaces:
                 changed |= self.remove_namespace(name)
@@ -472,6 +476,8 @@ class Compiler:
         return self._pod_index.select(peer.pod_selector, namespaces)
 
     def _rebuild(self, pods: Iterable[str]) -> set[str]:
+        if self.cnps:  # ClusterNetworkPolicy subjects and peers may read any pod or
+            pods = set(pods) | set(self.pods)  # namespace: not incremental, every pod is looked at
         changed = set()
         for key in pods:
             if key not in self.pods:
