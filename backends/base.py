@@ -53,6 +53,10 @@ def plan(previous: PodFirewall | None, desired: PodFirewall) -> str:
 @runtime_checkable
 class Backend(Protocol):
     name: str
+    # What a backend can do, asked instead of its name (the daemon):
+    apply_in_threads: bool  # applies to different namespaces may run on several threads at once
+    nf_generation: bool  # rules live in nf_tables, whose generation id moves on every change in
+    #                      the namespace (by anyone): reading it tells the daemon whether to verify
 
     def check(self) -> None:
         """Probe tools and kernel features; raise BackendUnavailable with what is missing."""
@@ -229,6 +233,8 @@ class FakeBackend:
     """In-memory backend: records what would be installed, for unit tests and --dry-run."""
 
     name: str = "fake"
+    apply_in_threads = True
+    nf_generation = False
     installed: dict[str, PodFirewall] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
     fail_on: set[str] = field(default_factory=set)  # netns names whose apply fails

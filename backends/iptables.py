@@ -715,6 +715,9 @@ class _IptcInstaller(_RestoreInstaller):
 
 
 class IptablesBackend:
+    apply_in_threads = True  # one restore process per namespace
+    nf_generation = False  # iptables-nft does write nf_tables, but legacy does not: not asked
+
     def __init__(self, flavour: str = "nft") -> None:
         if flavour not in ("nft", "legacy"):
             raise BackendError(f"unknown iptables flavour {flavour!r} (nft, legacy)")

@@ -243,6 +243,8 @@ class NftHostBackend:
 
     name = "nftables"
     placement = "host"
+    apply_in_threads = False  # libnftables underneath (backends.nftables)
+    nf_generation = True
 
     def __init__(self, resolve: Resolver, runner_backend: nft.NftablesBackend | None = None) -> None:
         self._resolve = resolve

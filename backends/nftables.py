@@ -483,6 +483,8 @@ class NftablesBackend:
     """``method``: "auto" (libnftables if it loads, else the nft command), "libnft", "cli"."""
 
     name = "nftables"
+    apply_in_threads = False  # libnftables keeps process-wide state (apply_many below)
+    nf_generation = True
 
     def __init__(self, method: str = "auto") -> None:
         if method not in ("auto", "libnft", "cli"):

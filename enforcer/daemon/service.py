@@ -101,14 +101,14 @@ class Daemon(Reporting):
         self.watch_files = watch_files  # tests drive DirSource.note themselves
         self.netns_watcher: NetnsWatcher | None = None
         workers = opts.apply_workers
-        if workers > 1 and getattr(backend, "name", "") == "nftables":
+        if workers > 1 and not backend.apply_in_threads:
             # libnftables keeps global state (its interface cache among others): two threads
             # applying in two namespaces at once fail with bogus errors or crash (measured).
-            log.warning("apply workers ignored", backend="nftables", workers=workers,
-                        reason="libnftables is not thread-safe; applying one namespace at a time")
+            log.warning("apply workers ignored", backend=backend.name, workers=workers,
+                        reason="the backend applies one namespace at a time (libnftables is not thread-safe)")
             workers = 1
         generation = None
-        if getattr(backend, "name", "") == "nftables":
+        if backend.nf_generation:
             from enforcer.daemon.nftgen import GenerationReader
 
             generation = GenerationReader()

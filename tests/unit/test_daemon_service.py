@@ -444,3 +444,24 @@ def test_a_settling_file_keeps_its_wake_up_after_another_file_is_synced(env):
     env.clock.advance(0.3)
     d.step()
     assert env.backend.installed["ns-c"].ingress.isolated_by == ("x/q2",)
+
+
+class SerialBackend(FakeBackend):
+    apply_in_threads = False  # as nftables says of itself
+
+
+@pytest.mark.parametrize("backend_cls,workers", [(FakeBackend, 4), (SerialBackend, 1)])
+def test_apply_workers_follow_what_the_backend_says_it_can(tmp_path, backend_cls, workers):
+    node, stream = Node(), io.StringIO()
+    opts = Options(watch=[str(tmp_path)], backend="fake", state_file=str(tmp_path / "state.json"),
+                   apply_workers=4)
+    d = Daemon(opts, backend=backend_cls(), log=logs.setup("json", "debug", stream=stream),
+               clock=FakeClock(), notifier=FakeNotifier(),
+               discovery=Discovery(reader=node.read, lister=node.list, inode=node.inode),
+               watch_netns=False, watch_files=False)
+    try:
+        assert d.reconciler.workers == workers
+        warned = [json.loads(line) for line in stream.getvalue().splitlines() if "apply workers ignored" in line]
+        assert len(warned) == (workers == 1)
+    finally:
+        d.close()
