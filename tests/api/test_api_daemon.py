@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 
 import pytest
@@ -156,7 +161,8 @@ def test_pods_of_other_nodes_are_peers_and_finished_ones_are_not(api, run, lab, 
 
 @pytest.mark.parametrize("fault", ["freeze", "stop"])
 def test_api_server_away_20s_fails_static_and_catches_up(api, run, lab, cp, fault):
-    d = run()
+    port = free_port()
+    d = run(args=["--metrics-addr", f"127.0.0.1:{port}"])
     api.apply([b_from("a")])
     assert enforced(lab, {("a", "b"): True, ("c", "b"): False})
     pairs = [(lab.ns("a"), IPS["b"], 80, True), (lab.ns("c"), IPS["b"], 80, False),
@@ -172,6 +178,14 @@ def test_api_server_away_20s_fails_static_and_catches_up(api, run, lab, cp, faul
             "the daemon never noticed that the API server was away"
         st = d.state()
         assert st["phase"] == "running" and st["counts"]["managed"] == 3
+        # It shows: /healthz, the metrics, netpol status.
+        code, text = http_get(port, "/healthz")
+        assert code == 503 and "unreachable" in text and "fail-static" in text
+        assert http_get(port, "/livez")[0] == 200
+        assert "netpol_api_up 0.0" in http_get(port, "/metrics")[1]
+        status = subprocess.run([sys.executable, "-m", "enforcer", "status", "--state-file", d.state_file],
+                                capture_output=True, text=True)
+        assert "UNREACHABLE since" in status.stdout and "fail-static" in status.stdout
         time.sleep(max(0.0, 19 - (time.monotonic() - t0)))
         if fault == "freeze":
             # A change sent just before the server thaws: it waits in the socket and is
@@ -192,6 +206,20 @@ def test_api_server_away_20s_fails_static_and_catches_up(api, run, lab, cp, faul
     assert enforced(lab, {("a", "b"): False, ("c", "b"): True}, timeout=30)
     assert wait_for(lambda: d.state()["source"]["reachable"] is not False, 20, 0.2) is not None
     assert "Traceback" not in d.log_text()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 
 def test_watch_expiry_relists_and_misses_nothing(api, run, lab, cp):
