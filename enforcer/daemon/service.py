@@ -1,8 +1,9 @@
 """``netpol run``: the daemon that keeps every local pod's namespace enforcing the watched
 policies. This module wires the parts; each part is its own module:
 
-    sources.DirSource ----(file closed / moved / deleted)----+
+    sources.DirSource ----(file closed / moved / deleted)----+   (or kube.ApiSource: watch events;
     discovery.NetnsWatcher --(namespace or address change)---+--> runner.BoundedRunner.request
+                                                                  the Source protocol, desired.py)
     SIGHUP (full re-read), resync timer (--resync) ----------+            |
                                                                        one worker thread
                                                                           |
