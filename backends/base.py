@@ -238,6 +238,9 @@ class FakeBackend:
     installed: dict[str, PodFirewall] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
     fail_on: set[str] = field(default_factory=set)  # netns names whose apply fails
+    # Failure hook by content: apply raises ApplyError when it returns True (tests set it
+    # and clear it to make the same backend refuse, then accept).
+    refuse: Callable[[str, PodFirewall], bool] | None = None
 
     def check(self) -> None:
         return None
@@ -248,6 +251,8 @@ class FakeBackend:
     def apply(self, netns: str, fw: PodFirewall, previous: PodFirewall | None = None) -> ApplyResult:
         if netns in self.fail_on:
             raise ApplyError(f"{netns}: injected failure")
+        if self.refuse is not None and self.refuse(netns, fw):
+            raise ApplyError(f"{netns}: refused")
         kind = plan(previous if previous is not None else self.installed.get(netns), fw)
         self.calls.append((kind, netns))
         added = removed = 0

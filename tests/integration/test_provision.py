@@ -66,8 +66,9 @@ def test_dry_run_plans_everything_and_changes_nothing():
     plan = [ln for ln in r.stdout.splitlines() if ln.startswith(("would run:", "would skip:"))]
     # The order matters: tools first, then the unit, then the command link.
     assert plan[0] == f"would run: {ROOT}/scripts/setup.sh"
-    assert f"would run: install -m 644 {UNIT} /etc/systemd/system/netpol-enforcer.service" in plan \
-        or not _unit_differs(Path("/etc/systemd/system/netpol-enforcer.service"))
+    # The unit is installed exactly when the one in /etc is missing or differs.
+    assert (f"would run: install -m 644 {UNIT} /etc/systemd/system/netpol-enforcer.service" in plan) \
+        == _unit_differs(Path("/etc/systemd/system/netpol-enforcer.service"))
     assert any(ln.startswith("would run: install -d -m 755 /etc/systemd/system /usr/local/bin "
                              "/etc/netpol-enforcer/manifests") for ln in plan)
     assert _snapshot() == before

@@ -152,7 +152,8 @@ def test_object_moved_between_files():
     s.put_text("/d/a.yaml", policy())
     s.put_text("/d/b.yaml", policy())  # now in both
     changes = s.put_text("/d/a.yaml", pod("a", "10.0.0.2"))  # and gone from a
-    assert ("NetworkPolicy", "x/p") not in changes or changes[("NetworkPolicy", "x/p")] is not None
+    # The policy's content did not change (b.yaml holds the same): only the pod is news.
+    assert set(changes) == {("Pod", "x/a")}
     assert set(s.cluster().policies) == {"x/p"}
 
 
@@ -399,7 +400,11 @@ def test_last_good_copies_are_private_even_those_an_older_version_left(tmp_path)
     s.put_text("/d/f.yaml", policy("p2"))
     assert stat.S_IMODE(os.stat(mem).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(mem / "files").st_mode) == 0o700
-    for root, _, files in os.walk(mem):
-        assert files or root != str(mem)
-        for name in files:
-            assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o600, name
+    copies = sorted(os.path.relpath(os.path.join(root, name), mem)
+                    for root, _, files in os.walk(mem) for name in files)
+    # The old copy, the new one beside it, and the index under files/.
+    assert len(copies) == 3 and "0123.txt" in copies
+    assert [c.endswith(".txt") for c in copies if "/" not in c] == [True, True]
+    assert [c for c in copies if c.startswith("files/")] != []
+    for name in copies:
+        assert stat.S_IMODE(os.stat(mem / name).st_mode) == 0o600, name
