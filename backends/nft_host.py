@@ -44,7 +44,7 @@ import re
 import threading
 from typing import Callable, Sequence
 
-from backends import base, nftables as nft
+from backends import base, nft_tiers, nftables as nft
 from backends.base import ApplyResult, plan
 from backends.placement import pod_mark, pod_tag, prefixed
 from enforcer import netns as nsmod
@@ -78,6 +78,11 @@ _ACCEPT = re.compile(r"(^|\s)counter accept comment ")
 def pod_chain(pfw: PodFirewall, direction: str) -> list[str]:
     """The pod's chain for ``direction`` (``pfw`` already ``prefixed``): pod mode's chain
     as a regular chain, allow verdicts turned into ``return``."""
+    if nft_tiers.has_tiers(pfw.direction(direction)):
+        # A tier's Accept is a final verdict in pod mode; on the node it would also skip
+        # the receiving pod's chain. Not done yet: refuse rather than enforce wrongly.
+        raise BackendError(f"host mode: {pfw.pod} is selected by a ClusterNetworkPolicy; "
+                           "tiers are enforced in pod mode only so far (--enforce-at pod)")
     lines = nft.render_chain(pfw, direction)
     body = []
     for line in lines[2:-1]:
@@ -108,7 +113,8 @@ def render_node(pods: Sequence[tuple[PodFirewall, str]], node: str = "") -> str:
     """Both tables of a node holding ``pods`` ((firewall, host-side veth) each)."""
     pods = sorted(pods, key=lambda p: p[0].pod)
     marks = [f'"{iface}" : 0x{pod_mark(fw.pod):08x}' for fw, iface in sorted(pods, key=lambda p: p[1])]
-    out = [f"table bridge {TABLE} {{", f'\tcomment "node {node}: a pod\'s packets marked by its veth"']
+    on = f" on {node}" if node else ""
+    out = [f"table bridge {TABLE} {{", f'\tcomment "netpol host mode{on}: a pod\'s packets marked by its veth"']
     out += _map("ports", "ifname : mark", marks) + [""]
     out += ["\tchain prerouting {",
             f"\t\ttype filter hook prerouting priority {BRIDGE_PRIORITY}; policy accept;",
@@ -131,7 +137,7 @@ def render_node(pods: Sequence[tuple[PodFirewall, str]], node: str = "") -> str:
                    "\t}"])
     for pfw in prefixed_fws:
         blocks += [pod_chain(pfw, "egress"), pod_chain(pfw, "ingress")]
-    out += [f"table inet {TABLE} {{", f'\tcomment "node {node}: a chain per pod"']
+    out += [f"table inet {TABLE} {{", f'\tcomment "netpol host mode{on}: a chain per pod"']
     for i, b in enumerate(blocks):
         if i:
             out.append("")
@@ -283,7 +289,10 @@ class NftHostBackend:
         return node, pod_commands(fw, iface, previous), "full"
 
     def apply(self, netns: str, fw: PodFirewall, previous: PodFirewall | None = None) -> ApplyResult:
-        return self.apply_many([(netns, fw, previous)])[0]  # type: ignore[return-value]
+        result = self.apply_many([(netns, fw, previous)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def _one(self, netns: str, fw: PodFirewall, previous: PodFirewall | None, kind: str) -> ApplyResult:
         """One pod on its own; a refused change is retried from a clean slate."""
@@ -420,7 +429,10 @@ class NftHostBackend:
             return []
         names = chain_names(pod)
         try:
-            text = self._run(node, "".join(f"list chain inet {TABLE} {c}\n" for c in (names["ingress"], names["egress"])))
+            # One list per run: libnftables 1.0.6 filters its cache for the last chain
+            # of a buffer, and a second ``list chain`` then finds nothing.
+            text = "".join(self._run(node, f"list chain inet {TABLE} {c}\n")
+                           for c in (names["ingress"], names["egress"]))
         except nft._Refused:
             return []
         return nft.parse_counters(text)

@@ -289,14 +289,14 @@ def render(files, legacy_namespace_isolation, backend, pods, enforce_at) -> None
                              "(iptables host mode: see docs/cnis.md)")
         veth = {k: f"veth{i}" for i, k in enumerate(sorted(comp.pods))}  # as a node would name them
         if enforce_at == "host":
-            click.echo(f"# node (host mode, {len(keys)} pods)\n"
-                       + nft_host.render_node([(comp.firewall(k), veth[k]) for k in keys], "node").rstrip())
+            click.echo(f"# node (host mode, {len(keys)} pod{'s' if len(keys) != 1 else ''})\n"
+                       + nft_host.render_node([(comp.firewall(k), veth[k]) for k in keys]).rstrip())
             return
         pod_impl = registry.get("nftables", check=False)
         for key in keys:
             fw = comp.firewall(key)
             click.echo(output.render_block(key, [("pod: nftables", pod_impl.render(fw)),
-                                                 ("host: nftables", nft_host.render_node([(fw, veth[key])], "node"))]))
+                                                 ("host: nftables", nft_host.render_node([(fw, veth[key])]))]))
         return
     impls = [registry.get(n, check=False) for n in names]
     for key in keys:  # compiled on demand: --pod builds only the asked-for pods' firewalls

@@ -23,6 +23,9 @@ FILES = click.option("-f", "--filename", "files", multiple=True, required=True,
 NAME = click.option("--name", required=True, help="The lab's name (letters, digits, '-', '_', '.').")
 BACKEND = click.option("--backend", default="nftables", show_default=True,
                        help="nftables, iptables, iptables-legacy or fake.")
+ENFORCE_AT = click.option("--enforce-at", "enforce_at", type=click.Choice(["pod", "host"]), default=None,
+                          help="Where the rules go: inside each pod (pod, the default) or in the node's "
+                               "namespace, out of the pod's reach (host; nftables). lab apply: move them.")
 PORTS = click.option("--ports", help="Ports to probe, e.g. 80/TCP,81/UDP (default: every port the destination declares).")
 OUTPUT = click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table",
                       show_default=True)
@@ -113,7 +116,8 @@ def lab() -> None:
 @click.option("--api", is_flag=True,
               help="Run the lab's own API server: objects created through it, one agent "
                    "(netpol run --kubeconfig --node) per node enforces; drive it with kubectl.")
-def up_cmd(files, name, backend, ipv6, no_servers, nodes, api) -> None:
+@ENFORCE_AT
+def up_cmd(files, name, backend, ipv6, no_servers, nodes, api, enforce_at) -> None:
     """Create the lab: node namespace, bridge, pods, external hosts, servers, then policies."""
     _need_root()
     files = _stdin_once(files)
@@ -122,7 +126,7 @@ def up_cmd(files, name, backend, ipv6, no_servers, nodes, api) -> None:
     previous = _catch_termination()  # a killed up removes what it built
     try:
         out = control.up(name, cluster, backend, ipv6=ipv6, servers=not no_servers, nodes=nodes,
-                         api=api, node_of=node_of, policies=policies)
+                         api=api, node_of=node_of, policies=policies, enforce_at=enforce_at or "pod")
     finally:
         _restore(previous)
     _notes(out.notes)
@@ -172,13 +176,14 @@ def kubeconfig_cmd(name) -> None:
 @lab.command("apply", context_settings=CONTEXT)
 @NAME
 @FILES
-def apply_cmd(name, files) -> None:
+@ENFORCE_AT
+def apply_cmd(name, files, enforce_at) -> None:
     """Make the input the lab's whole desired state (converges incrementally)."""
     _need_root()
     files = _stdin_once(files)
     cluster = load_cluster(files)
     node_of, policies = _raw(files)
-    out = control.apply(name, cluster, node_of=node_of, policies=policies)
+    out = control.apply(name, cluster, node_of=node_of, policies=policies, enforce_at=enforce_at)
     _notes(out.notes)
     kinds = {}
     for k in out.applies.values():
@@ -327,7 +332,8 @@ def drops_cmd(name, count, timeout, fmt) -> None:
 @click.option("--ipv6", is_flag=True, help="Give every pod an IPv6 address too.")
 @click.option("--name", help="The throw-away lab's name (default probe-PID).")
 @SERVICES
-def probe(files, backend, ports, fmt, expect, timeout, family, ipv6, name, services) -> None:
+@ENFORCE_AT
+def probe(files, backend, ports, fmt, expect, timeout, family, ipv6, name, services, enforce_at) -> None:
     """Up, probe, down in one: a throw-away lab (always removed, also on errors or Ctrl-C)."""
     _need_root()
     from enforcer.lab import naming
@@ -338,7 +344,8 @@ def probe(files, backend, ports, fmt, expect, timeout, family, ipv6, name, servi
     parsed = _ports(ports)
     previous = _catch_termination()
     try:
-        out = control.up(name, cluster, backend, ipv6=ipv6 or fam == 6, owned=True)
+        out = control.up(name, cluster, backend, ipv6=ipv6 or fam == 6, owned=True,
+                         enforce_at=enforce_at or "pod")
         _notes(out.notes)
         expect_rows = _expected_rows(expect, name, parsed, fam) if expect else None
         report = control.probe(name, parsed, family=fam, timeout=timeout)

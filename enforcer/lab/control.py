@@ -150,8 +150,12 @@ def _services_sync(st: LabState, had_services: bool) -> None:
 
 def up(name: str, cluster: Cluster, backend_name: str = "nftables", *, ipv6: bool = False,
        owned: bool = False, servers: bool = True, nodes: int = 1, api: bool = False,
-       node_of: dict[str, str] | None = None, policies: list[dict] | None = None) -> Outcome:
+       node_of: dict[str, str] | None = None, policies: list[dict] | None = None,
+       enforce_at: str = "pod") -> Outcome:
     """Build lab ``name`` from ``cluster`` and enforce its policies with ``backend_name``.
+
+    ``enforce_at``: ``pod`` (a table in each pod) or ``host`` (the pods' chains in the
+    node's table, out of their reach; enforcer/lab/hostmode.py).
 
     ``owned``: the lab belongs to the calling process for as long as it lives (a test's
     lab, a one-shot probe); once that process is gone the lab is stale (``lab down
@@ -164,6 +168,11 @@ def up(name: str, cluster: Cluster, backend_name: str = "nftables", *, ipv6: boo
     """
     t0 = time.monotonic()
     naming.check_lab_name(name)
+    from enforcer.lab import hostmode
+
+    hostmode.check(enforce_at, backend_name)
+    if enforce_at != "pod" and (nodes > 1 or api):
+        raise LabError("--enforce-at host: one-node labs only so far (no --nodes, no --api)")
     with interrupts.deferred():  # an interrupt must never land inside an import
         _preload()
         backend = get_backend(backend_name)
@@ -178,6 +187,7 @@ def up(name: str, cluster: Cluster, backend_name: str = "nftables", *, ipv6: boo
         with interrupts.deferred():
             state.claim(name)
             claimed = True
+            hostmode.save(name, enforce_at)
         with state.locked(name):
             if nodes > 1 or api:
                 if ipv6:
@@ -187,7 +197,7 @@ def up(name: str, cluster: Cluster, backend_name: str = "nftables", *, ipv6: boo
                 out = multinode.build(name, cluster, backend, backend_name, servers, nodes=nodes,
                                       api=api, node_of=node_of or {}, policies=policies or [])
             else:
-                out = _build(name, cluster, backend, backend_name, ipv6, servers)
+                out = _build(name, cluster, backend, backend_name, ipv6, servers, enforce_at)
         if not owned:
             state.set_owner(name, None)
     except BaseException as e:
@@ -219,10 +229,13 @@ def _preload() -> None:
 
 
 def _build(name: str, cluster: Cluster, backend, backend_name: str, ipv6: bool,
-           servers_wanted: bool = True) -> Outcome:
+           servers_wanted: bool = True, enforce_at: str = "pod") -> Outcome:
+    from enforcer.lab import hostmode
+
     out = Outcome()
     st = LabState(name=name, backend=backend_name, node_netns=naming.node_netns(name),
                   bridge=naming.bridge_link(name), created=time.time(), no_servers=not servers_wanted)
+    backend = hostmode.wrap(st, backend, enforce_at)
     v6 = topology.wants_ipv6(cluster, ipv6)
     base = topology.base_cidrs(v6)
     cluster = ipam.assign_ips(cluster, base)
@@ -256,21 +269,37 @@ def _build(name: str, cluster: Cluster, backend, backend_name: str, ipv6: bool,
 
 
 def apply(name: str, cluster: Cluster, *, node_of: dict[str, str] | None = None,
-          policies: list[dict] | None = None) -> Outcome:
+          policies: list[dict] | None = None, enforce_at: str | None = None) -> Outcome:
     """Make ``cluster`` the lab's whole desired state, touching only what changed (an API
-    lab: through its API server, apilab.py)."""
+    lab: through its API server, apilab.py). ``enforce_at`` moves the rules to the pods or
+    to the node (the old place is emptied, every pod gets a full apply in the new one)."""
+    from enforcer.lab import hostmode
+
     t0 = time.monotonic()
     with state.locked(name):
         st = state.load(name)
         if st.phase != "ready":
             raise LabError(f"lab {name} was never completed; remove it with: netpol lab down --name {name}")
         backend = get_backend(st.backend)
+        was = hostmode.load(name)
+        now = enforce_at or was
+        if now != was:
+            hostmode.check(now, st.backend)
+            if st.nodes or st.api is not None:
+                raise LabError("--enforce-at host: one-node labs only so far (no --nodes, no --api)")
+            st.firewalls = {}  # nothing of ours in the new place yet: full applies
+        pod_backend, backend = backend, hostmode.wrap(st, backend, now)
         if st.api is not None:
             from enforcer.lab import apilab
 
             out = apilab.apply(st, cluster, backend, node_of or {}, policies or [])
         else:
             out = _converge(st, cluster, backend, node_of)
+        if now != was:
+            # The new place is filled; only now empty the old one (never a moment unenforced).
+            hostmode.switch(st, pod_backend, now, was)
+            hostmode.save(name, now)
+            out.notes.append(f"rules moved from {was} to {now}")
     out.seconds = round(time.monotonic() - t0, 3)
     return out
 

@@ -87,7 +87,9 @@ def stats(name: str, pod: str | None = None) -> tuple[str, list[Counter]]:
         if pod not in pods:
             raise LabError(f"lab {name} has no pod {pod} (pods: {', '.join(pods) or 'none'})")
         pods = [pod]
-    backend = control.get_backend(st.backend)
+    from enforcer.lab import hostmode
+
+    backend = hostmode.wrap(st, control.get_backend(st.backend), hostmode.load(name))
     rows: list[Counter] = []
     for key in pods:
         counted = backend.counters(st.endpoints[key].netns)
@@ -229,6 +231,9 @@ def _canonical(ip: str) -> str:
     return str(ipaddress.ip_address(ip.split("/", 1)[0]))
 
 
+NODE_SOCKET = "@node"  # host mode: the one socket, in the node's namespace
+
+
 class DropReader:
     """NFLOG sockets in every pod namespace of lab ``name``. Use as a context manager."""
 
@@ -266,6 +271,10 @@ class DropReader:
         # A pod that went, or came back in a new namespace (same name, new inode), loses
         # its socket; every pod whose namespace exists and has no socket gets one.
         where = {pod: _identity(ns) for pod, ns in self.view.netns_of.items()}
+        from enforcer.lab import hostmode
+
+        if hostmode.load(self.name) == "host":  # every pod's drop is logged in the node
+            where = {NODE_SOCKET: _identity(st.node_netns)}
         for pod in [p for p in self.sockets if where.get(p) != self._where.get(p)]:
             self._close(pod)
         for pod, ident in sorted(where.items()):
@@ -299,6 +308,9 @@ class DropReader:
                 pod = key.data
                 now = time.time()
                 for packet in key.fileobj.read():  # type: ignore[union-attr]
+                    if key.data == NODE_SOCKET:  # host mode: the prefix names the pod
+                        parsed = nflog.parse_prefix(packet.prefix)
+                        pod = parsed[1] if parsed else pod
                     d = self.view.drop(pod, packet, now)
                     if d is None:
                         continue
