@@ -40,6 +40,8 @@ def build(name: str, cluster: Cluster, backend, backend_name: str, servers_wante
     if api:
         from enforcer.lab import apilab
 
+        _check_prefixes(name)
+
         st.api = {"workdir": apilab.workdir(name), "agents": {}}
         starter = apilab.Starter(st)
     state.save(st)
@@ -76,6 +78,20 @@ def build(name: str, cluster: Cluster, backend, backend_name: str, servers_wante
     st.phase = "ready"
     state.save(st)
     return out
+
+
+def _check_prefixes(name: str) -> None:
+    """An agent reads the namespaces named ``netpol-<lab>-*``; lab ``a-b``'s carry lab
+    ``a``'s prefix, and a pod address found twice is left unenforced by the agent (the
+    safe choice there). So an API lab's name and another lab's may not be prefixes of each
+    other up to a dash."""
+    for other in state.names():
+        if other != name and (other.startswith(name + "-") or name.startswith(other + "-")):
+            from enforcer.errors import LabError
+
+            raise LabError(f"lab {other} exists: an API lab's agents find pods by the namespace "
+                           f"prefix netpol-<lab>-, and {name} and {other} would share one; "
+                           "choose a name that neither starts nor extends the other's")
 
 
 def raw_inputs(files) -> tuple[dict[str, str], list[dict]]:

@@ -86,3 +86,16 @@ spec: {podSelector: {}}
     node_of, policies = raw_inputs([str(f)])
     assert node_of == {"x/a": "node2"}
     assert [p["metadata"]["name"] for p in policies] == ["deny"]
+
+
+def test_an_api_lab_name_may_not_share_a_prefix_with_another_lab(tmp_path, monkeypatch):
+    from enforcer.lab import multinode, state
+
+    monkeypatch.setattr(state, "LABS_DIR", str(tmp_path))
+    (tmp_path / "shop-b").mkdir()
+    (tmp_path / "web").mkdir()
+    for name in ("shop", "web-1"):
+        with pytest.raises(LabError, match="would share one"):
+            multinode._check_prefixes(name)
+    multinode._check_prefixes("shopping")  # no dash: netpol-shopping- is not netpol-shop-
+    multinode._check_prefixes("shop-b")  # itself
