@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from enforcer import validation as V
 from enforcer.daemon.sources import KEPT, NOT_LOADED, Issue, ObjKey, same_object
+from enforcer.daemon.status import write_atomic
 from enforcer.decode import decode_kind
 from enforcer.errors import Problem
 from enforcer.manifests import KIND_API_VERSIONS
@@ -274,18 +274,8 @@ def save_snapshot(path: str, data: dict) -> None:
     """Atomically, readable by root only (it lists every pod and policy of the cluster)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".api-snapshot-", suffix=".json", dir=directory)
-    try:
-        text = json.dumps(data, separators=(",", ":"))  # dumps: the C encoder (dump is pure Python)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    # dumps: the C encoder (dump is pure Python)
+    write_atomic(path, json.dumps(data, separators=(",", ":")), prefix=".api-snapshot-", suffix=".json")
 
 
 def load_snapshot(path: str) -> tuple[dict | None, str]:

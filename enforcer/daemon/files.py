@@ -13,10 +13,10 @@ import json
 import os
 import re
 import stat
-import tempfile
 from typing import Iterable
 
 from enforcer import manifests
+from enforcer.daemon.status import write_atomic
 from enforcer.errors import Problem
 
 ObjKey = tuple[str, str]  # (kind, key), as in enforcer.daemon.sources
@@ -116,7 +116,7 @@ class LastGood:
             if digest in refs.values():
                 target = os.path.join(self.dir, f"{digest}.txt")
                 if not os.path.exists(target):
-                    _write_atomic(target, text)
+                    write_atomic(target, text)
             self._update(path, refs)
         except OSError:
             pass  # a full /run costs the restart memory, never the running enforcement
@@ -135,7 +135,7 @@ class LastGood:
         old = self.index.pop(path, {})
         if refs:
             self.index[path] = refs
-            _write_atomic(self._record(path), json.dumps({"path": path, "refs": refs}, indent=0))
+            write_atomic(self._record(path), json.dumps({"path": path, "refs": refs}, indent=0))
         else:
             try:
                 os.unlink(self._record(path))
@@ -159,21 +159,6 @@ def _private_files(directory: str) -> None:
         st = os.lstat(full)
         if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077:
             os.chmod(full, 0o600)
-
-
-def _write_atomic(path: str, text: str) -> None:
-    """Mode 0600, through a temporary file made exclusively (no name to plant a link at)."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogatepass") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 # ---------------------------------------------------------------------- reading

@@ -50,15 +50,13 @@ def safe_dir(directory: str, *, private: bool) -> None:
         raise OSError(errno.EPERM, f"{directory} is writable by other users (and not sticky)")
 
 
-def write(path: str, data: dict[str, Any]) -> None:
-    """Atomically, mode 0600: a temporary file made exclusively (mkstemp), then renamed."""
-    directory = os.path.dirname(os.path.abspath(path))
-    safe_dir(directory, private=False)
-    fd, tmp = tempfile.mkstemp(prefix=".daemon-", suffix=".json", dir=directory)
+def write_atomic(path: str, text: str, *, prefix: str = ".tmp-", suffix: str = "") -> None:
+    """Write ``text`` to ``path`` atomically, mode 0600: a temporary file beside it made
+    exclusively (mkstemp: no name to plant a link at), then renamed over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=os.path.dirname(os.path.abspath(path)))
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
-            f.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogatepass") as f:
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -66,6 +64,12 @@ def write(path: str, data: dict[str, Any]) -> None:
         except OSError:
             pass
         raise
+
+
+def write(path: str, data: dict[str, Any]) -> None:
+    """Atomically, mode 0600 (write_atomic), in a directory safe_dir accepts."""
+    safe_dir(os.path.dirname(os.path.abspath(path)), private=False)
+    write_atomic(path, json.dumps(data, separators=(",", ":")) + "\n", prefix=".daemon-", suffix=".json")
 
 
 def read(path: str) -> dict[str, Any]:
