@@ -171,8 +171,8 @@ def up(name: str, cluster: Cluster, backend_name: str = "nftables", *, ipv6: boo
     from enforcer.lab import hostmode
 
     hostmode.check(enforce_at, backend_name)
-    if enforce_at != "pod" and (nodes > 1 or api):
-        raise LabError("--enforce-at host: one-node labs only so far (no --nodes, no --api)")
+    if enforce_at != "pod" and api:
+        raise LabError("--enforce-at host: not with --api yet (the agents enforce in pod mode)")
     with interrupts.deferred():  # an interrupt must never land inside an import
         _preload()
         backend = get_backend(backend_name)
@@ -195,7 +195,8 @@ def up(name: str, cluster: Cluster, backend_name: str = "nftables", *, ipv6: boo
                                    "(or with --api) is IPv4 only")
 
                 out = multinode.build(name, cluster, backend, backend_name, servers, nodes=nodes,
-                                      api=api, node_of=node_of or {}, policies=policies or [])
+                                      api=api, node_of=node_of or {}, policies=policies or [],
+                                      enforce_at=enforce_at)
             else:
                 out = _build(name, cluster, backend, backend_name, ipv6, servers, enforce_at)
         if not owned:
@@ -285,8 +286,8 @@ def apply(name: str, cluster: Cluster, *, node_of: dict[str, str] | None = None,
         now = enforce_at or was
         if now != was:
             hostmode.check(now, st.backend)
-            if st.nodes or st.api is not None:
-                raise LabError("--enforce-at host: one-node labs only so far (no --nodes, no --api)")
+            if st.api is not None:
+                raise LabError("--enforce-at host: not with --api yet (the agents enforce in pod mode)")
             st.firewalls = {}  # nothing of ours in the new place yet: full applies
         pod_backend, backend = backend, hostmode.wrap(st, backend, now)
         if st.api is not None:

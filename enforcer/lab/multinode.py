@@ -18,14 +18,16 @@ from enforcer.model import Cluster
 
 
 def build(name: str, cluster: Cluster, backend, backend_name: str, servers_wanted: bool, *,
-          nodes: int, api: bool, node_of: dict[str, str], policies: list[dict]):
-    from enforcer.lab import control
+          nodes: int, api: bool, node_of: dict[str, str], policies: list[dict],
+          enforce_at: str = "pod"):
+    from enforcer.lab import control, hostmode
 
     out = control.Outcome()
     st = LabState(name=name, backend=backend_name, node_netns=naming.node_netns(name),
                   bridge=lab_nodes.underlay_bridge(name), created=time.time(),
                   no_servers=not servers_wanted)
     st.nodes = lab_nodes.plan_nodes(name, nodes, cluster)
+    backend = hostmode.wrap(st, backend, enforce_at)  # host: each node's table, its own pods
     names = [n["name"] for n in st.nodes]
     placement = lab_nodes.place([k for k, p in cluster.pods.items() if not p.host_network], names, node_of)
     cluster = lab_nodes.assign_ips(cluster, st.nodes, placement)

@@ -197,3 +197,28 @@ def test_drops_are_logged_and_attributed_in_host_mode(netpol_lab, tmp_path):
         _cells(lab)
     pairs = {(d["pod"], d["direction"]) for d in seen}
     assert ("x/a", "ingress") in pairs and ("x/a", "egress") in pairs, seen
+
+
+def test_several_nodes_each_table_holds_only_its_own_pods(netpol_lab, tmp_path):
+    """Two nodes: every node's table has the chains of its own pods only; pods on one node
+    and across nodes behave as in pod mode."""
+    (tmp_path / "p.yaml").write_text(POLICY)
+    lab = netpol_lab([str(tmp_path / "p.yaml")], "nftables", nodes=2)
+    control.apply(lab.name, lab.cluster, enforce_at="host")
+    st = control.cluster_state(lab.name)
+    pods = {k: e for k, e in st.endpoints.items() if e.kind == "pod"}
+    assert len({e.node for e in pods.values()}) == 2
+    for n in st.nodes:
+        listing = netns.run(n["netns"], ["nft", "list", "table", "inet", "netpol_host"]).stdout
+        for key, ep in pods.items():
+            tag = key.replace("/", ".")
+            assert (f"chain in.{tag} {{" in listing) == (ep.node == n["name"]), (n["name"], key)
+        assert all("netpol" not in _tables(ep.netns) for ep in pods.values())
+    cells = _cells(lab)
+    want = {("x/b", "x/a"): True, ("x/c", "x/a"): False, ("x/a", "x/b"): False, ("x/a", "x/c"): False,
+            ("x/b", "x/c"): True, ("x/c", "x/b"): True}
+    assert {k: cells[k] for k in want} == want
+    for key in pods:
+        _flush(st, key)
+    cells = _cells(lab)
+    assert {k: cells[k] for k in want} == want
