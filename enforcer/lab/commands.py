@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from enforcer.cliutil import CONTEXT
+from enforcer.cliutil import CONTEXT, backend_option
 
 from enforcer.errors import InputError, LabError
 from enforcer.lab import control
@@ -21,8 +21,7 @@ from enforcer.lab import control
 FILES = click.option("-f", "--filename", "files", multiple=True, required=True,
                      help="Manifest file, directory or - for stdin (repeatable).")
 NAME = click.option("--name", required=True, help="The lab's name (letters, digits, '-', '_', '.').")
-BACKEND = click.option("--backend", default="nftables", show_default=True,
-                       help="nftables, iptables, iptables-legacy or fake.")
+BACKEND = backend_option()
 ENFORCE_AT = click.option("--enforce-at", "enforce_at", type=click.Choice(["pod", "host"]), default=None,
                           help="Where the rules go: inside each pod (pod, the default) or in the node's "
                                "namespace, out of the pod's reach (host; nftables). lab apply: move them.")

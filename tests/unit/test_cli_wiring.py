@@ -29,14 +29,16 @@ def test_every_command_is_registered_and_answers_help():
         assert "Usage:" in r.output
 
 
-def test_backend_option_offers_exactly_the_registry_names():
-    # render also takes "all"; run takes the registry's names and nothing else.
-    render = cli.commands["render"]
-    run = cli.commands["run"]
-    choices = {name: next(p for p in cmd.params if p.name == "backend").type.choices
-               for name, cmd in (("render", render), ("run", run))}
-    assert list(choices["run"]) == registry.names()
-    assert list(choices["render"]) == [*registry.names(), "all"]
+def test_every_backend_option_offers_exactly_the_registry_names():
+    having = {}
+    for path, cmd in _commands(cli):
+        for p in cmd.params:
+            if p.name == "backend":
+                having[" ".join(path)] = list(p.type.choices)
+    assert {"render", "run", "probe", "lab up"} <= set(having)
+    for name, choices in having.items():
+        # render also takes "all" (side by side); no command takes a name the registry lacks.
+        assert choices == registry.names() + (["all"] if name == "render" else []), name
 
 
 def test_an_unknown_backend_is_a_usage_error_naming_the_choices(tmp_path):
