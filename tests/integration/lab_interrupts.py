@@ -72,7 +72,8 @@ class Run:
         if self.returncode not in (0, 130):
             out.append(f"exit code {self.returncode}")
         up_line = [ln for ln in self.stdout.splitlines() if ln.startswith("up ")]
-        if up_line and self.sent_at < float(up_line[0].split()[1]) - 0.02:
+        # sent_at is 0 when the child finished before the delay ran out: no signal, nothing ignored
+        if up_line and self.sent_at and self.sent_at < float(up_line[0].split()[1]) - 0.02:
             out.append(f"ignored: signal sent {float(up_line[0].split()[1]) - self.sent_at:.3f}s "
                        "before up returned")
         return out
