@@ -486,3 +486,30 @@ def test_library_errors_become_one_line_api_errors():
     assert (translate(refused).status, str(translate(refused))) == (0, "cannot connect: connection refused")
     assert str(translate(u.ReadTimeoutError(None, "/", "read timed out"))) == "no answer in time (read timeout)"
     assert str(translate(u.ProtocolError("boom"))) == "the connection was closed"
+
+
+def test_run_chooses_its_source_and_says_what_is_missing(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from enforcer.cli import cli as main
+    from enforcer.errors import NetpolError
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("NODE_NAME", raising=False)
+    state = ["--state-file", str(tmp_path / "s.json"), "--backend", "fake"]
+    r = CliRunner().invoke(main, ["run", *state])
+    assert r.exit_code == 2 and "give --watch DIR" in r.output
+    r = CliRunner().invoke(main, ["run", "--kubeconfig", str(tmp_path / "kc"), *state])
+    assert r.exit_code == 2 and "--node NAME" in r.output
+    r = CliRunner().invoke(main, ["run", "--watch", str(tmp_path), "--kubeconfig", "x", *state])
+    assert r.exit_code == 2 and "two sources" in r.output
+    # In a pod without its service account files: one line, no traceback.
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KUBERNETES_SERVICE_HOST="127.0.0.1", KUBERNETES_SERVICE_PORT="6443", NODE_NAME="n1")
+    p = subprocess.run([sys.executable, "-m", "enforcer", "run", *state], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.splitlines()[-1].startswith("in-cluster configuration: cannot use it to reach the API server")
