@@ -556,7 +556,15 @@ def behind_section(res: dict) -> str:
                      "Each pod costs tool processes (iptables-restore, ipset) in its namespace.")
     if nft110 and nft110.get("cold_many_total_ms", 0) > 300:
         items.append(f"**The nftables cold-apply target was missed in this run** "
-                     f"({ms(nft110['cold_many_total_ms'])} for 110 pods, target 300 ms).")
+                     f"({ms(nft110['cold_many_total_ms'])} for 110 pods, target 300 ms). A profile puts "
+                     "nearly all of it inside libnftables (parsing the table text, then netlink): the way "
+                     "to the kernel's pace is encoding whole tables as one netlink batch, as set deltas "
+                     "already are (backends/libnft.py), or applying from worker processes.")
+    rp = (res.get("compile") or {}).get("render_pod")
+    if rp and rp["render_pod_s"] > 20:
+        items.append(f"**`render --pod` on 150,000 pods: {rp['render_pod_s']:.0f} s (target 20 s).** The compile "
+                     "builds only what the pod needs now; in a profile, reading and validating the 67 MB "
+                     "JSON List is over half of the time, the compile and render about a quarter.")
     d = daemon_run(res, 110)
     if d:
         s = d["change_to_enforced_probe"]["all"]

@@ -387,7 +387,9 @@ def full(args) -> int:
         earlier["step_seconds"] = {**earlier.get("step_seconds", {}), **s.timings}
         earlier["errors"] = earlier.get("errors", []) + s.errors
         earlier.setdefault("partial_runs", []).append({"steps": sorted(only), "date": meta["date"],
-                                                       "commit": meta["commit"]})
+                                                       "commit": meta["commit"],
+                                                       "loadavg_start": meta.get("loadavg_start"),
+                                                       "loadavg_end": meta.get("loadavg_end")})
         meta = earlier
     write_json(out / "meta.json", meta)
     if not args.no_docs:
