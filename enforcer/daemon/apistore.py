@@ -137,6 +137,10 @@ class ApiStore:
         self.local: set[str] = set()  # keys of the pods bound to our node
         self.skipped: dict[str, str] = {}  # pod key -> why it does not count
         self._issues: dict[ObjKey, list[Issue]] = {}
+        # Each object's snapshot JSON, made when first saved and dropped when it changes: a
+        # save after one policy change joins 5,000 strings (~ms) instead of encoding 5,000
+        # pods again (~200 ms on the worker, in the way of the next change).
+        self._text: dict[ObjKey, str] = {}
 
     # ------------------------------------------------------------------ updates
 
@@ -147,6 +151,7 @@ class ApiStore:
             self._issues[(kind, f"<unnamed {id(raw)}>")] = [Issue(p, NOT_LOADED) for p in d.problems]
             return {}
         key = (kind, d.key)
+        self._text.pop(key, None)  # its snapshot text, if it changed at all (nodeName too)
         errors = [p for p in d.problems if not p.warning]
         if errors:
             kept = key in self.view
@@ -192,6 +197,7 @@ class ApiStore:
 
     def _remove(self, key: ObjKey) -> dict[ObjKey, object | None]:
         self.trimmed.pop(key, None)  # (pods have none)
+        self._text.pop(key, None)
         if key not in self.view:
             return {}
         del self.view[key]
@@ -235,13 +241,28 @@ class ApiStore:
     # ------------------------------------------------------------------ snapshot
 
     def snapshot(self) -> dict:
-        items: dict[str, list[dict]] = {k: [] for k in KINDS}
-        for (kind, _), raw in sorted(self.trimmed.items()):
-            items[kind].append(raw)
-        for (kind, key), obj in sorted(self.view.items()):
-            if kind == "Pod":
-                items["Pod"].append(pod_doc(obj, self.node if key in self.local else None))
-        return {"version": SNAPSHOT_VERSION, "node": self.node, "items": items}
+        return json.loads(self.snapshot_text(None))
+
+    def snapshot_text(self, saved: str | None) -> str:
+        """What is in force, as the snapshot file's JSON text."""
+        parts = []
+        keys = sorted(self.view)
+        for kind in KINDS:
+            texts = []
+            for key in keys:
+                if key[0] != kind:
+                    continue
+                text = self._text.get(key)
+                if text is None:
+                    doc = pod_doc(self.view[key], self.node if key[1] in self.local else None) \
+                        if kind == "Pod" else self.trimmed.get(key)
+                    if doc is None:
+                        continue
+                    text = self._text[key] = json.dumps(doc, separators=(",", ":"))
+                texts.append(text)
+            parts.append(f'{json.dumps(kind)}:[{",".join(texts)}]')
+        return (f'{{"version":{SNAPSHOT_VERSION},"node":{json.dumps(self.node)},"saved":{json.dumps(saved)},'
+                f'"items":{{{",".join(parts)}}}}}')
 
     def restore(self, data: dict) -> dict[ObjKey, object | None]:
         """Load a snapshot (decoded like API objects: a tampered file is refused object by
@@ -270,12 +291,13 @@ def pod_doc(pod, node: str | None) -> dict:
             "status": {"phase": "Running", "podIP": pod.ips[0], "podIPs": [{"ip": ip} for ip in pod.ips]}}
 
 
-def save_snapshot(path: str, data: dict) -> None:
+def save_snapshot(path: str, data: dict | str) -> None:
     """Atomically, readable by root only (it lists every pod and policy of the cluster)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o700, exist_ok=True)
     # dumps: the C encoder (dump is pure Python)
-    write_atomic(path, json.dumps(data, separators=(",", ":")), prefix=".api-snapshot-", suffix=".json")
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    write_atomic(path, text, prefix=".api-snapshot-", suffix=".json")
 
 
 def load_snapshot(path: str) -> tuple[dict | None, str]:

@@ -324,10 +324,9 @@ class ApiSource:
         self._last_save = self.clock()
         if not self.snapshot_path:
             return
-        data = self.store.snapshot()
-        data["saved"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        text = self.store.snapshot_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         try:
-            save_snapshot(self.snapshot_path, data)
+            save_snapshot(self.snapshot_path, text)
         except OSError as e:
             self.log.warning("api snapshot not written", path=self.snapshot_path, error=str(e))
 
