@@ -39,7 +39,6 @@ deletes its entries, chains and sets. ``apply_many`` sends one transaction per n
 """
 from __future__ import annotations
 
-import os
 import re
 import threading
 from typing import Callable, Sequence
@@ -48,7 +47,7 @@ from backends import base, nft_tiers, nftables as nft
 from backends.base import ApplyResult, plan
 from backends.placement import pod_mark, pod_tag, prefixed
 from enforcer import netns as nsmod
-from enforcer.errors import ApplyError, BackendError, NetpolError
+from enforcer.errors import ApplyError, BackendError, NetnsError, NetpolError
 from enforcer.ir import PodFirewall
 
 TABLE = "netpol_host"
@@ -268,7 +267,9 @@ class NftHostBackend:
         return self._nft._get_runner().run(node, commands)
 
     def _ensure(self, node: str) -> None:
-        ino = os.stat(nsmod.path(node)).st_ino
+        ino = nsmod.inode(node)
+        if ino is None:
+            raise NetnsError(f"network namespace {node} does not exist")
         with self._lock:
             if self._ready.get(node) == ino:
                 return

@@ -44,7 +44,6 @@ through an inet table, so this keeps both families alike).
 from __future__ import annotations
 
 import functools
-import os
 import re
 import socket
 import threading
@@ -53,7 +52,7 @@ from dataclasses import dataclass
 from backends import base, nft_tiers
 from backends.base import ApplyResult, fit, plan
 from enforcer import intervals, netns as nsmod
-from enforcer.errors import ApplyError, BackendError, BackendUnavailable, NetnsError
+from enforcer.errors import ApplyError, BackendError, BackendUnavailable
 from enforcer.ir import AddrPortSet, AddrSet, AllowRule, PodFirewall, TABLE
 
 FAMILY = "inet"
@@ -396,10 +395,9 @@ class CliRunner(_Runner):
 
 
 class LibnftRunner(_Runner):
-    """One libnftables context per namespace, made inside it and kept.
-
-    Keyed by name and the namespace's inode: a namespace removed and made again under the
-    same name is a new namespace, and must not be reached through the old context."""
+    """One libnftables context (and one element socket) per namespace, made inside it and
+    kept (enforcer.netns.Handles: a namespace removed and made again under the same name is
+    a new namespace, and is never reached through the old context)."""
 
     method = "libnft"
 
@@ -408,46 +406,24 @@ class LibnftRunner(_Runner):
 
         libnft._load()
         self._libnft = libnft
-        self._ctxs: dict[str, tuple[int, object]] = {}
-        self._socks: dict[str, tuple[int, object]] = {}
-        self._lock = threading.Lock()
+        self._ctxs = nsmod.Handles(self._new_context)
+        self._socks = nsmod.Handles(libnft.ElementSocket)
 
-    @staticmethod
-    def _inode(netns: str) -> int:
-        try:
-            return os.stat(nsmod.path(netns)).st_ino
-        except FileNotFoundError as e:
-            raise NetnsError(f"network namespace {netns} does not exist") from e
-
-    def _held(self, cache: dict, netns: str, make):
-        """The handle kept for ``netns`` in ``cache``, made inside the namespace if new."""
-        ino = self._inode(netns)
-        with self._lock:
-            held = cache.get(netns)
-            if held is not None and held[0] == ino:
-                return held[1]
-            if held is not None:
-                held[1].close()
-            with nsmod.entered(netns):
-                handle = make()
-            cache[netns] = (ino, handle)
-            return handle
+    def _new_context(self):
+        ctx = self._libnft.Context()
+        # Opens the netlink socket here, inside the namespace, in versions that would
+        # otherwise open it lazily on the first command (wherever the thread is then).
+        ctx.run("list tables")
+        return ctx
 
     def _context(self, netns: str):
-        def make():
-            ctx = self._libnft.Context()
-            # Opens the netlink socket here, inside the namespace, in versions that would
-            # otherwise open it lazily on the first command (wherever the thread is then).
-            ctx.run("list tables")
-            return ctx
-
-        return self._held(self._ctxs, netns, make)
+        return self._ctxs.get(netns)
 
     def change_elements(self, netns: str, d: Delta) -> None:
         if d.interval:
             self.run(netns, d.commands())
             return
-        sock = self._held(self._socks, netns, self._libnft.ElementSocket)
+        sock = self._socks.get(netns)
         with sock.lock:
             try:
                 sock.change(TABLE, [(v, n, list(e)) for v, n, e in d.changes])
@@ -463,17 +439,12 @@ class LibnftRunner(_Runner):
                 raise _Refused(str(e)) from e
 
     def forget(self, netns: str) -> None:
-        with self._lock:
-            held = [h for h in (self._ctxs.pop(netns, None), self._socks.pop(netns, None)) if h]
-        for _, handle in held:
-            handle.close()
+        self._ctxs.forget(netns)
+        self._socks.forget(netns)
 
     def close(self) -> None:
-        with self._lock:
-            held = list(self._ctxs.values()) + list(self._socks.values())
-            self._ctxs, self._socks = {}, {}
-        for _, handle in held:
-            handle.close()
+        self._ctxs.close()
+        self._socks.close()
 
 
 # ---------------------------------------------------------------------------------------

@@ -221,10 +221,8 @@ class LabView:
 
 def _identity(ns: str) -> tuple[str, int] | None:
     """A namespace's name and inode (None when it is gone): a name can be reused."""
-    try:
-        return ns, os.stat(netns.path(ns)).st_ino
-    except FileNotFoundError:
-        return None
+    ino = netns.inode(ns)
+    return None if ino is None else (ns, ino)
 
 
 def _canonical(ip: str) -> str:
