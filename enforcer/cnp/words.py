@@ -69,7 +69,7 @@ def explain_rows(cluster, tier: str) -> list[dict]:
                  for d in ir.DIRECTIONS for i, r in enumerate(c.ingress if d == "ingress" else c.egress)]
         rows.append({"policy": f"ClusterNetworkPolicy {c.name} ({c.tier} tier, priority {c.priority})",
                      "pod_selector": str(c.subject), "targets": targets,
-                     "policy_types": [d.capitalize() for d in ("ingress", "egress")
+                     "policy_types": [d.capitalize() for d in ir.DIRECTIONS
                                       if (c.ingress if d == "ingress" else c.egress)],
                      "rules": rules})
     return rows

@@ -406,11 +406,12 @@ _register_exec()
 def draw(name, fmt, out_file) -> None:
     """Draw the lab's topology: node namespace, bridge, every pod on its veth, isolation."""
     from enforcer import pictures
+    from enforcer.ir import DIRECTIONS
     from enforcer.lab import state as lab_state
 
     st = lab_state.load(name)
     eps = [(e.key, e.kind, e.netns, e.link, tuple(e.ips)) for e in st.endpoints.values()]
-    iso = {k: "+".join(d for d in ("ingress", "egress") if fw.direction(d).isolated)
+    iso = {k: "+".join(d for d in DIRECTIONS if fw.direction(d).isolated)
            for k, fw in st.firewalls.items()}
     dot = pictures.topology_dot(name, st.node_netns, st.bridge, tuple(st.gateways), eps, iso)
     if fmt == "dot":

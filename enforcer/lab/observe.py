@@ -30,11 +30,10 @@ from backends import base
 from backends.base import LOG_GROUP, LOG_RATE_PER_SECOND
 from enforcer import netns, nflog
 from enforcer.errors import LabError, NetnsError
-from enforcer.ir import PodFirewall
+from enforcer.ir import DIRECTIONS, PodFirewall
 from enforcer.lab import state
 from enforcer.lab.state import LabState
 
-DIRECTIONS = ("ingress", "egress")
 NODE = "node"  # the id shown for the lab node's addresses
 
 
