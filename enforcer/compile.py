@@ -105,6 +105,7 @@ class Compiler:
         # ClusterNetworkPolicies (enforcer.cnp): their tiers are added to each firewall as it
         # is built; not tracked incrementally (a change to them means a new Compiler).
         self.cnps = tuple(cluster.cnps.values())
+        self._cnp_memo: dict = {}  # enforcer.cnp.tiers.attach's, for one state of the cluster
         self._ns_index = LabelIndex()
         self._pod_index = PodIndex()  # all pods, keyed "ns/name", cluster-wide and per namespace
         self._policies_by_ns: dict[str, set[str]] = defaultdict(set)
@@ -478,6 +479,7 @@ class Compiler:
     def _rebuild(self, pods: Iterable[str]) -> set[str]:
         if self.cnps:  # ClusterNetworkPolicy subjects and peers may read any pod or
             pods = set(pods) | set(self.pods)  # namespace: not incremental, every pod is looked at
+            self._cnp_memo.clear()  # the state changed
         changed = set()
         for key in pods:
             if key not in self.pods:
@@ -558,7 +560,7 @@ class Compiler:
         fw = ir.PodFirewall(key, pod.ips, self.node_ips, directions["ingress"], directions["egress"], tuple(sets))
         if self.cnps:
             from enforcer.cnp.tiers import attach
-            fw = attach(fw, pod, self.pods.values(), self.namespace, self.cnps)
+            fw = attach(fw, pod, self.pods.values(), self.namespace, self.cnps, self._cnp_memo)
         return fw
 
     def _allow_rules(self, pod: Pod, rid: RuleId, name: str, sets: list) -> list[ir.AllowRule]:

@@ -104,20 +104,27 @@ def _tier_rules(pod: Pod, pol: ClusterNetworkPolicy, direction: str, index: int,
 
 
 def attach(fw: ir.PodFirewall, pod: Pod, pods: Iterable[Pod], namespace: Callable[[str], Namespace],
-           cnps: Iterable[ClusterNetworkPolicy]) -> ir.PodFirewall:
+           cnps: Iterable[ClusterNetworkPolicy], memo: dict | None = None) -> ir.PodFirewall:
     """``fw`` with the tier rules of every CNP whose subject selects ``pod``; ``fw`` itself
-    when none does (a cluster without CNPs compiles exactly as before)."""
+    when none does (a cluster without CNPs compiles exactly as before).
+
+    ``memo``: shared by the pods of one cluster state (the caller empties it when anything
+    changes). It keeps each selection's pods and each rule's sets and tier rules, which
+    are the same for every pod the policy selects (the same objects, so their digests are
+    computed once): without it, a cluster costs pods x pods."""
     mine = sorted((c for c in cnps if selects(c.subject, pod, namespace(pod.namespace))),
                   key=ClusterNetworkPolicy.order)
     if not mine:
         return fw
-    pods = [p for p in pods if not p.host_network]
-    cache: dict[Selection, list[Pod]] = {}
+    memo = {} if memo is None else memo
+    if "pods" not in memo:
+        memo["pods"] = [p for p in pods if not p.host_network]
 
     def peers_of(sel: Selection) -> list[Pod]:
-        if sel not in cache:
-            cache[sel] = [p for p in pods if selects(sel, p, namespace(p.namespace))]
-        return cache[sel]
+        key = ("sel", sel)
+        if key not in memo:
+            memo[key] = [p for p in memo["pods"] if selects(sel, p, namespace(p.namespace))]
+        return memo[key]
 
     sets: list = list(fw.sets)
     dirs = {}
@@ -125,7 +132,15 @@ def attach(fw: ir.PodFirewall, pod: Pod, pods: Iterable[Pod], namespace: Callabl
         tiers: dict[str, list[ir.TierRule]] = {"Admin": [], "Baseline": []}
         for pol in mine:
             for i, rule in enumerate(pol.ingress if direction == "ingress" else pol.egress):
-                tiers[pol.tier].extend(_tier_rules(pod, pol, direction, i, rule, peers_of, sets))
+                # Ingress named ports resolve on this pod: its ports are part of the key.
+                own = pod.ports if direction == "ingress" and any(p.named for p in rule.protocols) else ()
+                key = ("rule", pol.name, direction, i, own)
+                if key not in memo:
+                    made: list = []
+                    memo[key] = (tuple(_tier_rules(pod, pol, direction, i, rule, peers_of, made)), tuple(made))
+                rules, made_sets = memo[key]
+                tiers[pol.tier].extend(rules)
+                sets.extend(made_sets)
         dirs[direction] = replace(fw.direction(direction), admin=tuple(tiers["Admin"]),
                                   baseline=tuple(tiers["Baseline"]))
     return replace(fw, ingress=dirs["ingress"], egress=dirs["egress"], sets=tuple(sets))
