@@ -36,24 +36,7 @@ def jump(tier: str, direction: str) -> tuple[str, ...]:
 
 def rule_args(fw: PodFirewall, rule: TierRule, direction: str, family: int) -> list[tuple[str, ...]]:
     from backends import iptables as I
-    comment = I._comment(rule.comment())
-    target = ("-j", TARGET[rule.action])
-    if rule.addr_ports is not None:
-        name = I._set_name_of(fw, rule.addr_ports, family)
-        return [("-m", "set", "--match-set", name, f"{I.PEER_DIR[direction]},dst") + comment + target]
-    peer: tuple[str, ...] = ()
-    if rule.peers is not None:
-        peer = ("-m", "set", "--match-set", I._set_name_of(fw, rule.peers, family), I.PEER_DIR[direction])
-    out = []
-    for proto, ranges in base.port_groups(rule.ports):
-        if proto is None:
-            out.append(peer + comment + target)
-        elif ranges is None:
-            out.append(("-p", proto.lower()) + peer + comment + target)
-        else:
-            for ports in I._port_matches(proto.lower(), ranges):
-                out.append(("-p", proto.lower()) + peer + ports + comment + target)
-    return out
+    return I.match_args(fw, rule, direction, family, I._comment(rule.comment()) + ("-j", TARGET[rule.action]))
 
 
 def chains(fw: PodFirewall, family: int) -> dict[str, tuple[tuple[str, ...], ...]]:

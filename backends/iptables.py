@@ -207,23 +207,27 @@ def _set_name_of(fw: PodFirewall, ir_name: str, family: int) -> str:
 
 
 def render_allow(fw: PodFirewall, rule: AllowRule, direction: str, family: int) -> list[tuple[str, ...]]:
-    comment = _comment(base.rule_comment(rule))
-    accept = ("-j", "ACCEPT")
+    return match_args(fw, rule, direction, family, _comment(base.rule_comment(rule)) + ("-j", "ACCEPT"))
+
+
+def match_args(fw: PodFirewall, rule, direction: str, family: int, tail: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The argument lists of one rule (an AllowRule, or a tier's TierRule: the same peers,
+    addr_ports and ports), each ending in ``tail`` (its comment and target)."""
     if rule.addr_ports is not None:
         name = _set_name_of(fw, rule.addr_ports, family)
-        return [("-m", "set", "--match-set", name, f"{PEER_DIR[direction]},dst") + comment + accept]
+        return [("-m", "set", "--match-set", name, f"{PEER_DIR[direction]},dst") + tail]
     peer: tuple[str, ...] = ()
     if rule.peers is not None:
         peer = ("-m", "set", "--match-set", _set_name_of(fw, rule.peers, family), PEER_DIR[direction])
     out = []
     for proto, ranges in base.port_groups(rule.ports):
         if proto is None:
-            out.append(peer + comment + accept)
+            out.append(peer + tail)
         elif ranges is None:
-            out.append(("-p", proto.lower()) + peer + comment + accept)
+            out.append(("-p", proto.lower()) + peer + tail)
         else:
             for ports in _port_matches(proto.lower(), ranges):
-                out.append(("-p", proto.lower()) + peer + ports + comment + accept)
+                out.append(("-p", proto.lower()) + peer + ports + tail)
     return out
 
 
