@@ -128,3 +128,27 @@ def test_marks_stable_and_collisions_reported():
     assert placement.pod_tag("ns/" + "a" * 300).startswith("ns.aaa") and len(placement.pod_tag("ns/" + "a" * 300)) <= 96
     with pytest.raises(BackendError):
         placement.check_placement("node")
+
+
+def test_lab_host_mode_refuses_iptables_clearly():
+    from enforcer.errors import LabError
+    from enforcer.lab import hostmode
+
+    hostmode.check("host", "nftables")
+    hostmode.check("pod", "iptables")
+    with pytest.raises(LabError, match="nftables backend only"):
+        hostmode.check("host", "iptables")
+    with pytest.raises(LabError, match="choose pod or host"):
+        hostmode.check("node", "nftables")
+
+
+def test_tiered_pods_are_refused_in_host_mode(fws):
+    import dataclasses
+
+    from enforcer.ir import TierRule
+
+    fw = fws["x/a"]
+    tier = TierRule("Admin", "cnp", 1, "ingress", 0, "Accept")
+    tiered = dataclasses.replace(fw, ingress=dataclasses.replace(fw.ingress, admin=(tier,)))
+    with pytest.raises(BackendError, match="ClusterNetworkPolicy"):
+        nft_host.render_node([(tiered, "veth0")])
