@@ -272,9 +272,11 @@ def render(files, legacy_namespace_isolation, backend, pods, enforce_at) -> None
     comp = loaded.compiler
     from enforcer import workloads
 
-    groups = workloads.groups(loaded.cluster)
+    groups = None  # grouping 150,000 pods by workload costs seconds: only for a workload name
     keys = []
     for p in pods:  # a workload's name (NS/WORKLOAD) means each of its pods
+        if p not in comp.pods and groups is None:
+            groups = workloads.groups(loaded.cluster)
         members = [p] if p in comp.pods else [k for k in groups.get(p, []) if k in comp.pods]
         if not members:
             raise InputError(f"--pod {p}: no such pod or workload in the input")
