@@ -29,7 +29,7 @@ from typing import Iterable
 from enforcer import interrupts, ipam, netns
 from enforcer.errors import LabError, NetnsError
 from enforcer.ir import PodFirewall
-from enforcer.lab import multinode, naming, servers, state, topology
+from enforcer.lab import multinode, naming, serverctl, state, topology
 from enforcer.lab.probe import Target
 from enforcer.lab.probe import run as run_probes
 from enforcer.lab.state import Endpoint, LabState
@@ -129,11 +129,11 @@ def _server_sync(st: LabState, endpoints: Iterable[Endpoint]) -> list[str]:
     if st.no_servers:
         endpoints = []  # lab up --no-servers: every port is the test's own (lab exec)
     st.server_generation += 1
-    notes = servers.write_config(st.name, endpoints, st.server_generation)
-    if st.server_pid and servers.is_ours(st.server_pid, st.name):
-        servers.reload(st.name, st.server_pid, st.server_generation)
+    notes = serverctl.write_config(st.name, endpoints, st.server_generation)
+    if st.server_pid and serverctl.is_ours(st.server_pid, st.name):
+        serverctl.reload(st.name, st.server_pid, st.server_generation)
     else:
-        st.server_pid = servers.start(st.name, st.node_netns, st.server_generation)
+        st.server_pid = serverctl.start(st.name, st.node_netns, st.server_generation)
     return notes
 
 
@@ -391,7 +391,7 @@ def _converge(st: LabState, cluster: Cluster, backend, node_of: dict[str, str] |
     _services_sync(st, had_services)  # endpoints follow pods and labels
     # 5. Servers for the new endpoints and ports, now that their firewalls are in place.
     if gone or out.added or any(old[k].ports != before_ports[k] for k in kept) or \
-            not servers.is_ours(st.server_pid, st.name):
+            not serverctl.is_ours(st.server_pid, st.name):
         out.notes += _server_sync(st, st.endpoints.values())
     state.save(st)
     return out
@@ -502,7 +502,7 @@ def _teardown(name: str, scan: bool = False) -> int:
         st = state.load(name)
     except LabError:
         pass
-    servers.stop(name, [st.server_pid] if st else [])
+    serverctl.stop(name, [st.server_pid] if st else [])
     from enforcer.lab import apilab
 
     apilab.kill_processes(name, st.api if st else None)  # agents, API server, etcd
@@ -532,7 +532,7 @@ def _teardown(name: str, scan: bool = False) -> int:
 def orphans(name: str) -> list[str]:
     """What carries lab ``name``'s marks although the lab has no state: namespaces with
     its prefix and server processes naming its configuration."""
-    return _scan(name) + [f"server pid {p}" for p in servers.find(name)]
+    return _scan(name) + [f"server pid {p}" for p in serverctl.find(name)]
 
 
 def down(name: str, *, force: bool = False) -> bool:
@@ -598,7 +598,7 @@ def list_labs() -> list[dict]:
             "pods": sum(1 for e in st.endpoints.values() if e.kind == "pod"),
             "externals": sum(1 for e in st.endpoints.values() if e.kind == "external"),
             "policies": len(st.cluster.policies),
-            "server": "running" if servers.is_ours(st.server_pid, n) else "stopped",
+            "server": "running" if serverctl.is_ours(st.server_pid, n) else "stopped",
             "node_netns": st.node_netns, "cidrs": list(st.cidrs),
         })
         if st.nodes or st.api is not None:

@@ -81,10 +81,10 @@ class Run:
 
 def leftovers(name: str) -> list[str]:
     from enforcer import netns
-    from enforcer.lab import naming, servers, state
+    from enforcer.lab import naming, serverctl, state
 
     left = [n for n in netns.list_names(naming.node_netns(name)) if naming.carries(name, n)]
-    left += [f"pid {p}" for p in servers.find(name)]
+    left += [f"pid {p}" for p in serverctl.find(name)]
     if os.path.exists(state.lab_dir(name)):
         left.append(state.lab_dir(name))
     return left

@@ -18,7 +18,7 @@ from backends.base import FakeBackend
 from enforcer import netns
 from enforcer.errors import LabError
 from enforcer.ir import AddrSet, AllowRule, DirectionPolicy, PodFirewall, PortMatch, Provenance
-from enforcer.lab import codec, control, naming, servers, state, topology
+from enforcer.lab import codec, control, naming, serverctl, state, topology
 from enforcer.lab.probe import Target, run as run_probes
 from enforcer.model import (Cluster, ContainerPort, ExternalHost, IPBlock, LabelSelector, Namespace,
                             NetworkPolicy, Peer, Pod, Rule)
@@ -66,7 +66,7 @@ def lab_name() -> str:
 
 def leftovers(name: str) -> list[str]:
     left = [n for n in netns.list_names(naming.node_netns(name)) if naming.carries(name, n)]
-    left += [f"pid {p}" for p in servers.find(name)]
+    left += [f"pid {p}" for p in serverctl.find(name)]
     if os.path.exists(state.lab_dir(name)):
         left.append(state.lab_dir(name))
     return left
@@ -229,7 +229,7 @@ def test_down_of_a_lab_spares_the_lab_with_a_longer_name():
         control.down(a)
         assert not netns.exists(naming.pod_netns(a, "b/p"))
         assert netns.exists(naming.pod_netns(b, "b/p")) and netns.exists(naming.node_netns(b))
-        assert servers.is_ours(state.load(b).server_pid, b)
+        assert serverctl.is_ours(state.load(b).server_pid, b)
     finally:
         control.down(a)
         control.down(b)
@@ -240,12 +240,12 @@ CRASH = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {tests!r})
     from test_lab import small_cluster
-    from enforcer.lab import control, servers
-    real_start = servers.start
+    from enforcer.lab import control, serverctl
+    real_start = serverctl.start
     def start_then_die(*a, **kw):
         pid = real_start(*a, **kw)
         os.kill(os.getpid(), signal.SIGKILL)   # killed after the server, before "ready"
-    servers.start = start_then_die
+    serverctl.start = start_then_die
     control.up({name!r}, small_cluster(), "fake")
 """)
 

@@ -20,7 +20,7 @@ import pytest
 
 from enforcer import netns
 from enforcer.errors import LabError
-from enforcer.lab import control, naming, servers, state
+from enforcer.lab import control, naming, serverctl, state
 from enforcer.model import Cluster, ContainerPort, Namespace, Pod
 from enforcer.pytest_plugin import NetpolLabWarning
 from enforcer.reachability import Reachability
@@ -38,7 +38,7 @@ def by_prefix(prefix: str) -> list[str]:
     left += [os.path.join(state.LABS_DIR, n) for n in state.names() if n.startswith(prefix)]
     for pid in os.listdir("/proc"):
         if pid.isdigit():
-            argv = servers._cmdline(int(pid))
+            argv = serverctl._cmdline(int(pid))
             if "enforcer.lab.server" in argv and f"/labs/{prefix}" in (argv[-1] if argv else ""):
                 left.append(f"server pid {pid}")
     return left
@@ -205,7 +205,7 @@ def test_lab_list_shows_owners_and_down_stale_removes_only_dead_owners():
         assert r.returncode == 0 and f"lab {dead} removed" in r.stdout, r.stdout + r.stderr
         assert by_prefix(dead) == []
         assert state.exists(mine) and state.exists(detached)
-        assert servers.is_ours(state.load(mine).server_pid, mine)
+        assert serverctl.is_ours(state.load(mine).server_pid, mine)
     finally:
         for n in (dead, mine, detached):
             control.down(n, force=True)
