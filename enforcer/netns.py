@@ -253,8 +253,46 @@ def _gettid() -> int:
 
 def iproute(name: str):
     """A pyroute2 IPRoute bound to namespace ``name`` (use it as a context manager)."""
-    from pyroute2 import IPRoute
-
     if not exists(name):
         raise NetnsError(f"network namespace {name} does not exist")
-    return IPRoute(netns=name)
+    return held_iproute(netns=name)
+
+
+_held_class = None
+
+
+def held_iproute(**kwargs):
+    """A pyroute2 IPRoute whose every request runs with interrupts held (interrupts.py).
+
+    pyroute2's sync API runs each request on an asyncio loop, so a Ctrl-C landing during one
+    is raised inside a pyroute2 coroutine. The coroutine is then closed with the exception
+    still travelling, and on Python 3.11 that leaves a traceback entry whose line number is
+    None: pytest crashes formatting it (TypeError in TracebackEntry.lineno, exit code 1
+    instead of 2) and the loop's half-done coroutine is reported as "Exception ignored".
+    Held, the interrupt is raised a request later (milliseconds), from our own frame.
+    Dumps are read to the end inside the held block: a generator that holds interrupts
+    between items would hold them while its caller runs.
+    """
+    global _held_class
+    if _held_class is None:
+        from pyroute2 import IPRoute
+
+        class HeldIPRoute(IPRoute):
+            def __init__(self, *a, **kw):
+                with interrupts.deferred():  # a half-made IPRoute breaks its own __del__
+                    super().__init__(*a, **kw)
+
+            def _run_with_cleanup(self, func, *a, **kw):
+                with interrupts.deferred():
+                    return super()._run_with_cleanup(func, *a, **kw)
+
+            def _generate_with_cleanup(self, func, *a, **kw):
+                with interrupts.deferred():
+                    return iter(list(super()._generate_with_cleanup(func, *a, **kw)))
+
+            def close(self, *a, **kw):
+                with interrupts.deferred():
+                    return super().close(*a, **kw)
+
+        _held_class = HeldIPRoute
+    return _held_class(**kwargs)

@@ -175,10 +175,8 @@ def _nl_error(what: str, e: Exception) -> LabError:
 
 def _iproute_in(name: str):
     """An IPRoute whose netlink socket lives in namespace ``name`` (opened while inside)."""
-    from pyroute2 import IPRoute
-
     with netns.entered(name), interrupts.deferred():  # a half-made IPRoute breaks its own __del__
-        return IPRoute()
+        return netns.held_iproute()  # its requests, too, run with interrupts held
 
 
 def write_sysctls(name: str, values: dict[str, str]) -> None:
