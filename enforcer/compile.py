@@ -264,13 +264,24 @@ class Compiler:
             return set()
         return self._rebuild(self._drop_policy(old))
 
+    def set_cnp(self, cnp) -> set[str]:
+        """Add or replace a ClusterNetworkPolicy (enforcer.cnp.model), by name."""
+        return self._set_cnps(tuple(c for c in self.cnps if c.name != cnp.name) + (cnp,))
+
+    def remove_cnp(self, name: str) -> set[str]:
+        return self._set_cnps(tuple(c for c in self.cnps if c.name != name))
+
+    def _set_cnps(self, cnps: tuple) -> set[str]:
+        if sorted(cnps, key=lambda c: c.name) == sorted(self.cnps, key=lambda c: c.name):
+            return set()
+        had, self.cnps = bool(self.cnps), cnps
+        # Every pod may gain or lose tiers; once none is left, every pod built loses them.
+        return self._rebuild(self.pods if cnps or had else ())
+
     def sync(self, cluster: Cluster) -> set[str]:
         """Make ``cluster`` the whole desired state; returns the pods whose firewall changed."""
         changed: set[str] = set()
-        cnps = tuple(cluster.cnps.values())
-        if cnps != self.cnps:
-            self.cnps = cnps
-            changed |= self._rebuild(self.pods if cnps else set(self._firewalls))
+        changed |= self._set_cnps(tuple(cluster.cnps.values()))
         for name in list(self.namespaces):
             if name not in cluster.namespaces:
                 changed |= self.remove_namespace(name)

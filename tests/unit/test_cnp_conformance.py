@@ -113,3 +113,24 @@ def test_incremental_compiler_follows_the_steps(case, tmp_path):
         assert moved <= changed  # every pod whose firewall moved is reported
         moves += len(moved)
     assert moves  # the mutations and the final "no CNP" did change firewalls
+
+
+def test_set_cnp_and_remove_cnp_match_a_fresh_compile(tmp_path):
+    """The calls a daemon feeding CNP changes would make (Compiler.set_cnp / remove_cnp)."""
+    from enforcer.compile import Compiler
+    [case] = [c for c in CASES if c.name == "CNPAdminTierIntegration"]
+    f = tmp_path / "s.yaml"
+    f.write_text(case.steps[0].manifests_text())
+    full = load([str(f)]).cluster
+    bare = load([str(f)]).cluster
+    bare.cnps.clear()
+    comp = Compiler(bare, node_ips=("10.244.0.1",))
+    plain = comp.firewalls()
+    changed = set()
+    for c in full.cnps.values():
+        changed |= comp.set_cnp(c)
+    assert comp.firewalls() == compile_cluster(full, node_ips=("10.244.0.1",))
+    assert changed == {k for k in plain if plain[k] != comp.firewalls()[k]} != set()
+    for name in list(full.cnps):
+        comp.remove_cnp(name)
+    assert comp.firewalls() == plain
