@@ -1,5 +1,6 @@
 """The ClusterNetworkPolicy conformance scenarios (tests/conformance/cnp/) with real
-packets, on each backend: one lab per backend with upstream's model (base.yaml); each
+packets, on each backend (nftables, iptables through iptables-restore, iptables-legacy through
+python-iptables): one lab per backend with upstream's model (base.yaml); each
 scenario's steps are applied in order (``lab.apply``, incremental as ``netpol lab apply``)
 and every probe of the step is a real connection from the client pod's namespace to the
 server pod's IP. Denied must be dropped (a timeout, or EPERM when the source's own egress
@@ -18,7 +19,7 @@ from tests.conformance.cnp.cases import BASE, load_cases
 
 pytestmark = pytest.mark.root
 
-BACKENDS = ["nftables", "iptables"]
+BACKENDS = ["nftables", "iptables", "iptables-legacy"]
 CASES = load_cases()
 FAST_TIMEOUT = float(os.environ.get("NETPOL_CONFORMANCE_TIMEOUT", "0.3"))
 CONFIRM_TIMEOUT = 1.0
