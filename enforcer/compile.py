@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Iterable
 
 from enforcer import ir
+from enforcer.cnp.compiling import TiersMixin
 from enforcer import intervals
 from enforcer.labelindex import LabelIndex, PodIndex
 from enforcer.model import (EGRESS, INGRESS, Cluster, IPBlock, Namespace, NetworkPolicy,
@@ -91,7 +92,7 @@ def group_key(policy_ns: str, rule: Rule) -> GroupKey:
     return (policy_ns if scoped else "", rule.peers)
 
 
-class Compiler:
+class Compiler(TiersMixin):
     """Incremental compiler. Build it from a cluster, then call the ``set_*``/``remove_*``
     methods (or ``sync``); each returns the keys of the pods whose ``firewall()`` changed."""
 
@@ -102,10 +103,7 @@ class Compiler:
         self.namespaces: dict[str, Namespace] = {}
         self.pods: dict[str, Pod] = {}
         self.policies: dict[str, NetworkPolicy] = {}
-        # ClusterNetworkPolicies (enforcer.cnp): their tiers are added to each firewall as it
-        # is built; not tracked incrementally (a change to them means a new Compiler).
-        self.cnps = tuple(cluster.cnps.values())
-        self._cnp_memo: dict = {}  # enforcer.cnp.tiers.attach's, for one state of the cluster
+        self._init_cnps(cluster)  # ClusterNetworkPolicy tiers (enforcer.cnp.compiling)
         self._ns_index = LabelIndex()
         self._pod_index = PodIndex()  # all pods, keyed "ns/name", cluster-wide and per namespace
         self._policies_by_ns: dict[str, set[str]] = defaultdict(set)
@@ -263,20 +261,6 @@ class Compiler:
         if old is None:
             return set()
         return self._rebuild(self._drop_policy(old))
-
-    def set_cnp(self, cnp) -> set[str]:
-        """Add or replace a ClusterNetworkPolicy (enforcer.cnp.model), by name."""
-        return self._set_cnps(tuple(c for c in self.cnps if c.name != cnp.name) + (cnp,))
-
-    def remove_cnp(self, name: str) -> set[str]:
-        return self._set_cnps(tuple(c for c in self.cnps if c.name != name))
-
-    def _set_cnps(self, cnps: tuple) -> set[str]:
-        if sorted(cnps, key=lambda c: c.name) == sorted(self.cnps, key=lambda c: c.name):
-            return set()
-        had, self.cnps = bool(self.cnps), cnps
-        # Every pod may gain or lose tiers; once none is left, every pod built loses them.
-        return self._rebuild(self.pods if cnps or had else ())
 
     def sync(self, cluster: Cluster) -> set[str]:
         """Make ``cluster`` the whole desired state; returns the pods whose firewall changed."""
@@ -488,9 +472,7 @@ class Compiler:
         return self._pod_index.select(peer.pod_selector, namespaces)
 
     def _rebuild(self, pods: Iterable[str]) -> set[str]:
-        if self.cnps:  # ClusterNetworkPolicy subjects and peers may read any pod or
-            pods = set(pods) | set(self.pods)  # namespace: not incremental, every pod is looked at
-            self._cnp_memo.clear()  # the state changed
+        pods = self._cnp_scope(pods)
         changed = set()
         for key in pods:
             if key not in self.pods:
@@ -569,10 +551,7 @@ class Compiler:
                     rules.extend(self._allow_rules(pod, (pkey, direction, i), set_name(prefix, i, k), sets))
             directions[direction] = ir.DirectionPolicy(bool(isolated_by), tuple(sorted(isolated_by)), tuple(rules))
         fw = ir.PodFirewall(key, pod.ips, self.node_ips, directions["ingress"], directions["egress"], tuple(sets))
-        if self.cnps:
-            from enforcer.cnp.tiers import attach
-            fw = attach(fw, pod, self.pods.values(), self.namespace, self.cnps, self._cnp_memo)
-        return fw
+        return self._with_tiers(fw, pod)
 
     def _allow_rules(self, pod: Pod, rid: RuleId, name: str, sets: list) -> list[ir.AllowRule]:
         spec = self._spec[rid]
