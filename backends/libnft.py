@@ -152,6 +152,11 @@ NFTA_LIST_ELEM = 1
 NFTA_SET_ELEM_KEY = 1
 NFTA_DATA_VALUE = 1
 PROTO_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
+# At most 40 bytes an element (an IPv6 address . protocol . port key with its headers):
+# 1,000 of them stay well under the 64 KiB limit of one netlink attribute.
+CHUNK = 1000
+SO_SNDBUFFORCE = 32  # not in Python's socket module
+BATCH_BUFFER = 16 << 20
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -186,6 +191,12 @@ class ElementSocket:
     def __init__(self) -> None:
         self._sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW, NETLINK_NETFILTER)
         self._sock.bind((0, 0))
+        # A whole batch goes in one send(): netlink refuses a message larger than the send
+        # buffer (EMSGSIZE), and the default (~200 KiB) holds only a few thousand elements.
+        try:
+            self._sock.setsockopt(_socket.SOL_SOCKET, SO_SNDBUFFORCE, BATCH_BUFFER)
+        except OSError:  # without CAP_NET_ADMIN: capped by net.core.wmem_max
+            self._sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, BATCH_BUFFER)
         self._sock.settimeout(5)
         self._seq = 0
         self.lock = threading.Lock()
@@ -197,7 +208,11 @@ class ElementSocket:
         seqs = []
         self._seq = (self._seq + 1) & 0x3FFFFFFF
         begin = self._seq
-        for verb, set_name, elements in changes:
+        # A netlink attribute's length is 16 bits: a set's elements go in messages of at
+        # most CHUNK elements each (all in the same batch, so still one transaction).
+        parts = [(verb, set_name, elements[i:i + CHUNK])
+                 for verb, set_name, elements in changes for i in range(0, max(len(elements), 1), CHUNK)]
+        for verb, set_name, elements in parts:
             self._seq += 1
             seqs.append(self._seq)
             elems = b"".join(_nested(NFTA_LIST_ELEM, _nested(NFTA_SET_ELEM_KEY,
@@ -230,7 +245,7 @@ class ElementSocket:
                     (err,) = _struct.unpack_from("=i", data, off + 16)
                     pending.discard(seq)
                     if err and seq in seqs:
-                        verb, set_name, elements = changes[seqs.index(seq)]
+                        verb, set_name, elements = parts[seqs.index(seq)]
                         errors.append(f"{verb} element {table} {set_name} {{ {', '.join(elements)} }}: "
                                       f"{os.strerror(-err)}")
                     elif err:  # the batch itself was refused (e.g. no CAP_NET_ADMIN)

@@ -16,6 +16,7 @@ each test.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 import socket
 import threading
 from typing import Iterator
@@ -316,6 +317,22 @@ def test_delta_on_interval_sets_recollapsed(backend):
     assert backend.apply(SRV, fw2, fw1).kind == "delta"
     assert backend.verify(SRV, fw2)
     assert tcp(C2, ADDR["srv2"][0], 8080) == "connected"
+
+
+def test_large_delta_beyond_one_netlink_attribute(backend):
+    """10,000 peers added in one delta: more than one netlink attribute (64 KiB) holds, so
+    the element batch must be split, yet stay one transaction; c2 then gets in."""
+    many = tuple(f"10.{200 + i // 65536}.{(i // 256) % 256}.{i % 256}/32" for i in range(10_000))
+    fw1 = server_fw("c1")
+    backend.apply(SRV, fw1)
+    big = AddrSet("in0", v4=many + (f"{ADDR['c1'][0]}/32", f"{ADDR['c2'][0]}/32"),
+                  v6=(f"{ADDR['c1'][1]}/128",))
+    fw2 = replace(fw1, sets=(big,))
+    result = backend.apply(SRV, fw2, fw1)
+    assert result.kind == "delta" and result.elements_added == 10_001
+    assert backend.verify(SRV, fw2)
+    assert tcp(C2, ADDR["srv2"][0], 8080) == "connected"
+    assert tcp(C2, ADDR["srv2"][1], 8080) == "timeout"  # c2's v6 address is not in the set
 
 
 def _rule_identity(backend, ns: str):
