@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from enforcer import validation as V
+from enforcer.cnp import decode as CNP
 from enforcer.daemon.sources import KEPT, NOT_LOADED, Issue, ObjKey, same_object
 from enforcer.daemon.status import write_atomic
 from enforcer.decode import decode_kind
@@ -30,7 +31,10 @@ from enforcer.errors import Problem
 from enforcer.manifests import KIND_API_VERSIONS
 from enforcer.model import Cluster
 
-KINDS = ("Namespace", "Pod", "NetworkPolicy")
+KINDS = ("Namespace", "Pod", "NetworkPolicy", CNP.KIND)
+# Kinds of a CRD the cluster may not have installed (or let us read): absent means none.
+OPTIONAL_KINDS = (CNP.KIND,)
+CLUSTER_SCOPED = ("Namespace", CNP.KIND)
 SOURCE = "api"  # the "file" of problems found in API objects
 SNAPSHOT_VERSION = 1
 FINISHED_PHASES = ("Succeeded", "Failed")
@@ -53,7 +57,7 @@ def _label(kind: str, raw: dict) -> tuple[str, str]:
     name, ns = meta.get("name"), meta.get("namespace")
     if not isinstance(name, str) or not name:
         return f"{kind} <unnamed>", ""
-    if kind == "Namespace":
+    if kind in CLUSTER_SCOPED:
         return f"{kind} {name}", name
     ns = ns if isinstance(ns, str) and ns else "default"
     return f"{kind} {ns}/{name}", f"{ns}/{name}"
@@ -72,7 +76,10 @@ def decode_object(kind: str, raw: Any, *, legacy: bool = False) -> Decoded:
     warns: list[tuple[str, str]] = []
     notes: list[str] = []
     try:
-        obj = decode_kind(doc, kind, errs, warns, SOURCE, legacy, notes, label)
+        if kind == CNP.KIND:
+            obj = CNP.decode_object(doc, errs, warns, SOURCE)
+        else:
+            obj = decode_kind(doc, kind, errs, warns, SOURCE, legacy, notes, label)
     except RecursionError:
         obj, errs = None, [("", "nested too deeply")]
     problems = [Problem(SOURCE, label, p, m) for p, m in errs]
@@ -111,7 +118,7 @@ def _trim(kind: str, raw: dict) -> dict:
     meta = raw.get("metadata") or {}
     m = {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if meta.get(k) is not None}
     out: dict[str, Any] = {"metadata": m}
-    if kind == "NetworkPolicy":
+    if kind in ("NetworkPolicy", CNP.KIND):
         out["spec"] = raw.get("spec")
     elif kind == "Pod":
         spec = raw.get("spec") or {}
@@ -224,7 +231,7 @@ class ApiStore:
 
     def cluster(self) -> Cluster:
         c = Cluster()
-        tables = {"Namespace": c.namespaces, "Pod": c.pods, "NetworkPolicy": c.policies}
+        tables = {"Namespace": c.namespaces, "Pod": c.pods, "NetworkPolicy": c.policies, CNP.KIND: c.cnps}
         for (kind, key), obj in self.view.items():
             tables[kind][key] = obj
         return c

@@ -51,6 +51,8 @@ class BatchCompiler(Compiler):
                     affected |= self.remove_namespace(key) if obj is None else self.set_namespace(obj)
                 elif kind == "NetworkPolicy":
                     affected |= self.remove_policy(key) if obj is None else self.set_policy(obj)
+                elif kind == "ClusterNetworkPolicy":
+                    affected |= self.remove_cnp(key) if obj is None else self.set_cnp(obj)
                 elif kind == "Pod":
                     old = self.pods.get(key)
                     if obj is None:
@@ -82,4 +84,7 @@ class BatchCompiler(Compiler):
                 yield (kind, key), obj
         for (kind, key), obj in items:
             if kind == "NetworkPolicy" and obj is not None:
+                yield (kind, key), obj
+        for (kind, key), obj in items:  # rebuilds every pod: last, deferred like the rest
+            if kind == "ClusterNetworkPolicy":
                 yield (kind, key), obj

@@ -1,4 +1,5 @@
-"""The API source: Namespaces, Pods and NetworkPolicies from a Kubernetes API server.
+"""The API source: Namespaces, Pods, NetworkPolicies and ClusterNetworkPolicies from a
+Kubernetes API server.
 
 One thread per kind runs the usual reflector loop (list, then watch from the list's
 resourceVersion; resume each new watch from the last version seen, bookmarks included;
@@ -8,12 +9,16 @@ the ``ApiStore`` in ``poll`` and compiles the changes exactly as it does for fil
 
 Never fail open (DESIGN "Daemon behaviour"):
 
-* nothing is enforced before a complete list of all three kinds (``wait_complete``
+* nothing is enforced before a complete list of every kind (``wait_complete``
   blocks the daemon's start; existing rules stay as they are);
 * a lost or erroring API server changes nothing: the store keeps what it has, the watch
   resumes from its resourceVersion (or relists) when the server is back;
 * what is in force is saved (``snapshot``) so that a daemon restarted while the API
   server is down enforces its last good state instead of waiting.
+
+ClusterNetworkPolicy is a CRD the cluster may lack: a 404 (not installed) or a 403 (no
+RBAC for it) on its list counts as an empty list, said once, and the list is tried again
+every ``absent_retry`` seconds, so a CRD installed later is picked up.
 
 A ping thread asks the server for /version every few seconds: a server that is frozen
 (SIGSTOP) keeps its watch connections open and silent, and this is how we notice.
@@ -26,11 +31,13 @@ import threading
 import time
 from typing import Any, Callable
 
-from enforcer.daemon.apistore import KINDS, ApiStore, load_snapshot, save_snapshot, trim
+from enforcer.daemon.apistore import KINDS, OPTIONAL_KINDS, ApiStore, load_snapshot, save_snapshot, trim
 from enforcer.daemon.kubeclient import GONE, Api, ApiError
 from enforcer.daemon.sources import Issue, ObjKey
 
 AUTH = (401, 403)
+NOT_FOUND = 404
+PLURALS = {"ClusterNetworkPolicy": "clusternetworkpolicies"}
 
 
 class Backoff:
@@ -60,6 +67,7 @@ class KindState:
         self.error: str | None = None  # in force, as reported
         self.raw_error: str | None = None  # the last failure as received (said once)
         self.error_status = 0
+        self.absent: str | None = None  # an optional kind the server does not serve us: why
         self.relists = 0
         self.watch_restarts = 0
         self.events = 0
@@ -71,7 +79,8 @@ class ApiSource:
 
     def __init__(self, api: Api, store: ApiStore, *, log, snapshot_path: str | None = None,
                  clock: Callable[[], float] = time.monotonic, ping_interval: float = 5.0,
-                 snapshot_wait: float = 5.0, save_interval: float = 2.0, save_delay: float = 0.5) -> None:
+                 snapshot_wait: float = 5.0, save_interval: float = 2.0, save_delay: float = 0.5,
+                 absent_retry: float = 30.0) -> None:
         self.api = api
         self.store = store
         self.log = log
@@ -81,6 +90,7 @@ class ApiSource:
         self.snapshot_wait = snapshot_wait  # how long a start waits for the API before using the snapshot
         self.save_interval = save_interval  # at most one snapshot write per interval
         self.save_delay = save_delay  # after the last change: a burst is saved once
+        self.absent_retry = absent_retry  # how often an absent optional kind is listed again
         self.on_ready: Callable[[float, float | None], None] = lambda at, nb: None
         self.kinds = {k: KindState(k) for k in KINDS}
         self._lock = threading.Lock()
@@ -176,7 +186,10 @@ class ApiSource:
                 st.resource_version = rv or None
                 st.listed = True
                 st.error = st.raw_error = None
+                found, st.absent = st.absent, None
                 self._cond.notify_all()
+            if found:
+                self.log.info("api kind found", kind=kind, items=len(items), was=found)
             self.on_ready(self.clock(), None)
             return
         st.watching = True
@@ -217,6 +230,8 @@ class ApiSource:
         return slim_pod if kind == "Pod" else None
 
     def _failed(self, st: KindState, e: ApiError) -> float:
+        if st.kind in OPTIONAL_KINDS and (e.status == NOT_FOUND or e.status in AUTH):
+            return self._absent(st, e)
         if e.status == GONE:
             # Our resourceVersion is older than the server keeps (etcd compacted it):
             # list again; the list replaces the kind as a whole, so nothing is missed.
@@ -230,7 +245,8 @@ class ApiSource:
         if e.status in AUTH:
             msg = (f"the API server refuses to let us {'list' if not st.listed else 'watch'} "
                    f"{st.kind}s at the cluster scope ({e}); the daemon needs get, list and watch "
-                   "on pods, namespaces and networkpolicies (see deploy/ or docs/daemon.md)")
+                   "on pods, namespaces, networkpolicies and clusternetworkpolicies "
+                   "(see deploy/ or docs/daemon.md)")
             st.error = msg
             if first:
                 self.log.error("api access denied", kind=st.kind, error=msg)
@@ -243,6 +259,32 @@ class ApiSource:
         if self.metrics is not None:
             self.metrics.errors.inc()
         return st.backoff.next()
+
+    def _absent(self, st: KindState, e: ApiError) -> float:
+        """An optional kind (a CRD) not installed (404) or not readable (403): none of it,
+        not a failure of the other kinds nor of the first sync. Listed again later."""
+        why = (f"the CRD is not installed ({e})" if e.status == NOT_FOUND else
+               f"access denied ({e}); the daemon needs get, list and watch on "
+               f"{PLURALS[st.kind]} (see deploy/rbac.yaml)")
+        st.resource_version = None  # list again (discovery) after the pause
+        # Not installed: there are none. Refused after a good list: keep what is in force
+        # (fail-static) rather than drop the admin tier because of an RBAC edit.
+        empty = e.status == NOT_FOUND or not st.listed
+        first = st.absent != why
+        with self._cond:
+            if empty:
+                self._queue.append(("list", st.kind, []))
+                st.listed = True
+            st.absent = why
+            st.error = st.raw_error = None
+            self._cond.notify_all()
+        if first:
+            self.log.warning("api kind absent", kind=st.kind, reason=why,
+                             consequence=(f"no {st.kind}s enforced" if empty else "the last good state stays")
+                             + f"; trying again every {self.absent_retry:g} s")
+        if empty:
+            self.on_ready(self.clock(), None)
+        return self.absent_retry
 
     def _contact(self) -> None:
         self.last_contact = time.time()
@@ -370,7 +412,7 @@ class ApiSource:
             "last_contact": None if self.last_contact is None
             else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_contact)),
             "from_snapshot": self.from_snapshot,
-            "kinds": {k.kind: {"listed": k.listed, "watching": k.watching,
+            "kinds": {k.kind: {"listed": k.listed, "watching": k.watching, "absent": k.absent,
                                "resource_version": k.resource_version, "error": k.error,
                                "relists": k.relists, "watch_restarts": k.watch_restarts,
                                "events": k.events} for k in self.kinds.values()},
@@ -382,7 +424,7 @@ class ApiSource:
 
 
 class ApiMetrics:
-    """netpol_api_* series (labels: the three kinds only)."""
+    """netpol_api_* series (labels: the four kinds only)."""
 
     def __init__(self, registry) -> None:
         from prometheus_client import Counter, Gauge

@@ -1,4 +1,4 @@
-"""The Kubernetes API, as the API source needs it: list and watch three kinds, raw.
+"""The Kubernetes API, as the API source needs it: list and watch four kinds, raw.
 
 ``Api`` is the seam (a Protocol): the source's logic is unit-tested against an in-memory
 fake (tests/unit/test_api_source.py) and runs against ``KubeApi``, a thin layer over the
@@ -24,7 +24,9 @@ from enforcer.errors import NetpolError
 
 GONE = 410
 PATHS = {"Namespace": "/api/v1/namespaces", "Pod": "/api/v1/pods",
-         "NetworkPolicy": "/apis/networking.k8s.io/v1/networkpolicies"}
+         "NetworkPolicy": "/apis/networking.k8s.io/v1/networkpolicies",
+         # A CRD (deploy/crds/): 404 while it is not installed (the API source copes).
+         "ClusterNetworkPolicy": "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies"}
 
 
 class ApiError(Exception):

@@ -114,6 +114,7 @@ def api_line(src: dict[str, Any]) -> str:
     else:
         how = "in sync"
     errors = [f"{kind}: {k['error']}" for kind, k in sorted(kinds.items()) if k.get("error")]
+    errors += [f"{kind}: none ({k['absent']})" for kind, k in sorted(kinds.items()) if k.get("absent")]
     relists = sum(k.get("relists", 0) for k in kinds.values())
     text = f"source: API server {src.get('server')} (node {src.get('node')}): {how}; relists: {relists}"
     return text + "".join(f"\n  {e}" for e in errors)

@@ -52,7 +52,7 @@ def policy(namespace, name, target, peer):
 
 def key_of(kind, obj):
     m = obj["metadata"]
-    return m["name"] if kind == "Namespace" else f"{m.get('namespace', 'default')}/{m['name']}"
+    return m["name"] if kind in ("Namespace", "ClusterNetworkPolicy") else f"{m.get('namespace', 'default')}/{m['name']}"
 
 
 class FakeApi:
@@ -63,7 +63,8 @@ class FakeApi:
 
     def __init__(self):
         self.rv = 10
-        self.objects = {"Namespace": {}, "Pod": {}, "NetworkPolicy": {}}
+        self.objects = {"Namespace": {}, "Pod": {}, "NetworkPolicy": {}, "ClusterNetworkPolicy": {}}
+        self.absent: dict[str, ApiError] = {}  # kind -> the error its list and watch get (no CRD...)
         self.history = []  # (rv, kind, type, obj)
         self.compacted = 0
         self.fail: ApiError | None = None
@@ -93,6 +94,8 @@ class FakeApi:
     def list(self, kind, slim=None):
         if self.fail:
             raise self.fail
+        if kind in self.absent:
+            raise self.absent[kind]
         self.lists += 1
         items = [copy.deepcopy(o) for o in self.objects[kind].values()]
         return [slim(o) for o in items] if slim else items, str(self.rv)
@@ -100,6 +103,8 @@ class FakeApi:
     def watch(self, kind, rv):
         if self.fail:
             raise self.fail
+        if kind in self.absent:
+            raise self.absent[kind]
         self.watches.append(rv)
         if int(rv) < self.compacted:
             raise ApiError(410, "410 too old resource version")
@@ -156,7 +161,7 @@ def make_source(api, tmp_path=None, **kw):
 
 
 def sync_all(src):
-    for kind in ("Namespace", "Pod", "NetworkPolicy"):
+    for kind in ("Namespace", "Pod", "NetworkPolicy", "ClusterNetworkPolicy"):
         src.step(kind)
 
 
@@ -248,9 +253,11 @@ def test_nothing_is_complete_before_every_kind_is_listed():
     src.step("Pod")
     assert not src.complete()
     src.step("NetworkPolicy")
+    assert not src.complete()
+    src.step("ClusterNetworkPolicy")
     assert src.complete()
     changes, n = src.poll()
-    assert n == 3 and ("NetworkPolicy", "x/b-in") in changes and ("Pod", "x/remote") in changes
+    assert n == 4 and ("NetworkPolicy", "x/b-in") in changes and ("Pod", "x/remote") in changes
 
 
 def test_watch_resumes_from_the_last_version_seen_bookmarks_included():
@@ -269,7 +276,7 @@ def test_watch_resumes_from_the_last_version_seen_bookmarks_included():
     assert src.kinds["Pod"].resource_version == str(api.rv)  # from the bookmark
     src.step("Pod")  # the next watch request starts where the last ended: no replay
     assert api.watches[-1] == str(api.rv) and src.poll() == ({}, 0)
-    assert api.lists == 3
+    assert api.lists == 4  # one per kind
 
 
 def test_410_gone_relists_and_misses_nothing():
@@ -513,3 +520,89 @@ def test_run_chooses_its_source_and_says_what_is_missing(tmp_path, monkeypatch):
                        env=env, timeout=60)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.splitlines()[-1].startswith("in-cluster configuration: cannot use it to reach the API server")
+
+
+# ---------------------------------------------------------------------- ClusterNetworkPolicy (a CRD)
+
+
+def admin_deny(name, target, peer):
+    return {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": name, "generation": 1},
+            "spec": {"tier": "Admin", "priority": 10,
+                     "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": target}}}},
+                     "ingress": [{"action": "Deny", "from": [{"pods": {"namespaceSelector": {},
+                                                                        "podSelector": {"matchLabels": {"app": peer}}}}]}]}}
+
+
+NO_CRD = ApiError(404, "404 the server could not find the requested resource")
+
+
+def cnp_step(src, api):
+    """One reflector turn of the CNP kind as its thread runs it (step, and _failed on error)."""
+    try:
+        src.step("ClusterNetworkPolicy")
+        return None
+    except ApiError as e:
+        return src._failed(src.kinds["ClusterNetworkPolicy"], e)
+
+
+def test_an_absent_crd_is_an_empty_kind_said_once_and_looked_for_again():
+    api = FakeApi()
+    cluster(api)
+    api.absent["ClusterNetworkPolicy"] = NO_CRD
+    src, log = make_source(api, absent_retry=30)
+    for kind in ("Namespace", "Pod", "NetworkPolicy"):
+        src.step(kind)
+    delays = [cnp_step(src, api) for _ in range(3)]
+    assert delays == [30, 30, 30]  # tried again (discovery), not backed off as a failure
+    assert src.complete()  # the first sync is not held up by a CRD nobody installed
+    changes, _ = src.poll()
+    assert ("Pod", "x/b") in changes and not src.store.cluster().cnps
+    [line] = log.of("api kind absent")  # once, not per retry
+    assert line["kind"] == "ClusterNetworkPolicy" and "not installed" in line["reason"]
+    assert src.health() == (True, "API in sync") and not log.of("api request failed")
+    from enforcer.daemon import status
+    assert "ClusterNetworkPolicy: none (the CRD is not installed" in status.api_line(src.describe())
+    # The CRD is installed later and a CNP created: the next retry lists it.
+    del api.absent["ClusterNetworkPolicy"]
+    api.apply("ClusterNetworkPolicy", admin_deny("deny-a-to-b", "b", "a"))
+    assert cnp_step(src, api) is None
+    changes, _ = src.poll()
+    assert list(changes) == [("ClusterNetworkPolicy", "deny-a-to-b")]
+    assert src.store.cluster().cnps["deny-a-to-b"].tier == "Admin"
+    assert log.of("api kind found") and src.describe()["kinds"]["ClusterNetworkPolicy"]["absent"] is None
+
+
+def test_forbidden_crd_is_one_line_and_not_a_failure_of_the_other_kinds():
+    api = FakeApi()
+    cluster(api)
+    api.absent["ClusterNetworkPolicy"] = ApiError(
+        403, '403 clusternetworkpolicies.policy.networking.k8s.io is forbidden: User "u" cannot list')
+    src, log = make_source(api)
+    for kind in ("Namespace", "Pod", "NetworkPolicy"):
+        src.step(kind)
+    for _ in range(3):
+        cnp_step(src, api)
+    assert src.complete() and src.health()[0]
+    [line] = log.of("api kind absent")
+    assert "forbidden" in line["reason"] and "clusternetworkpolicies" in line["reason"]
+    assert not log.of("api access denied")
+
+
+def test_cnps_from_the_api_are_enforced_and_removed_through_the_batch_compiler(daemon):
+    d, api, src, backend, clock = daemon
+    api.delete("NetworkPolicy", "x/b-in")
+    sync_all(src)
+    d.start()
+    assert not backend.installed["ns-b"].ingress.isolated
+    api.apply("ClusterNetworkPolicy", admin_deny("deny-a-to-b", "b", "a"))
+    src.step("ClusterNetworkPolicy")
+    clock.advance(1)
+    d.step()
+    with_cnp = backend.installed["ns-b"]
+    assert with_cnp != backend.installed["ns-a"] and "deny-a-to-b" in repr(with_cnp)
+    api.delete("ClusterNetworkPolicy", "deny-a-to-b")
+    src.step("ClusterNetworkPolicy")
+    clock.advance(1)
+    d.step()
+    assert "deny-a-to-b" not in repr(backend.installed["ns-b"])
