@@ -44,12 +44,13 @@ def test_daemonset_promises():
     assert "--kubeconfig" not in args  # in-cluster configuration
 
 
-def test_cluster_role_reads_three_kinds_and_nothing_more():
+def test_cluster_role_reads_four_kinds_and_nothing_more():
     role = by_kind("ClusterRole")
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
                for r in rule["resources"] for v in rule["verbs"]}
     assert granted == {(g, r, v) for g, r in (("", "pods"), ("", "namespaces"),
-                                              ("networking.k8s.io", "networkpolicies"))
+                                              ("networking.k8s.io", "networkpolicies"),
+                                              ("policy.networking.k8s.io", "clusternetworkpolicies"))
                        for v in ("get", "list", "watch")}
 
 
