@@ -279,3 +279,40 @@ def test_the_daemonset_cluster_role_suffices_and_forbidden_is_one_clear_error(ap
     assert len({r["kind"] for r in denied}) == 3 and len(denied) == 3  # once per kind
     assert "forbidden" in denied[0]["error"] and "Traceback" not in d2.log_text()
     assert d2.proc.poll() is None  # still waiting for access, nothing changed
+
+
+CNP_CRD = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                       "deploy", "crds", "clusternetworkpolicies.yaml")
+
+
+def test_cluster_network_policy_applied_and_deleted_with_kubectl(api, run, lab, cp):
+    """Last in this module: the CRD stays installed (later daemons list it, empty)."""
+    # Without the CRD (404): READY all the same, the kind empty, said once.
+    d0 = run(backend="nftables")
+    [line] = d0.logs("api kind absent")
+    assert line["kind"] == "ClusterNetworkPolicy" and "not installed" in line["reason"]
+    assert d0.state()["source"]["kinds"]["ClusterNetworkPolicy"]["listed"]
+    d0.close()
+    cp.kubectl("apply", "-f", CNP_CRD)
+    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+               "crd/clusternetworkpolicies.policy.networking.k8s.io")
+    assert wait_for(lambda: cp.api("GET", "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies").ok,
+                    10, 0.1) is not None
+    d = run(backend="nftables")
+    assert d.state()["source"]["kinds"]["ClusterNetworkPolicy"]["listed"]
+    assert lab.ok("a", "b") and lab.ok("c", "b")
+    peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "x"}},
+            "podSelector": {"matchLabels": {"app": "a"}}}
+    deny = {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "deny-a-to-b"},
+            "spec": {"tier": "Admin", "priority": 10,
+                     "subject": {"pods": {**peer, "podSelector": {"matchLabels": {"app": "b"}}}},
+                     "ingress": [{"name": "no-a", "action": "Deny", "from": [{"pods": peer}]}]}}
+    try:
+        api.apply([deny])
+        assert enforced(lab, {("a", "b"): False, ("c", "b"): True})
+        cp.kubectl("delete", "clusternetworkpolicy", "deny-a-to-b", "--wait=false")
+        assert enforced(lab, {("a", "b"): True, ("c", "b"): True})
+    finally:
+        cp.kubectl("delete", "clusternetworkpolicy", "deny-a-to-b", "--ignore-not-found", check=False)
+    assert "Traceback" not in d.log_text()
