@@ -18,6 +18,9 @@ each agent to this lab's namespaces (two labs may give pods the same addresses) 
 ``--node nodeK`` to the pods bound to its node. An agent changes nothing in the host's
 namespace: it only enters the pods' namespaces it found.
 
+The API server gets our ClusterNetworkPolicy CRD (deploy/crds/) before any object, so the
+input's ClusterNetworkPolicies are applied like its NetworkPolicies.
+
 The kubelet's part (kubelet.py does the requests): pods are created bound (spec.nodeName),
 then their status is patched (addresses, phase Running), as a kubelet reports a started
 sandbox. ``sync`` brings the lab in line with the API before a probe: pods deleted with
@@ -119,6 +122,7 @@ def start(st: LabState, starter: Starter, cluster: Cluster, policies: list[dict]
     starter.join()
     waited = time.monotonic() - t0
     api = kubelet.Client.of(st)
+    kubelet.install_crd(api)  # ClusterNetworkPolicy, before the agents list it
     kubelet.create_nodes(api, st.nodes)
     # The agents start (a second of Python imports each) while the objects are created:
     # what they list first may be partial; their watches bring the rest, and each pod's
@@ -221,6 +225,8 @@ def apply(st: LabState, cluster: Cluster, backend, node_of: dict[str, str], poli
 
     out = control._converge(st, cluster, backend, node_of)
     api = kubelet.Client.of(st)
+    if any(p.get("kind") == "ClusterNetworkPolicy" for p in policies):
+        kubelet.install_crd(api)  # a lab made before the CRD was: now (quick once it is there)
     kubelet.publish(api, st, st.cluster, policies, prune=True)
     return out
 

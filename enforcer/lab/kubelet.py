@@ -26,6 +26,11 @@ MANAGER = "netpol-lab"
 IMAGE = "registry.k8s.io/pause:3.10"
 PARALLEL = 8
 NP = "/apis/networking.k8s.io/v1"
+CNP = "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies"
+CRD_NAME = "clusternetworkpolicies.policy.networking.k8s.io"
+CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+CRD_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                        "deploy", "crds", "clusternetworkpolicies.yaml")
 
 
 class Client:
@@ -89,6 +94,30 @@ def _policy_path(ns: str, name: str) -> str:
     return f"{NP}/namespaces/{quote(ns)}/networkpolicies/{quote(name)}"
 
 
+def install_crd(api: Client, timeout: float = 30.0) -> None:
+    """Our ClusterNetworkPolicy CRD (deploy/crds/), server-side applied, and waited for
+    until it is Established and its resource is served (an apply before that is a 404)."""
+    import time
+
+    import yaml
+
+    try:
+        with open(CRD_FILE) as f:
+            crd = yaml.safe_load(f)
+    except OSError as e:
+        raise LabError(f"--api: cannot read the ClusterNetworkPolicy CRD {CRD_FILE}: {e}") from None
+    api.apply(f"{CRD_PATH}/{CRD_NAME}", crd)
+    deadline = time.monotonic() + timeout
+    while True:
+        got = api.call("GET", f"{CRD_PATH}/{CRD_NAME}", ok404=True)
+        conds = {c.get("type"): c.get("status") for c in (got.get("status") or {}).get("conditions") or ()}
+        if conds.get("Established") == "True" and api.call("GET", CNP + "?limit=1", ok404=True):
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"the lab's API server did not establish the CRD {CRD_NAME} within {timeout:g} s")
+        time.sleep(0.1)
+
+
 def create_nodes(api: Client, nodes: list[dict]) -> None:
     def one(n: dict) -> None:
         api.apply(f"/api/v1/nodes/{n['name']}", {
@@ -135,9 +164,18 @@ def _policy_object(raw: dict) -> dict:
     return obj
 
 
+def _cnp_object(raw: dict) -> dict:
+    obj = _policy_object(raw)
+    obj["metadata"].pop("namespace", None)  # cluster-scoped
+    return obj
+
+
 def publish(api: Client, st: LabState, cluster: Cluster, policies: list[dict], *, prune: bool = False) -> None:
-    """Namespaces, pods (bound, then their status), policies; with ``prune`` also delete the
-    pods (of this lab's nodes) and policies the input lacks."""
+    """Namespaces, pods (bound, then their status), policies (NetworkPolicies and
+    ClusterNetworkPolicies); with ``prune`` also delete the pods (of this lab's nodes) and
+    policies of both kinds the input lacks."""
+    cnps = [_cnp_object(p) for p in policies if p.get("kind") == "ClusterNetworkPolicy"]
+    policies = [p for p in policies if p.get("kind") != "ClusterNetworkPolicy"]
     names = set(cluster.namespaces) | {p.namespace for p in cluster.pods.values()} | \
         {p.get("metadata", {}).get("namespace", "default") for p in policies}
     api.each(lambda ns: api.apply(f"/api/v1/namespaces/{quote(ns)}", {
@@ -152,6 +190,7 @@ def publish(api: Client, st: LabState, cluster: Cluster, policies: list[dict], *
     api.each(pod, pods)
     objs = [_policy_object(p) for p in policies]
     api.each(lambda o: api.apply(_policy_path(o["metadata"]["namespace"], o["metadata"]["name"]), o), objs)
+    api.each(lambda o: api.apply(f"{CNP}/{quote(o['metadata']['name'])}", o), cnps)
     if not prune:
         return
     ours = {n["name"] for n in st.nodes}
@@ -165,6 +204,10 @@ def publish(api: Client, st: LabState, cluster: Cluster, policies: list[dict], *
     extra = [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in have_np
              if (o["metadata"]["namespace"], o["metadata"]["name"]) not in want]
     api.each(lambda k: api.call("DELETE", _policy_path(*k), ok404=True), extra)
+    want_cnp = {o["metadata"]["name"] for o in cnps}
+    have_cnp = api.call("GET", CNP, ok404=True).get("items") or []  # (a lab older than the CRD)
+    api.each(lambda n: api.call("DELETE", f"{CNP}/{quote(n)}", ok404=True),
+             [o["metadata"]["name"] for o in have_cnp if o["metadata"]["name"] not in want_cnp])
 
 
 def read_cluster(api: Client, st: LabState) -> tuple[Cluster, dict[str, str], list[str]]:
@@ -176,6 +219,7 @@ def read_cluster(api: Client, st: LabState) -> tuple[Cluster, dict[str, str], li
     store = ApiStore()
     store.replace("Namespace", api.call("GET", "/api/v1/namespaces").get("items") or [])
     store.replace("NetworkPolicy", api.call("GET", f"{NP}/networkpolicies").get("items") or [])
+    store.replace("ClusterNetworkPolicy", api.call("GET", CNP, ok404=True).get("items") or [])
     ours = {n["name"] for n in st.nodes}
     raw_pods = api.call("GET", "/api/v1/pods").get("items") or []
     mine, bound, unbound, waiting = [], {}, [], []

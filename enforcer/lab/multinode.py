@@ -98,7 +98,8 @@ def _check_prefixes(name: str) -> None:
 
 def raw_inputs(files) -> tuple[dict[str, str], list[dict]]:
     """What the model does not keep, from the input files as written: each Pod's
-    spec.nodeName and the NetworkPolicy objects (sent as they are to an API lab's server).
+    spec.nodeName and the NetworkPolicy and ClusterNetworkPolicy objects (sent as they are
+    to an API lab's server).
     The files were loaded and validated already (manifests.load), so problems are moot."""
     from enforcer.documents import parse_all, read_path
 
@@ -115,7 +116,7 @@ def raw_inputs(files) -> tuple[dict[str, str], list[dict]]:
         meta = obj.get("metadata") or {}
         if obj.get("kind") == "Pod" and (obj.get("spec") or {}).get("nodeName"):
             node_of[f"{meta.get('namespace') or 'default'}/{meta.get('name')}"] = obj["spec"]["nodeName"]
-        elif obj.get("kind") == "NetworkPolicy":
+        elif obj.get("kind") in ("NetworkPolicy", "ClusterNetworkPolicy"):
             policies.append(obj)
 
     for path in files:
