@@ -29,6 +29,21 @@ def control_plane(tmp_path_factory):
         cp.stop()  # and atexit in the module, and PDEATHSIG in the children, if this never runs
 
 
+@pytest.fixture(scope="module")
+def private_control_plane(tmp_path_factory, request):
+    """A control plane of the module's own, for modules that freeze, stop or restart it
+    (the session's shared one must stay up for every other module)."""
+    reason = missing_binaries()
+    if reason:
+        pytest.skip(reason)
+    cp = ControlPlane(tmp_path_factory.mktemp(f"cp-{request.module.__name__.rsplit('.', 1)[-1]}"))
+    try:
+        cp.start()
+        yield cp
+    finally:
+        cp.stop()
+
+
 @pytest.fixture
 def kubectl(control_plane):
     return control_plane.kubectl

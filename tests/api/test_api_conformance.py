@@ -20,7 +20,6 @@ import time
 
 import pytest
 
-from enforcer.k8s.controlplane import ControlPlane, missing_binaries
 from enforcer.reachability import compare
 from tests.api.apinode import ApiCluster, start_daemon
 from tests.conformance.cases import load_cases
@@ -44,16 +43,9 @@ WAIT = 15.0
 
 
 @pytest.fixture(scope="module")
-def cp(tmp_path_factory):
-    reason = missing_binaries()
-    if reason:
-        pytest.skip(reason)
-    if os.geteuid() != 0:
-        pytest.skip("needs root: network namespaces")
-    plane = ControlPlane(tmp_path_factory.mktemp("cp-conformance"))
-    plane.start()
-    yield plane
-    plane.stop()
+def cp(private_control_plane):
+    """Its own control plane: this module freezes and stops the API server (root: the marker)."""
+    return private_control_plane
 
 
 @pytest.fixture(scope="module")

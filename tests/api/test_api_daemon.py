@@ -21,7 +21,6 @@ import uuid
 import pytest
 
 from enforcer.daemon.testing import policy_doc, pod_doc, wait_for
-from enforcer.k8s.controlplane import ControlPlane, missing_binaries
 from tests.api.apinode import NODE, ApiCluster, Prober, start_daemon, tcp_ok
 
 pytestmark = pytest.mark.root
@@ -39,16 +38,9 @@ def b_from(peer: str, name: str = "b-in") -> dict:
 
 
 @pytest.fixture(scope="module")
-def cp(tmp_path_factory):
-    reason = missing_binaries()
-    if reason:
-        pytest.skip(reason)
-    if os.geteuid() != 0:
-        pytest.skip("needs root: network namespaces")
-    plane = ControlPlane(tmp_path_factory.mktemp("cp-daemon"))
-    plane.start()
-    yield plane
-    plane.stop()
+def cp(private_control_plane):
+    """Its own control plane: this module freezes and stops the API server (root: the marker)."""
+    return private_control_plane
 
 
 @pytest.fixture(scope="module")
