@@ -53,7 +53,7 @@ FILE_KEPT = "objects of this file stay in force"
 
 HELD = float("inf")  # "ready at" of a file its writer still holds open: at its close
 
-KIND_ORDER = {"Namespace": 0, "Pod": 1, "NetworkPolicy": 2, "ExternalHost": 3}
+KIND_ORDER = {"Namespace": 0, "Pod": 1, "NetworkPolicy": 2, "ExternalHost": 3, "ClusterNetworkPolicy": 4}
 
 
 @dataclass(frozen=True)
@@ -219,9 +219,11 @@ class ManifestStore:
     def cluster(self) -> Cluster:
         c = Cluster()
         tables = {"Namespace": c.namespaces, "Pod": c.pods, "NetworkPolicy": c.policies,
-                  "ExternalHost": c.externals}
+                  "ExternalHost": c.externals, "ClusterNetworkPolicy": c.cnps, "Service": c.services}
         for (kind, key), obj in self.view.items():
-            tables[kind][key] = obj
+            table = tables.get(kind)
+            if table is not None:  # workloads are not expanded into pods here: skipped, not fatal
+                table[key] = obj
         return c
 
     def issues(self) -> list[Issue]:
