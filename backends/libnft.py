@@ -13,7 +13,7 @@ that the context keeps acting on N from any namespace.
 A context is not thread-safe: callers serialise use of one context (``Context.lock``).
 
 The second half of the module, ``ElementSocket``, sends set element changes to nf_tables as a
-raw netlink batch, without libnftables (see there why).
+raw netlink batch, without libnftables (see there why); the framing is ``enforcer.nfnetlink``'s.
 """
 from __future__ import annotations
 
@@ -139,13 +139,9 @@ class Context:
 import socket as _socket
 import struct as _struct
 
-NETLINK_NETFILTER = 12
-NFNL_SUBSYS_NFTABLES = 10
-NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
+from enforcer import nfnetlink as nfnl
+
 NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE = 0x1, 0x4, 0x400
-NLMSG_ERROR = 2
-NLA_F_NESTED = 0x8000
 NFPROTO_INET = 1
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM = 1
@@ -159,18 +155,17 @@ SO_SNDBUFFORCE = 32  # not in Python's socket module
 BATCH_BUFFER = 16 << 20
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    head = _struct.pack("=HH", 4 + len(payload), kind)
-    return head + payload + b"\0" * (-(len(payload)) % 4)
-
-
-def _nested(kind: int, payload: bytes) -> bytes:
-    return _attr(kind | NLA_F_NESTED, payload)
-
-
-def _msg(kind: int, flags: int, seq: int, family: int, res_id: int, payload: bytes) -> bytes:
-    body = _struct.pack("=BBH", family, 0, _socket.htons(res_id)) + payload
-    return _struct.pack("=IHHII", 16 + len(body), kind, flags, seq, 0) + body
+def element_message(verb: str, seq: int, table: str, set_name: str, elements: list[str]) -> bytes:
+    """One NEWSETELEM ("add") or DELSETELEM ("delete") message for ``elements`` of
+    ``set_name`` in the inet table ``table``, asking for an acknowledgement."""
+    elems = b"".join(nfnl.nested(NFTA_LIST_ELEM, nfnl.nested(NFTA_SET_ELEM_KEY,
+                                                             nfnl.attr(NFTA_DATA_VALUE, element_key(e))))
+                     for e in elements)
+    payload = (nfnl.string(NFTA_SET_ELEM_LIST_TABLE, table) + nfnl.string(NFTA_SET_ELEM_LIST_SET, set_name)
+               + nfnl.nested(NFTA_SET_ELEM_LIST_ELEMENTS, elems))
+    kind = NFT_MSG_NEWSETELEM if verb == "add" else NFT_MSG_DELSETELEM
+    flags = nfnl.NLM_F_REQUEST | nfnl.NLM_F_ACK | (nfnl.NLM_F_CREATE if verb == "add" else 0)
+    return nfnl.nf_message(nfnl.type_of(nfnl.NFNL_SUBSYS_NFTABLES, kind), flags, seq, NFPROTO_INET, payload)
 
 
 def element_key(text: str) -> bytes:
@@ -189,8 +184,7 @@ class ElementSocket:
     of one table in one atomic batch."""
 
     def __init__(self) -> None:
-        self._sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW, NETLINK_NETFILTER)
-        self._sock.bind((0, 0))
+        self._sock = nfnl.open_socket()
         # A whole batch goes in one send(): netlink refuses a message larger than the send
         # buffer (EMSGSIZE), and the default (~200 KiB) holds only a few thousand elements.
         try:
@@ -215,22 +209,11 @@ class ElementSocket:
         for verb, set_name, elements in parts:
             self._seq += 1
             seqs.append(self._seq)
-            elems = b"".join(_nested(NFTA_LIST_ELEM, _nested(NFTA_SET_ELEM_KEY,
-                                                            _attr(NFTA_DATA_VALUE, element_key(e))))
-                             for e in elements)
-            payload = (_attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
-                       + _attr(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
-                       + _nested(NFTA_SET_ELEM_LIST_ELEMENTS, elems))
-            kind = NFT_MSG_NEWSETELEM if verb == "add" else NFT_MSG_DELSETELEM
-            flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE if verb == "add" else 0)
-            msgs.append(_msg((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, self._seq, NFPROTO_INET, 0, payload))
+            msgs.append(element_message(verb, self._seq, table, set_name, elements))
         if not msgs:
             return
         self._seq += 1
-        batch = (_msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, begin, 0, NFNL_SUBSYS_NFTABLES, b"")
-                 + b"".join(msgs)
-                 + _msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, self._seq, 0, NFNL_SUBSYS_NFTABLES, b""))
-        self._sock.send(batch)
+        self._sock.send(nfnl.batch(msgs, begin, self._seq, nfnl.NFNL_SUBSYS_NFTABLES))
         pending = set(seqs)
         errors: list[str] = []
         while pending:
@@ -238,20 +221,18 @@ class ElementSocket:
                 data = self._sock.recv(65536)
             except _socket.timeout as e:
                 raise NftError("no answer from nf_tables for a set element batch") from e
-            off = 0
-            while off + 16 <= len(data):
-                length, kind, _flags, seq, _pid = _struct.unpack_from("=IHHII", data, off)
-                if kind == NLMSG_ERROR:
-                    (err,) = _struct.unpack_from("=i", data, off + 16)
-                    pending.discard(seq)
-                    if err and seq in seqs:
-                        verb, set_name, elements = parts[seqs.index(seq)]
-                        errors.append(f"{verb} element {table} {set_name} {{ {', '.join(elements)} }}: "
-                                      f"{os.strerror(-err)}")
-                    elif err:  # the batch itself was refused (e.g. no CAP_NET_ADMIN)
-                        errors.append(f"set element batch: {os.strerror(-err)}")
-                        pending.clear()
-                off += max((length + 3) & ~3, 16)
+            for kind, seq, body in nfnl.split_messages(data):
+                if kind != nfnl.NLMSG_ERROR:
+                    continue
+                err = nfnl.error_code(body)
+                pending.discard(seq)
+                if err and seq in seqs:
+                    verb, set_name, elements = parts[seqs.index(seq)]
+                    errors.append(f"{verb} element {table} {set_name} {{ {', '.join(elements)} }}: "
+                                  f"{os.strerror(err)}")
+                elif err:  # the batch itself was refused (e.g. no CAP_NET_ADMIN)
+                    errors.append(f"set element batch: {os.strerror(err)}")
+                    pending.clear()
         if errors:
             raise NftError("Error: " + "; ".join(errors))
 

@@ -7,11 +7,9 @@ NETLINK_NETFILTER socket (subsystem NFNL_SUBSYS_ULOG). This module speaks just e
 that protocol: bind a group, ask for the first bytes of each packet, and read back the
 prefix and the packet's IP and L4 headers.
 
-Wire format (include/uapi/linux/netfilter/nfnetlink_log.h, all numbers in comments)::
-
-    nlmsghdr   u32 len, u16 type = (NFNL_SUBSYS_ULOG << 8) | msg, u16 flags, u32 seq, u32 pid
-    nfgenmsg   u8 family, u8 version (0), be16 res_id (the group)
-    attributes u16 len, u16 type, value, padded to 4 bytes
+Wire format (include/uapi/linux/netfilter/nfnetlink_log.h, all numbers in comments): the
+netfilter framing of ``enforcer.nfnetlink`` with message type ``(NFNL_SUBSYS_ULOG << 8) | msg``
+and the group as nfgenmsg's res_id; the attributes below.
 
 Everything but ``NflogSocket`` is pure (bytes in, data out) and unit-tested with
 hand-built messages; the socket is the only part that talks to the kernel.
@@ -25,21 +23,16 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from enforcer import nfnetlink as nfnl
 from enforcer.errors import NetnsError
 from enforcer.ir import DIRECTIONS
+from enforcer.nfnetlink import (NFNL_SUBSYS_ULOG, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, error_code,
+                                parse_attrs, split_messages)
 
-NETLINK_NETFILTER = 12
-NFNL_SUBSYS_ULOG = 4
 NFULNL_MSG_PACKET = 0
 NFULNL_MSG_CONFIG = 1
-MSG_PACKET = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
-MSG_CONFIG = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG
-
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLA_TYPE_MASK = 0x3FFF  # the top two bits are the nested / byte-order flags
+MSG_PACKET = nfnl.type_of(NFNL_SUBSYS_ULOG, NFULNL_MSG_PACKET)
+MSG_CONFIG = nfnl.type_of(NFNL_SUBSYS_ULOG, NFULNL_MSG_CONFIG)
 
 # config attributes and commands
 NFULA_CFG_CMD = 1
@@ -68,62 +61,25 @@ COPY_RANGE = 128
 
 
 # ---------------------------------------------------------------------------------------
-# Building and splitting netlink messages (pure)
-
-
-def _attr(kind: int, value: bytes) -> bytes:
-    length = 4 + len(value)
-    return struct.pack("=HH", length, kind) + value + b"\0" * (-length % 4)
+# Building and splitting netlink messages (pure; the framing is enforcer.nfnetlink's)
 
 
 def config_message(seq: int, group: int, family: int, attrs: bytes) -> bytes:
     """One NFULNL_MSG_CONFIG request (acked) for ``group``."""
-    body = struct.pack("=BBH", family, 0, socket.htons(group)) + attrs
-    return struct.pack("=IHHII", 16 + len(body), MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+    return nfnl.nf_message(MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, family, attrs, res_id=group)
 
 
 def command_attr(command: int) -> bytes:
-    return _attr(NFULA_CFG_CMD, struct.pack("=B", command))
+    return nfnl.u8(NFULA_CFG_CMD, command)
 
 
 def mode_attr(copy_range: int, mode: int = COPY_PACKET) -> bytes:
     # struct nfulnl_msg_config_mode { __be32 copy_range; __u8 copy_mode; __u8 _pad; } packed
-    return _attr(NFULA_CFG_MODE, struct.pack(">IBB", copy_range, mode, 0))
+    return nfnl.attr(NFULA_CFG_MODE, struct.pack(">IBB", copy_range, mode, 0))
 
 
 def u32_attr(kind: int, value: int) -> bytes:
-    return _attr(kind, struct.pack(">I", value))
-
-
-def split_messages(buf: bytes) -> list[tuple[int, int, bytes]]:
-    """``(type, seq, body)`` of every netlink message in ``buf`` (the kernel may batch)."""
-    out = []
-    offset = 0
-    while offset + 16 <= len(buf):
-        length, kind, _flags, seq, _pid = struct.unpack_from("=IHHII", buf, offset)
-        if length < 16 or offset + length > len(buf):
-            break  # truncated: nothing sane follows
-        out.append((kind, seq, buf[offset + 16: offset + length]))
-        offset += (length + 3) & ~3
-    return out
-
-
-def parse_attrs(data: bytes) -> dict[int, bytes]:
-    """Attribute type (flags masked off) -> value; a repeated type keeps the last."""
-    out: dict[int, bytes] = {}
-    offset = 0
-    while offset + 4 <= len(data):
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4 or offset + length > len(data):
-            break
-        out[kind & NLA_TYPE_MASK] = data[offset + 4: offset + length]
-        offset += (length + 3) & ~3
-    return out
-
-
-def error_code(body: bytes) -> int:
-    """The (positive) errno of an NLMSG_ERROR body; 0 is an acknowledgement."""
-    return -struct.unpack_from("=i", body)[0] if len(body) >= 4 else errno.EIO
+    return nfnl.be32(kind, value)
 
 
 # ---------------------------------------------------------------------------------------
@@ -145,10 +101,8 @@ class LogPacket:
 
 def parse_packet(body: bytes) -> LogPacket:
     """The body of an NFULNL_MSG_PACKET message (nfgenmsg + attributes)."""
-    if len(body) < 4:
-        raise ValueError("nflog packet message shorter than its header")
-    group = socket.ntohs(struct.unpack_from("=H", body, 2)[0])
-    attrs = parse_attrs(body[4:])
+    _family, group, rest = nfnl.parse_nfgenmsg(body)
+    attrs = parse_attrs(rest)
     hw_protocol = hook = -1
     if len(attrs.get(NFULA_PACKET_HDR, b"")) >= 3:
         hw_protocol, hook = struct.unpack_from(">HB", attrs[NFULA_PACKET_HDR])
@@ -241,11 +195,9 @@ class NflogSocket:
     def __init__(self, group: int, copy_range: int = COPY_RANGE, rcvbuf: int = 1 << 20):
         self.group = group
         self._seq = 0
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+        self.sock = nfnl.open_socket(timeout=2.0)
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            self.sock.bind((0, 0))
-            self.sock.settimeout(2.0)
             # Kernels before 3.17 need the logger bound per family first; newer ones
             # accept and ignore it, and some refuse it (EEXIST, EBUSY, ...): not an error.
             for family in (socket.AF_INET, socket.AF_INET6):

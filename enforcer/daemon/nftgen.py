@@ -13,56 +13,49 @@ from __future__ import annotations
 
 import itertools
 import socket
-import struct
 
-from enforcer import netns as nsmod
+from enforcer import netns as nsmod, nfnetlink as nfnl
 from enforcer.errors import NetnsError
 
-NETLINK_NETFILTER = 12
-NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_NEWGEN = 15
 NFT_MSG_GETGEN = 16
 NFTA_GEN_ID = 1
-NLM_F_REQUEST = 1
-NLMSG_ERROR = 2
+MSG_NEWGEN = nfnl.type_of(nfnl.NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN)
+MSG_GETGEN = nfnl.type_of(nfnl.NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN)
 _seq = itertools.count(1)
 
 
 def request() -> tuple[bytes, int]:
+    """A GETGEN request and its sequence number (the reply carries the same)."""
     seq = next(_seq) & 0xFFFFFFFF
-    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)  # struct nfgenmsg
-    head = struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN,
-                       NLM_F_REQUEST, seq, 0)
-    return head + body, seq
+    return nfnl.nf_message(MSG_GETGEN, nfnl.NLM_F_REQUEST, seq, socket.AF_UNSPEC), seq
 
 
-def parse(data: bytes) -> int | None:
-    """The generation id in a NFT_MSG_NEWGEN reply, None for anything else."""
-    if len(data) < 20:
-        return None
-    length, mtype, _flags, _seq, _pid = struct.unpack_from("=IHHII", data)
-    if mtype != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
-        return None
-    pos, end = 20, min(length, len(data))
-    while pos + 4 <= end:
-        alen, atype = struct.unpack_from("=HH", data, pos)
-        if alen < 4:
-            return None
-        if atype & 0x3FFF == NFTA_GEN_ID and alen >= 8:
-            return struct.unpack_from(">I", data, pos + 4)[0]
-        pos += (alen + 3) & ~3
+def parse(data: bytes, seq: int | None = None) -> int | None:
+    """The generation id in a NFT_MSG_NEWGEN reply (to request ``seq`` when given), None
+    when ``data`` holds none."""
+    for kind, mseq, body in nfnl.split_messages(data):
+        if kind != MSG_NEWGEN or (seq is not None and mseq != seq) or len(body) < nfnl.NFGENMSG.size:
+            continue
+        gen_id = nfnl.parse_attrs(nfnl.parse_nfgenmsg(body)[2]).get(NFTA_GEN_ID, b"")
+        return int.from_bytes(gen_id[:4], "big") if len(gen_id) >= 4 else None
     return None
+
+
+def _answers(data: bytes, seq: int) -> bool:
+    """Whether ``data`` is the reply to request ``seq`` (an earlier, timed-out request's
+    reply may still be queued on a kept socket)."""
+    return any(m.seq == seq for m in nfnl.split_messages(data))
 
 
 def generation(netns: str) -> int | None:
     """The nf_tables generation of ``netns``, or None if it cannot be read."""
     try:
         with nsmod.entered(netns):
-            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+            s = _open_socket()
     except (OSError, NetnsError):
         return None
     try:
-        s.settimeout(1.0)
         msg, _ = request()
         s.send(msg)
         return parse(s.recv(65536))
@@ -89,8 +82,8 @@ class GenerationReader:
             s.send(msg)
             while True:
                 data = s.recv(65536)
-                if len(data) >= 16 and struct.unpack_from("=I", data, 8)[0] == seq:
-                    return parse(data)
+                if _answers(data, seq):
+                    return parse(data, seq)
         except OSError:
             self.forget(netns)
             return None
@@ -103,6 +96,5 @@ class GenerationReader:
 
 
 def _open_socket() -> socket.socket:
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
-    s.settimeout(1.0)
-    return s
+    # Not bound: the kernel gives the socket an address at its first send.
+    return nfnl.open_socket(timeout=1.0, bind=False)
