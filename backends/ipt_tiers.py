@@ -30,12 +30,12 @@ def has_tiers(fw: PodFirewall, direction: str) -> bool:
 
 
 def jump(tier: str, direction: str) -> tuple[str, ...]:
-    from backends import iptables as I
+    from backends import ipt_render as I
     return I._comment(base.fixed_comment(direction, tier + " tier")) + ("-j", CHAINS[tier, direction])
 
 
 def rule_args(fw: PodFirewall, rule: TierRule, direction: str, family: int) -> list[tuple[str, ...]]:
-    from backends import iptables as I
+    from backends import ipt_render as I
     return I.match_args(fw, rule, direction, family, I._comment(rule.comment()) + ("-j", TARGET[rule.action]))
 
 
