@@ -191,7 +191,7 @@ class Compiler(TiersMixin):
                 for k in changed_keys:
                     groups |= self._groups_by_pod_key.get(k, set()) & scope
         self._put_pod(pod)
-        affected = self._reselect_pod(pod.key)
+        affected = self._reselect_pod(pod.key) | self._cnp_touch(pod.key)
         affected |= self._update_membership(pod.key, groups)
         if old is None or old.ips != pod.ips or old.ports != pod.ports:
             # The pod's addresses are elements of every group it belongs to, and its ports
@@ -213,7 +213,7 @@ class Compiler(TiersMixin):
         self._firewalls.pop(key, None)
         for g in groups:
             self._members[g].discard(key)
-        affected = self._invalidate_groups(groups) | self._invalidate_all_pods_rules()
+        affected = self._invalidate_groups(groups) | self._invalidate_all_pods_rules() | self._cnp_touch(key)
         affected.discard(key)
         return self._rebuild(affected) | {key}
 
@@ -228,7 +228,7 @@ class Compiler(TiersMixin):
         groups: set[GroupKey] = set()
         for k in changed_keys:
             groups |= self._groups_by_ns_key.get(k, set())
-        affected = set()
+        affected = self._cnp_touch_ns(ns.name) if changed_keys else set()
         for g in groups:
             members = self._select_members(g)
             if members != self._members[g]:

@@ -108,22 +108,20 @@ def attach(fw: ir.PodFirewall, pod: Pod, pods: Iterable[Pod], namespace: Callabl
     """``fw`` with the tier rules of every CNP whose subject selects ``pod``; ``fw`` itself
     when none does (a cluster without CNPs compiles exactly as before).
 
-    ``memo``: shared by the pods of one cluster state (the caller empties it when anything
-    changes). It keeps each selection's pods and each rule's sets and tier rules, which
-    are the same for every pod the policy selects (the same objects, so their digests are
-    computed once): without it, a cluster costs pods x pods."""
+    ``memo``: shared by the pods of one cluster state (the caller forgets what a change
+    makes stale: enforcer.cnp.compiling). It keeps each selection's pods and each rule's
+    sets and tier rules, which are the same for every pod the policy selects (the same
+    objects, so their digests are computed once): without it, a cluster costs pods x pods."""
     mine = sorted((c for c in cnps if selects(c.subject, pod, namespace(pod.namespace))),
                   key=ClusterNetworkPolicy.order)
     if not mine:
         return fw
     memo = {} if memo is None else memo
-    if "pods" not in memo:
-        memo["pods"] = [p for p in pods if not p.host_network]
 
     def peers_of(sel: Selection) -> list[Pod]:
         key = ("sel", sel)
-        if key not in memo:
-            memo[key] = [p for p in memo["pods"] if selects(sel, p, namespace(p.namespace))]
+        if key not in memo:  # (the incremental compiler fills these in advance)
+            memo[key] = [p for p in pods if selects(sel, p, namespace(p.namespace))]
         return memo[key]
 
     sets: list = list(fw.sets)
