@@ -27,9 +27,13 @@ class FamilyState:
         return all(self.jumps.get(HOOKS[d]) == [1] for d in base.DIRECTIONS)
 
 
-def parse_save(text: str) -> FamilyState:
+_OWN = frozenset(OWN_CHAINS)
+
+
+def parse_save(text: str, own=_OWN.__contains__, hooks: tuple[str, ...] = tuple(HOOKS.values())) -> FamilyState:
+    """Our chains (``own(chain)``: pod mode's by default; host mode passes its own) with
+    their rules and counters, and the jumps to them from ``hooks``, with their positions."""
     st = FamilyState()
-    ours = set(OWN_CHAINS)
     position: dict[str, int] = {}
     in_filter = False
     for raw in text.splitlines():
@@ -56,23 +60,25 @@ def parse_save(text: str) -> FamilyState:
             continue
         chain, args = tokens[1], tuple(tokens[2:])
         position[chain] = position.get(chain, 0) + 1
-        if chain in ours:
+        if own(chain):
             st.rules.setdefault(chain, []).append(args)
             st.counts.setdefault(chain, []).append(counts)
-        elif chain in HOOKS.values():
+        elif chain in hooks:
             target = args[args.index("-j") + 1] if "-j" in args else None
-            if target in ours:
+            if target is not None and own(target):
                 st.jumps.setdefault(chain, []).append(position[chain])
                 st.jump_args.setdefault(chain, []).append(args)
     return st
 
 
-def parse_ipset_save(text: str) -> dict[str, tuple[str, int, set[str]]]:
-    """Our sets (np.* and nt.*) from ``ipset save``: name -> (type, family, elements)."""
+def parse_ipset_save(text: str, own=None) -> dict[str, tuple[str, int, set[str]]]:
+    """Our sets (np.* and nt.*, or those ``own(name)`` says) from ``ipset save``:
+    name -> (type, family, elements)."""
+    own = own or (lambda name: name[:3] in (SET_PREFIX, TMP_PREFIX))
     sets: dict[str, tuple[str, int, set[str]]] = {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) >= 3 and parts[0] == "create" and parts[1][:3] in (SET_PREFIX, TMP_PREFIX):
+        if len(parts) >= 3 and parts[0] == "create" and own(parts[1]):
             fam = 6 if "inet6" in parts[3:5] else 4
             sets[parts[1]] = (parts[2], fam, set())
         elif len(parts) >= 3 and parts[0] == "add" and parts[1] in sets:

@@ -262,7 +262,7 @@ def explain(files, legacy_namespace_isolation, fmt, by) -> None:
               help="NAMESPACE/POD or NAMESPACE/WORKLOAD (repeatable; default: every pod).")
 @click.option("--enforce-at", "enforce_at", type=click.Choice(["pod", "host", "both"]), default="pod",
               show_default=True, help="pod: each pod's own table; host: the node's table (a chain per "
-                                      "pod, nftables); both: the two side by side, per pod.")
+                                      "pod); both: the two side by side, per pod.")
 def render(files, legacy_namespace_isolation, backend, pods, enforce_at) -> None:
     """The exact ruleset that would be installed in each pod's namespace (or its node's)."""
     from backends import registry
@@ -284,21 +284,25 @@ def render(files, legacy_namespace_isolation, backend, pods, enforce_at) -> None
     keys = keys or sorted(comp.pods)
     names = ["nftables", "iptables"] if backend == "all" else [backend]
     if enforce_at != "pod":
-        from backends import nft_host
+        from backends import ipt_host, nft_host
 
-        if names != ["nftables"]:
-            raise InputError(f"--enforce-at {enforce_at}: host mode renders nftables only "
-                             "(iptables host mode: see docs/cnis.md)")
+        if "fake" in names:
+            raise InputError(f"--enforce-at {enforce_at}: choose nftables, iptables, iptables-legacy "
+                             "or all (the fake backend has no host placement)")
+        host = {n: nft_host if n == "nftables" else ipt_host for n in names}  # iptables: both flavours
         veth = {k: f"veth{i}" for i, k in enumerate(sorted(comp.pods))}  # as a node would name them
         if enforce_at == "host":
-            click.echo(f"# node (host mode, {len(keys)} pod{'s' if len(keys) != 1 else ''})\n"
-                       + nft_host.render_node([(comp.firewall(k), veth[k]) for k in keys]).rstrip())
+            for n in names:
+                which = "" if names == ["nftables"] else f", {n}"
+                click.echo(f"# node (host mode{which}, {len(keys)} pod{'s' if len(keys) != 1 else ''})\n"
+                           + host[n].render_node([(comp.firewall(k), veth[k]) for k in keys]).rstrip())
             return
-        pod_impl = registry.get("nftables", check=False)
+        pod_impls = {n: registry.get(n, check=False) for n in names}
         for key in keys:
             fw = comp.firewall(key)
-            click.echo(output.render_block(key, [("pod: nftables", pod_impl.render(fw)),
-                                                 ("host: nftables", nft_host.render_node([(fw, veth[key])]))]))
+            click.echo(output.render_block(key, [b for n in names for b in (
+                (f"pod: {n}", pod_impls[n].render(fw)),
+                (f"host: {n}", host[n].render_node([(fw, veth[key])])))]))
         return
     impls = [registry.get(n, check=False) for n in names]
     for key in keys:  # compiled on demand: --pod builds only the asked-for pods' firewalls

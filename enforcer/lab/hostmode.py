@@ -2,7 +2,8 @@
 
 The choice is kept in the lab's directory (``enforce-at``, next to state.json) and read by
 every lab command, so ``lab apply``, ``lab stats`` and the rest act where ``lab up`` put
-the rules. Host mode wraps the lab's backend (backends/nft_host.py): the lab still hands
+the rules. Host mode wraps the lab's backend (backends/nft_host.py, backends/ipt_host.py
+for both iptables flavours): the lab still hands
 it a pod's namespace and firewall, and the wrapper puts the pod's chains in the node's
 table, dispatched by the pod's node-side veth (``Endpoint.link``).
 
@@ -18,6 +19,7 @@ from enforcer.lab import state
 from enforcer.lab.state import LabState
 
 FILE = "enforce-at"
+HOST_BACKENDS = ("nftables", "iptables", "iptables-legacy")
 
 
 def load(name: str) -> str:
@@ -36,9 +38,9 @@ def save(name: str, enforce_at: str) -> None:
 def check(enforce_at: str, backend_name: str) -> None:
     if enforce_at not in ("pod", "host"):
         raise LabError(f"--enforce-at {enforce_at!r}: choose pod or host")
-    if enforce_at == "host" and backend_name != "nftables":
-        raise LabError(f"--enforce-at host works with the nftables backend only, not {backend_name}: "
-                       "see docs/cnis.md (host mode and iptables)")
+    if enforce_at == "host" and backend_name not in HOST_BACKENDS:
+        raise LabError(f"--enforce-at host works with the {', '.join(HOST_BACKENDS)} backends, "
+                       f"not {backend_name}")
 
 
 def node_netns(st: LabState, ep) -> str:
@@ -54,11 +56,16 @@ def wrap(st: LabState, backend, enforce_at: str):
     if enforce_at != "host":
         return backend
     check(enforce_at, backend.name)
-    from backends.nft_host import NftHostBackend
     from backends.placement import HostMap
 
     def where() -> dict[str, tuple[str, str, str]]:
         return {e.netns: (node_netns(st, e), e.link, e.key) for e in st.endpoints.values() if e.kind == "pod"}
+
+    if backend.name != "nftables":  # iptables, iptables-legacy: backends/ipt_host.py
+        from backends.ipt_host import IptHostBackend
+
+        return IptHostBackend(HostMap(where), backend)
+    from backends.nft_host import NftHostBackend
 
     return NftHostBackend(HostMap(where), backend)
 

@@ -33,13 +33,13 @@ def test_golden_host(name):
     assert result.output == path.read_text()
 
 
-def test_iptables_host_render_is_a_clear_error():
-    result = CliRunner().invoke(cli, ["render", "-f", E2E[0], "--backend", "iptables", "--enforce-at", "host"])
+def test_fake_host_render_is_a_clear_error():
+    result = CliRunner().invoke(cli, ["render", "-f", E2E[0], "--backend", "fake", "--enforce-at", "host"])
     assert result.exit_code != 0
     from enforcer.errors import InputError
 
     assert isinstance(result.exception, InputError)  # main() prints it as one line
-    assert "host mode renders nftables only" in str(result.exception)
+    assert "the fake backend has no host placement" in str(result.exception)
 
 
 @pytest.fixture(scope="module")
@@ -130,14 +130,15 @@ def test_marks_stable_and_collisions_reported():
         placement.check_placement("node")
 
 
-def test_lab_host_mode_refuses_iptables_clearly():
+def test_lab_host_mode_refuses_the_fake_backend_clearly():
     from enforcer.errors import LabError
     from enforcer.lab import hostmode
 
-    hostmode.check("host", "nftables")
-    hostmode.check("pod", "iptables")
-    with pytest.raises(LabError, match="nftables backend only"):
-        hostmode.check("host", "iptables")
+    for name in ("nftables", "iptables", "iptables-legacy"):
+        hostmode.check("host", name)
+    hostmode.check("pod", "fake")
+    with pytest.raises(LabError, match="backends, not fake"):
+        hostmode.check("host", "fake")
     with pytest.raises(LabError, match="choose pod or host"):
         hostmode.check("node", "nftables")
 

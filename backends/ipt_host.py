@@ -1,0 +1,574 @@
+"""iptables host placement: the pods' chains in the node's filter table, out of their reach.
+
+Pod mode (backends/iptables.py) puts NETPOL-INGRESS / NETPOL-EGRESS inside each pod, where
+a process with CAP_NET_ADMIN can ``iptables -F``. Host mode puts the same chains, one pair
+per pod, in the node's namespace on the forward path, as kube-router does with iptables::
+
+    FORWARD      : -j NETPOL-HOST                     exactly one jump, first position
+    NETPOL-HOST  : -m physdev --physdev-in <veth> -j NPH-EG-<id>   "<pod> egress"
+                   -d <pod address>/32   -j NPH-IN-<id>            "<pod> ingress"
+                   (one pair per pod of this node; IPv6 the same with ip6tables)
+    NPH-EG-<id>, NPH-IN-<id>   the pod's egress / ingress chain
+    ipsets nph<id>.<set>.<kind><family>   the pod's sets (nt.<id>.* while being swapped)
+
+``<id>`` is the low 24 bits of the pod's mark (placement.pod_mark, a hash of its key, which
+``placement.check_marks`` checks for collisions per node): iptables chain names stop at 28
+characters and ipset names at 31, too short for ``namespace/name``. The dispatch rule's
+comment names the pod, and ``render`` says which chain is whose.
+
+How a pod's packets are told apart: the lab's pods hang off one bridge of the node and are
+routed by it (enforcer/lab/topology.py), so the IP forward hook sees the *bridge* as input
+interface for every pod. Two ways to recover the port: br_netfilter, which hands a routed
+packet's bridge port to ``-m physdev --physdev-in``, or a mark set in the bridge family
+(what nft_host.py does). We use physdev: it is plain x_tables, the same match for the
+iptables-nft and iptables-legacy flavours, and the rules stay in one tool. A bridge-family
+mark would need ebtables (whose legacy and nft flavours are separate kernel tables and
+tools again) or an nftables table beside the iptables ones. br_netfilter's switch is a
+per-namespace sysctl since Linux 5.3: we set ``net.bridge.bridge-nf-call-iptables`` and
+``-ip6tables`` to 1 inside the node's namespace only (new namespaces start at 1 on this
+kernel anyway), never in the host's; without br_netfilter host mode refuses with a clear
+error instead of loading a module. A pod cannot spoof its port, and a forged source
+address still goes through the chain of the port it came in on. Ingress is dispatched by
+destination address, as in nft_host.py: the node routes by it, and its permanent
+neighbour entries send each address to exactly one pod's veth.
+
+The pod's chains are ``ipt_render.render_chain``'s (same IR, provenance comments, counters,
+NFLOG drop) with one difference: an allow rule (and a direction's "not isolated" rule)
+``RETURN``s instead of ``ACCEPT``ing, because a packet between two pods of one node must
+pass the sender's egress chain *and* the receiver's ingress chain. The fixed rules
+(established/related, invalid, node) keep their verdicts.
+
+Applying is incremental and one transaction per node and family: a new pod declares its
+chains and appends its dispatch rules; a changed pod's chains are declared again (which
+flushes them in ``--noflush`` mode) and refilled; a peer change is one ``ipset restore``
+of element deltas; removing a pod deletes its dispatch rules by number, then its chains
+and sets. Sets change first (built under temporary names, swapped in), then the rules
+(``iptables-restore --noflush``, ``iptables-legacy-restore`` for the legacy flavour: one
+process per family and node), then the old sets go.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import threading
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from backends import base, ipt_tiers
+from backends.base import ApplyResult, plan
+from backends.ipt_render import (FAMILIES, IpSet, _comment, _kind, delta_text, ipset_name,
+                                 render_chain, render_sets, rule_line, sets_text)
+from backends.ipt_save import FamilyState, parse_ipset_save, parse_save
+from backends.placement import pod_mark
+from enforcer import netns as nsmod
+from enforcer.errors import ApplyError, BackendError, BackendUnavailable, NetpolError
+from enforcer.ir import PodFirewall
+
+HOST_CHAIN = "NETPOL-HOST"
+HOOK = "FORWARD"
+CHAIN_PREFIX = {"ingress": "NPH-IN-", "egress": "NPH-EG-"}
+SET_PREFIX = "nph"  # + <id>. ; the temporaries are IpSet.tmp: nt.<id>.
+FIXED = ("established", "invalid", "loopback", "ipv6 neighbour discovery", "node")
+_FIXED_COMMENTS = {base.fixed_comment(d, w) for d in base.DIRECTIONS for w in FIXED}
+TOOLS = {"nft": {"save": {4: "iptables-save", 6: "ip6tables-save"},
+                 "restore": {4: "iptables-restore", 6: "ip6tables-restore"}},
+         "legacy": {"save": {4: "iptables-legacy-save", 6: "ip6tables-legacy-save"},
+                    "restore": {4: "iptables-legacy-restore", 6: "ip6tables-legacy-restore"}}}
+BRIDGE_SYSCTLS = ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables")
+_OUR_SET = re.compile(r"^(nph|nt\.)[0-9a-f]{6}\.")
+
+Resolver = Callable[[str], tuple[str, str]]  # pod netns -> (node netns, host-side veth)
+
+
+# ---------------------------------------------------------------------------------------
+# Rendering (pure)
+
+
+def pod_id(pod: str) -> str:
+    return f"{pod_mark(pod) & 0xFFFFFF:06x}"
+
+
+def chain_names(pod: str) -> dict[str, str]:
+    return {d: CHAIN_PREFIX[d] + pod_id(pod) for d in base.DIRECTIONS}
+
+
+def is_ours(chain: str) -> bool:
+    return chain == HOST_CHAIN or chain.startswith(tuple(CHAIN_PREFIX.values()))
+
+
+def is_our_set(name: str) -> bool:
+    return bool(_OUR_SET.match(name))
+
+
+def set_names(fw: PodFirewall) -> dict[str, str]:
+    """Pod mode's ipset name -> the node's (unique per pod by its id)."""
+    prefix = f"{SET_PREFIX}{pod_id(fw.pod)}."
+    out = {}
+    for s in fw.sets:
+        kind = _kind(s)[0]
+        for fam in FAMILIES:
+            out[ipset_name(s.name, kind, fam)] = ipset_name(s.name, kind, fam, prefix=prefix)
+    return out
+
+
+def jump_rule() -> tuple[str, ...]:
+    return _comment("netpol host mode: a chain per pod") + ("-j", HOST_CHAIN)
+
+
+def dispatch(fw: PodFirewall, iface: str, family: int) -> tuple[tuple[str, ...], ...]:
+    """The pod's rules in NETPOL-HOST: its egress by bridge port, its ingress by address."""
+    names = chain_names(fw.pod)
+    out = [("-m", "physdev", "--physdev-in", iface) + _comment(f"{fw.pod} egress") + ("-j", names["egress"])]
+    for a in fw.ips:
+        if base.family_of(a) == family:
+            plen = 32 if family == 4 else 128
+            out.append(("-d", f"{a.split('/')[0]}/{plen}") + _comment(f"{fw.pod} ingress")
+                       + ("-j", names["ingress"]))
+    return tuple(out)
+
+
+def _is_fixed(args: tuple[str, ...]) -> bool:
+    return "--comment" in args and args[args.index("--comment") + 1] in _FIXED_COMMENTS
+
+
+def pod_chain(fw: PodFirewall, direction: str, family: int,
+              names: dict[str, str] | None = None) -> tuple[tuple[str, ...], ...]:
+    """Pod mode's chain with the node's set names, allow verdicts turned into RETURN."""
+    if ipt_tiers.has_tiers(fw, direction):
+        # A tier's ACCEPT is final in pod mode; on the node it would also skip the
+        # receiving pod's chain. Not done yet: refuse rather than enforce wrongly.
+        raise BackendError(f"host mode: {fw.pod} is selected by a ClusterNetworkPolicy; "
+                           "tiers are enforced in pod mode only so far (--enforce-at pod)")
+    names = set_names(fw) if names is None else names
+    out = []
+    for args in render_chain(fw, direction, family):
+        args = tuple(names.get(a, a) for a in args)
+        if args[-2:] == ("-j", "ACCEPT") and not _is_fixed(args):
+            args = args[:-1] + ("RETURN",)
+        out.append(args)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class PodRules:
+    """What one pod puts in its node: its sets, per family its two chains' rules and its
+    rules in NETPOL-HOST."""
+
+    pod: str
+    sets: tuple[IpSet, ...]
+    chains: dict[int, dict[str, tuple[tuple[str, ...], ...]]]
+    dispatch: dict[int, tuple[tuple[str, ...], ...]]
+
+    def set_names(self) -> set[str]:
+        return {s.name for s in self.sets}
+
+
+def build(fw: PodFirewall, iface: str) -> PodRules:
+    names = set_names(fw)
+    sets = tuple(dataclasses.replace(s, name=names[s.name]) for s in render_sets(fw))
+    chains = {fam: {chain_names(fw.pod)[d]: pod_chain(fw, d, fam, names) for d in ("egress", "ingress")}
+              for fam in FAMILIES}
+    return PodRules(fw.pod, sets, chains, {fam: dispatch(fw, iface, fam) for fam in FAMILIES})
+
+
+def _owner(args: tuple[str, ...]) -> str | None:
+    """The pod id a NETPOL-HOST rule jumps to."""
+    target = args[args.index("-j") + 1] if "-j" in args else ""
+    for prefix in CHAIN_PREFIX.values():
+        if target.startswith(prefix):
+            return target[len(prefix):]
+    return None
+
+
+def family_text(family: int, install: Sequence[PodRules], remove: Sequence[str],
+                state: FamilyState) -> str:
+    """iptables-restore --noflush input for one family of a node: ``install`` pods'
+    chains refilled and their dispatch rules made right, ``remove`` pods (keys) taken out,
+    every other pod untouched. ``state`` is the family's listing just read."""
+    lines = ["*filter"]
+    fresh = HOST_CHAIN not in state.chains
+    if fresh:  # declaring an existing chain would flush every pod's dispatch rules
+        lines.append(f":{HOST_CHAIN} - [0:0]")
+    for pr in install:
+        lines += [f":{c} - [0:0]" for c in pr.chains[family]]
+    if state.jumps.get(HOOK) != [1]:
+        lines += [f"-D {HOOK} {n}" for n in sorted(state.jumps.get(HOOK, []), reverse=True)]
+        lines.append(rule_line(HOOK, jump_rule(), "-I"))
+    # dispatch rules: delete by number (highest first) what is not wanted, append what is missing
+    wanted = {pod_id(pr.pod): pr.dispatch[family] for pr in install}
+    gone = {pod_id(p) for p in remove}
+    have = state.rules.get(HOST_CHAIN, [])
+    kept: dict[str, list[tuple[str, ...]]] = {}
+    drop = []
+    for n, args in enumerate(have, 1):
+        owner = _owner(args)
+        if owner in gone or (owner in wanted and (args not in wanted[owner] or args in kept.get(owner, []))):
+            drop.append(n)
+        elif owner in wanted:
+            kept.setdefault(owner, []).append(args)
+    lines += [f"-D {HOST_CHAIN} {n}" for n in sorted(drop, reverse=True)]
+    for pr in install:
+        for c, rules in pr.chains[family].items():
+            lines += [rule_line(c, a) for a in rules]
+        lines += [rule_line(HOST_CHAIN, a) for a in pr.dispatch[family] if a not in kept.get(pod_id(pr.pod), [])]
+    for pod in remove:
+        for c in chain_names(pod).values():
+            if c in state.chains:
+                lines += [f"-F {c}", f"-X {c}"]
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def render_node(pods: Sequence[tuple[PodFirewall, str]], node: str = "") -> str:
+    """Everything the node gets for ``pods`` ((firewall, host-side veth) each), as the
+    restore tools read it, starting from an empty node."""
+    rules = [build(fw, iface) for fw, iface in sorted(pods, key=lambda p: p[0].pod)]
+    on = f" on {node}" if node else ""
+    out = [f"# iptables host mode{on}: a chain pair per pod, dispatched from {HOST_CHAIN}"]
+    for pr in rules:
+        names = chain_names(pr.pod)
+        out.append(f"# {pr.pod}: {names['egress']} (egress), {names['ingress']} (ingress), "
+                   f"sets {SET_PREFIX}{pod_id(pr.pod)}.*")
+    out.append("# ipsets (ipset restore; applied by swapping in sets built under temporary names)")
+    text = "\n".join(out) + "\n" + sets_text(tuple(s for pr in rules for s in pr.sets))
+    for fam in FAMILIES:
+        text += (f"# IPv{fam} ({'ip6' if fam == 6 else 'ip'}tables-restore --noflush)\n"
+                 + family_text(fam, rules, (), FamilyState()))
+    return text
+
+
+# ---------------------------------------------------------------------------------------
+
+
+class _Refused(Exception):
+    pass
+
+
+@dataclass
+class NodeState:
+    """A node's filter tables (both families) and our sets, read in one process."""
+
+    families: dict[int, FamilyState]
+    sets: dict[str, tuple[str, int, set[str]]]  # name -> (type, family, elements)
+
+
+class IptHostBackend:
+    """The Backend protocol for iptables host mode: ``netns`` names a pod's namespace, as
+    in pod mode; ``resolve`` says on which node namespace and behind which veth it sits."""
+
+    placement = "host"
+    apply_in_threads = False  # one batch per node (apply_many)
+    nf_generation = False
+
+    def __init__(self, resolve: Resolver, pod_backend) -> None:
+        self._resolve = resolve
+        self._pod_backend = pod_backend
+        self.flavour = getattr(pod_backend, "flavour", "nft")
+        self.name = pod_backend.name
+        self._tools = TOOLS[self.flavour]
+        self._ready: dict[str, int] = {}  # node netns -> inode whose bridge sysctls we set
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        self._pod_backend.check()
+        import shutil
+
+        missing = [t for t in self._tools["restore"].values() if shutil.which(t) is None]
+        if missing:
+            raise BackendUnavailable(f"{self.name} host mode: missing {', '.join(missing)}; "
+                                     "install them with: apt-get install iptables")
+
+    def render(self, fw: PodFirewall) -> str:
+        return render_node([(fw, "<veth>")])
+
+    # -- the node
+
+    def _ensure(self, node: str) -> None:
+        """br_netfilter on for the node's namespace (only there): physdev needs it."""
+        ino = nsmod.inode(node)
+        with self._lock:
+            if ino is not None and self._ready.get(node) == ino:
+                return
+        script = "".join(f"echo 1 > /proc/sys/net/bridge/{k} && " for k in BRIDGE_SYSCTLS) + "true"
+        proc = nsmod.run(node, ["sh", "-c", script], check=False)
+        if proc.returncode != 0:
+            raise BackendUnavailable(
+                f"{self.name} host mode needs br_netfilter (the bridge port of a routed packet, "
+                f"for -m physdev): {proc.stderr.strip()}; load it on the host with "
+                "modprobe br_netfilter, or use --enforce-at pod or the nftables backend")
+        with self._lock:
+            self._ready[node] = ino or 0
+
+    def _read(self, node: str, counters: bool = False) -> NodeState:
+        mark = "#netpol-enforcer-split"
+        c = " -c" if counters else ""
+        save = self._tools["save"]
+        script = (f"{save[4]} -t filter{c} && echo '{mark}' && {save[6]} -t filter{c} "
+                  f"&& echo '{mark}' && ipset save")
+        proc = nsmod.run(node, ["sh", "-c", script], check=False)
+        parts = proc.stdout.split(mark + "\n")
+        if proc.returncode != 0 or len(parts) != 3:
+            raise BackendError(f"reading the firewall of {node} failed: {proc.stderr.strip()}")
+        fams = {4: parse_save(parts[0], is_ours, (HOOK,)), 6: parse_save(parts[1], is_ours, (HOOK,))}
+        return NodeState(fams, parse_ipset_save(parts[2], is_our_set))
+
+    def _ipset(self, node: str, text: str, what: str) -> None:
+        if not text:
+            return
+        proc = nsmod.run(node, ["ipset", "-exist", "restore"], input=text, check=False)
+        if proc.returncode != 0:
+            raise _Refused(f"ipset restore ({what}): {proc.stderr.strip()}")
+
+    def _quietly(self, node: str, text: str) -> None:
+        try:
+            self._ipset(node, text, "cleanup")
+        except _Refused:
+            for line in text.splitlines():
+                nsmod.run(node, ["ipset", "-exist"] + line.split(), check=False)
+
+    def _restore(self, node: str, family: int, text: str) -> None:
+        proc = nsmod.run(node, [self._tools["restore"][family], "--noflush"], input=text, check=False)
+        if proc.returncode != 0:
+            raise _Refused(proc.stderr.strip())
+
+    def _install(self, node: str, pods: list[PodRules], st: NodeState) -> None:
+        """Sets, then rules (one restore per family), then old sets: all of ``pods`` at
+        once. On a refusal everything is put back as ``st`` shows it, then _Refused."""
+        sets = [s for pr in pods for s in pr.sets]
+        fresh = [s.name for s in sets if s.name not in st.sets]
+        build_lines = []
+        for s in sets:
+            build_lines += [f"destroy {s.tmp}"] * (s.tmp in st.sets)
+            build_lines += [s.create(s.tmp), f"flush {s.tmp}"] + [s.add(e, s.tmp) for e in s.elements]
+        swap_lines = [ln for s in sets for ln in [s.create()] * (s.name in fresh) + [f"swap {s.tmp} {s.name}"]]
+        tmps = "".join(f"destroy {s.tmp}\n" for s in sets)
+        try:
+            self._ipset(node, "\n".join(build_lines) + "\n" if build_lines else "", "build")
+            self._ipset(node, "\n".join(swap_lines) + "\n" if swap_lines else "", "swap")
+        except _Refused:
+            self._quietly(node, tmps + "".join(f"destroy {n}\n" for n in fresh))
+            raise
+        done: list[int] = []
+        try:
+            for fam in FAMILIES:
+                self._restore(node, fam, family_text(fam, pods, (), st.families[fam]))
+                done.append(fam)
+        except _Refused:
+            for fam in done:  # the pods' chains and dispatch rules as they were
+                self._rollback(node, fam, [pr.pod for pr in pods], st.families[fam])
+            swap_back = "".join(f"swap {s.tmp} {s.name}\n" for s in sets if s.name not in fresh)
+            self._quietly(node, swap_back + tmps + "".join(f"destroy {n}\n" for n in fresh))
+            raise
+        ids = {f"{SET_PREFIX}{pod_id(pr.pod)}." for pr in pods}
+        wanted = {s.name for s in sets}
+        stale = [n for n in st.sets if n[:10] in ids and n not in wanted]
+        stale += [n for n in st.sets if n.startswith("nt.") and f"{SET_PREFIX}{n[3:10]}" in ids]
+        self._quietly(node, tmps + "".join(f"destroy {n}\n" for n in sorted(set(stale))))
+
+    def _rollback(self, node: str, family: int, pods: list[str], old: FamilyState) -> None:
+        now = self._read(node).families[family]
+        lines = ["*filter"]
+        ids = {pod_id(p) for p in pods}
+        lines += [f"-D {HOST_CHAIN} {n}" for n, a in reversed(list(enumerate(now.rules.get(HOST_CHAIN, []), 1)))
+                  if _owner(a) in ids]
+        for p in pods:
+            for c in chain_names(p).values():
+                if c in old.chains:
+                    lines.append(f":{c} - [0:0]")
+                    lines += [rule_line(c, a) for a in old.rules.get(c, [])]
+                elif c in now.chains:
+                    lines += [f"-F {c}", f"-X {c}"]
+        lines += [rule_line(HOST_CHAIN, a) for a in old.rules.get(HOST_CHAIN, []) if _owner(a) in ids]
+        lines.append("COMMIT")
+        try:
+            self._restore(node, family, "\n".join(lines) + "\n")
+        except _Refused:
+            pass
+
+    # -- apply
+
+    def _build(self, fw: PodFirewall, iface: str) -> PodRules:
+        try:
+            return build(fw, iface)
+        except (BackendError, ValueError, KeyError) as e:
+            raise ApplyError(f"{self.name} host mode: cannot render the firewall of {fw.pod}: {e}") from e
+
+    def apply(self, netns: str, fw: PodFirewall, previous: PodFirewall | None = None) -> ApplyResult:
+        result = self.apply_many([(netns, fw, previous)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def apply_many(self, jobs) -> list[ApplyResult | NetpolError]:
+        """Per node: one ``ipset restore`` of every delta, then one install of every pod
+        that needs its chains (re)written; if the kernel refuses the install, each pod on
+        its own (so one bad pod never holds up the others)."""
+        results: list[ApplyResult | NetpolError | None] = [None] * len(jobs)
+        per_node: dict[str, list[tuple[int, str, PodFirewall, PodFirewall | None, str]]] = {}
+        for i, (netns, fw, previous) in enumerate(jobs):
+            kind = plan(previous, fw)
+            if kind == "none":
+                results[i] = ApplyResult("none")
+                continue
+            try:
+                node, iface = self._resolve(netns)
+                self._ensure(node)
+            except NetpolError as e:
+                results[i] = e
+                continue
+            per_node.setdefault(node, []).append((i, iface, fw, previous, kind))
+        for node, items in per_node.items():
+            self._apply_node(node, items, results)
+        return results  # type: ignore[return-value]
+
+    def _apply_node(self, node: str, items, results: list) -> None:
+        full: list[tuple[int, PodRules, PodFirewall]] = []
+        delta_lines, deltas = [], []
+        for i, iface, fw, previous, kind in items:
+            try:
+                pr = self._build(fw, iface)
+                if kind == "delta":
+                    text, added, removed = delta_text(self._build(previous, iface), pr)
+                    delta_lines.append(text)
+                    deltas.append((i, pr, fw, added, removed))
+                else:
+                    full.append((i, pr, fw))
+            except NetpolError as e:
+                results[i] = e
+        if deltas:
+            try:
+                self._ipset(node, "".join(delta_lines), "delta")
+                for i, _, _, added, removed in deltas:
+                    results[i] = ApplyResult("delta", added, removed)
+            except _Refused as e:  # drift: each of them gets its chains and sets again
+                note = f"delta refused, replaced everything: {str(e).splitlines()[0]}"
+                full += [(i, pr, fw) for i, pr, fw, _, _ in deltas]
+                for i, *_ in deltas:
+                    results[i] = note
+        if not full:
+            return
+        try:
+            st = self._read(node)
+            self._install(node, [pr for _, pr, _ in full], st)
+            for i, pr, fw in full:
+                results[i] = self._full_result(pr, results[i])
+            return
+        except (_Refused, BackendError):
+            pass
+        for i, pr, fw in full:  # one by one: a refused pod keeps its previous rules
+            try:
+                self._install(node, [pr], self._read(node))
+                results[i] = self._full_result(pr, results[i])
+            except (_Refused, BackendError) as e:
+                results[i] = ApplyError(f"{self.name} host mode: applying the firewall of {fw.pod} "
+                                        f"in {node} failed; the previous rules stay in force:\n{e}")
+
+    @staticmethod
+    def _full_result(pr: PodRules, note) -> ApplyResult:
+        return ApplyResult("full", sum(len(s.elements) for s in pr.sets), 0, note if isinstance(note, str) else "")
+
+    # -- the rest
+
+    def _pod_of(self, netns: str) -> str | None:
+        get = getattr(self._resolve, "pod_of", None)
+        return get(netns) if get else None
+
+    def remove(self, netns: str) -> None:
+        """The pod's dispatch rules, chains and sets out of its node (idempotent)."""
+        try:
+            node, _ = self._resolve(netns)
+        except (KeyError, BackendError):
+            return
+        pod = self._pod_of(netns)
+        if pod is None or not nsmod.exists(node):
+            return
+        st = self._read(node)
+        try:
+            for fam in FAMILIES:
+                if any(c in st.families[fam].chains for c in chain_names(pod).values()) or \
+                        any(_owner(a) == pod_id(pod) for a in st.families[fam].rules.get(HOST_CHAIN, [])):
+                    self._restore(node, fam, family_text(fam, (), (pod,), st.families[fam]))
+        except _Refused as e:
+            raise BackendError(f"{self.name} host mode: cannot remove {pod} from {node}: {e}") from e
+        ident = pod_id(pod)
+        self._quietly(node, "".join(f"destroy {n}\n" for n in sorted(st.sets)
+                                    if n.startswith((f"{SET_PREFIX}{ident}.", f"nt.{ident}."))))
+
+    def remove_node(self, node: str) -> None:
+        """Every rule, chain and set of ours out of ``node`` (switching back to pod mode)."""
+        if not nsmod.exists(node):
+            return
+        st = self._read(node)
+        try:
+            for fam in FAMILIES:
+                f = st.families[fam]
+                lines = ["*filter"] + [f"-D {HOOK} {n}" for n in sorted(f.jumps.get(HOOK, []), reverse=True)]
+                ours = sorted(c for c in f.chains if is_ours(c))
+                lines += [f"-F {c}" for c in ours] + [f"-X {c}" for c in ours] + ["COMMIT"]
+                if len(lines) > 2:
+                    self._restore(node, fam, "\n".join(lines) + "\n")
+        except _Refused as e:
+            raise BackendError(f"{self.name} host mode: cannot remove our chains from {node}: {e}") from e
+        self._quietly(node, "".join(f"destroy {n}\n" for n in sorted(st.sets)))
+        with self._lock:
+            self._ready.pop(node, None)
+
+    def read(self, netns: str) -> str | None:
+        node, _ = self._resolve(netns)
+        pod = self._pod_of(netns)
+        if pod is None or not nsmod.exists(node):
+            return None
+        st = self._read(node)
+        ident = pod_id(pod)
+        parts = [f"create {n} {t} family {'inet' if fam == 4 else 'inet6'}\n"
+                 + "".join(f"add {n} {e}\n" for e in sorted(elems))
+                 for n, (t, fam, elems) in sorted(st.sets.items()) if n.startswith(f"{SET_PREFIX}{ident}.")]
+        for fam in FAMILIES:
+            f = st.families[fam]
+            lines = [rule_line(HOST_CHAIN, a) for a in f.rules.get(HOST_CHAIN, []) if _owner(a) == ident]
+            for c in chain_names(pod).values():
+                lines += [rule_line(c, a) for a in f.rules.get(c, [])]
+            if lines:
+                parts.append(f"# IPv{fam}\n" + "\n".join(lines) + "\n")
+        return "".join(parts) or None
+
+    def verify(self, netns: str, fw: PodFirewall) -> bool:
+        node, iface = self._resolve(netns)
+        try:
+            pr = build(fw, iface)
+        except (BackendError, ValueError, KeyError):
+            return False
+        st = self._read(node)
+        for fam in FAMILIES:
+            f = st.families[fam]
+            if f.jumps.get(HOOK) != [1]:
+                return False
+            for c, rules in pr.chains[fam].items():
+                if c not in f.chains or tuple(f.rules.get(c, [])) != rules:
+                    return False
+            mine = [a for a in f.rules.get(HOST_CHAIN, []) if _owner(a) == pod_id(fw.pod)]
+            if sorted(mine) != sorted(pr.dispatch[fam]):
+                return False
+        ident = f"{SET_PREFIX}{pod_id(fw.pod)}."
+        have = {n: v for n, v in st.sets.items() if n.startswith(ident)}
+        return have == {s.name: (s.type, s.family, set(s.elements)) for s in pr.sets}
+
+    def counters(self, netns: str) -> list[tuple[str, int, int]]:
+        node, _ = self._resolve(netns)
+        pod = self._pod_of(netns)
+        if pod is None:
+            return []
+        st = self._read(node, counters=True)
+        totals: dict[str, list[int]] = {}
+        for fam in FAMILIES:
+            f = st.families[fam]
+            for chain in (chain_names(pod)["egress"], chain_names(pod)["ingress"]):
+                for args, (p, b) in zip(f.rules.get(chain, []), f.counts.get(chain, [])):
+                    if "--comment" in args:
+                        t = totals.setdefault(args[args.index("--comment") + 1], [0, 0])
+                        t[0] += p
+                        t[1] += b
+        return [(c, p, b) for c, (p, b) in totals.items()]
+
+    def close(self) -> None:
+        pass
