@@ -60,15 +60,22 @@ def _positive(ctx, param, value):
                    "backends; nftables always applies one at a time: libnftables is not thread-safe).")
 @click.option("--legacy-namespace-isolation", is_flag=True,
               help="Honour the pre-v1 namespace annotation net.beta.kubernetes.io/network-policy.")
+@click.option("--enforce-at", "enforce_at", type=click.Choice(["pod", "host"]), default="pod", show_default=True,
+              help="Where the rules go: inside each pod's namespace (pod), or a chain per pod in the "
+                   "node's namespace, on the host side of its veth, out of the pod's reach (host; "
+                   "needs --node-netns). Restarting with the other value removes the old place's rules.")
+@click.option("--node-netns", default=None, metavar="NAME",
+              help="The node's network namespace, where the pods' host-side veths are (a name under "
+                   "/run/netns, or a path such as /proc/1/ns/net). Host mode puts its table there; "
+                   "pod mode removes a host-mode table left there.")
 def run(watch, kubeconfig, node, backend, metrics_addr, log_format, log_level, min_interval, resync, repair_interval,
         cleanup_on_exit, conntrack_strict, state_file, netns_prefix, node_ips, settle, apply_workers,
-        legacy_namespace_isolation) -> None:
+        legacy_namespace_isolation, enforce_at, node_netns) -> None:
     """The daemon: watch manifest directories (--watch) or a Kubernetes API server
     (--kubeconfig, or in-cluster) and keep every local pod's namespace enforcing its
     policies (fail-static on start and stop, fail-closed for new pods)."""
     import ipaddress
 
-    from backends import registry
     from enforcer.daemon import logs
     from enforcer.daemon.notify import Notifier
     from enforcer.daemon.service import DEFAULT_NODE_IPS, Daemon, Options
@@ -86,6 +93,9 @@ def run(watch, kubeconfig, node, backend, metrics_addr, log_format, log_level, m
                                "in a pod, KUBERNETES_SERVICE_HOST selects the in-cluster configuration)")
     if api and not node:
         raise click.UsageError("--node NAME (or $NODE_NAME) is required with the API source")
+    if enforce_at == "host" and not node_netns:
+        raise click.UsageError("--enforce-at host needs --node-netns NAME (the node's namespace, "
+                               "where the pods' host-side veths are)")
     log = logs.setup(log_format, log_level)
     import faulthandler
     import signal
@@ -97,21 +107,47 @@ def run(watch, kubeconfig, node, backend, metrics_addr, log_format, log_level, m
                    cleanup_on_exit=cleanup_on_exit, conntrack_strict=conntrack_strict,
                    state_file=state_file or None, netns_prefix=netns_prefix,
                    node_ips=tuple(node_ips) or DEFAULT_NODE_IPS, settle=settle,
-                   legacy_namespace_isolation=legacy_namespace_isolation, apply_workers=apply_workers)
+                   legacy_namespace_isolation=legacy_namespace_isolation, apply_workers=apply_workers,
+                   enforce_at=enforce_at, node_netns=node_netns)
     try:
-        impl = registry.get(backend)
+        impl, point = _enforce_point(opts, log)
         source = None
         if api:
             from enforcer.daemon.kube import api_source
 
             source = api_source(kubeconfig, node, state_file=opts.state_file, log=log,
                                 legacy_namespace_isolation=legacy_namespace_isolation)
-        daemon = Daemon(opts, backend=impl, log=log, notifier=Notifier(), source=source)
+        daemon = Daemon(opts, backend=impl, log=log, notifier=Notifier(), source=source, enforce_point=point)
         code = daemon.serve()
     except NetpolError as e:
         log.error("cannot start", error=str(e))
         raise
     sys.exit(code)
+
+
+def _enforce_point(opts, log):
+    """(the reconciler's backend, the EnforcePoint) for ``opts.enforce_at``. A backend
+    without host mode refuses here, before anything is started or changed."""
+    from backends import registry
+    from enforcer.daemon.enforcepoint import EnforcePoint
+    from enforcer.daemon.hostside import NodeSide, host_backend
+
+    pod_backend = registry.get(opts.backend)
+    if opts.enforce_at == "host":
+        node = NodeSide(opts.node_netns)
+        host = host_backend(opts.backend, node)
+        host.check()
+        return host, EnforcePoint("host", pod_backend=pod_backend, log=log, node=node)
+    # Pod mode: a host-mode table a previous run left on the node goes (after the first sync).
+    old = [(opts.node_netns, opts.backend)] if opts.node_netns else []
+    if opts.state_file:
+        try:
+            before = statusfile.read(opts.state_file)
+        except NetpolError:
+            before = {}
+        if before.get("enforce_at") == "host" and isinstance(before.get("node_netns"), str):
+            old.append((before["node_netns"], str(before.get("backend") or opts.backend)))
+    return pod_backend, EnforcePoint("pod", pod_backend=pod_backend, log=log, old_nodes=tuple(old))
 
 
 @click.command(context_settings=CONTEXT)

@@ -120,6 +120,9 @@ class Reconciler:
         # Called after every namespace applied or read back: a long sync (thousands of
         # namespaces) keeps systemd's watchdog fed while it makes progress.
         self.progress: Callable[[], None] = lambda: None
+        # Host mode (the backend places every pod on its node): one transaction per node
+        # for all the pods of a round, instead of one per pod.
+        self.per_node = getattr(backend, "placement", "pod") == "host"
         self._pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ converge
@@ -194,6 +197,7 @@ class Reconciler:
     def repair(self) -> Outcome:
         """Read back every managed namespace; restore anything changed or flushed."""
         out = Outcome()
+        restores: list[tuple[str, Managed]] = []
         for ns, m in list(self.managed.items()):
             self.progress()
             if self.inode(ns) != m.inode:
@@ -214,6 +218,9 @@ class Reconciler:
                     continue
                 self._clean_gen.pop(ns, None)
                 stage = "restore"
+                if self.per_node:
+                    restores.append((ns, m))  # all of them in one transaction, below
+                    continue
                 self.backend.apply(ns, m.fw, None)
                 out.repaired.append(ns)
                 out.applied[ns] = "full"
@@ -227,6 +234,15 @@ class Reconciler:
                 else:
                     self._fail(out, m.pod, ns, "our rules were changed outside the daemon and "
                                "restoring them failed: " + _message(e, cause=True))
+        if restores:
+            results = self.backend.apply_many([(ns, m.fw, None) for ns, m in restores])
+            for (ns, m), result in zip(restores, results):
+                if isinstance(result, Exception):
+                    self._fail(out, m.pod, ns, "our rules were changed outside the daemon and "
+                               "restoring them failed: " + _message(result, cause=True))
+                else:
+                    out.repaired.append(ns)
+                    out.applied[ns] = "full"
         return out
 
     # ------------------------------------------------------------------ cleanup
@@ -253,6 +269,11 @@ class Reconciler:
     # ------------------------------------------------------------------ internals
 
     def _run(self, jobs, *, standin: bool = False):
+        if self.per_node and jobs:
+            pre = self._batch(jobs)
+            out = [(j[2], self._apply_one(j, standin, pre)) for j in jobs]
+            self.progress()
+            return out
         if len(jobs) > 1 and self.workers > 1:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="apply")
@@ -269,9 +290,54 @@ class Reconciler:
             self.progress()
         return out
 
-    def _apply_one(self, job, standin: bool) -> tuple:
+    def _batch(self, jobs) -> dict[str, dict]:
+        """Host mode: every pod of a node in one transaction (``apply_many``). First contacts
+        are read back first (adopted when right), then every apply of the round goes in
+        one call; ``_apply_one`` takes its answers from here (ns -> {"verify", "apply"})."""
+        pre: dict[str, dict] = {}
+        batch = []
+        for known, key, ns, fw in jobs:
+            if self.inode(ns) is None:
+                continue
+            m = self.managed.get(ns)
+            entry = pre[ns] = {}
+            previous = None
+            if m is None or ns in self.failures:
+                try:
+                    entry["verify"] = ok = self.backend.verify(ns, fw)
+                except Exception as e:
+                    entry["verify"] = e
+                    continue
+                if ok:
+                    continue
+            else:
+                previous = m.fw
+            batch.append((ns, fw, previous))
+        if batch:
+            for (ns, _, _), result in zip(batch, self.backend.apply_many(batch)):
+                pre[ns]["apply"] = result
+        return pre
+
+    def _verify(self, ns: str, fw: PodFirewall, pre: dict | None) -> bool:
+        got = pre.get(ns, {}).pop("verify", None) if pre is not None else None
+        if got is None:
+            return self.backend.verify(ns, fw)
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    def _apply(self, ns: str, fw: PodFirewall, previous: PodFirewall | None, pre: dict | None):
+        got = pre.get(ns, {}).pop("apply", None) if pre is not None else None
+        if got is None:
+            return self.backend.apply(ns, fw, previous)
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    def _apply_one(self, job, standin: bool, pre: dict | None = None) -> tuple:
         """Returns ("ok", kind, Managed, before) | ("gone",) | ("error", pod, message) |
-        ("standin", Managed, message, before). Runs on a pool thread: touches nothing shared."""
+        ("standin", Managed, message, before). Runs on a pool thread: touches nothing shared
+        (``pre``: this round's answers from ``_batch``, host mode)."""
         known, key, ns, fw = job
         ino = self.inode(ns)
         if ino is None:
@@ -285,15 +351,15 @@ class Reconciler:
                 # A retry after a failure is first contact again: what the kernel holds
                 # is unknown (someone may have replaced our table), so no delta against
                 # the record, and success only once a read-back shows our rules.
-                if self.backend.verify(ns, fw):
+                if self._verify(ns, fw, pre):
                     kind = "adopted" if not retry else "verified"
                 else:
-                    kind = self.backend.apply(ns, fw, None).kind
+                    kind = self._apply(ns, fw, None, pre).kind
                     if retry and not self.backend.verify(ns, fw):
                         raise ApplyError("the rules read back after the apply are not ours "
                                          "(someone else holds or changes the table)")
             else:
-                kind = self.backend.apply(ns, fw, m.fw).kind
+                kind = self._apply(ns, fw, m.fw, pre).kind
             managed = Managed(key, fw, ino, fw if standin else None)
             return ("ok", "deny-only" if standin else kind, managed, before)
         except NetnsError as e:

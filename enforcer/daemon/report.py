@@ -185,6 +185,8 @@ class Reporting:
             "started": statusfile.iso(self.started_wall),
             "updated": statusfile.iso(time.time()),
             "backend": self.backend.name,
+            "enforce_at": self.opts.enforce_at,
+            "node_netns": self.opts.node_netns,
             "watch": list(self.opts.watch),
             "source": self.source.describe(),
             "netns_prefix": self.opts.netns_prefix,

@@ -35,6 +35,7 @@ from enforcer.daemon import status as statusfile
 from enforcer.daemon.conntrack import Conntrack
 from enforcer.daemon.desired import Source
 from enforcer.daemon.discovery import Discovery, NetnsWatcher, place, pods_by_ip
+from enforcer.daemon.enforcepoint import EnforcePoint
 from enforcer.daemon.logs import Log
 from enforcer.daemon.metrics import Metrics, MetricsServer
 from enforcer.daemon.notify import Notifier, watchdog_interval
@@ -65,6 +66,8 @@ class Options:
     legacy_namespace_isolation: bool = False
     settle: float = 1.0
     apply_workers: int = 1
+    enforce_at: str = "pod"  # or "host": every pod's chains in the node's table (enforcepoint.py)
+    node_netns: str | None = None  # host mode: the node's namespace (the pods' host-side veths)
 
 
 @dataclass
@@ -81,7 +84,8 @@ class Daemon(Reporting):
     def __init__(self, opts: Options, *, backend, log: Log, clock: Callable[[], float] = time.monotonic,
                  notifier: Notifier | None = None, discovery: Discovery | None = None,
                  conntrack: Conntrack | None = None, watch_netns: bool = True, watch_files: bool = True,
-                 reconciler: Reconciler | None = None, source: Source | None = None) -> None:
+                 reconciler: Reconciler | None = None, source: Source | None = None,
+                 enforce_point: EnforcePoint | None = None) -> None:
         self.opts = opts
         self.log = log
         self.clock = clock
@@ -108,11 +112,13 @@ class Daemon(Reporting):
             log.warning("apply workers ignored", backend=backend.name, workers=workers,
                         reason="the backend applies one namespace at a time (libnftables is not thread-safe)")
             workers = 1
+        self.enforce_point = enforce_point or EnforcePoint("pod", pod_backend=backend, log=log)
+        self.enforce_point.host = backend
         generation = None
         if backend.nf_generation:
             from enforcer.daemon.nftgen import GenerationReader
 
-            generation = GenerationReader()
+            generation = self.enforce_point.generation(GenerationReader())
         self.reconciler = reconciler or Reconciler(backend, clock=clock, workers=workers,
                                                    generation=generation)
         self.reconciler.progress = self._feed_watchdog
@@ -180,6 +186,7 @@ class Daemon(Reporting):
         self._write_state()
         text = self._status_line()
         self.log.info("started", backend=self.backend.name, watch=self.opts.watch,
+                      enforce_at=self.opts.enforce_at, node_netns=self.opts.node_netns or "",
                       netns_prefix=self.opts.netns_prefix, pods=len(self.local),
                       managed=len(self.reconciler.managed), metrics_addr=self.opts.metrics_addr or "",
                       conntrack_strict=self.opts.conntrack_strict)
@@ -331,6 +338,7 @@ class Daemon(Reporting):
     def _sync(self, full: bool) -> float | None:
         force, self._force_read = self._force_read, False
         self._sync_files = self._sync_netns = self._sync_applied = 0
+        self.enforce_point.before_sync()
         # 1. Input: files due, and every file on a full run (their stat signature decides).
         changes, read = self.source.poll(full=full, force=force)
         self._changes.update(changes)
@@ -389,9 +397,11 @@ class Daemon(Reporting):
             self._pods_changed = False
         placement = place(self._pod_ips, self.discovery.index(), self._by_ip)
         self.local = placement.local
+        self.enforce_point.placed(placement.local)
         self._report_conflicts(placement.conflicts)
-        # 5. Converge.
+        # 5. Converge (then what a switch of --enforce-at or a gone pod leaves behind).
         out = self.reconciler.converge(placement.local, self.compiler.firewall, candidates)
+        self.enforce_point.after_converge(out, self.reconciler.managed)
         self._sync_applied = sum(1 for k in out.applied.values() if k not in ("none", "adopted", "verified"))
         self._report_outcome(out)
         if self.conntrack is not None:
@@ -434,6 +444,7 @@ class Daemon(Reporting):
     def _repair(self) -> None:
         self.repair_timer.done()
         out = self.reconciler.repair()
+        self.enforce_point.after_converge(out, self.reconciler.managed)
         for ns in out.repaired:
             m = self.reconciler.managed.get(ns)
             self.totals.drift_repairs += 1

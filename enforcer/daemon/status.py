@@ -126,6 +126,8 @@ def render(data: dict[str, Any]) -> str:
     state = "running" if running(data) else f"not running (state {data.get('phase')})"
     lines.append(f"netpol daemon: {state}, pid {data.get('pid')}, backend {data.get('backend')}, "
                  f"started {data.get('started')}")
+    if data.get("enforce_at") == "host":
+        lines.append(f"enforced at: host (each pod's chains in node namespace {data.get('node_netns')})")
     src = data.get("source") or {}
     if src.get("type") == "api":
         lines.append(api_line(src))

@@ -61,6 +61,10 @@ class Lab:
     def ns(self, pod: str) -> str:
         return f"{self.prefix}x-{pod}"
 
+    @property
+    def node(self) -> str:
+        return f"netpol-{self.name}"  # the lab's node namespace: the pods' veths and bridge
+
     def ok(self, src: str, dst: str, port: int = 80) -> bool:
         return tcp_ok(self.ns(src), IPS[dst], port)
 
@@ -102,10 +106,17 @@ def run(lab, tmp_path):
         d.close()
     # Leave the lab without rules for the next test.
     from backends import registry
+    from enforcer.daemon.hostside import NodeSide, host_backend
+    from enforcer.errors import BackendUnavailable
 
     be = registry.get("nftables")
     for pod in IPS:
         be.remove(lab.ns(pod))
+    for name in ("nftables", "iptables"):  # host mode's tables on the node
+        try:
+            host_backend(name, NodeSide(lab.node)).remove_node(lab.node)
+        except BackendUnavailable:
+            pass
 
 
 def b_from(*peers: str, ports=()) -> dict:
@@ -660,3 +671,106 @@ def test_metrics_endpoint_bounds_half_open_clients_and_logs_no_tracebacks(lab, r
     assert _http(f"http://127.0.0.1:{port}/metrics")[0] == 200
     assert "Traceback" not in d.log_text()
     assert wait_for(lambda: _threads(d.proc.pid) <= base_threads + 1, 10, interval=0.5) is not None
+
+
+# ------------------------------------------------------------------ --enforce-at host
+
+
+def _tables(netns_name: str) -> list[str]:
+    """Our nftables tables in ``netns_name`` (the iptables test leaves iptables' own)."""
+    out = netns.run(netns_name, ["nft", "list", "tables"]).stdout
+    return [line.strip() for line in out.splitlines() if "netpol" in line]
+
+
+@pytest.mark.parametrize("backend,flush", [("nftables", ["nft", "flush", "ruleset"]),
+                                           ("iptables", ["iptables", "-F"])])
+def test_a_pod_flushing_its_own_rules_is_repaired_in_pod_mode(lab, run, backend, flush):
+    """Pod mode: the pod can remove its own rules (CAP_NET_ADMIN in its namespace); the
+    denied connection gets through until the next repair (--repair-interval 1), then is
+    denied again. Real packets all along."""
+    write_yaml(str(run.watch / "b.yaml"), [b_from("a")])
+    d = run(backend=backend)
+    assert not lab.ok("c", "b") and lab.ok("a", "b")
+    netns.run(lab.ns("b"), flush)
+    assert lab.ok("c", "b")  # open: the pod walked out of its policy
+    assert wait_for(lambda: not lab.ok("c", "b"), 2.5) is not None
+    assert lab.ok("a", "b")
+    assert wait_for(lambda: d.state()["totals"]["drift_repairs"] >= 1, 2) is not None
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_host_mode_a_pod_flushing_its_namespace_changes_nothing(lab, run, backend):
+    """Host mode: the rules are in the node's namespace; the pod's namespace holds none, so
+    its flush (nft and iptables) leaves every denied connection denied, probed
+    continuously across three repair intervals. Then a policy change is enforced."""
+    from enforcer.daemon.hostside import host_backend
+    from enforcer.errors import BackendUnavailable
+
+    try:
+        host_backend(backend, None)
+    except BackendUnavailable as e:
+        pytest.skip(str(e))
+    write_yaml(str(run.watch / "b.yaml"), [b_from("a")])
+    d = run("--enforce-at", "host", "--node-netns", lab.node, backend=backend)
+    assert not lab.ok("c", "b") and lab.ok("a", "b")
+    assert all(_tables(lab.ns(p)) == [] for p in IPS)  # nothing inside the pods
+    if backend == "nftables":
+        assert "table inet netpol_host" in _tables(lab.node)
+    st = d.state()
+    assert st["enforce_at"] == "host" and st["counts"]["managed"] == 3
+    assert {p["pod"]: p["state"] for p in st["pods"]} == {"x/a": "enforced", "x/b": "enforced", "x/c": "enforced"}
+    for p in IPS:
+        netns.run(lab.ns(p), ["nft", "flush", "ruleset"])
+        netns.run(lab.ns(p), ["iptables", "-F"])
+    t0, leaks = time.monotonic(), []
+    while time.monotonic() - t0 < 3.0:
+        if tcp_ok(lab.ns("c"), IPS["b"], 80, timeout=0.05):
+            leaks.append(round(time.monotonic() - t0, 2))
+    assert leaks == [] and lab.ok("a", "b")
+    assert d.logs("drift repaired") == []
+    # A change: only c may reach b now (the node's table, incrementally).
+    write_yaml(str(run.watch / "b.yaml"), [b_from("c")])
+    assert wait_for(lambda: lab.ok("c", "b"), SLOW) is not None
+    assert not lab.ok("a", "b")
+    # The node's table changed behind the daemon's back: repaired.
+    if backend == "nftables":
+        netns.run(lab.node, ["nft", "flush", "chain", "inet", "netpol_host", "in.x.b"])
+    else:
+        netns.run(lab.node, ["iptables", "-F", "NETPOL-HOST"])
+    assert wait_for(lambda: d.logs("drift repaired"), 3) is not None
+    assert not lab.ok("a", "b") and lab.ok("c", "b")
+    assert d.stop() == 0
+
+
+def test_switching_the_daemon_between_pod_and_host_mode_leaves_no_stale_rules(lab, run):
+    write_yaml(str(run.watch / "b.yaml"), [b_from("a")])
+    d = run()
+    assert not lab.ok("c", "b")
+    assert all(_tables(lab.ns(p)) == ["table inet netpol"] for p in IPS)
+    assert d.stop() == 0
+    # pod -> host: the pods' tables go once the node's chains are in force (the node named
+    # by a path, as a DaemonSet would: /proc/self/ns/net).
+    d = run("--enforce-at", "host", "--node-netns", netns.path(lab.node))
+    assert not lab.ok("c", "b") and lab.ok("a", "b")
+    assert all(_tables(lab.ns(p)) == [] for p in IPS)
+    assert "table inet netpol_host" in _tables(lab.node)
+    assert d.stop() == 0
+    # host -> pod (same state file: it says where the host tables were): they go.
+    d = run()
+    assert not lab.ok("c", "b") and lab.ok("a", "b")
+    assert all(_tables(lab.ns(p)) == ["table inet netpol"] for p in IPS)
+    assert _tables(lab.node) == []
+    assert d.logs("host-mode rules removed")[0]["node_netns"] == netns.path(lab.node)
+    assert d.stop() == 0
+
+
+def test_host_mode_refused_by_a_backend_is_one_line_and_exit_2(lab, run, tmp_path):
+    """A backend without a host mode (the fake one) is refused at start: one line, exit 2,
+    nothing changed."""
+    d = DaemonProcess([str(run.watch)], state_file=str(tmp_path / "s.json"), netns_prefix=lab.prefix,
+                      backend="fake", args=["--enforce-at", "host", "--node-netns", lab.node])
+    proc = subprocess.run(d.argv(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "has no host mode" in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2
+    assert _tables(lab.ns("b")) == [] and _tables(lab.node) == []
