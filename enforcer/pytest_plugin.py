@@ -445,7 +445,7 @@ def _factory(workdir: Path, prefix: str = DEFAULT_PREFIX, verbosity: int = 0):
 
     def factory(manifests: Any, backend: str = "nftables", *, ipv6: bool = False,
                 name: str | None = None, servers: bool = True, nodes: int = 1,
-                api: bool = False) -> LabHandle:
+                api: bool = False, enforce_at: str = "pod") -> LabHandle:
         from enforcer.lab import control, naming
 
         lab_name = naming.check_lab_name(name or f"{prefix}-{uuid.uuid4().hex[:8]}")
@@ -457,7 +457,7 @@ def _factory(workdir: Path, prefix: str = DEFAULT_PREFIX, verbosity: int = 0):
         _live[lab_name] = me
         try:
             control.up(lab_name, cluster, backend, ipv6=ipv6, owned=True, servers=servers,
-                       nodes=nodes, api=api, node_of=node_of, policies=policies)
+                       nodes=nodes, api=api, node_of=node_of, policies=policies, enforce_at=enforce_at)
         except BaseException:
             # up removed what it built; a name that was taken is another lab, not ours
             made.remove(handle)

@@ -11,7 +11,8 @@ once; ``lab down`` kills them by pid (checked against the start time saved with 
 also every process whose command line names the lab's directory, so a crash between a
 start and its save leaks nothing either.
 
-Where the agents run: in the host's network namespace. They must reach the API server on
+Where the agents run: in the host's network namespace (``lab up --api --enforce-at host``:
+each agent with ``--enforce-at host --node-netns`` its node's namespace, where its table goes). They must reach the API server on
 127.0.0.1, and they find their pods' namespaces by address (daemon/discovery.py) in
 /run/netns, which every network namespace shares; ``--netns-prefix netpol-<lab>-`` keeps
 each agent to this lab's namespaces (two labs may give pods the same addresses) and
@@ -144,12 +145,17 @@ def start_agents(st: LabState) -> None:
 
 
 def agent_argv(st: LabState, node: dict) -> list[str]:
+    """An agent enforces where the lab does (``lab up --enforce-at``): in host mode, in its
+    node's namespace, where the node's veths of its pods are."""
+    from enforcer.lab import hostmode
+
     d = agent_dir(st.name)
+    where = ["--enforce-at", "host", "--node-netns", node["netns"]] if hostmode.load(st.name) == "host" else []
     return [sys.executable, "-m", "enforcer", "run", "--kubeconfig", st.api["kubeconfig"],
             "--node", node["name"], "--backend", st.backend,
             "--netns-prefix", f"netpol-{st.name}-", "--node-ip", node["gateway"],
             "--state-file", os.path.join(d, f"{node['name']}.json"), "--log-format", "json",
-            "--repair-interval", "5"]
+            "--repair-interval", "5", *where]
 
 
 def start_agent(st: LabState, node: dict) -> dict:
@@ -235,6 +241,9 @@ def sync(st: LabState, backend) -> LabState:
     """Make the lab what the API says (see the module doc); returns the state."""
     from enforcer.lab import control, kubelet
 
+    from enforcer.lab import hostmode
+
+    backend = hostmode.wrap(st, backend, hostmode.load(st.name))  # a new pod's first rules: where the agent puts them
     api = kubelet.Client.of(st)
     cluster, bound, unbound = kubelet.read_cluster(api, st)
     keep = replace(cluster, services=dict(st.cluster.services), externals=dict(st.cluster.externals))

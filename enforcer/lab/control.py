@@ -170,9 +170,7 @@ def up(name: str, cluster: Cluster, backend_name: str = "nftables", *, ipv6: boo
     naming.check_lab_name(name)
     from enforcer.lab import hostmode
 
-    hostmode.check(enforce_at, backend_name)
-    if enforce_at != "pod" and api:
-        raise LabError("--enforce-at host: not with --api yet (the agents enforce in pod mode)")
+    hostmode.check(enforce_at, backend_name)  # --api: the agents enforce there too (apilab.agent_argv)
     with interrupts.deferred():  # an interrupt must never land inside an import
         _preload()
         backend = get_backend(backend_name)
@@ -287,7 +285,8 @@ def apply(name: str, cluster: Cluster, *, node_of: dict[str, str] | None = None,
         if now != was:
             hostmode.check(now, st.backend)
             if st.api is not None:
-                raise LabError("--enforce-at host: not with --api yet (the agents enforce in pod mode)")
+                raise LabError(f"--enforce-at {now}: an API lab's agents keep the place the lab was made "
+                               f"with ({was}); make it again with lab up --api --enforce-at {now}")
             st.firewalls = {}  # nothing of ours in the new place yet: full applies
         pod_backend, backend = backend, hostmode.wrap(st, backend, now)
         if st.api is not None:

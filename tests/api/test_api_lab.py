@@ -10,9 +10,11 @@ expectation: the agents converge in milliseconds, but nothing tells a kubectl us
 so the driver polls (as upstream's e2e does), then confirms a wrong cell with a patient
 timeout (tests/integration/test_conformance_lab.py's driver, reused).
 
-Also here: a node's agent killed -9 in the middle of a case (its pods keep their rules;
-the other nodes follow the API alone; restarted, it catches up), two API labs at once with
-the same pod addresses, and a killed ``lab up --api`` that ``lab down`` still cleans up.
+One short case set again with the agents in host mode (``--enforce-at host``: their
+pods' chains in their node's namespace). Also here: a node's agent killed -9 in the middle
+of a case (its pods keep their rules; the other nodes follow the API alone; restarted, it
+catches up), two API labs at once with the same pod addresses, and a killed ``lab up
+--api`` that ``lab down`` still cleans up.
 """
 from __future__ import annotations
 
@@ -131,6 +133,45 @@ def test_e2e_case_through_kubectl(api_lab, case):
             continue
         failures = _until_matches(api_lab, case, index)
         assert not failures, f"{case.title} (3-node API lab)\n\n" + "\n".join(f.text for f in failures)
+
+
+# Host mode (the agents run with --enforce-at host): a short set covering both directions,
+# namespaces, ports, named ports, CIDRs and updates; the whole list runs in pod mode above
+# and, lab-side, in tests/integration (host mode e2e on both backends).
+HOST_CASES = ("02-default-deny-all", "06-namespace-selector", "14-ports", "19-named-port-egress",
+              "22-updated-pod", "27-ingress-and-egress-together", "35-egress-cidr-except")
+
+
+@pytest.fixture(scope="module")
+def api_lab_host(netpol_api_lab_module):
+    base = [o for o in CASES[0].steps[0].objects if o["kind"] != "NetworkPolicy"]
+    lab = netpol_api_lab_module(base, "nftables", nodes=3, enforce_at="host")
+    lab.driver = KubectlDriver(lab, base)
+    return lab
+
+
+def test_e2e_cases_through_kubectl_with_the_agents_in_host_mode(api_lab_host):
+    from enforcer.lab import apilab
+    from enforcer.netns import run
+
+    lab = api_lab_host
+    st = lab_state.load(lab.name)
+    for node in st.nodes:
+        doc = apilab.agent_status(st, node["name"])
+        assert doc["enforce_at"] == "host" and doc["node_netns"] == node["netns"]
+    by_id = {c.id: c for c in CASES}
+    for cid in HOST_CASES:
+        case = by_id[cid]
+        for index, step in enumerate(case.steps):
+            lab.driver.converge(step.objects)
+            if any(c.probeable for c in step.checks):
+                failures = _until_matches(lab, case, index)
+                assert not failures, f"{case.title} (3-node API lab, host mode)\n\n" + \
+                    "\n".join(f.text for f in failures)
+    # Nothing inside the pods: every rule is on the nodes.
+    for e in st.endpoints.values():
+        if e.kind == "pod":
+            assert "netpol" not in run(e.netns, ["nft", "list", "tables"]).stdout, e.key
 
 
 def _pairs(lab, pairs) -> dict[tuple[str, str], bool]:
