@@ -1,50 +1,90 @@
-"""What the daemon says about itself: log lines for each outcome, the metrics gauges,
-/healthz, the state file for ``netpol status``. A mixin of ``service.Daemon`` (it reads
-the daemon's reconciler, store, totals and options); kept apart so that the wiring in
-service.py stays readable.
+"""What the daemon says as it works: a log line for each outcome worth one (said once, not
+at every sync), the counters and gauges of /metrics, the running totals of the state file.
+
+``Reporter`` is told what happened (a sync run ended, the input's problems, namespace
+conflicts, a converge's or repair's outcome) and says it; it decides nothing. The state
+file and /healthz, which read the same facts, are snapshot.py.
 """
 from __future__ import annotations
 
-import os
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Callable
 
-from enforcer.daemon import status as statusfile
 from enforcer.daemon.batch import Interrupted
-from enforcer.daemon.reconcile import Outcome
+from enforcer.daemon.logs import Log
+from enforcer.daemon.metrics import Metrics
+from enforcer.daemon.reconcile import Outcome, Reconciler
 from enforcer.daemon.runner import RunInfo
+from enforcer.daemon.sources import Issue
 from enforcer.errors import NetpolError
 
 
-class Reporting:
-    def _after_run(self, info: RunInfo) -> None:
-        self.last_info = info
-        self.last_sync_ms = round((info.finished - info.started) * 1000, 3)
+@dataclass
+class Totals:
+    syncs: int = 0
+    sync_errors: int = 0
+    apply_errors: int = 0
+    drift_repairs: int = 0
+    conntrack_deleted: int = 0
+    applies: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class LastRun:
+    """The last sync run, as the state file and the status line show it."""
+
+    info: RunInfo | None = None
+    ms: float = 0.0
+    wall: float | None = None  # when the last successful one ended (time.time)
+
+
+class Reporter:
+    def __init__(self, *, log: Log, metrics: Metrics, reconciler: Reconciler, store,
+                 clock: Callable[[], float]) -> None:
+        self.log = log
+        self.metrics = metrics
+        self.reconciler = reconciler
+        self.store = store
+        self.clock = clock
+        self.totals = Totals()
+        self.last = LastRun()
+        self.issues: list[Issue] | None = None  # input errors in force (as of the last read)
+        self.conflicts: list[str] = []
+        self._said_issues: dict[str, Issue] = {}
+        self._said_conflicts: set[str] = set()
+        self._said_failures: dict[str, str] = {}
+
+    def run_done(self, info: RunInfo, *, pods: int, files: int, namespaces: int, applied: int,
+                 retry_in: float) -> None:
+        """A sync run ended (``retry_in``: the runner's backoff, for a failed one)."""
+        self.last.info = info
+        self.last.ms = round((info.finished - info.started) * 1000, 3)
         kind = "full" if info.full else "incremental"
         self.metrics.sync_duration.labels(kind).observe(info.finished - info.started)
         self.totals.syncs += 1
         if info.ok:
             self.metrics.syncs.labels("ok").inc()
-            self.last_sync_wall = time.time()
-            self.metrics.last_sync.set(self.last_sync_wall)
+            self.last.wall = time.time()
+            self.metrics.last_sync.set(self.last.wall)
             delay = None
             if info.first_request is not None:
                 delay = max(0.0, info.finished - info.first_request)
                 self.metrics.impl_delay.observe(delay)
-            emit = self.log.info if self._sync_applied else self.log.debug
-            emit("sync done", kind=kind, ms=self.last_sync_ms, pods=len(self.local),
+            emit = self.log.info if applied else self.log.debug
+            emit("sync done", kind=kind, ms=self.last.ms, pods=pods,
                  delay_ms=None if delay is None else round(delay * 1000, 3),
-                 files=self._sync_files, namespaces=self._sync_netns, applied=self._sync_applied)
+                 files=files, namespaces=namespaces, applied=applied)
         elif isinstance(info.error, Interrupted):
             self.log.info("sync interrupted", kind=kind, reason="stopping")
         else:
             self.totals.sync_errors += 1
             self.metrics.syncs.labels("error").inc()
-            self.log.error("sync failed", kind=kind, error=_msg(info.error),
-                           retry_in_s=round(self.runner.backoff(self.runner.failures), 3))
-        self._write_state()
+            self.log.error("sync failed", kind=kind, error=message(info.error), retry_in_s=round(retry_in, 3))
 
-    def _report_issues(self) -> None:
+    def input_read(self) -> None:
+        """The input's problems as of the last read: each new one said once, each gone one
+        said resolved."""
         now = {str(i): i for i in self.store.issues()}
         for text, issue in now.items():
             if text not in self._said_issues:
@@ -60,17 +100,17 @@ class Reporting:
                 p = issue.problem
                 self.log.info("input error resolved", file=p.file, object=p.obj, field=p.field)
         self._said_issues = now
-        self._issues = [i for i in now.values() if i.consequence != "warning"]
-        self.metrics.input_errors.set(len(self._issues))
+        self.issues = [i for i in now.values() if i.consequence != "warning"]
+        self.metrics.input_errors.set(len(self.issues))
 
-    def _report_conflicts(self, conflicts: list[str]) -> None:
+    def placed(self, conflicts: list[str]) -> None:
         self.conflicts = conflicts
         for c in conflicts:
             if c not in self._said_conflicts:
                 self.log.error("namespace conflict", reason=c)
         self._said_conflicts = set(conflicts)
 
-    def _report_outcome(self, out: Outcome) -> None:
+    def outcome(self, out: Outcome) -> None:
         for ns, kind in sorted(out.applied.items()):
             label = "adopted" if kind == "verified" else kind
             self.metrics.applies.labels(label if label in ("delta", "full", "adopted", "deny-only") else "full").inc()
@@ -102,7 +142,19 @@ class Reporting:
         for ns in out.vanished:
             self.log.info("namespace gone", netns=ns)
 
-    def _update_gauges(self) -> None:
+    def repaired(self, ns: str) -> None:
+        m = self.reconciler.managed.get(ns)
+        self.totals.drift_repairs += 1
+        self.metrics.drift_repairs.inc()
+        self.log.warning("drift repaired", netns=ns, pod=m.pod if m else "",
+                         reason="rules changed or removed outside the daemon")
+
+    def conntrack_deleted(self, ns: str, n: int, reason: str, **fields) -> None:
+        self.totals.conntrack_deleted += n
+        self.metrics.conntrack_deleted.inc(n)
+        self.log.info("conntrack entries deleted", netns=ns, entries=n, reason=reason, **fields)
+
+    def gauges(self) -> None:
         managed = self.reconciler.managed.values()
         self.metrics.managed.set(len(self.reconciler.managed))
         self.metrics.isolated.labels("ingress").set(sum(1 for m in managed if m.fw.ingress.isolated))
@@ -111,115 +163,34 @@ class Reporting:
         self.metrics.sets.set(sum(len(m.fw.sets) for m in managed))
         self.metrics.set_elements.set(sum(len(s.v4) + len(s.v6) for m in managed for s in m.fw.sets))
         self.metrics.errors_in_force.set(len(self.reconciler.failures))
-        self.metrics.not_enforced.set(len(self.not_enforced()))
-        for kind, n in self._object_counts().items():
+        self.metrics.not_enforced.set(len(not_enforced(self.reconciler)))
+        for kind, n in self.object_counts().items():
             self.metrics.objects.labels(kind).set(n)
 
-    def _object_counts(self) -> dict[str, int]:
+    def object_counts(self) -> dict[str, int]:
         counts = {"Namespace": 0, "Pod": 0, "NetworkPolicy": 0, "ExternalHost": 0}
         counts.update(self.store.counts)
         return counts
 
-    def health(self, *, live_only: bool = False) -> tuple[bool, str]:
-        """/healthz, /readyz: the worker loops and every local pod is enforced. /livez
-        (``live_only``): the worker loops (a pod that cannot be enforced is no reason to
-        restart the daemon)."""
-        if self.phase == "starting":
-            ok, why = self.source.health()  # e.g. waiting for the API server's first lists
-            return False, "starting: the first sync has not finished" + ("" if ok else f" ({why})")
-        if self.phase == "stopped":
-            return False, "stopped"
-        stalled = self.clock() - self._last_loop
-        limit = max(120.0, 3 * self.opts.repair_interval)
-        if stalled > limit:
-            return False, f"stalled: the worker has not looped for {stalled:.0f}s"
-        if not live_only:
-            bad = self.not_enforced()
-            if bad:
-                shown = ", ".join(f"{pod} ({ns})" for ns, pod in sorted(bad.items())[:10])
-                more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-                return False, f"not enforced: {len(bad)} pod(s): {shown}{more}"
-            ok, why = self.source.health()
-            if not ok:  # the API server is away: fail-static, and said so
-                return False, f"degraded: {why}; " + self._status_line()
-        return True, "ok: " + self._status_line()
-
-    def not_enforced(self) -> dict[str, str]:
-        """netns -> pod for local pods whose rules are not known to be in force: their
-        apply or repair failed and no deny-only stand-in holds them (a read-back after a
-        successful retry clears them)."""
-        r = self.reconciler
-        out = {}
-        for ns, f in r.failures.items():
-            m = r.managed.get(ns)
-            if m is None or m.wanted is None:
-                out[ns] = f.pod
-        return out
-
-    def _status_line(self) -> str:
-        errs = len(self._issues or ()) + len(self.reconciler.failures) + len(self.conflicts)
+    def status_line(self) -> str:
+        errs = len(self.issues or ()) + len(self.reconciler.failures) + len(self.conflicts)
         return (f"{len(self.reconciler.managed)} pod namespaces enforced, "
-                f"{errs} error(s) in force, last sync {self.last_sync_ms} ms")
-
-    def state(self) -> dict[str, Any]:
-        c = self.compiler
-        pods = []
-        bad = self.not_enforced()
-        for ns, m in sorted(self.reconciler.managed.items(), key=lambda kv: kv[1].pod):
-            fw = m.wanted or m.fw
-            st = "not enforced" if ns in bad else ("deny-only" if m.wanted is not None else "enforced")
-            pods.append({"pod": m.pod, "netns": ns, "state": st,
-                         "ingress": list(fw.ingress.isolated_by) if fw.ingress.isolated else [],
-                         "egress": list(fw.egress.isolated_by) if fw.egress.isolated else [],
-                         "rules": len(fw.ingress.rules) + len(fw.egress.rules)})
-        for ns, pod in sorted(bad.items()):  # never applied: no record, still reported
-            if ns not in self.reconciler.managed:
-                pods.append({"pod": pod, "netns": ns, "state": "not enforced", "ingress": [], "egress": [],
-                             "rules": 0})
-        info = self.last_info
-        counts = self._object_counts()
-        return {
-            "version": statusfile.VERSION,
-            "pid": os.getpid(),
-            "phase": self.phase,
-            "started": statusfile.iso(self.started_wall),
-            "updated": statusfile.iso(time.time()),
-            "backend": self.backend.name,
-            "enforce_at": self.opts.enforce_at,
-            "node_netns": self.opts.node_netns,
-            "watch": list(self.opts.watch),
-            "source": self.source.describe(),
-            "netns_prefix": self.opts.netns_prefix,
-            "conntrack_strict": self.opts.conntrack_strict,
-            "last_sync": None if info is None else {
-                "at": statusfile.iso(self.last_sync_wall) if info.ok else statusfile.iso(time.time()),
-                "ok": info.ok, "kind": "full" if info.full else "incremental",
-                "ms": self.last_sync_ms, "error": None if info.ok else _msg(info.error)},
-            "counts": {"pods": counts["Pod"], "policies": counts["NetworkPolicy"],
-                       "namespaces": counts["Namespace"], "local_pods": len(self.local),
-                       "managed": len(self.reconciler.managed),
-                       "compiled_pods": len(c.pods) if c is not None else 0},
-            "totals": {"syncs": self.totals.syncs, "sync_errors": self.totals.sync_errors,
-                       "apply_errors": self.totals.apply_errors, "drift_repairs": self.totals.drift_repairs,
-                       "conntrack_deleted": self.totals.conntrack_deleted, "applies": self.totals.applies},
-            "pods": pods,
-            "input_errors": [str(i) for i in self._issues or ()],
-            "apply_errors": [{"netns": f.netns, "pod": f.pod, "message": f.message, "count": f.count}
-                             for f in sorted(self.reconciler.failures.values(), key=lambda f: f.netns)],
-            "conflicts": list(self.conflicts),
-            "not_enforced": [{"netns": ns, "pod": pod} for ns, pod in sorted(self.not_enforced().items())],
-        }
-
-    def _write_state(self) -> None:
-        if not self.opts.state_file:
-            return
-        try:
-            statusfile.write(self.opts.state_file, self.state())
-        except OSError as e:
-            self.log.warning("state file not written", path=self.opts.state_file, error=str(e))
+                f"{errs} error(s) in force, last sync {self.last.ms} ms")
 
 
-def _msg(e: BaseException | None) -> str:
+def not_enforced(r: Reconciler) -> dict[str, str]:
+    """netns -> pod for local pods whose rules are not known to be in force: their apply or
+    repair failed and no deny-only stand-in holds them (a read-back after a successful
+    retry clears them)."""
+    out = {}
+    for ns, f in r.failures.items():
+        m = r.managed.get(ns)
+        if m is None or m.wanted is None:
+            out[ns] = f.pod
+    return out
+
+
+def message(e: BaseException | None) -> str:
     if e is None:
         return ""
     if isinstance(e, NetpolError):

@@ -1,5 +1,5 @@
 """``netpol run``: the daemon that keeps every local pod's namespace enforcing the watched
-policies. This module wires the parts; each part is its own module:
+policies. This module wires the parts and runs their lifecycle; each part is its own module:
 
     sources.DirSource ----(file closed / moved / deleted)----+   (or kube.ApiSource: watch events;
     discovery.NetnsWatcher --(namespace or address change)---+--> runner.BoundedRunner.request
@@ -7,11 +7,10 @@ policies. This module wires the parts; each part is its own module:
     SIGHUP (full re-read), resync timer (--resync) ----------+            |
                                                                        one worker thread
                                                                           |
-    sync: read due files (ManifestStore: last good per object) -> re-read dirty namespaces
-          -> feed the changes to the incremental Compiler -> place pods in namespaces
-          -> Reconciler.converge (adopt / swap / delta, fail closed) -> conntrack (strict)
-          -> metrics, state file, logs
-    repair timer (--repair-interval): Reconciler.repair (read back, restore, count)
+    syncer.Syncer.sync: input -> namespaces -> compile -> place -> Reconciler.converge
+          (reconcile.py) -> EnforcePoint (enforcepoint.py: pod or host) -> conntrack
+    repair timer (--repair-interval): Syncer.repair (Reconciler.repair: read back, restore)
+    what it says: report.Reporter (logs, metrics, totals); snapshot.py (/healthz, the state file)
 
 Start-up never flushes: the files and namespaces are read completely first, then each
 local pod's namespace is verified and either adopted as it is or swapped in one
@@ -26,23 +25,23 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 from enforcer import ipam
-from enforcer.daemon.batch import BatchCompiler, Interrupted
-from enforcer.daemon import status as statusfile
+from enforcer.daemon import snapshot, status as statusfile
 from enforcer.daemon.conntrack import Conntrack
 from enforcer.daemon.desired import Source
-from enforcer.daemon.discovery import Discovery, NetnsWatcher, place, pods_by_ip
+from enforcer.daemon.discovery import Discovery, NetnsWatcher
 from enforcer.daemon.enforcepoint import EnforcePoint
 from enforcer.daemon.logs import Log
 from enforcer.daemon.metrics import Metrics, MetricsServer
 from enforcer.daemon.notify import Notifier, watchdog_interval
-from enforcer.daemon.reconcile import Outcome, Reconciler, isolation_only
-from enforcer.daemon.report import Reporting
+from enforcer.daemon.reconcile import Reconciler
+from enforcer.daemon.report import Reporter
 from enforcer.daemon.runner import BoundedRunner, Periodic, RunInfo
-from enforcer.daemon.sources import DirSource, Issue, LastGood, ManifestStore, ObjKey
+from enforcer.daemon.sources import DirSource, LastGood, ManifestStore
+from enforcer.daemon.syncer import Syncer
 from enforcer.errors import NetpolError
 
 STOP_GRACE = 5.0  # seconds a stop waits for the worker's current call before exiting anyway
@@ -70,17 +69,7 @@ class Options:
     node_netns: str | None = None  # host mode: the node's namespace (the pods' host-side veths)
 
 
-@dataclass
-class Totals:
-    syncs: int = 0
-    sync_errors: int = 0
-    apply_errors: int = 0
-    drift_repairs: int = 0
-    conntrack_deleted: int = 0
-    applies: dict[str, int] = field(default_factory=dict)
-
-
-class Daemon(Reporting):
+class Daemon:
     def __init__(self, opts: Options, *, backend, log: Log, clock: Callable[[], float] = time.monotonic,
                  notifier: Notifier | None = None, discovery: Discovery | None = None,
                  conntrack: Conntrack | None = None, watch_netns: bool = True, watch_files: bool = True,
@@ -123,39 +112,51 @@ class Daemon(Reporting):
                                                    generation=generation)
         self.reconciler.progress = self._feed_watchdog
         self.conntrack = conntrack if conntrack is not None else (Conntrack() if opts.conntrack_strict else None)
-        self.compiler: BatchCompiler | None = None
-        self.runner = BoundedRunner(self._sync, clock=clock, min_interval=opts.min_interval,
+        self.reporter = Reporter(log=log, metrics=self.metrics, reconciler=self.reconciler, store=self.store,
+                                 clock=clock)
+        self.totals = self.reporter.totals
+        self.syncer = Syncer(opts, source=self.source, discovery=self.discovery, reconciler=self.reconciler,
+                             enforce_point=self.enforce_point, conntrack=self.conntrack,
+                             reporter=self.reporter, log=log, stopping=self._stopping)
+        self.runner = BoundedRunner(self.syncer.sync, clock=clock, min_interval=opts.min_interval,
                                     resync=opts.resync)
         self.repair_timer = Periodic(opts.repair_interval, clock=clock)
         wd = watchdog_interval()
         self.watchdog_timer = Periodic(wd, clock=clock, start_now=True) if wd else None
-        self.totals = Totals()
         self.server: MetricsServer | None = None
         self.started_wall = time.time()
         self.phase = "starting"
-        self.local: dict[str, str] = {}
-        self.conflicts: list[str] = []
+        self.last_loop = clock()
         self._cond = threading.Condition()
         self._kick = False
         self._stop = False
         self._stop_at: float | None = None  # when SIGTERM/SIGINT came (monotonic)
         self._reload = False
-        self._force_read = False
-        self._dirty_ns: set[str] = set()
-        self._ns_lock = threading.Lock()
-        self._said_issues: dict[str, Issue] = {}
-        self._issues: list[Issue] | None = None  # input errors in force (as of the last read)
-        self._said_conflicts: set[str] = set()
-        self._said_failures: dict[str, str] = {}
-        self._changes: dict[ObjKey, Any] = {}  # read but not yet compiled (a failed sync keeps them)
-        self._last_loop = clock()
-        self._sync_files = self._sync_netns = self._sync_applied = 0  # for the "sync done" line
-        self._pod_ips: dict[str, tuple[str, ...]] = {}
-        self._by_ip: dict[str, set[str]] | None = None  # address -> pods (rebuilt when pods change)
-        self._pods_changed = True
-        self.last_sync_wall: float | None = None
-        self.last_info: RunInfo | None = None
-        self.last_sync_ms = 0.0
+
+    # The facts the views (snapshot.py) and callers read.
+
+    @property
+    def local(self) -> dict[str, str]:
+        return self.syncer.local
+
+    @property
+    def compiler(self):
+        return self.syncer.compiler
+
+    def health(self, *, live_only: bool = False) -> tuple[bool, str]:
+        return snapshot.health(self, live_only=live_only)
+
+    def state(self) -> dict:
+        return snapshot.document(self)
+
+    def _write_state(self) -> None:
+        snapshot.write(self)
+
+    def _after_run(self, info: RunInfo) -> None:
+        s = self.syncer
+        self.reporter.run_done(info, pods=len(s.local), files=s.files, namespaces=s.namespaces,
+                               applied=s.applied, retry_in=self.runner.backoff(self.runner.failures))
+        self._write_state()
 
     # ================================================================== lifecycle
 
@@ -175,16 +176,17 @@ class Daemon(Reporting):
         if self.watch_netns:
             self.netns_watcher = NetnsWatcher(self.opts.netns_prefix, self._netns_changed)
             self.netns_watcher.start()
+            self.syncer.netns_watcher = self.netns_watcher
         # Nothing is written from a partial view (the API source's first lists).
         self.source.wait_complete(lambda: self._stop)
         if self._stop:
             return  # stopped while waiting: nothing was written, the loop shuts down
-        self._force_read = True
+        self.syncer.force_read = True
         info = self.runner.run_now(full=True)
         self._after_run(info)
         self.phase = "running"
         self._write_state()
-        text = self._status_line()
+        text = self.reporter.status_line()
         self.log.info("started", backend=self.backend.name, watch=self.opts.watch,
                       enforce_at=self.opts.enforce_at, node_netns=self.opts.node_netns or "",
                       netns_prefix=self.opts.netns_prefix, pods=len(self.local),
@@ -266,8 +268,7 @@ class Daemon(Reporting):
             self._cond.notify_all()
 
     def _netns_changed(self, name: str, when: float) -> None:
-        with self._ns_lock:
-            self._dirty_ns.add(name)
+        self.syncer.namespace_changed(name)
         # A namespace that gains a pod's address must be isolated before the pod starts
         # talking: no min_interval wait for these.
         self.request(at=when, urgent=True)
@@ -289,14 +290,14 @@ class Daemon(Reporting):
         due. Returns when the next thing is due."""
         with self._cond:
             reload, self._reload = self._reload, False
-        self._last_loop = self.clock()
+        self.last_loop = self.clock()
         if reload:
             self.log.info("reload", reason="SIGHUP")
             self.notifier.reloading()
-            self._force_read = True
+            self.syncer.force_read = True
             self._after_run(self.runner.run_now(full=True))
             self._repair()
-            self.notifier.ready(self._status_line())
+            self.notifier.ready(self.reporter.status_line())
         else:
             info = self.runner.run_if_due()
             if info is not None:
@@ -327,133 +328,20 @@ class Daemon(Reporting):
         if self.netns_watcher is not None:
             self.netns_watcher.stop()
             self.netns_watcher = None
+            self.syncer.netns_watcher = None
         if self.server is not None:
             self.server.stop()
             self.server = None
         self.reconciler.close()
         self.notifier.close()
 
-    # ================================================================== the sync
-
-    def _sync(self, full: bool) -> float | None:
-        force, self._force_read = self._force_read, False
-        self._sync_files = self._sync_netns = self._sync_applied = 0
-        self.enforce_point.before_sync()
-        # 1. Input: files due, and every file on a full run (their stat signature decides).
-        changes, read = self.source.poll(full=full, force=force)
-        self._changes.update(changes)
-        self._sync_files = read
-        if read or full or self._issues is None:
-            self._report_issues()  # problems change only when files are read
-        # 2. Namespaces: the dirty ones, all of them on a full run.
-        with self._ns_lock:
-            dirty, self._dirty_ns = self._dirty_ns, set()
-        if full:
-            if force:
-                self.discovery.spaces.clear()
-            self.discovery.scan()
-            if self.netns_watcher is not None:
-                self.netns_watcher.poke_all()
-        self._sync_netns = len(dirty)
-        for name in sorted(dirty):
-            if self.discovery.refresh(name):
-                info = self.discovery.spaces.get(name)
-                self.log.debug("namespace changed", netns=name,
-                               addresses=sorted(info.addrs) if info else [], present=info is not None)
-        # 3. Compile (incrementally, unless there is no compiler yet).
-        gone_ips: set[str] = set()
-        try:
-            self._pods_changed = self._pods_changed or any(k[0] == "Pod" for k in self._changes)
-            if self.compiler is None:
-                self._pods_changed = True
-                self.compiler = BatchCompiler(self.store.cluster(), node_ips=self.opts.node_ips,
-                                              legacy_namespace_isolation=self.opts.legacy_namespace_isolation)
-                candidates: set[str] | None = None
-                self._changes.clear()
-            else:
-                candidates, gone_ips = self.compiler.feed(self._changes, self._stopping)
-                self._changes.clear()
-        except Interrupted:
-            self.compiler = None  # half fed: rebuilt from the store if the loop goes on
-            raise
-        except Exception as e:
-            # The firewalls cannot be computed: fail closed for pods that have no rules of
-            # ours yet, rebuild the compiler from scratch on the retry.
-            self.compiler = None
-            cluster = self.store.cluster()
-            placement = place({k: p.ips for k, p in cluster.pods.items()}, self.discovery.index())
-            out = self.reconciler.isolate_only(
-                placement.local, lambda key: isolation_only(cluster, key, self.opts.node_ips,
-                                                            self.opts.legacy_namespace_isolation))
-            self.log.error("compile failed", error=f"{type(e).__name__}: {e}",
-                           deny_only=sorted(out.applied))
-            raise
-        if full:
-            candidates = None
-        # 4. Which pods live here.
-        if self._by_ip is None or self._pods_changed:
-            self._pod_ips = {k: p.ips for k, p in self.compiler.pods.items() if self.source.is_local(k)}
-            self._by_ip = pods_by_ip(self._pod_ips)
-            self._pods_changed = False
-        placement = place(self._pod_ips, self.discovery.index(), self._by_ip)
-        self.local = placement.local
-        self.enforce_point.placed(placement.local)
-        self._report_conflicts(placement.conflicts)
-        # 5. Converge (then what a switch of --enforce-at or a gone pod leaves behind).
-        out = self.reconciler.converge(placement.local, self.compiler.firewall, candidates)
-        self.enforce_point.after_converge(out, self.reconciler.managed)
-        self._sync_applied = sum(1 for k in out.applied.values() if k not in ("none", "adopted", "verified"))
-        self._report_outcome(out)
-        if self.conntrack is not None:
-            self._conntrack(out, gone_ips | out.gone_ips)
-        self._update_gauges()
-        if out.errors:
-            self.totals.apply_errors += len(out.errors)
-        # Run again when a failed namespace retries or a file still settling becomes due:
-        # this run consumed every pending request, so nothing else would wake us for them.
-        settling = getattr(self.source, "next_ready", None)  # files still settling
-        wake = [t for t in (self.reconciler.next_retry(), settling() if settling else None) if t is not None]
-        return min(wake) if wake else None
-
     def _stopping(self) -> bool:
         with self._cond:
             return self._stop
 
-    def _conntrack(self, out: Outcome, gone_ips: set[str]) -> None:
-        assert self.conntrack is not None
-        for ns, (_, after) in sorted(out.changed.items()):
-            self._cut(ns, lambda ns=ns, after=after: self.conntrack.cut(ns, after),
-                      reason="no longer allowed", pod=after.pod)
-        if gone_ips:
-            for ns in sorted(self.reconciler.managed):
-                self._cut(ns, lambda ns=ns: self.conntrack.forget_ips(ns, gone_ips), reason="pod went away")
-
-    def _cut(self, ns: str, delete, *, reason: str, **fields) -> None:
-        """Run one conntrack deletion in ``ns``; count and log what it removed. A failure is
-        logged and skipped: conntrack cleanup never stops a sync."""
-        try:
-            n = delete()
-        except Exception as e:
-            self.log.warning("conntrack cleanup failed", netns=ns, error=str(e))
-            return
-        if n:
-            self.totals.conntrack_deleted += n
-            self.metrics.conntrack_deleted.inc(n)
-            self.log.info("conntrack entries deleted", netns=ns, entries=n, reason=reason, **fields)
-
     def _repair(self) -> None:
         self.repair_timer.done()
-        out = self.reconciler.repair()
-        self.enforce_point.after_converge(out, self.reconciler.managed)
-        for ns in out.repaired:
-            m = self.reconciler.managed.get(ns)
-            self.totals.drift_repairs += 1
-            self.metrics.drift_repairs.inc()
-            self.log.warning("drift repaired", netns=ns, pod=m.pod if m else "",
-                             reason="rules changed or removed outside the daemon")
-        self._report_outcome(out)
-        if out.errors or out.repaired or out.vanished:
-            self._update_gauges()
+        if self.syncer.repair():
             self._write_state()
         if self.reconciler.failures:
             self.runner.wake_at(self.reconciler.next_retry() or self.clock())
