@@ -10,7 +10,8 @@ not demanded. Pods are decoded strictly only where we read them (metadata,
 containers[].ports, status.podIP(s)); their many other fields are tolerated.
 
 Decoders never stop at the first problem, so a user fixes a whole file in one pass. Pod
-decoding runs for every pod of a large cluster: its common, valid case has a fast path.
+decoding runs for every pod of a large cluster: its common, valid shape goes through
+enforcer.podfast first.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from typing import Sequence
 
 from enforcer import validation as V
 from enforcer.hints import unknown_field
+from enforcer.podfast import container_port, fast_pod
 from enforcer.model import (
     EGRESS,
     INGRESS,
@@ -386,39 +388,20 @@ def _pod(d: dict, meta: _Meta, errs: Errs, warns: Errs, source: str) -> Pod:
 
 
 _CONTAINER_FIELDS = frozenset(("name", "image", "ports"))  # for the mis-indentation hint
-_CONTAINER_PORT_CACHE: dict[tuple[int, str, str | None], ContainerPort] = {}
-
-
 def _container_ports(v: object, container: int, errs: Errs, out: list[ContainerPort]) -> None:
-    """validateContainerPorts: names unique within the container, numbers in range.
-
-    Paths are built only for errors: this runs for every pod of a large cluster.
-    """
+    """validateContainerPorts: names unique within the container, numbers in range."""
     names: set[str] = set()
     path = f"spec.containers[{container}].ports"
     for i, p in enumerate(_items(v, path, errs)):
         if p.__class__ is not dict or not p.keys() <= _CONTAINER_PORT:
             anc: Anc = ((f"spec.containers[{container}]", _CONTAINER_FIELDS),)
             p = _struct(p, f"{path}[{i}]", _CONTAINER_PORT, errs, anc) or {}
-        name = p.get("name")
-        number = p.get("containerPort")
-        proto = p.get("protocol") or "TCP"  # the API server defaults "" too
-        if (name is None or (name.__class__ is str and name not in names and not V.port_name(name))) \
-                and number.__class__ is int and 1 <= number <= 65535 and proto in PROTOCOLS \
-                and len(p) <= 3 and "hostPort" not in p and "hostIP" not in p:
-            pass  # the common, valid case
-        else:
-            n_errs = len(errs)
-            _container_port_errors(p, f"{path}[{i}]", names, errs)
-            if len(errs) > n_errs:
-                continue
-        if name:
-            names.add(name)
-        key = (number, proto, name)
-        cp = _CONTAINER_PORT_CACHE.get(key)
-        if cp is None:
-            cp = _CONTAINER_PORT_CACHE[key] = ContainerPort(number, proto, name or None)
-        out.append(cp)
+        n_errs = len(errs)
+        _container_port_errors(p, f"{path}[{i}]", names, errs)
+        if len(errs) == n_errs:
+            if name := p.get("name"):
+                names.add(name)
+            out.append(container_port(p["containerPort"], p.get("protocol") or "TCP", name))
 
 
 def _container_port_errors(p: dict, pp: str, names: set[str], errs: Errs) -> None:
@@ -586,7 +569,9 @@ def decode_kind(d: dict, kind: str, errs: Errs, warns: Errs, source: str, legacy
         _struct(d, "", _OBJECT, errs, (("spec", _NP_SPEC),))
         meta = _metadata(d.get("metadata"), errs, True, V.dns1123_subdomain)
         return _network_policy(d, meta, errs, warns, source)
-    if kind == "Pod":
+    if kind == "Pod":  # the common valid shape fast (None: strictly, for the messages)
+        if (pod := fast_pod(d, source)) is not None:
+            return pod
         _struct(d, "", _OBJECT, errs)
         meta = _metadata(d.get("metadata"), errs, True, V.dns1123_subdomain)
         return _pod(d, meta, errs, warns, source)

@@ -52,6 +52,7 @@ from enforcer.documents import (  # noqa: F401
 from enforcer.errors import InputError, Problem
 from enforcer.hints import unknown_kind
 from enforcer.model import Cluster
+from enforcer.podfast import fast_pod
 
 KIND_API_VERSIONS = {
     "Namespace": "v1",
@@ -102,7 +103,7 @@ def _load(paths: Sequence[str], stdin: TextIO | None, legacy: bool) -> LoadResul
     problems: list[Problem] = []
     notes: list[str] = []
     decoded: list[Decoded] = []
-    seen: dict[tuple[str, str], str] = {}  # (kind, key) -> where it was first defined
+    seen: dict[tuple[str, str], tuple[str, str]] = {}  # (kind, key) -> where it was first defined
     for path in paths:
         for name, text, problem in read_path(path, stdin):
             if problem is not None:
@@ -213,7 +214,7 @@ class _FileCtx:
         self.where: dict[int, str] = {}  # id(Decoded) -> position, for duplicate messages
 
 
-def _decode_text(text: str, filename: str, legacy: bool, seen: dict[tuple[str, str], str]
+def _decode_text(text: str, filename: str, legacy: bool, seen: dict[tuple[str, str], tuple[str, str]]
                  ) -> tuple[list[Decoded], list[Problem], list[str]]:
     ctx = _FileCtx(filename, legacy)
     problem = check_text(filename, text)
@@ -288,7 +289,18 @@ def _decode_list(value: dict, kind: str, version: str, where: str, dups: list[Du
         else:
             ctx.problems.append(Problem(ctx.filename, f"{kind} in {where}", render_path(path + [key]),
                                         _dup_message(key, line)))
+    filename, decoded, positions = ctx.filename, ctx.decoded, ctx.where
     for i, item in enumerate(items):
+        # Most items of a large List are Pods of the common valid shape: decoded here without
+        # the dispatch below (any doubt, and _decode_value decodes it strictly).
+        if item.__class__ is dict and item.get("kind", item_kind) == "Pod" and i not in by_item \
+                and item.get("apiVersion", item_version) == "v1":
+            pod = fast_pod(item, filename)
+            if pod is not None:
+                d = Decoded(filename, "Pod", pod.key, pod, [], W.owner_refs(item))
+                decoded.append(d)
+                positions[id(d)] = f"{where} items[{i}]"
+                continue
         _decode_value(item, f"{where} items[{i}]", by_item.get(i, []), item_version, item_kind, ctx,
                       depth + 1)
 
@@ -342,7 +354,7 @@ def _decode_object(d: dict, kind: str, version: str, where: str, dups: list[DupK
     return decoded
 
 
-def _mark_duplicates(ctx: _FileCtx, seen: dict[tuple[str, str], str]) -> None:
+def _mark_duplicates(ctx: _FileCtx, seen: dict[tuple[str, str], tuple[str, str]]) -> None:
     """The same Kind ns/name twice in the input: the second is an error (kubectl would
     silently apply both, the last one winning; a manifest set must say what it means)."""
     for d in ctx.decoded:
@@ -350,11 +362,10 @@ def _mark_duplicates(ctx: _FileCtx, seen: dict[tuple[str, str], str]) -> None:
             continue
         ident = (d.kind, d.key)
         first = seen.get(ident)
-        where = f"{ctx.filename}, {ctx.where[id(d)]}"
         if first is None:
-            seen[ident] = where
+            seen[ident] = (ctx.filename, ctx.where[id(d)])  # formatted only for a duplicate
             continue
         label = f"{d.kind} {d.key}"
         d.problems.append(Problem(ctx.filename, label, "metadata.name",
-                                  f"{V.duplicate(d.key)}: {d.kind} defined twice (first in {first})"))
+                                  f"{V.duplicate(d.key)}: {d.kind} defined twice (first in {first[0]}, {first[1]})"))
         d.obj = None

@@ -46,14 +46,24 @@ def test_matches_agrees_with_oracle(sel, labels):
 
 
 @settings(max_examples=200, deadline=None)
-@given(selectors(), st.lists(LABELS, max_size=12))
-def test_index_select_equals_brute_force(sel, objects):
-    idx = LabelIndex()
-    for i, labels in enumerate(objects):
+@given(selectors(), st.lists(LABELS, max_size=12), st.sampled_from([0, 4, 32]))
+def test_index_select_equals_brute_force(sel, objects, scan_limit):
+    # scan_limit 0: posting lists from the start; 4: built on the first select, then kept
+    # up to date by the later adds and removes; 32: a small index that only scans.
+    idx = LabelIndex(scan_limit)
+    half = len(objects) // 2
+    for i, labels in enumerate(objects[:half]):
         idx.add(f"o{i}", labels)
-    if objects:
+    idx.select(sel)
+    for i, labels in enumerate(objects[half:], half):
+        idx.add(f"o{i}", labels)
+    final = dict(enumerate(objects))
+    if len(objects) > 1:
         idx.remove("o0")  # removal keeps the index consistent
-    expected = {f"o{i}" for i, labels in enumerate(objects) if i and matches(sel, labels)}
+        del final[0]
+        idx.add(f"o{len(objects) - 1}", objects[0])  # a relabel
+        final[len(objects) - 1] = objects[0]
+    expected = {f"o{i}" for i, labels in final.items() if matches(sel, labels)}
     assert idx.select(sel) == expected
 
 
