@@ -163,6 +163,19 @@ def nflog_prefix(direction: str, pod: str) -> str:
     return fit(f"netpol drop {direction} {pod}: ", LOG_PREFIX_MAX)
 
 
+def tier_nflog_prefix(rule, pod: str) -> str:
+    """The nflog prefix of a ClusterNetworkPolicy Deny (an ir.TierRule): the NetworkPolicy
+    drop's prefix, then the tier, the policy and the rule's index in its direction
+    (``netpol drop ingress prod/db: Admin prod-refuses-dev[0]``). Cut like any prefix;
+    a reader matches it by building it again (enforcer.lab.observe)."""
+    return fit(f"netpol drop {rule.direction} {pod}: {rule.tier} {rule.policy}[{rule.rule_index}]",
+               LOG_PREFIX_MAX)
+
+
+def tier_log_comment(rule) -> str:
+    return f"{rule.comment()} log"
+
+
 def port_groups(ports: tuple[PortMatch, ...]) -> list[tuple[str | None, list[tuple[int, int]] | None]]:
     """Group a rule's ports per protocol, in a fixed protocol order.
 

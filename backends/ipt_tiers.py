@@ -4,7 +4,8 @@ The same order as nftables (backends/nft_tiers.py), with chains of our own next 
 NETPOL-INGRESS / NETPOL-EGRESS, present only while the pod has tier rules::
 
     NETPOL-ADMIN-IN / -OUT   one rule per tier rule (and protocol, and multiport slice):
-    NETPOL-BASE-IN  / -OUT   Accept -> ACCEPT, Deny -> DROP, Pass -> RETURN
+    NETPOL-BASE-IN  / -OUT   Accept -> ACCEPT, Deny -> NFLOG (rate-limited) + DROP,
+                             Pass -> RETURN
     NETPOL-INGRESS           ... node accept; -j NETPOL-ADMIN-IN; isolated: the
                              NetworkPolicy accepts, NFLOG, DROP; not isolated:
                              -j NETPOL-BASE-IN; ACCEPT
@@ -34,9 +35,20 @@ def jump(tier: str, direction: str) -> tuple[str, ...]:
     return I._comment(base.fixed_comment(direction, tier + " tier")) + ("-j", CHAINS[tier, direction])
 
 
-def rule_args(fw: PodFirewall, rule: TierRule, direction: str, family: int) -> list[tuple[str, ...]]:
+def rule_args(fw: PodFirewall, rule: TierRule, direction: str, family: int,
+              log: bool = False) -> list[tuple[str, ...]]:
+    """One tier rule's argument lists. With ``log`` (pod mode's chains), a Deny logs first,
+    as the NetworkPolicy drop does (rate-limited NFLOG, its prefix naming the tier rule:
+    base.tier_nflog_prefix)."""
     from backends import ipt_render as I
-    return I.match_args(fw, rule, direction, family, I._comment(rule.comment()) + ("-j", TARGET[rule.action]))
+    out = I.match_args(fw, rule, direction, family, I._comment(rule.comment()) + ("-j", TARGET[rule.action]))
+    if rule.action != "Deny" or not log:
+        return out
+    nflog = (("-m", "limit", "--limit", f"{base.LOG_RATE_PER_SECOND}/sec") + I._comment(base.tier_log_comment(rule))
+             + ("-j", "NFLOG", "--nflog-prefix", base.tier_nflog_prefix(rule, fw.pod),
+                "--nflog-group", str(base.LOG_GROUP)))
+    logs = I.match_args(fw, rule, direction, family, nflog)
+    return [a for pair in zip(logs, out) for a in pair]
 
 
 def chains(fw: PodFirewall, family: int) -> dict[str, tuple[tuple[str, ...], ...]]:
@@ -47,5 +59,5 @@ def chains(fw: PodFirewall, family: int) -> dict[str, tuple[tuple[str, ...], ...
             continue
         pol = fw.direction(direction)
         for tier, rules in (("Admin", pol.admin), ("Baseline", pol.baseline)):
-            out[CHAINS[tier, direction]] = tuple(a for r in rules for a in rule_args(fw, r, direction, family))
+            out[CHAINS[tier, direction]] = tuple(a for r in rules for a in rule_args(fw, r, direction, family, log=True))
     return out

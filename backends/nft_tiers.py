@@ -3,7 +3,8 @@
 A pod whose direction has tier rules gets regular chains next to its hook chain::
 
     chain admin_input      one rule per tier rule and family/protocol, in evaluation order:
-                           Accept -> accept, Deny -> drop, Pass -> return
+                           Accept -> accept, Deny -> drop (after a rate-limited
+                           nflog rule, as the NetworkPolicy drop), Pass -> return
     chain baseline_input   the same for the Baseline tier
     chain input (hook)     ... node accept; jump admin_input; then, isolated: the
                            NetworkPolicy accepts, log, drop (Baseline is never consulted);
@@ -30,21 +31,36 @@ def has_tiers(pol: DirectionPolicy) -> bool:
     return bool(pol.admin or pol.baseline)
 
 
-def rule_lines(fw: PodFirewall, rule: TierRule, direction: str) -> list[str]:
+def rule_lines(fw: PodFirewall, rule: TierRule, direction: str, log: bool = False) -> list[str]:
+    """The rules of one tier rule, one per family and protocol group. With ``log`` (pod
+    mode's chains), a Deny logs first, as the NetworkPolicy drop does (a rate-limited
+    nflog rule with the same match, its prefix naming the tier rule:
+    base.tier_nflog_prefix), then drops."""
+    from backends import nftables as N
+    tail = f"counter {VERDICT[rule.action]} {N._quote(rule.comment())}"
+    if rule.action != "Deny" or not log:
+        return [m + tail for m in matches(fw, rule, direction)]
+    nflog = (f"limit rate {base.LOG_RATE_PER_SECOND}/second log prefix "
+             f"\"{base.tier_nflog_prefix(rule, fw.pod)}\" group {base.LOG_GROUP} "
+             f"{N._quote(base.tier_log_comment(rule))}")
+    return [line for m in matches(fw, rule, direction) for line in (m + nflog, m + tail)]
+
+
+def matches(fw: PodFirewall, rule: TierRule, direction: str) -> list[str]:
+    """The match part of each rule of a tier rule (ends in a space, or is empty)."""
     from backends import nftables as N
     addr = N.CHAINS[direction][1]
-    tail = f"counter {VERDICT[rule.action]} {N._quote(rule.comment())}"
     if rule.addr_ports is not None:
-        return [f"{ip} {addr} . meta l4proto . th dport @{N.set_name(rule.addr_ports, fam)} {tail}"
+        return [f"{ip} {addr} . meta l4proto . th dport @{N.set_name(rule.addr_ports, fam)} "
                 for fam, ip in ((4, "ip"), (6, "ip6"))]
     groups = base.port_groups(rule.ports)
     if rule.peers is None:
-        return [f"{N._ports_expr(proto, ranges)}{tail}" for proto, ranges in groups]
+        return [N._ports_expr(proto, ranges) for proto, ranges in groups]
     # An interval (networks) set is keyed like the NetworkPolicy ipBlock sets: by address
     # alone, or by address . protocol where backends.nftables concatenates (ANY_PROTO).
     concat = fw.set(rule.peers).interval and hasattr(N, "ANY_PROTO")
     key = f"{addr} . meta l4proto" if concat else addr
-    return [f"{ip} {key} @{N.set_name(rule.peers, fam)} {N._ports_expr(proto, ranges)}{tail}"
+    return [f"{ip} {key} @{N.set_name(rule.peers, fam)} {N._ports_expr(proto, ranges)}"
             for fam, ip in ((4, "ip"), (6, "ip6")) for proto, ranges in groups]
 
 
@@ -59,7 +75,7 @@ def chains(fw: PodFirewall) -> list[list[str]]:
                 continue
             lines = [f"\tchain {chain_name(tier, N.CHAINS[direction][0])} {{"]
             for r in rules:
-                lines.extend(f"\t\t{ln}" for ln in rule_lines(fw, r, direction))
+                lines.extend(f"\t\t{ln}" for ln in rule_lines(fw, r, direction, log=True))
             lines.append("\t}")
             blocks.append(lines)
     return blocks

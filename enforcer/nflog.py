@@ -175,11 +175,13 @@ def _l4(src: str, dst: str, proto: int, l4: bytes) -> Flow:
 
 def parse_prefix(prefix: str) -> tuple[str, str] | None:
     """``"netpol drop ingress prod/db: "`` -> ``("ingress", "prod/db")``; None for a
-    prefix that is not ours. (A long pod name may be cut with a hash: backends.base.fit.)"""
+    prefix that is not ours. A ClusterNetworkPolicy Deny's prefix goes on after the colon
+    (``prod/db: Admin deny-dev[0]``, backends.base.tier_nflog_prefix). (A long pod name may
+    be cut with a hash: backends.base.fit.)"""
     words = prefix.strip().split(" ", 3)
     if len(words) < 4 or words[:2] != ["netpol", "drop"] or words[2] not in DIRECTIONS:
         return None
-    return words[2], words[3].rstrip(":").rstrip()
+    return words[2], words[3].split(":", 1)[0].rstrip()
 
 
 # ---------------------------------------------------------------------------------------

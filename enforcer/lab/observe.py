@@ -6,12 +6,15 @@
     DropReader(lab)     one NFLOG socket per pod namespace (enforcer.nflog); ``stream``
                         yields each dropped packet as a ``Drop``: the pod, the direction,
                         the addresses and ports mapped back to endpoint ids, and the
-                        policies that isolate that direction
+                        policies that isolate that direction, or the ClusterNetworkPolicy
+                        rule (Admin or Baseline Deny) that dropped it
 
 Both backends put a rate-limited log rule (nflog group ``LOG_GROUP``, prefix
 ``netpol drop <direction> <pod>: ``) just before the final drop of every isolated
-direction, so what the reader sees is exactly what the drop rule is about to drop, at most
-``LOG_RATE_PER_SECOND`` packets per second per direction (the counters count them all).
+direction, and before every ClusterNetworkPolicy Deny (prefix ``netpol drop <direction>
+<pod>: <tier> <policy>[<rule>]``), so what the reader sees is exactly what a drop rule is
+about to drop, at most ``LOG_RATE_PER_SECOND`` packets per second per rule (the counters
+count them all).
 
 The reader does not hold the lab's lock: a learner probes or applies while it streams. It
 re-reads the lab's state when state.json changes, so a ``lab apply`` that adds pods or
@@ -30,7 +33,7 @@ from backends import base
 from backends.base import LOG_GROUP, LOG_RATE_PER_SECOND
 from enforcer import netns, nflog
 from enforcer.errors import LabError, NetnsError
-from enforcer.ir import DIRECTIONS, PodFirewall
+from enforcer.ir import DIRECTIONS, PodFirewall, TierRule
 from enforcer.lab import state
 from enforcer.lab.state import LabState
 
@@ -46,7 +49,7 @@ class Counter:
 
     pod: str
     direction: str  # "ingress" | "egress" | "" (a comment we do not know)
-    action: str  # "accept" | "drop" | "log"
+    action: str  # "accept" | "drop" | "log"; tiers: "pass", and "jump" (into a tier)
     rule: str  # the rule's comment: "prod/db-policy ingress[0]", "ingress isolated by ..."
     packets: int
     bytes: int
@@ -59,9 +62,18 @@ class Counter:
                 "packets": self.packets, "bytes": self.bytes}
 
 
+TIER_ACTIONS = {"Accept": "accept", "Deny": "drop", "Pass": "pass"}
+
+
 def classify(comment: str) -> tuple[str, str, str | None, int | None]:
-    """``(direction, action, policy, rule_index)`` of a rule comment (backends.base)."""
+    """``(direction, action, policy, rule_index)`` of a rule comment (backends.base; a tier
+    rule's is ir.TierRule.comment: "Admin deny-dev ingress[0] no-dev Deny", "... Deny log")."""
     words = comment.split(" ")
+    if len(words) >= 4 and words[0] in ("Admin", "Baseline") and "[" in words[2] and words[2].endswith("]"):
+        direction, _, index = words[2][:-1].partition("[")
+        action = "log" if words[-1] == "log" else TIER_ACTIONS.get(words[-1], "")
+        if direction in DIRECTIONS and index.isdigit() and action:
+            return direction, action, words[1], int(index)
     if len(words) == 2 and "[" in words[1] and words[1].endswith("]"):
         direction, _, index = words[1][:-1].partition("[")  # "ns/policy ingress[0]"
         if direction in DIRECTIONS and index.isdigit():
@@ -72,6 +84,8 @@ def classify(comment: str) -> tuple[str, str, str | None, int | None]:
         return direction, "drop", None, None
     if rest == "log drop":
         return direction, "log", None, None
+    if rest in ("Admin tier", "Baseline tier"):
+        return direction, "jump", None, None
     return direction, "accept", None, None
 
 
@@ -109,10 +123,19 @@ def rule_order(fw: PodFirewall) -> list[str]:
         out += [base.fixed_comment(d, w) for w in ("established", "invalid", "loopback",
                                                   "ipv6 neighbour discovery", "node")]
         pol = fw.direction(d)
+        tiered = bool(pol.admin or pol.baseline)
+
+        def tier(name: str, rules) -> list[str]:
+            if not tiered:
+                return []
+            return [base.fixed_comment(d, name + " tier")] + [
+                c for r in rules for c in ([base.tier_log_comment(r)] if r.action == "Deny" else []) + [r.comment()]]
+        out += tier("Admin", pol.admin)
         if pol.isolated:
             out += [base.rule_comment(r) for r in pol.rules]
             out += [base.log_comment(d), base.isolation_comment(d, pol.isolated_by)]
         else:
+            out += tier("Baseline", pol.baseline)
             out.append(base.open_comment(d))
     return out
 
@@ -146,6 +169,7 @@ class Drop:
     src_id: str | None  # endpoint ids of the addresses (None: not a lab address)
     dst_id: str | None
     isolated_by: tuple[str, ...]
+    tier_rule: TierRule | None = None  # the ClusterNetworkPolicy Deny that dropped it, if one did
 
     @property
     def peer_id(self) -> str | None:
@@ -157,6 +181,11 @@ class Drop:
                "from": self.src_id, "to": self.dst_id, "src": f.src, "dst": f.dst,
                "protocol": f.protocol, "sport": f.sport or None, "dport": f.dport or None,
                "isolated_by": list(self.isolated_by)}
+        if self.tier_rule is not None:
+            r = self.tier_rule
+            out["denied_by"] = {"tier": r.tier, "policy": r.policy, "priority": r.priority,
+                                "direction": r.direction, "rule_index": r.rule_index,
+                                "rule_name": r.name, "action": r.action}
         if f.icmp_type is not None:
             out["icmp_type"] = f.icmp_type
         return out
@@ -177,8 +206,14 @@ def format_drop(d: Drop) -> str:
         service += f" type {f.icmp_type}"
     dst = f"{'[' + f.dst + ']' if ':' in f.dst else f.dst}:{service}"
     peer = d.peer_id or "outside the lab"
-    by = ",".join(d.isolated_by) or "?"
-    return f"{clock} {d.pod} {d.direction} DROP {_addr(f.src, f.sport)} -> {dst} ({peer}) isolated by {by}"
+    if d.tier_rule is not None:
+        r = d.tier_rule
+        named = f" ({r.name!r})" if r.name else ""
+        why = (f"denied by {r.tier} ClusterNetworkPolicy {r.policy} (priority {r.priority}) "
+               f"{r.direction}[{r.rule_index}]{named}")
+    else:
+        why = "isolated by " + (",".join(d.isolated_by) or "?")
+    return f"{clock} {d.pod} {d.direction} DROP {_addr(f.src, f.sport)} -> {dst} ({peer}) {why}"
 
 
 @dataclass
@@ -213,9 +248,22 @@ class LabView:
         direction = parsed[0]
         fw = self.firewalls.get(pod)
         isolated_by = fw.direction(direction).isolated_by if fw is not None else ()
+        rule = tier_rule(fw, direction, packet.prefix) if fw is not None else None
         # parse_ip prints addresses in ipaddress' canonical form, as the state keeps them
         return Drop(now, pod, direction, flow, self.ids.get(flow.src), self.ids.get(flow.dst),
-                    isolated_by)
+                    () if rule is not None else isolated_by, rule)
+
+
+def tier_rule(fw: PodFirewall, direction: str, prefix: str) -> TierRule | None:
+    """The Deny of ``fw``'s tiers whose log prefix is ``prefix`` (built again and compared,
+    so a prefix cut to the kernel's length still finds its rule); None for the
+    NetworkPolicy drop's prefix."""
+    want = prefix.strip()
+    pol = fw.direction(direction)
+    for r in pol.admin + pol.baseline:
+        if r.action == "Deny" and base.tier_nflog_prefix(r, fw.pod).strip() == want:
+            return r
+    return None
 
 
 def _identity(ns: str) -> tuple[str, int] | None:

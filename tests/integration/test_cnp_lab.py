@@ -85,3 +85,91 @@ def test_installed_rules_are_what_render_says_and_tiers_leave_cleanly(lab, flavo
         if not tiered:
             listing = backend.read(st.endpoints[next(iter(st.firewalls))].netns) or ""
             assert "admin" not in listing.lower() and "NETPOL-BASE" not in listing
+
+
+# ------------------------------------------------------------------ lab drops and stats
+
+DENIES = """
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: b-refuses-c}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: b}}}}
+  ingress:
+  - {name: no-c, action: Deny, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: c}}}}]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: a-stays-away-from-c}
+spec:
+  tier: Baseline
+  priority: 50
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: a}}}}
+  egress:
+  - {name: pass-b, action: Pass, to: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: b}}}}]}
+  - {action: Deny, to: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: c}}}}]}
+"""
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def drops_lab(request, netpol_lab_module):
+    from tests.unit.clusters import three_pods
+    return netpol_lab_module(three_pods() + DENIES, request.param)
+
+
+def test_lab_drops_names_the_tier_rule_that_dropped_a_packet(drops_lab):
+    """An Admin Deny (ingress) and a Baseline Deny (egress, an unnamed rule after a Pass)
+    are logged like the NetworkPolicy drop: `lab drops` says which tier, policy and rule."""
+    import json
+
+    from enforcer.lab import observe
+    from tests.integration.test_observe import connect, wait_for
+
+    lab = drops_lab
+    with observe.DropReader(lab.name) as reader:
+        sport, connected = connect(lab, "x/c", "x/b")
+        assert not connected
+        d = wait_for(reader, "x/b", "ingress", sport)
+        assert d is not None, f"the Admin Deny's drop was not logged on {lab.backend}"
+        r = d.tier_rule
+        assert (r.tier, r.policy, r.rule_index, r.name, r.action) == ("Admin", "b-refuses-c", 0, "no-c", "Deny")
+        assert (d.src_id, d.dst_id, d.isolated_by) == ("x/c", "x/b", ())
+        assert observe.format_drop(d).endswith(
+            "(x/c) denied by Admin ClusterNetworkPolicy b-refuses-c (priority 10) ingress[0] ('no-c')")
+        assert json.loads(json.dumps(d.to_json()))["denied_by"] == {
+            "tier": "Admin", "policy": "b-refuses-c", "priority": 10, "direction": "ingress",
+            "rule_index": 0, "rule_name": "no-c", "action": "Deny"}
+        sport, connected = connect(lab, "x/a", "x/c")
+        assert not connected
+        d = wait_for(reader, "x/a", "egress", sport)
+        assert d is not None, f"the Baseline Deny's drop was not logged on {lab.backend}"
+        assert (d.tier_rule.tier, d.tier_rule.policy, d.tier_rule.rule_index) == ("Baseline", "a-stays-away-from-c", 1)
+        assert observe.format_drop(d).endswith(
+            "(x/c) denied by Baseline ClusterNetworkPolicy a-stays-away-from-c (priority 50) egress[1]")
+        # Passed and allowed traffic is no drop.
+        sport, connected = connect(lab, "x/a", "x/b")
+        assert connected
+        assert wait_for(reader, "x/a", "egress", sport, seconds=0.5) is None
+
+
+def test_lab_stats_counts_tier_rules_with_their_action(drops_lab):
+    from enforcer.lab import observe
+    from tests.integration.test_observe import connect
+
+    lab = drops_lab
+    rule = "Admin b-refuses-c ingress[0] no-c Deny"
+
+    def drops() -> int:
+        _, rows = observe.stats(lab.name, "x/b")
+        [row] = [r for r in rows if r.rule == rule]
+        assert (row.direction, row.action, row.policy, row.rule_index) == ("ingress", "drop", "b-refuses-c", 0)
+        return row.packets
+
+    before = drops()
+    assert not connect(lab, "x/c", "x/b", timeout=0.3)[1]
+    assert drops() > before
+    _, rows = observe.stats(lab.name, "x/b")
+    assert [r.action for r in rows if r.rule == "ingress Admin tier"] == ["jump"]
