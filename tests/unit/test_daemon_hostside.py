@@ -164,3 +164,12 @@ def test_host_mode_reconciler_applies_a_round_in_one_call_and_repairs_in_one():
     be.installed.pop("ns-c")
     out = r.repair()
     assert be.batches[-1] == ["ns-a", "ns-c"] and sorted(out.repaired) == ["ns-a", "ns-c"]
+
+
+def test_status_says_where_the_rules_are():
+    from enforcer.daemon import status as statusfile
+
+    doc = {"version": statusfile.VERSION, "pid": 0, "phase": "running", "backend": "nftables",
+           "enforce_at": "host", "node_netns": "node-1", "counts": {}, "totals": {}}
+    assert "enforced at: host (each pod's chains in node namespace node-1)" in statusfile.render(doc)
+    assert "enforced at" not in statusfile.render(dict(doc, enforce_at="pod"))
