@@ -248,6 +248,7 @@ def _selector(v: object, path: str, errs: Errs, anc: Anc) -> LabelSelector:
 # ==== NetworkPolicy ===========================================================================
 
 _OBJECT = frozenset(("apiVersion", "kind", "metadata", "spec", "status"))
+_NP_OBJECT = _OBJECT - {"status"}  # NetworkPolicy's status field is gone since Kubernetes 1.28
 _NP_SPEC = frozenset(("podSelector", "ingress", "egress", "policyTypes"))
 _NP_INGRESS = frozenset(("from", "ports"))
 _NP_EGRESS = frozenset(("to", "ports"))
@@ -441,14 +442,19 @@ def _pod_ips(status: dict, errs: Errs, warns: Errs) -> tuple[str, ...]:
         except (OSError, ValueError):
             pass
     pod_ip_text = _string(status.get("podIP"), "status.podIP", errs) or ""
-    parsed = []
-    texts = []
+    entries: list[tuple[str, str | None]] = []
     for i, item in enumerate(_items(status.get("podIPs"), "status.podIPs", errs)):
         ip_path = f"status.podIPs[{i}].ip"
         entry = _struct(item, f"status.podIPs[{i}]", _POD_IP, errs) or {}
         text = _string(entry.get("ip"), ip_path, errs)
+        entries.append((ip_path, "" if text is None and entry.get("ip") is None else text))
+    entries, notes = V.effective_pod_ips(pod_ip_text, entries)  # the API server's v1 conversion
+    warns.extend(notes)
+    parsed = []
+    texts = []
+    for ip_path, text in entries:
         if not text:
-            if text == "" or entry.get("ip") is None:
+            if text == "":
                 errs.append((ip_path, V.required()))
             continue
         p = V.parse_ip(text)
@@ -457,15 +463,6 @@ def _pod_ips(status: dict, errs: Errs, warns: Errs) -> tuple[str, ...]:
         if p.value is not None:
             parsed.append(p.value)
             texts.append(text)
-    if pod_ip_text:
-        p = V.parse_ip(pod_ip_text)
-        errs.extend(("status.podIP", m) for m in p.errors)
-        warns.extend(("status.podIP", m) for m in p.warnings)
-        if p.value is not None:
-            if not parsed and not status.get("podIPs"):
-                parsed, texts = [p.value], [pod_ip_text]
-            elif parsed and parsed[0] != p.value:
-                errs.append(("status.podIP", V.invalid(pod_ip_text, "must be equal to status.podIPs[0].ip")))
     for index, m in V.pod_ips(parsed, texts):
         errs.append(("status.podIPs" if index is None else f"status.podIPs[{index}].ip", m))
     return tuple(str(ip) for ip in parsed)
@@ -566,7 +563,7 @@ def decode_kind(d: dict, kind: str, errs: Errs, warns: Errs, source: str, legacy
     right apiVersion. ``source`` is the file name, ``label`` "Kind ns/name" for notes."""
     if kind == "NetworkPolicy":
         # spec's fields as the "enclosing" hint: `egress:` written at the top is spec's.
-        _struct(d, "", _OBJECT, errs, (("spec", _NP_SPEC),))
+        _struct(d, "", _NP_OBJECT, errs, (("spec", _NP_SPEC),))
         meta = _metadata(d.get("metadata"), errs, True, V.dns1123_subdomain)
         return _network_policy(d, meta, errs, warns, source)
     if kind == "Pod":  # the common valid shape fast (None: strictly, for the messages)

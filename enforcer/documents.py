@@ -326,6 +326,19 @@ def _yaml_float(text: str) -> float:
     return sign * float(v)
 
 
+# Where the API server's YAML reader (go-yaml v2, then JSON) differs from YAML 1.1 numbers:
+# 0080 and 1e3 are numbers to it (Go's float syntax), 0o17, 0X50 and 0B1 integers
+# (strconv.ParseInt, base 0), 1:20 a string (no base 60), and a number with no fraction
+# becomes an integer on the way to JSON (port: 80.0 is port 80).
+_GO_INT_RE = re.compile(r"[-+]?0(?:[oO][0-7]+|[xX][0-9a-fA-F]+|[bB][01]+)")
+_GO_FLOAT_RE = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?")
+
+
+def _json_number(v: float) -> int | float:
+    """As encoding/json writes a float64 (no exponent below 1e21) and the API reads it back."""
+    return int(v) if v.is_integer() and abs(v) < 1e21 else v
+
+
 def _plain(text: str) -> object:
     if not text:
         return None
@@ -336,10 +349,18 @@ def _plain(text: str) -> object:
     b = _BOOLS.get(text)
     if b is not None:
         return b
+    if ":" in text:  # YAML 1.1 base 60 (1:20 = 80): go-yaml never reads it
+        return text
     if _INT_RE.fullmatch(text):
         return _yaml_int(text)
     if _FLOAT_RE.fullmatch(text):
-        return _yaml_float(text)
+        return _json_number(_yaml_float(text))
+    plain = text.replace("_", "")
+    if _GO_INT_RE.fullmatch(plain):
+        sign, digits = (-1, plain[1:]) if plain[0] == "-" else (1, plain.lstrip("+"))
+        return sign * int(digits[2:], {"o": 8, "x": 16, "b": 2}[digits[1].lower()])
+    if _GO_FLOAT_RE.fullmatch(plain):
+        return _json_number(float(plain))
     return text
 
 

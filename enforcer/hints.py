@@ -49,6 +49,9 @@ def _hint(key: str, path: str, allowed: frozenset, anc) -> str:
     if key in _PEER_KEYS and peer is not None:
         return (f"{_q(key)} is a field of a peer: put it beside the other field in {peer} "
                 f"(both must match) or in an item of its own (either matches)")
+    if key == "status" and not path and any(fields == _NP_SPEC for _, fields in anc):
+        return ("a NetworkPolicy has had no status since Kubernetes 1.28 (kubectl get on older "
+                "clusters printed status: {}): delete it")
     for parent_path, parent_allowed in anc:
         if key in parent_allowed:
             return f"{_q(key)} is a field of {parent_path or 'the object'}: check the indentation"

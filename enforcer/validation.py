@@ -310,24 +310,32 @@ def _sloppy_ip(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address
     return None, False
 
 
-def parse_ip(text: str) -> Parsed:
-    """An IP for a legacy field (status.podIP): as the API server, leading zeros warn.
+def _canonical_v6(text: str, canonical: str, what: str) -> list[str]:
+    """The API server's warning for an IPv6 value not written as RFC 5952 prints it
+    (ipaddress prints exactly that form: lower case, the longest zero run compressed)."""
+    if text == canonical:
+        return []
+    return [f"IPv6 {what} {quote(text)} should be in RFC 5952 canonical format ({quote(canonical)})"]
 
-    IPv4-mapped IPv6 addresses are refused (the API server's strict mode): different tools
-    read them as different families, which is exactly what a firewall must not guess.
+
+def parse_ip(text: str) -> Parsed:
+    """An IP for a legacy field (status.podIP): as the API server, leading zeros warn, and so
+    does IPv6 not in canonical form.
+
+    An IPv4-mapped IPv6 address (``::ffff:10.0.0.1``) is accepted with a warning and means
+    the IPv4 address, as Kubernetes reads it (Go's net.IP is 4-in-6 internally, and the
+    API server's warning says "use 10.0.0.1"): the model, and so the firewall, hold the IPv4
+    address, never an IPv6 one that no IPv4 packet would match.
     """
     ip, sloppy = _sloppy_ip(text)
     if ip is None:
         return Parsed(None, [invalid(text, IP_MSG)])
     if ip.version == 6 and ip.ipv4_mapped is not None:
-        return Parsed(None, [invalid(text, "must not be an IPv4-mapped IPv6 address")])
+        ip, sloppy = ip.ipv4_mapped, True
     if not sloppy:
-        return Parsed(ip)
-    warnings = []
-    if sloppy:
-        warnings.append(f"non-standard IP address {quote(text)} will be considered invalid in a "
-                        f"future Kubernetes release: use {quote(str(ip))}")
-    return Parsed(ip, [], warnings)
+        return Parsed(ip, [], _canonical_v6(text, str(ip), "address") if ip.version == 6 else [])
+    return Parsed(ip, [], [f"non-standard IP address {quote(text)} will be considered invalid in a "
+                           f"future Kubernetes release: use {quote(str(ip))}"])
 
 
 def parse_cidr(text: str) -> Parsed:
@@ -346,16 +354,24 @@ def parse_cidr(text: str) -> Parsed:
     if plen > ip.max_prefixlen:
         return Parsed(None, [invalid(text, CIDR_MSG)])
     if ip.version == 6 and ip.ipv4_mapped is not None:
-        return Parsed(None, [invalid(text, "must not have an IPv4-mapped IPv6 address")])
+        # ::ffff:10.0.0.0/104 is 10.0.0.0/8 to Kubernetes (accepted, with a warning); a
+        # prefix shorter than /96 would reach past the mapped range into plain IPv6, where
+        # implementations disagree: refused (the API server accepts it, with a warning).
+        if plen < 96:
+            return Parsed(None, [invalid(text, "must not have an IPv4-mapped IPv6 address "
+                                               "with a prefix shorter than /96")])
+        ip, plen, sloppy = ip.ipv4_mapped, plen - 96, True
     net = ipaddress.ip_network((ip, plen), strict=False)
     warnings = []
-    if sloppy or (len(plen_text) > 1 and plen_text[0] == "0"):
-        warnings.append(f"non-standard CIDR value {quote(text)} will be considered invalid in a "
-                        f"future Kubernetes release: use {quote(str(net))}")
     if net.network_address != ip:
         warnings.append(f"CIDR value {quote(text)} has bits set beyond the prefix length: it "
                         f"means the network {quote(str(net))} (for the single address write "
                         f"{quote(f'{ip}/{ip.max_prefixlen}')})")
+    if sloppy or (len(plen_text) > 1 and plen_text[0] == "0"):
+        warnings.append(f"non-standard CIDR value {quote(text)} will be considered invalid in a "
+                        f"future Kubernetes release: use {quote(str(net))}")
+    if not warnings and ip.version == 6:  # as the API server: only when nothing else warns
+        warnings.extend(_canonical_v6(text, f"{ip}/{plen}", "CIDR value"))
     return Parsed(net, [], warnings)
 
 
@@ -368,6 +384,28 @@ def except_in_cidr(cidr: ipaddress.IPv4Network | ipaddress.IPv6Network,
     if exc.version != cidr.version or exc.prefixlen <= cidr.prefixlen or not exc.subnet_of(cidr):  # type: ignore[arg-type]
         return [invalid(text, "must be a strict subset of cidr")]
     return []
+
+
+def effective_pod_ips(pod_ip: str, entries: Sequence[tuple[str, str | None]]
+                      ) -> tuple[list[tuple[str, str | None]], list[tuple[str, str]]]:
+    """The addresses a Pod's status really gives it: (field path, text) entries of
+    status.podIPs, or status.podIP's, as the API server's v1 conversion decides (what it
+    validates and stores), and (field path, warning body) pairs.
+
+    podIP alone stands for podIPs [podIP]. When podIP and podIPs[0] differ (as written:
+    the conversion compares strings), podIP wins and podIPs is dropped whole, unchecked
+    ("for compatibility with older kubelets"). The API server says nothing then; we warn,
+    because the writer surely meant one of the two.
+    """
+    if not pod_ip:
+        return list(entries), []
+    if not entries:
+        return [("status.podIP", pod_ip)], []
+    if entries[0][1] == pod_ip:
+        return list(entries), []
+    return [("status.podIP", pod_ip)], [("status.podIPs", (
+        f"ignored: status.podIP {quote(pod_ip)} differs from status.podIPs[0].ip, and the API "
+        "server then keeps status.podIP alone"))]
 
 
 def pod_ips(ips: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address], texts: Sequence[str]

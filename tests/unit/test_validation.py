@@ -115,8 +115,15 @@ NETWORK_POLICY_CASES = [
     ("cidr prefix too long", policy(ip_block("10.0.0.0/33")), [(f"{F}.ipBlock.cidr", f'Invalid value: "10.0.0.0/33": {CIDR}')]),
     ("cidr bad address", policy(ip_block("300.0.0.0/8")), [(f"{F}.ipBlock.cidr", f'Invalid value: "300.0.0.0/8": {CIDR}')]),
     ("cidr ipv6 bad", policy(ip_block("fd00:::/64")), [(f"{F}.ipBlock.cidr", f'Invalid value: "fd00:::/64": {CIDR}')]),
-    ("cidr ipv4-mapped", policy(ip_block("::ffff:10.0.0.0/104")),
-     [(f"{F}.ipBlock.cidr", 'Invalid value: "::ffff:10.0.0.0/104": must not have an IPv4-mapped IPv6 address')]),
+    ("status", {**policy(), "status": {}},
+     [("status", "unknown field (a NetworkPolicy has had no status since Kubernetes 1.28 (kubectl get on older "
+                 "clusters printed status: {}): delete it)")]),
+    ("cidr ipv4-mapped", policy(ip_block("::ffff:10.0.0.0/104")),  # a warning: it is 10.0.0.0/8
+     [(f"{F}.ipBlock.cidr", 'non-standard CIDR value "::ffff:10.0.0.0/104" will be considered invalid in a '
+                            'future Kubernetes release: use "10.0.0.0/8"')]),
+    ("cidr ipv4-mapped below /96", policy(ip_block("::ffff:0:0/90")),
+     [(f"{F}.ipBlock.cidr", 'Invalid value: "::ffff:0:0/90": must not have an IPv4-mapped IPv6 address with a '
+                            'prefix shorter than /96')]),
     ("except bad", policy(ip_block("10.0.0.0/8", "bogus")), [(f"{F}.ipBlock.except[0]", f'Invalid value: "bogus": {CIDR}')]),
     ("except outside", policy(ip_block("10.0.0.0/16", "10.1.0.0/16")),
      [(f"{F}.ipBlock.except[0]", 'Invalid value: "10.1.0.0/16": must be a strict subset of cidr')]),
@@ -315,8 +322,9 @@ POD_CASES = [
      [(f"{C}[0].ports", 'unknown field ("ports" is a field of spec.containers[0]: check the indentation)')]),
     ("ports not a list", pod({"containerPort": 80}), [(C, "Invalid type: expected a list, got a mapping")]),
     ("podIP", pod(status={"podIP": "10.0.0.300"}), [("status.podIP", f'Invalid value: "10.0.0.300": {IP}')]),
-    ("podIP ipv4-mapped", pod(status={"podIP": "::ffff:10.0.0.1"}),
-     [("status.podIP", 'Invalid value: "::ffff:10.0.0.1": must not be an IPv4-mapped IPv6 address')]),
+    ("podIP ipv4-mapped", pod(status={"podIP": "::ffff:10.0.0.1"}),  # a warning: it is 10.0.0.1
+     [("status.podIP", 'non-standard IP address "::ffff:10.0.0.1" will be considered invalid in a future '
+                       'Kubernetes release: use "10.0.0.1"')]),
     ("podIPs entry", pod(status={"podIPs": [{"ip": "fd00::g"}]}), [("status.podIPs[0].ip", f'Invalid value: "fd00::g": {IP}')]),
     ("podIPs same family", pod(status={"podIPs": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}]}),
      [("status.podIPs", 'Invalid value: ["10.0.0.1", "10.0.0.2"]: may specify no more than one IP for each IP family')]),
@@ -325,8 +333,9 @@ POD_CASES = [
     ("podIPs duplicate", pod(status={"podIPs": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.1"}]}),
      [("status.podIPs", 'Invalid value: ["10.0.0.1", "10.0.0.1"]: may specify no more than one IP for each IP family'),
       ("status.podIPs[1].ip", 'Duplicate value: "10.0.0.1"')]),
-    ("podIP differs", pod(status={"podIP": "10.0.0.2", "podIPs": [{"ip": "10.0.0.1"}]}),
-     [("status.podIP", 'Invalid value: "10.0.0.2": must be equal to status.podIPs[0].ip')]),
+    ("podIP differs", pod(status={"podIP": "10.0.0.2", "podIPs": [{"ip": "10.0.0.1"}]}),  # a warning
+     [("status.podIPs", 'ignored: status.podIP "10.0.0.2" differs from status.podIPs[0].ip, and the API server '
+                        'then keeps status.podIP alone')]),
     ("podIPs unknown field", pod(status={"podIPs": [{"ip": "10.0.0.1", "family": "v4"}]}), [("status.podIPs[0].family", "unknown field")]),
     ("podIPs entry empty", pod(status={"podIPs": [{}]}), [("status.podIPs[0].ip", "Required value")]),
     ("status not a mapping", pod(status=[]), [("status", "Invalid type: expected a mapping, got a list")]),
@@ -343,7 +352,7 @@ def test_pod_rule(doc, expected):
 def test_pod_fields_we_do_not_read_are_tolerated():
     doc = pod([{"containerPort": 80, "name": "http", "hostIP": "0.0.0.0", "hostPort": 8080}],
               status={"phase": "Running", "hostIP": "192.168.1.1", "conditions": [{"type": "Ready"}],
-                      "podIP": "fd00::0001", "podIPs": [{"ip": "fd00::1"}, {"ip": "10.0.0.1"}]})
+                      "podIP": "fd00::1", "podIPs": [{"ip": "fd00::1"}, {"ip": "10.0.0.1"}]})
     doc["spec"].update({"nodeName": "n1", "volumes": [{"name": "v", "emptyDir": {}}],
                         "initContainers": [{"name": "i", "image": "x", "ports": [{"bogus": 1}]}]})
     doc["spec"]["containers"][0].update({"command": ["sh"], "resources": {"limits": {"cpu": 1}},
@@ -353,7 +362,16 @@ def test_pod_fields_we_do_not_read_are_tolerated():
                             "finalizers": ["x/y"], "managedFields": [], "generateName": "p-"})
     objs, _, _ = decode_text(yaml.safe_dump(doc), "t.yaml")
     assert objs[0].problems == []
-    assert objs[0].obj.ips == ("fd00::1", "10.0.0.1")  # podIP in non-canonical form still matches
+    assert objs[0].obj.ips == ("fd00::1", "10.0.0.1")
+
+
+def test_pod_ip_differing_from_pod_ips_wins_as_in_the_api_servers_conversion():
+    # The v1 conversion compares the strings: podIP wins, podIPs is dropped whole.
+    objs, _, _ = decode_text(yaml.safe_dump(pod(status={"podIP": "fd00::0001",
+                                                        "podIPs": [{"ip": "fd00::1"}, {"ip": "10.0.0.1"}]})), "t.yaml")
+    assert objs[0].obj.ips == ("fd00::1",)
+    assert [(p.warning, p.field) for p in objs[0].problems] == [(True, "status.podIPs"), (True, "status.podIP")]
+    assert "RFC 5952" in objs[0].problems[1].message
 
 
 def test_pod_ip_with_leading_zeros_is_a_warning_as_in_the_api_server():
@@ -389,7 +407,9 @@ OTHER_CASES = [
     ("external name", external({"ips": ["10.0.0.1"]}, name="Backup"), [("metadata.name", f'Invalid value: "Backup": {SUBDOMAIN}')]),
     ("external no ips", external({}), [("spec.ips", "Required value: an external host needs at least one address")]),
     ("external bad ip", external({"ips": ["10.0.0.1/32"]}), [("spec.ips[0]", f'Invalid value: "10.0.0.1/32": {IP}')]),
-    ("external duplicate ip", external({"ips": ["fd00::1", "FD00:0::1"]}), [("spec.ips[1]", 'Duplicate value: "FD00:0::1"')]),
+    ("external duplicate ip", external({"ips": ["fd00::1", "FD00:0::1"]}),
+     [("spec.ips[1]", 'Duplicate value: "FD00:0::1"'),
+      ("spec.ips[1]", 'IPv6 address "FD00:0::1" should be in RFC 5952 canonical format ("fd00::1")')]),
     ("external port missing", external({"ips": ["10.0.0.1"], "ports": [{"protocol": "TCP"}]}), [("spec.ports[0].port", "Required value")]),
     ("external port range", external({"ips": ["10.0.0.1"], "ports": [{"port": 0}]}), [("spec.ports[0].port", f"Invalid value: 0: {RANGE}")]),
     ("external protocol", external({"ips": ["10.0.0.1"], "ports": [{"port": 1, "protocol": "udp"}]}),
@@ -414,7 +434,9 @@ def test_namespace_and_external_host_rule(doc, expected):
     ("10.0.0.5/24", "10.0.0.0/24", 1),
     ("10.0.0.5/32", "10.0.0.5/32", 0),
     ("0.0.0.0/0", "0.0.0.0/0", 0),
-    ("FD00:0:0::/48", "fd00::/48", 0),
+    ("FD00:0:0::/48", "fd00::/48", 1),  # not RFC 5952's form
+    ("fd00::/48", "fd00::/48", 0),
+    ("::ffff:10.0.0.0/104", "10.0.0.0/8", 1),
     ("fd00::1/64", "fd00::/64", 1),
     ("010.0.0.0/8", "10.0.0.0/8", 1),
     ("10.0.0.0/08", "10.0.0.0/8", 1),
