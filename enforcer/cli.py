@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from enforcer import ipam
-from enforcer.cliutil import CONTEXT, backend_option, echo_findings
+from enforcer.cliutil import CONTEXT, backend_option, echo_findings, emit_picture
 from enforcer.errors import InputError, NetpolError
 
 if TYPE_CHECKING:  # imported where used: the CLI starts without the compiler
@@ -167,16 +167,8 @@ def emit_rows(rows: list[dict], fmt: str, *, backend: str, out_file: str | None 
         dot = pictures.matrix_dot(rows, title=title or backend, isolated=isolated)
         if fmt == "dot":
             click.echo(dot)
-        elif out_file:
-            pictures.render_dot(dot, fmt, out_file)
-            click.echo(f"wrote {out_file}", err=True)
         else:
-            if fmt == "png" and sys.stdout.isatty():
-                raise InputError("-o png writes an image: redirect it (> matrix.png) or give --out-file FILE")
-            data = pictures.render_dot(dot, fmt) or b""
-            sys.stdout.flush()
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
+            emit_picture(dot, fmt, out_file, "matrix")
 
 
 @cli.command(context_settings=CONTEXT)

@@ -28,3 +28,26 @@ def echo_findings(loaded, prefix: str = "") -> None:
         click.echo(f"{prefix}{w}", err=True)
     for n in loaded.notes:
         click.echo(f"{prefix}{n}", err=True)
+
+
+def emit_picture(dot: str, fmt: str, out_file: str | None = None, stem: str = "picture") -> None:
+    """Graphviz source drawn as ``fmt`` (svg, png): to stdout unless ``out_file`` names a
+    file, so a command never leaves a file nobody asked for; png is refused on a terminal
+    (its bytes would garble it). ``stem`` names the picture in that error's advice."""
+    import sys
+
+    import click
+
+    from enforcer import pictures
+    from enforcer.errors import InputError
+
+    if out_file:
+        pictures.render_dot(dot, fmt, out_file)
+        click.echo(f"wrote {out_file}", err=True)
+        return
+    if fmt == "png" and sys.stdout.isatty():
+        raise InputError(f"-o png writes an image: redirect it (> {stem}.png) or give --out-file FILE")
+    data = pictures.render_dot(dot, fmt) or b""
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()

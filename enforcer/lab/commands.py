@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from enforcer.cliutil import CONTEXT, backend_option
+from enforcer.cliutil import CONTEXT, backend_option, emit_picture
 
 from enforcer.errors import InputError, LabError
 from enforcer.lab import control
@@ -402,7 +402,7 @@ _register_exec()
 @lab.command("draw", context_settings=CONTEXT)
 @click.option("--name", required=True, help="The lab's name.")
 @click.option("-o", "--output", "fmt", type=click.Choice(["dot", "svg", "png"]), default="dot")
-@click.option("--out-file", type=click.Path(dir_okay=False), help="Where svg/png goes (default LAB.svg/png).")
+@click.option("--out-file", type=click.Path(dir_okay=False), help="Write -o svg|png to this file (default: stdout).")
 def draw(name, fmt, out_file) -> None:
     """Draw the lab's topology: node namespace, bridge, every pod on its veth, isolation."""
     from enforcer import pictures
@@ -416,7 +416,5 @@ def draw(name, fmt, out_file) -> None:
     dot = pictures.topology_dot(name, st.node_netns, st.bridge, tuple(st.gateways), eps, iso)
     if fmt == "dot":
         click.echo(dot, nl=False)
-        return
-    path = out_file or f"{name}.{fmt}"
-    pictures.render_dot(dot, fmt, path)
-    click.echo(f"wrote {path}", err=True)
+    else:
+        emit_picture(dot, fmt, out_file, "lab")
