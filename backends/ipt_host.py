@@ -42,7 +42,8 @@ Applying is incremental and one transaction per node and family: a new pod decla
 chains and appends its dispatch rules; a changed pod's chains are declared again (which
 flushes them in ``--noflush`` mode) and refilled; a peer change is one ``ipset restore``
 of element deltas; removing a pod deletes its dispatch rules by number, then its chains
-and sets. Sets change first (built under temporary names, swapped in), then the rules
+and sets. Sets change first (a new one is built in place; one in use is built under a
+temporary name and swapped in, as in pod mode), then the rules
 (``iptables-restore --noflush``, ``iptables-legacy-restore`` for the legacy flavour: one
 process per family and node), then the old sets go.
 """
@@ -335,18 +336,22 @@ class IptHostBackend:
         """Sets, then rules (one restore per family), then old sets: all of ``pods`` at
         once. On a refusal everything is put back as ``st`` shows it, then _Refused."""
         sets = [s for pr in pods for s in pr.sets]
-        fresh = [s.name for s in sets if s.name not in st.sets]
+        fresh = {s.name for s in sets if s.name not in st.sets}
         build_lines = []
         for s in sets:
+            if s.name in fresh:  # no rule refers to it yet: built in place, nothing to swap
+                build_lines += [s.create()] + [s.add(e) for e in s.elements]
+                continue
             build_lines += [f"destroy {s.tmp}"] * (s.tmp in st.sets)
             build_lines += [s.create(s.tmp), f"flush {s.tmp}"] + [s.add(e, s.tmp) for e in s.elements]
-        swap_lines = [ln for s in sets for ln in [s.create()] * (s.name in fresh) + [f"swap {s.tmp} {s.name}"]]
-        tmps = "".join(f"destroy {s.tmp}\n" for s in sets)
+        swapped = [s for s in sets if s.name not in fresh]
+        swap_lines = [f"swap {s.tmp} {s.name}" for s in swapped]
+        tmps = "".join(f"destroy {s.tmp}\n" for s in swapped)
         try:
             self._ipset(node, "\n".join(build_lines) + "\n" if build_lines else "", "build")
             self._ipset(node, "\n".join(swap_lines) + "\n" if swap_lines else "", "swap")
         except _Refused:
-            self._quietly(node, tmps + "".join(f"destroy {n}\n" for n in fresh))
+            self._quietly(node, tmps + "".join(f"destroy {n}\n" for n in sorted(fresh)))
             raise
         done: list[int] = []
         try:
@@ -356,8 +361,8 @@ class IptHostBackend:
         except _Refused:
             for fam in done:  # the pods' chains and dispatch rules as they were
                 self._rollback(node, fam, [pr.pod for pr in pods], st.families[fam])
-            swap_back = "".join(f"swap {s.tmp} {s.name}\n" for s in sets if s.name not in fresh)
-            self._quietly(node, swap_back + tmps + "".join(f"destroy {n}\n" for n in fresh))
+            swap_back = "".join(f"swap {s.tmp} {s.name}\n" for s in swapped)
+            self._quietly(node, swap_back + tmps + "".join(f"destroy {n}\n" for n in sorted(fresh)))
             raise
         ids = {f"{SET_PREFIX}{pod_id(pr.pod)}." for pr in pods}
         wanted = {s.name for s in sets}

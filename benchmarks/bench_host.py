@@ -1,6 +1,7 @@
 """Host mode against pod mode (issue 13): cold apply, delta fan-out, datapath.
 
     sudo .venv/bin/python -m benchmarks.bench_host [--pods 110] [--repeat 5] [--rounds 7]
+        [--backend nftables|iptables|iptables-legacy]
 
 1. Apply, the firewalls of benchmarks/bench_apply.py (110 pods, 20 policies, ~62 rules and
    ~600 elements a pod), nftables through libnftables, in the same run:
@@ -10,7 +11,8 @@
    - host mode, one pod after the other: one transaction per pod (what a lab does while it
      wires pods one by one);
    then the delta fan-out: one peer joins the set every pod references, and back, ``repeat``
-   times each way; medians.
+   times each way; medians. ``--backend iptables`` (or iptables-legacy): pod mode against
+   host mode's one batch per node (backends/ipt_host.py), the same firewalls.
 2. Datapath in host mode: a two-pod lab (enforcer/lab) in host mode; the receiver's
    ingress allows a set of 1 or of 10,000 peer addresses (the sender's among them); the
    sender (benchmarks/bench_datapath.py's sendmmsg sender) sends one-way UDP with a new
@@ -51,23 +53,35 @@ def _ok(results) -> list:
     return results
 
 
-def bench_apply(pods: int, repeat: int) -> dict:
+def _cases(backend: str, where: dict) -> dict:
+    """case -> a maker of the backend that runs it (pod mode, host mode in one transaction
+    per node, host mode one pod after the other; iptables: the first two)."""
+    if backend != "nftables":
+        from backends.ipt_host import IptHostBackend
+        from backends.iptables import IptablesBackend
+
+        flavour = "nft" if backend == "iptables" else "legacy"
+        return {"pod": lambda: IptablesBackend(flavour),
+                "host_one_transaction": lambda: IptHostBackend(HostMap(lambda: where), IptablesBackend(flavour))}
+    return {
+        "pod": lambda: NftablesBackend("libnft"),
+        "host_one_transaction": lambda: NftHostBackend(HostMap(lambda: where), NftablesBackend("libnft")),
+        "host_per_pod": lambda: NftHostBackend(HostMap(lambda: where), NftablesBackend("libnft")),
+    }
+
+
+def bench_apply(pods: int, repeat: int, backend: str = "nftables") -> dict:
     before = [firewall(i, pods, 20, 50) for i in range(pods)]
     after = [firewall(i, pods, 20, 51) for i in range(pods)]
     names = [f"{PREFIX}-{i:03d}" for i in range(pods)]
     node = f"{PREFIX}-node"
-    out: dict = {"pods": pods}
+    out: dict = {"pods": pods, "backend": backend}
     for n in names + [node]:
         netns.create(n)
     import sys as _sys
     try:
         where = {n: (node, f"veth{i}", fw.pod) for i, (n, fw) in enumerate(zip(names, before))}
-        cases = {
-            "pod": lambda: NftablesBackend("libnft"),
-            "host_one_transaction": lambda: NftHostBackend(HostMap(lambda: where), NftablesBackend("libnft")),
-            "host_per_pod": lambda: NftHostBackend(HostMap(lambda: where), NftablesBackend("libnft")),
-        }
-        for case, make in cases.items():
+        for case, make in _cases(backend, where).items():
             b = make()
             b.check()
             jobs = [(ns, fw, None) for ns, fw in zip(names, before)]
@@ -208,11 +222,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=0.3)
     ap.add_argument("--skip-datapath", action="store_true")
+    ap.add_argument("--backend", choices=["nftables", "iptables", "iptables-legacy"], default="nftables",
+                    help="the apply part's backend (the datapath part is nftables)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_host: needs root (creates network namespaces)", file=sys.stderr)
         return 2
-    out = {"apply": bench_apply(args.pods, args.repeat)}
+    out = {"apply": bench_apply(args.pods, args.repeat, args.backend)}
     print(json.dumps(out["apply"]), file=sys.stderr)
     if not args.skip_datapath:
         out["datapath"] = bench_datapath(args.rounds, args.seconds)
