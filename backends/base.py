@@ -1,8 +1,9 @@
 """The seam between the rule model and the kernel.
 
 A backend turns a ``PodFirewall`` (enforcer.ir) into a ruleset and installs it inside one
-network namespace. It imports only the IR and the errors (and ``enforcer.netns`` to enter
-namespaces): never the loader or compiler.
+network namespace. It imports only the IR and the errors (and the kernel plumbing:
+``enforcer.netns`` to enter namespaces, ``enforcer.nfnetlink`` to frame netfilter netlink
+messages): never the loader or compiler.
 
 This module also holds the small pure helpers both kernel backends share, so that the
 nftables and iptables renderings say the same thing in the same order: port grouping,
