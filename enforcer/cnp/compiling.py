@@ -8,9 +8,9 @@ the Compiler tells it which pods and namespaces changed (``_cnp_touch``,
 ``_cnp_touch_ns``). At the next rebuild only these are looked at again:
 
 * a changed pod is rebuilt itself (subject membership, ingress named ports);
-* a selection that held it before or holds it now is *touched*: its elements (or its
-  members' addresses and ports) may differ, so every pod in the subject of a CNP reading
-  that selection as a peer is rebuilt, and that CNP's memoised rules are forgotten;
+* a selection that gains or loses it, or holds it while its addresses or ports changed,
+  is *touched*: its elements differ, so every pod in the subject of a CNP reading that
+  selection as a peer is rebuilt, and that CNP's memoised rules are forgotten;
 * a namespace whose labels changed touches its pods.
 
 A CNP added, edited or removed rebuilds the pods of its old and new subjects, nobody else.
@@ -45,6 +45,7 @@ class TiersMixin:
         self.cnps = tuple(cluster.cnps.values())
         self._cnp_memo = {}  # enforcer.cnp.tiers.attach's
         self._sel: dict | None = None  # selection -> pod keys; built on first use
+        self._seen: dict[str, tuple] = {}  # pod -> (addresses, ports) the index last saw
         self._cnp_dirty: set[str] = set()  # pods changed since the last rebuild
         self._cnp_dirty_ns: set[str] = set()  # namespaces whose labels changed
 
@@ -80,12 +81,23 @@ class TiersMixin:
             dirty |= set(self._pod_index.in_namespace(name))  # type: ignore[attr-defined]
         self._cnp_dirty_ns = set()
         out = set(pods) | {k for k in dirty if k in self.pods}
+        moved = set()  # pods whose addresses or ports changed: elements of their selections
+        for key in dirty:
+            pod = self.pods.get(key)
+            now = (pod.ips, pod.ports) if pod is not None else None
+            if self._seen.get(key) != now:
+                moved.add(key)
+            if now is None:
+                self._seen.pop(key, None)
+            else:
+                self._seen[key] = now
         touched = set()
         for sel, members in self._sel.items():
             for key in dirty:
                 pod = self.pods.get(key)
                 now = pod is not None and selects(sel, pod, self.namespace(pod.namespace))  # type: ignore[attr-defined]
-                if now or key in members:
+                was = key in members
+                if now != was or (now and key in moved):
                     touched.add(sel)
                     (members.add if now else members.discard)(key)
         if touched:
@@ -135,6 +147,7 @@ class TiersMixin:
         """selection -> the pods it selects, for every selection of the CNPs in force."""
         if self._sel is None:
             self._sel = {}
+            self._seen = {k: (p.ips, p.ports) for k, p in self.pods.items()}
             self._cnp_dirty.clear()
             self._cnp_dirty_ns.clear()
         missing = [s for c in self.cnps for s in selections(c) if s not in self._sel]

@@ -160,6 +160,17 @@ def test_a_change_nobody_reads_rebuilds_only_the_changed_pod():
     assert changed == {"network-policy-conformance-gryffindor/harry-potter-0",
                        "network-policy-conformance-gryffindor/harry-potter-1"}
     assert comp.firewalls() == compile_cluster(_with(state, luna.key, comp.pods[luna.key]), node_ips=NODE)
+    # Still a peer, same address and ports: the sets do not move, nobody else is built.
+    comp.built = set()
+    bad = comp.pods[luna.key]
+    assert comp.set_pod(replace(bad, labels={**bad.labels, "colour": "blue"})) == set()
+    assert comp.built == {luna.key}
+    # Same labels, a new address: the subject's sets move.
+    comp.built = set()
+    changed = comp.set_pod(replace(comp.pods[luna.key], ips=("10.244.4.9",)))
+    assert changed == {luna.key, "network-policy-conformance-gryffindor/harry-potter-0",
+                       "network-policy-conformance-gryffindor/harry-potter-1"}
+    assert comp.firewalls() == compile_cluster(_with(state, luna.key, comp.pods[luna.key]), node_ips=NODE)
 
 
 def test_a_cnp_edit_rebuilds_its_subject_only():
