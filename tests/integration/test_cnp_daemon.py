@@ -69,6 +69,13 @@ def test_admin_deny_in_a_watched_file_denies_and_removing_it_allows(lab, tmp_pat
         # Written again while running, then turned into an Accept: enforced each time.
         write_yaml(cnp, [admin_deny()])
         assert wait_for(lambda: not lab.ok("a", "b"), SLOW) is not None
+        # A pod relabelled into the CNP's peers is denied too (incremental: its selection
+        # moves, b's set gets the address), and out again allowed.
+        write_yaml(str(watch / "pods.yaml"), pods_docs({"c": "a"}))
+        assert wait_for(lambda: not lab.ok("c", "b"), SLOW) is not None
+        write_yaml(str(watch / "pods.yaml"), pods_docs())
+        assert wait_for(lambda: lab.ok("c", "b"), SLOW) is not None
+        assert not lab.ok("a", "b")
         write_yaml(cnp, [admin_deny(action="Accept")])
         assert wait_for(lambda: lab.ok("a", "b"), SLOW) is not None
         # An invalid edit keeps the last good version in force (here: the Accept).
