@@ -2,6 +2,11 @@
 local pods, idle CPU, resident memory with 5,000 pods in the cluster. Prints JSON.
 
     sudo .venv/bin/python benchmarks/bench_daemon.py [--local 110] [--cluster 5000] [--changes 40]
+        [--enforce-at pod|host|both]
+
+``--enforce-at both``: the same pods, the daemon first in pod mode, then in host mode (every
+pod's chains in the lab's node namespace, one transaction per node), each started on a
+clean lab (``--cleanup-on-exit`` between them); the output has one section per mode.
 
 Targets (issue 5): policy change -> enforced in every affected namespace, 110 local pods:
 p50 <= 50 ms, p99 <= 200 ms; idle CPU < 1% of a core; RSS <= 150 MB with 5,000 pods.
@@ -54,7 +59,8 @@ def ip_of(i: int) -> str:
 
 
 def remote_ip(i: int) -> str:
-    return f"10.250.{i // 250}.{i % 250 + 2}"
+    """Remote pods: 10.250.0.2 ..., 64,000 per /16 (10.251... beyond: --cluster 150000)."""
+    return f"10.{250 + i // 64_000}.{i // 250 % 256}.{i % 250 + 2}"
 
 
 def cluster_docs(local: int, total: int) -> tuple[list[dict], list[dict]]:
@@ -209,6 +215,8 @@ def main() -> None:
     ap.add_argument("--repair-interval", type=float, default=10.0)
     ap.add_argument("--bursts", action="store_true",
                     help="also time files moved in (2 and 1,000) and 10,000 policies in one file (issue 20)")
+    ap.add_argument("--enforce-at", choices=["pod", "host", "both"], default="pod",
+                    help="where the daemon enforces; both: pod mode, then host mode, on the same pods")
     args = ap.parse_args()
 
     lab = f"npt-bd{uuid.uuid4().hex[:6]}"
@@ -217,23 +225,44 @@ def main() -> None:
     watch = os.path.join(work, "watch")
     os.mkdir(watch)
     local_docs, docs = cluster_docs(args.local, args.cluster)
-    out: dict = {"local_pods": args.local + 2, "cluster_pods": args.cluster, "backend": "nftables",
+    top: dict = {"local_pods": args.local + 2, "cluster_pods": args.cluster, "backend": "nftables",
                  "apply_workers": args.workers, "cpus": os.cpu_count()}
+    modes = ["pod", "host"] if args.enforce_at == "both" else [args.enforce_at]
     d = None
     try:
         write_yaml(os.path.join(work, "lab.yaml"), local_docs)
         t = time.monotonic()
         control.up(lab, manifests.load([os.path.join(work, "lab.yaml")]).cluster, "fake")
-        out["lab_up_s"] = round(time.monotonic() - t, 2)
+        top["lab_up_s"] = round(time.monotonic() - t, 2)
+        for mode in modes:
+            out = top if len(modes) == 1 else top.setdefault(f"enforce_at_{mode}", {})
+            d = run_mode(args, mode, lab, prefix, work, watch, docs, out)
+            d.close()
+            d = None
+    finally:
+        if d is not None:
+            d.close()
+        control.down(lab)
+    print(json.dumps(top, indent=2))
+
+
+def run_mode(args, mode: str, lab: str, prefix: str, work: str, watch: str, docs: list[dict], out: dict):
+    """One daemon in ``mode`` on the lab, measured into ``out``; returns it (to close)."""
+    where = ["--enforce-at", "host", "--node-netns", f"netpol-{lab}"] if mode == "host" else []
+    d = None
+    try:
         write_yaml(os.path.join(watch, "pods.yaml"), docs)
         pol_path = os.path.join(watch, "policy.yaml")
         write_yaml(pol_path, policy(80, "client-a"))
-        d = DaemonProcess([watch], state_file=os.path.join(work, "state.json"), netns_prefix=prefix,
-                          args=["--apply-workers", str(args.workers), "--repair-interval", str(args.repair_interval)],
-                          log_path=os.path.join(work, "daemon.log"), log_level="info")
+        d = DaemonProcess([watch], state_file=os.path.join(work, f"state-{mode}.json"), netns_prefix=prefix,
+                          args=["--apply-workers", str(args.workers), "--repair-interval", str(args.repair_interval),
+                                "--cleanup-on-exit", *where],
+                          log_path=os.path.join(work, f"daemon-{mode}.log"), log_level="info")
         t = time.monotonic()
         d.start(wait=120)
         out["start_to_ready_s"] = round(time.monotonic() - t, 2)
+        first = d.logs("sync done")
+        out["first_sync_ms"] = first[0]["ms"] if first else None
         st = d.state()
         out["managed_namespaces"] = st["counts"]["managed"]
         servers = [ip_of(i) for i in range(args.local)]
@@ -287,11 +316,11 @@ def main() -> None:
         out["applies"] = st["totals"]["applies"]
         if args.bursts:
             out["bursts"] = bursts(d, work, watch)
-    finally:
+    except BaseException:
         if d is not None:
             d.close()
-        control.down(lab)
-    print(json.dumps(out, indent=2))
+        raise
+    return d
 
 
 if __name__ == "__main__":
