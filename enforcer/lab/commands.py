@@ -300,7 +300,8 @@ def stats_cmd(name, pod, fmt, nonzero) -> None:
 @click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="json: one JSON object a line.")
 def drops_cmd(name, count, timeout, fmt) -> None:
-    """Stream dropped packets live: pod, direction, addresses, ports, isolating policies."""
+    """Stream dropped packets live: pod, direction, addresses, ports, isolating policies
+    (or the ClusterNetworkPolicy rule that denied them)."""
     _need_root()
     from enforcer.lab import observe
 
