@@ -73,45 +73,55 @@ class Recorder(Compiler):
         return super()._build(key)
 
 
+def _apply(state, change):
+    """Make ``change`` in ``state``; returns (the daemon's feed for it, the CNP it replaced)
+    or None when it does not apply."""
+    old = None
+    if change[0] == "cnp":
+        obj = _decode(change[1])
+        old = state.cnps.get(obj.name)
+        state.cnps[obj.name] = obj
+        return {("ClusterNetworkPolicy", obj.name): obj}, old
+    if change[0] == "uncnp":
+        old = state.cnps.pop(change[1], None)
+        return {("ClusterNetworkPolicy", change[1]): None}, old
+    if change[0] == "pod":
+        key, draw = change[1], change[2]
+        pod = state.pods.get(key)
+        if pod is None:
+            return None
+        new = _pod_edit(pod, draw)
+        if new is None:
+            del state.pods[key]
+        else:
+            state.pods[key] = new
+        return {("Pod", key): new}, None
+    name, house = change[1], change[2]
+    labels = {"kubernetes.io/metadata.name": name}
+    if house != "none":
+        labels["conformance-house"] = house
+    state.namespaces[name] = Namespace(name, labels)
+    return {("Namespace", name): state.namespaces[name]}, None
+
+
+CNPS = st.integers(0, 2).flatmap(lambda n: st.tuples(*[cnp(i) for i in range(n)]))
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.integers(0, 2).flatmap(lambda n: st.tuples(*[cnp(i) for i in range(n)])), np_policy, edits(), st.booleans())
+@given(CNPS, np_policy, edits(), st.booleans())
 def test_incremental_equals_a_full_compile_over_random_edits(docs, np, changes, batch):
     state = _cluster(list(docs) + ([np] if np else []))
     from enforcer.daemon.batch import BatchCompiler  # the daemon's: one rebuild per batch
     C = type("C", (Recorder, BatchCompiler), {}) if batch else Recorder
     comp = C(state, node_ips=NODE)
-    comp.built = set()
     comp.firewalls()
     for change in changes:
         before = comp.firewalls()
         comp.built = set()
-        feed = {}
-        if change[0] == "cnp":
-            obj = _decode(change[1])
-            old = state.cnps.get(obj.name)
-            state.cnps[obj.name] = obj
-            feed[("ClusterNetworkPolicy", obj.name)] = obj
-        elif change[0] == "uncnp":
-            old = state.cnps.pop(change[1], None)
-            feed[("ClusterNetworkPolicy", change[1])] = None
-        elif change[0] == "pod":
-            key, draw = change[1], change[2]
-            pod = state.pods.get(key)
-            if pod is None:
-                continue
-            new = _pod_edit(pod, draw)
-            if new is None:
-                del state.pods[key]
-            else:
-                state.pods[key] = new
-            feed[("Pod", key)] = new
-        else:
-            name, house = change[1], change[2]
-            labels = {"kubernetes.io/metadata.name": name}
-            if house != "none":
-                labels["conformance-house"] = house
-            state.namespaces[name] = Namespace(name, labels)
-            feed[("Namespace", name)] = state.namespaces[name]
+        made = _apply(state, change)
+        if made is None:
+            continue
+        feed, old = made
         if batch:
             changed, _ = comp.feed(feed)
         else:
@@ -127,6 +137,25 @@ def test_incremental_equals_a_full_compile_over_random_edits(docs, np, changes, 
             reach = {k for k, p in state.pods.items() for c in (old, state.cnps.get(_name(change)))
                      if c is not None and selects(c.subject, p, state.namespace(p.namespace))}
             assert comp.built <= reach, (change, comp.built - reach)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(CNPS, np_policy, edits())
+def test_all_edits_in_one_batch_equal_a_full_compile(docs, np, changes):
+    """The daemon feeds a sync's changes as one batch (pods first, CNPs last)."""
+    from enforcer.daemon.batch import BatchCompiler
+    state = _cluster(list(docs) + ([np] if np else []))
+    comp = BatchCompiler(state, node_ips=NODE)
+    before = comp.firewalls()
+    feed: dict = {}
+    for change in changes:
+        made = _apply(state, change)
+        if made is not None:
+            feed.update(made[0])
+    changed, _ = comp.feed(feed)
+    fresh = compile_cluster(state, node_ips=NODE)
+    assert comp.firewalls() == fresh
+    assert {k for k in fresh if before.get(k) != fresh[k]} | (before.keys() - fresh.keys()) <= changed
 
 
 def _name(change) -> str:
