@@ -69,9 +69,29 @@ def prefixed(fw: PodFirewall) -> PodFirewall:
     """``fw`` with every set renamed ``<set>.<tag>``: set names are per pod (in_0_0, ...),
     and a node's table holds the sets of all its pods."""
     tag = pod_tag(fw.pod)
+    return _renamed_fw(fw, lambda name: None if name is None else f"{name}.{tag}")
 
-    def rn(name: str | None) -> str | None:
-        return None if name is None else f"{name}.{tag}"
+
+def node_set_name(s, tag: str) -> str:
+    """A set's name in a node's table: ``g.<group>``, shared by every pod of the node that
+    reads the same peer group (enforcer.ir.GROUP_DOC); ``<set>.<tag>``, the pod's own, for
+    a set whose group is not known."""
+    return f"g.{s.group}" if s.group else f"{s.name}.{tag}"
+
+
+def shared(fw: PodFirewall) -> PodFirewall:
+    """``fw`` with its sets under their node names (``node_set_name``); two rules of the
+    pod that read one group read one set."""
+    tag = pod_tag(fw.pod)
+    names = {s.name: node_set_name(s, tag) for s in fw.sets}
+    out = _renamed_fw(fw, lambda name: None if name is None else names[name])
+    seen: dict[str, object] = {}
+    for s in out.sets:
+        seen.setdefault(s.name, s)
+    return out if len(seen) == len(out.sets) else dataclasses.replace(out, sets=tuple(seen.values()))
+
+
+def _renamed_fw(fw: PodFirewall, rn) -> PodFirewall:
 
     def direction(d):
         rules = tuple(dataclasses.replace(r, peers=rn(r.peers), addr_ports=rn(r.addr_ports))

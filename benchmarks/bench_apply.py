@@ -41,7 +41,9 @@ def pod_ips(i: int) -> tuple[str, str]:
 def firewall(pod: int, pods: int, policies: int, shared_members: int) -> PodFirewall:
     """A pod selected by ``policies`` policies: one ingress rule each (peer set + ports),
     a quarter of them ipBlocks (interval sets), egress isolated with a few rules and one
-    named-port set. Set 'in0' is the selector every pod references."""
+    named-port set. Set 'in0' is the selector every pod references. ``group`` says which
+    sets have the same elements in every pod, as the compiler's peer groups do (host mode
+    keeps one such set per node)."""
     rules = []
     sets = []
     for k in range(policies):
@@ -49,13 +51,13 @@ def firewall(pod: int, pods: int, policies: int, shared_members: int) -> PodFire
         prov = Provenance(f"ns{k % 5}/pol{k}", "ingress", 0)
         if k % 4 == 3:
             sets.append(AddrSet(name, v4=(f"10.{100 + k}.0.0/16", f"192.168.{k}.0/24"),
-                                v6=(f"fd00:{k:x}::/48",), interval=True))
+                                v6=(f"fd00:{k:x}::/48",), interval=True, group=f"b{k}"))
         else:
             count = shared_members if k == 0 else (7 * k + pod) % 30 + 1
             members = [((k * 13 + j * 7) % pods) for j in range(count)] if k else list(range(count))
             v4 = tuple(f"{pod_ips(m)[0]}/32" for m in sorted(set(members)))
             v6 = tuple(f"{pod_ips(m)[1]}/128" for m in sorted(set(members)))
-            sets.append(AddrSet(name, v4=v4, v6=v6))
+            sets.append(AddrSet(name, v4=v4, v6=v6, group=f"s{k}n{count}" if k else "s0"))
         ports = (PortMatch("TCP", 80), PortMatch("TCP", 8000, 8080)) if k % 2 else (PortMatch("UDP", 53),)
         rules.append(AllowRule(prov, peers=name, ports=ports))
     egress = []
@@ -63,11 +65,12 @@ def firewall(pod: int, pods: int, policies: int, shared_members: int) -> PodFire
         name = f"eg{k}"
         members = [(pod + 3 * j + k) % pods for j in range(10)]
         sets.append(AddrSet(name, v4=tuple(f"{pod_ips(m)[0]}/32" for m in sorted(set(members))),
-                            v6=tuple(f"{pod_ips(m)[1]}/128" for m in sorted(set(members)))))
+                            v6=tuple(f"{pod_ips(m)[1]}/128" for m in sorted(set(members))),
+                            group=f"e{k}p{pod}"))
         egress.append(AllowRule(Provenance(f"ns0/egress{k}", "egress", 0), peers=name,
                                 ports=(PortMatch("TCP", 5432),)))
     sets.append(AddrPortSet("eg_ap", v4=tuple((pod_ips(m)[0], "TCP", 8080 + m % 3) for m in range(5)),
-                            v6=tuple((pod_ips(m)[1], "TCP", 8080 + m % 3) for m in range(5))))
+                            v6=tuple((pod_ips(m)[1], "TCP", 8080 + m % 3) for m in range(5)), group="named"))
     egress.append(AllowRule(Provenance("ns0/named", "egress", 0), addr_ports="eg_ap"))
     v4, v6 = pod_ips(pod)
     return PodFirewall(

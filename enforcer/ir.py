@@ -113,6 +113,8 @@ class AddrSet:
     # firewall element by element cost ~0.7 s for one label change at 150,000 pods.
     # Not an init field, so dataclasses.replace(s, v4=...) always gets a fresh one.
     digest: str = field(init=False, default="")
+    # The peer group the elements come from (GROUP_DOC), "" when unknown.
+    group: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "digest", elements_digest(self.v4, self.v6))
@@ -137,6 +139,7 @@ class AddrPortSet:
     v6: tuple[tuple[str, str, int], ...] = field(default=(), compare=False)
     notes: tuple[tuple[tuple[str, str, int], str], ...] = field(default=(), compare=False)  # as AddrSet.notes
     digest: str = field(init=False, default="")
+    group: str = field(default="", compare=False)  # as AddrSet.group
 
     interval = False
 
@@ -152,6 +155,12 @@ class AddrPortSet:
 
 
 AnySet = Union[AddrSet, AddrPortSet]
+
+# GROUP_DOC: ``group`` names where a set's elements come from (the compiler's peer group of
+# a rule, or the rule itself for named ports), stable across processes. Sets of several
+# pods with the same group have the same elements in one compile, so host mode keeps ONE
+# such set per node, shared by its pods (backends/nft_host.py). Not compared: words for a
+# placement, like ``notes``; pod mode ignores it.
 
 
 @dataclass(frozen=True)

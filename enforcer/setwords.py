@@ -9,6 +9,8 @@ caches the elements.
 from __future__ import annotations
 
 import bisect
+import functools
+import hashlib
 import ipaddress
 from typing import Iterable, Mapping
 
@@ -28,6 +30,15 @@ def set_name(prefix: str, rule_index: int, policy_ordinal: int) -> str:
         k, r = divmod(k, 26)
         tag = chr(ord("A") + r) + tag
     return f"{prefix}{rule_index}{tag}"
+
+
+@functools.lru_cache(maxsize=65536)
+def group_id(key: tuple) -> str:
+    """A set's ``group`` (enforcer.ir.GROUP_DOC): a short digest of the compiler's key for
+    where its elements come from (a peer group, or a rule for named ports). The key holds
+    only strings, ints and tuples, so its repr, and the digest, are the same in every
+    process."""
+    return hashlib.blake2b(repr(key).encode(), digest_size=6).hexdigest()
 
 
 def block_text(b: IPBlock) -> str:
