@@ -1,17 +1,22 @@
 """The upstream e2e NetworkPolicy cases, with the desired state in a real API server and
-``netpol run --kubeconfig`` enforcing it in a lab's namespaces, on each backend (root).
+``netpol run --kubeconfig`` (one node, started directly) enforcing it in a lab's namespaces
+(root).
 
-The model's namespaces and pods are created through the API once (pods bound to the node
-and reported running with their lab addresses, as a kubelet would); each case step is then
-made true in the API with kubectl (policies applied, changed and deleted; pod and
-namespace labels set) and the lab is probed until it shows the step's expectation (the
-daemon converges in milliseconds; the wait allows a busy machine), then once more with a
-patient timeout if any cell is wrong.
+Where the e2e cases run through the API: every case in tests/api/test_api_lab.py (kubectl
+on a 3-node API lab, each node's agent enforcing), once, the backends taking turns case by
+case; the lab-side run (tests/integration/test_conformance_lab.py) has every case on both
+backends. This module adds the cases about changes (a policy updated or deleted, a
+namespace or pod relabelled: ``UPDATES``) on the backend test_api_lab does *not* give
+them, so each of those runs through the API on both backends, here through the
+standalone daemon and a kubelet's view of pods (bound, then reported running through the
+status subresource; tests/api/apinode.py). ``NETPOL_API_CONFORMANCE=all`` runs every case
+here, on both backends.
 
-A representative subset of the cases runs here (``SUBSET``: every kind of peer, named
-ports, egress, ipBlock with except, updates of policies, pods and namespaces, deletion,
-precedence); tests/integration/test_conformance_lab.py runs all of them on the lab
-directly. ``NETPOL_API_CONFORMANCE=all`` runs all of them here too.
+The model's namespaces and pods are created through the API once; each case step is then
+made true in the API (policies applied, changed and deleted with kubectl; pod and
+namespace labels set by merge patch) and the lab is probed until it shows the step's
+expectation (the daemon converges in milliseconds; the wait allows a busy machine), then
+once more with a patient timeout if any cell is wrong.
 """
 from __future__ import annotations
 
@@ -27,16 +32,16 @@ from tests.conformance.cases import load_cases
 pytestmark = pytest.mark.root
 
 BACKENDS = ["nftables", "iptables"]
-SUBSET = [
-    "01-default-deny-ingress", "02-default-deny-all", "06-namespace-selector",
-    "09-pod-selector-or-namespace-selector", "10-pod-selector-and-namespace-selector",
-    "14-ports", "15-stacked-policies", "18-named-port-from-namespace", "19-named-port-egress",
-    "20-updated-policy", "21-updated-namespace", "22-updated-pod", "25-deny-egress-pod-selector",
-    "31-ingress-allow-all-takes-precedence", "33-deleted-policies", "35-egress-cidr-except",
-    "40-udp-rule-is-not-tcp", "extra-1-port-range-ingress",
-]
 ALL = load_cases()
-CASES = ALL if os.environ.get("NETPOL_API_CONFORMANCE") == "all" else [c for c in ALL if c.id in SUBSET]
+# The cases about changes, each on the backend tests/api/test_api_lab.py does not run it on
+# (it gives the i-th case BACKENDS[i % 2]).
+UPDATES = ("20-updated-policy", "21-updated-namespace", "22-updated-pod", "24-deny-updated-pod",
+           "33-deleted-policies", "extra-6-relabel-pod-out-of-policy", "extra-7-relabel-namespace-out-of-policy")
+if os.environ.get("NETPOL_API_CONFORMANCE") == "all":
+    RUNS = [(b, c) for b in BACKENDS for c in ALL]
+else:
+    RUNS = [(BACKENDS[(i + 1) % 2], c) for i, c in enumerate(ALL) if c.id in UPDATES]
+RUNS.sort(key=lambda r: BACKENDS.index(r[0]))
 FAST = 0.3
 PATIENT = 1.0
 WAIT = 15.0
@@ -44,7 +49,8 @@ WAIT = 15.0
 
 @pytest.fixture(scope="module")
 def cp(private_control_plane):
-    """Its own control plane: this module freezes and stops the API server (root: the marker)."""
+    """A control plane of its own: the daemon enforces what the whole API server holds, and
+    other modules' pods and ClusterNetworkPolicies in the shared one must not reach it."""
     return private_control_plane
 
 
@@ -98,7 +104,8 @@ def _failures(lab, case, index, timeout):
     return out
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("daemon, case", [pytest.param(b, c, id=f"{b}-{c.id}") for b, c in RUNS],
+                         indirect=["daemon"], scope="module")
 def test_api_daemon_matches_upstream_expectation(daemon, api, lab, case):
     if not case.probeable:
         pytest.skip(f"{case.id}: every check probes SCTP (no SCTP sockets on this kernel)")

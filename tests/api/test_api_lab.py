@@ -1,6 +1,8 @@
 """The API lab (``lab up --api --nodes 3``): the upstream e2e cases driven with kubectl alone,
 on three nodes with the nine pods spread over them, each node's own agent enforcing, real
-packets, both backends (root; skipped without kube-apiserver: make k8s).
+packets (root; skipped without kube-apiserver: make k8s). Every case runs here, once: the
+backends take turns (nftables the 1st, 3rd, ... case, iptables the 2nd, 4th, ...); the
+lab-side run (tests/integration/test_conformance_lab.py) has every case on each backend.
 
 One API lab per backend for the whole module (a control plane per case would cost ~8 s
 each). Each case step is made true in the lab's API server with kubectl only: policies
@@ -123,7 +125,13 @@ def test_pods_are_spread_over_three_nodes_each_with_its_agent(api_lab):
     assert all(c["running"] and c["pid"] for c in comps.values())
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+# Each case once, the backends taking turns in file order (every kind of case reaches both;
+# the lab-side run, tests/integration/test_conformance_lab.py, has every case on each).
+# pytest groups the tests by backend, so each backend's lab still comes up once.
+BY_BACKEND = [pytest.param(BACKENDS[i % 2], c, id=f"{BACKENDS[i % 2]}-{c.id}") for i, c in enumerate(CASES)]
+
+
+@pytest.mark.parametrize("api_lab, case", BY_BACKEND, indirect=["api_lab"], scope="module")
 def test_e2e_case_through_kubectl(api_lab, case):
     if not case.probeable:
         pytest.skip(f"{case.id}: every check probes SCTP. {NO_SCTP}")
