@@ -36,7 +36,8 @@ The pod's chains are ``ipt_render.render_chain``'s (same IR, provenance comments
 NFLOG drop) with one difference: an allow rule (and a direction's "not isolated" rule)
 ``RETURN``s instead of ``ACCEPT``ing, because a packet between two pods of one node must
 pass the sender's egress chain *and* the receiver's ingress chain. The fixed rules
-(established/related, invalid, node) keep their verdicts.
+(established/related, invalid, node) keep their verdicts. A direction that a
+ClusterNetworkPolicy selects gets its tier chains beside it (ipt_host_tiers.py).
 
 Applying is incremental and one transaction per node and family: a new pod declares its
 chains and appends its dispatch rules; a changed pod's chains are declared again (which
@@ -51,11 +52,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from backends import base, ipt_tiers
+from backends import base, ipt_host_tiers, ipt_tiers
 from backends.base import ApplyResult, plan
 from backends.ipt_render import (FAMILIES, IpSet, _comment, _kind, delta_text, ipset_name,
                                  render_chain, render_sets, rule_line, sets_text)
@@ -93,8 +95,15 @@ def chain_names(pod: str) -> dict[str, str]:
     return {d: CHAIN_PREFIX[d] + pod_id(pod) for d in base.DIRECTIONS}
 
 
+def all_chains(pod: str) -> list[str]:
+    """Every chain the pod may have: per direction its chain and, while a
+    ClusterNetworkPolicy selects it, the tier parts (ipt_host_tiers.py)."""
+    return [c for d in ("egress", "ingress") for c in
+            [chain_names(pod)[d], *ipt_host_tiers.part_names(chain_names(pod)[d]).values()]]
+
+
 def is_ours(chain: str) -> bool:
-    return chain == HOST_CHAIN or chain.startswith(tuple(CHAIN_PREFIX.values()))
+    return chain == HOST_CHAIN or chain.startswith("NPH-")
 
 
 def is_our_set(name: str) -> bool:
@@ -134,12 +143,8 @@ def _is_fixed(args: tuple[str, ...]) -> bool:
 
 def pod_chain(fw: PodFirewall, direction: str, family: int,
               names: dict[str, str] | None = None) -> tuple[tuple[str, ...], ...]:
-    """Pod mode's chain with the node's set names, allow verdicts turned into RETURN."""
-    if ipt_tiers.has_tiers(fw, direction):
-        # A tier's ACCEPT is final in pod mode; on the node it would also skip the
-        # receiving pod's chain. Not done yet: refuse rather than enforce wrongly.
-        raise BackendError(f"host mode: {fw.pod} is selected by a ClusterNetworkPolicy; "
-                           "tiers are enforced in pod mode only so far (--enforce-at pod)")
+    """Pod mode's chain with the node's set names, allow verdicts turned into RETURN
+    (a tiered direction still jumps to pod mode's tier chains: ``build`` splits it)."""
     names = set_names(fw) if names is None else names
     out = []
     for args in render_chain(fw, direction, family):
@@ -171,8 +176,14 @@ def host_sets(fw: PodFirewall, names: dict[str, str] | None = None) -> tuple[IpS
 
 def build(fw: PodFirewall, iface: str) -> PodRules:
     names = set_names(fw)
-    chains = {fam: {chain_names(fw.pod)[d]: pod_chain(fw, d, fam, names) for d in ("egress", "ingress")}
-              for fam in FAMILIES}
+    chains: dict[int, dict[str, tuple[tuple[str, ...], ...]]] = {fam: {} for fam in FAMILIES}
+    for fam in FAMILIES:
+        for d in ("egress", "ingress"):
+            chain, rules = chain_names(fw.pod)[d], pod_chain(fw, d, fam, names)
+            if ipt_tiers.has_tiers(fw, d):
+                chains[fam].update(ipt_host_tiers.split(fw, d, fam, chain, rules, names))
+            else:
+                chains[fam][chain] = rules
     return PodRules(fw.pod, host_sets(fw, names), chains, {fam: dispatch(fw, iface, fam) for fam in FAMILIES})
 
 
@@ -221,10 +232,11 @@ def family_text(family: int, install: Sequence[PodRules], remove: Sequence[str],
         for c, rules in pr.chains[family].items():
             lines += [rule_line(c, a) for a in rules]
         lines += [rule_line(HOST_CHAIN, a) for a in pr.dispatch[family] if a not in kept.get(pod_id(pr.pod), [])]
-    for pod in remove:
-        for c in chain_names(pod).values():
-            if c in state.chains:
-                lines += [f"-F {c}", f"-X {c}"]
+    # chains no longer wanted (a removed pod's; a pod's tier parts when no tier selects it
+    # any more): flushed first, so that nothing jumps to one that is being deleted
+    stale = [c for pod in remove for c in all_chains(pod) if c in state.chains]
+    stale += [c for pr in install for c in all_chains(pr.pod) if c in state.chains and c not in pr.chains[family]]
+    lines += [f"-F {c}" for c in stale] + [f"-X {c}" for c in stale]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -281,8 +293,6 @@ class IptHostBackend:
 
     def check(self) -> None:
         self._pod_backend.check()
-        import shutil
-
         missing = [t for t in self._tools["restore"].values() if shutil.which(t) is None]
         if missing:
             raise BackendUnavailable(f"{self.name} host mode: missing {', '.join(missing)}; "
@@ -385,13 +395,11 @@ class IptHostBackend:
         ids = {pod_id(p) for p in pods}
         lines += [f"-D {HOST_CHAIN} {n}" for n, a in reversed(list(enumerate(now.rules.get(HOST_CHAIN, []), 1)))
                   if _owner(a) in ids]
-        for p in pods:
-            for c in chain_names(p).values():
-                if c in old.chains:
-                    lines.append(f":{c} - [0:0]")
-                    lines += [rule_line(c, a) for a in old.rules.get(c, [])]
-                elif c in now.chains:
-                    lines += [f"-F {c}", f"-X {c}"]
+        back = [c for p in pods for c in all_chains(p) if c in old.chains]
+        gone = [c for p in pods for c in all_chains(p) if c not in old.chains and c in now.chains]
+        lines += [f":{c} - [0:0]" for c in back]
+        lines += [rule_line(c, a) for c in back for a in old.rules.get(c, [])]
+        lines += [f"-F {c}" for c in gone] + [f"-X {c}" for c in gone]
         lines += [rule_line(HOST_CHAIN, a) for a in old.rules.get(HOST_CHAIN, []) if _owner(a) in ids]
         lines.append("COMMIT")
         try:
@@ -501,7 +509,7 @@ class IptHostBackend:
         st = self._read(node)
         try:
             for fam in FAMILIES:
-                if any(c in st.families[fam].chains for c in chain_names(pod).values()) or \
+                if any(c in st.families[fam].chains for c in all_chains(pod)) or \
                         any(_owner(a) == pod_id(pod) for a in st.families[fam].rules.get(HOST_CHAIN, [])):
                     self._restore(node, fam, family_text(fam, (), (pod,), st.families[fam]))
         except _Refused as e:
@@ -542,7 +550,7 @@ class IptHostBackend:
         for fam in FAMILIES:
             f = st.families[fam]
             lines = [rule_line(HOST_CHAIN, a) for a in f.rules.get(HOST_CHAIN, []) if _owner(a) == ident]
-            for c in chain_names(pod).values():
+            for c in all_chains(pod):
                 lines += [rule_line(c, a) for a in f.rules.get(c, [])]
             if lines:
                 parts.append(f"# IPv{fam}\n" + "\n".join(lines) + "\n")
@@ -562,6 +570,8 @@ class IptHostBackend:
             for c, rules in pr.chains[fam].items():
                 if c not in f.chains or tuple(f.rules.get(c, [])) != rules:
                     return False
+            if any(c in f.chains and c not in pr.chains[fam] for c in all_chains(fw.pod)):
+                return False
             mine = [a for a in f.rules.get(HOST_CHAIN, []) if _owner(a) == pod_id(fw.pod)]
             if sorted(mine) != sorted(pr.dispatch[fam]):
                 return False
@@ -578,7 +588,7 @@ class IptHostBackend:
         totals: dict[str, list[int]] = {}
         for fam in FAMILIES:
             f = st.families[fam]
-            for chain in (chain_names(pod)["egress"], chain_names(pod)["ingress"]):
+            for chain in all_chains(pod):
                 for args, (p, b) in zip(f.rules.get(chain, []), f.counts.get(chain, [])):
                     if "--comment" in args:
                         t = totals.setdefault(args[args.index("--comment") + 1], [0, 0])

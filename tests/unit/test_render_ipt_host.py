@@ -11,10 +11,9 @@ import pathlib
 import pytest
 from click.testing import CliRunner
 
-from backends import ipt_host, ipt_render
+from backends import ipt_host, ipt_host_tiers, ipt_render
 from backends.ipt_save import FamilyState, parse_save
 from enforcer.cli import cli, load
-from enforcer.errors import BackendError
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
@@ -138,12 +137,23 @@ def test_peer_change_is_an_ipset_delta_on_the_nodes_names(fws):
     assert text == f"add nph{ipt_host.pod_id('x/a')}.{s.name}.ip4 10.244.5.5\n"
 
 
-def test_tiered_pods_are_refused_in_host_mode(fws):
+def test_tiered_direction_is_four_chains_that_end_in_return_or_drop(fws):
+    """Admin Accept RETURNs to NETPOL-HOST, Pass and no match go (-g) to the NetworkPolicy
+    part, Baseline after it; the untiered direction stays one chain."""
     from enforcer.ir import TierRule
 
     fw = fws["x/a"]
-    rule = TierRule(tier="Admin", policy="deny-all", priority=1, direction="ingress", rule_index=0,
-                    action="Deny")
-    fw = dataclasses.replace(fw, ingress=dataclasses.replace(fw.ingress, admin=(rule,)))
-    with pytest.raises(BackendError, match="ClusterNetworkPolicy"):
-        ipt_host.build(fw, "veth0")
+    admin = (TierRule(tier="Admin", policy="let-in", priority=1, direction="ingress", rule_index=0, action="Accept"),
+             TierRule(tier="Admin", policy="skip", priority=2, direction="ingress", rule_index=0, action="Pass"))
+    fw = dataclasses.replace(fw, ingress=dataclasses.replace(fw.ingress, admin=admin))
+    pr = ipt_host.build(fw, "veth0")
+    chain = ipt_host.chain_names("x/a")["ingress"]
+    parts = ipt_host_tiers.part_names(chain)
+    assert list(pr.chains[4]) == [ipt_host.chain_names("x/a")["egress"], chain, *parts.values()]
+    head, a, n = pr.chains[4][chain], pr.chains[4][parts["A"]], pr.chains[4][parts["N"]]
+    assert head[-1][-2:] == ("-g", parts["A"]) and head[0][-1] == "ACCEPT"  # replies stay final
+    assert a[0][-2:] == ("-j", "RETURN") and "Admin let-in ingress[0] Accept" in a[0][-3]
+    assert a[1][-2:] == ("-g", parts["N"]) and a[-1][-2:] == ("-g", parts["N"])
+    assert n[-1][-2:] == ("-j", "DROP") and "ingress isolated by x/mixed" in n[-1]
+    assert all(r[-1] in ("RETURN", "DROP", "NFLOG", "100") or r[-2] == "-g" for c in (a, n) for r in c)
+    assert set(ipt_host.all_chains("x/a")) >= set(pr.chains[4])
