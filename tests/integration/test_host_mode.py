@@ -225,6 +225,128 @@ def test_several_nodes_each_table_holds_only_its_own_pods(netpol_lab, tmp_path):
     assert {k: cells[k] for k in want} == want
 
 
+# --------------------------------------------------------------------------------------
+# iptables host mode (backends/ipt_host.py): both flavours. The conformance cases run in
+# one test per flavour (one lab each, every case in turn) to keep the suite's time modest.
+
+IPT = ["iptables", "iptables-legacy"]
+SAVE = {"iptables": "iptables-save", "iptables-legacy": "iptables-legacy-save"}
+
+
+def _ipt(ns: str, backend: str) -> str:
+    """Our chains and sets in a namespace, as the flavour's save tools list them."""
+    out = netns.run(ns, [SAVE[backend], "-t", "filter"], check=False).stdout
+    out += netns.run(ns, [SAVE[backend].replace("iptables", "ip6tables"), "-t", "filter"], check=False).stdout
+    chains = [ln for ln in out.splitlines() if ln.startswith(":") and ("NETPOL" in ln or "NPH-" in ln)]
+    sets = netns.run(ns, ["ipset", "list", "-n"], check=False).stdout.split()
+    return "\n".join(chains + sets)
+
+
+def _flush_all(st, key: str) -> None:
+    """Everything a pod with CAP_NET_ADMIN can flush in its own namespace, every flavour."""
+    ns = st.endpoints[key].netns
+    _flush(st, key)
+    for tool in ("iptables-legacy", "ip6tables-legacy"):
+        netns.run(ns, [tool, "-F"], check=False)
+    netns.run(ns, ["ipset", "flush"], check=False)
+
+
+@pytest.mark.parametrize("backend", IPT)
+def test_iptables_host_mode_matches_every_upstream_case(netpol_lab, tmp_path, backend):
+    base = [o for o in CASES[0].steps[0].objects if o["kind"] != "NetworkPolicy"]
+    lab = netpol_lab(base, backend)
+    control.apply(lab.name, lab.cluster, enforce_at="host")
+    st = control.cluster_state(lab.name)
+    problems = []
+    for case in CASES:
+        if not case.probeable:
+            continue
+        for index, step in enumerate(case.steps):
+            lab.apply([str(step.write(tmp_path / case.id, f"step{index + 1}"))])
+            if not any(c.probeable for c in step.checks):
+                continue
+            failures = _check_step(lab, case, index, FAST_TIMEOUT)
+            if failures:
+                failures = _check_step(lab, case, index, CONFIRM_TIMEOUT)
+            problems += [f.text for f in failures]
+    assert not problems, f"{backend} host mode:\n\n" + "\n".join(problems)
+    for ep in st.endpoints.values():  # host mode: nothing of ours inside any pod
+        if ep.kind == "pod":
+            assert _ipt(ep.netns, backend) == "", ep.key
+    assert "NPH-IN-" in _ipt(st.node_netns, backend)
+
+
+@pytest.mark.parametrize("backend", IPT)
+def test_iptables_bypass_and_switching(netpol_lab, tmp_path, backend):
+    """Every pod flushes its own namespace: in host mode every denied connection stays
+    denied. Switching host -> pod -> host leaves nothing of ours in the old place, and
+    the drops are logged in the node, attributed to the pod."""
+    (tmp_path / "p.yaml").write_text(POLICY)
+    lab = netpol_lab([str(tmp_path / "p.yaml")], backend)
+    st = control.cluster_state(lab.name)
+    pods = [e.netns for e in st.endpoints.values() if e.kind == "pod"]
+    want = {("x/b", "x/a"): True, ("x/c", "x/a"): False, ("x/a", "x/b"): False, ("x/a", "x/c"): False,
+            ("x/b", "x/c"): True, ("x/c", "x/b"): True}
+    for mode in ("host", "pod", "host"):
+        control.apply(lab.name, lab.cluster, enforce_at=mode)
+        assert hostmode.load(lab.name) == mode
+        assert ("NPH-IN-" in _ipt(st.node_netns, backend)) == (mode == "host")
+        assert "NETPOL-INGRESS" not in _ipt(st.node_netns, backend)
+        assert all(("NETPOL-INGRESS" in _ipt(ns, backend)) == (mode == "pod") for ns in pods)
+        if mode == "host":
+            assert all("np." not in _ipt(ns, backend) for ns in pods)
+        else:
+            assert "nph" not in _ipt(st.node_netns, backend)
+        cells = _cells(lab)
+        assert {k: cells[k] for k in want} == want, mode
+    with lab.drops() as seen:
+        for key in ("x/a", "x/b", "x/c"):  # every pod flushes, the isolated one above all
+            _flush_all(st, key)
+        after = _cells(lab)
+    assert {k: after[k] for k in want} == want  # every denied connection stays denied
+    pairs = {(d["pod"], d["direction"]) for d in seen}
+    assert ("x/a", "ingress") in pairs and ("x/a", "egress") in pairs, seen
+    stats = {(r["pod"], r["rule"]): r["packets"] for r in lab.stats()}
+    assert stats[("x/a", "ingress isolated by x/a-locked")] > 0  # lab stats reads the node's chains
+
+
+def test_iptables_host_mode_incremental_and_two_nodes(netpol_lab, tmp_path):
+    """Two nodes: each node's chains are its own pods'; a new pod adds its chains (a peer
+    joining x/a's set is an element delta), a removed one takes them with it."""
+    (tmp_path / "p.yaml").write_text(POLICY)
+    lab = netpol_lab([str(tmp_path / "p.yaml")], "iptables", nodes=2)
+    control.apply(lab.name, lab.cluster, enforce_at="host")
+    from backends import ipt_host
+
+    def check_nodes():
+        st = control.cluster_state(lab.name)
+        pods = {k: e for k, e in st.endpoints.items() if e.kind == "pod"}
+        for n in st.nodes:
+            have = _ipt(n["netns"], "iptables")
+            for key, ep in pods.items():
+                assert (ipt_host.chain_names(key)["ingress"] in have) == (ep.node == n["name"]), (n, key)
+        return st, pods
+
+    st, pods = check_nodes()
+    assert len({e.node for e in pods.values()}) == 2
+    (tmp_path / "q.yaml").write_text(POLICY + """
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: d, namespace: x, labels: {pod: b}}
+spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}
+""")
+    out = lab.apply([str(tmp_path / "q.yaml")])
+    assert out.added == ["x/d"] and out.applies.get("x/a") == "delta"
+    st, pods = check_nodes()
+    cells = _cells(lab)
+    assert cells[("x/d", "x/a")] and cells[("x/b", "x/a")] and not cells[("x/c", "x/a")]
+    assert not cells[("x/a", "x/b")] and cells[("x/c", "x/b")]
+    lab.apply([str(tmp_path / "p.yaml")])
+    st, pods = check_nodes()
+    assert all(ipt_host.chain_names("x/d")["egress"] not in _ipt(n["netns"], "iptables") for n in st.nodes)
+
+
 def test_iptables_host_mode_cluster_network_policy_scenarios(netpol_lab, tmp_path):
     """The ClusterNetworkPolicy conformance scenarios (tests/conformance/cnp/), once, in
     iptables host mode (backends/ipt_host_tiers.py): one lab, every scenario in turn; the
