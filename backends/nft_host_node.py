@@ -75,9 +75,10 @@ class Node:
     # node set name -> the set installed (its elements known), or None (there, unknown)
     sets: dict[str, AnySet | None] = field(default_factory=dict)
     pods: dict[str, PodEntry] = field(default_factory=dict)  # tag -> entry
+    types: dict[str, str] = field(default_factory=dict)  # adopted set -> its listed type (_type)
 
     def copy(self) -> "Node":
-        return Node(dict(self.sets), dict(self.pods))
+        return Node(dict(self.sets), dict(self.pods), dict(self.types))
 
     def users(self) -> dict[str, int]:
         count: dict[str, int] = {}
@@ -117,6 +118,11 @@ def _delta(old: AnySet, new: AnySet) -> list[tuple[str, str, tuple[str, ...]]]:
 
 def _kind(s: AnySet) -> tuple:
     return (type(s), s.interval)
+
+
+def _type(s: AnySet) -> str:
+    """The IPv4 half's type as a listing shows it: what an adopted set is compared by."""
+    return nft._set_type(s, 4) + (" interval" if s.interval else "")
 
 
 def _structure(fw: PodFirewall) -> tuple:
@@ -192,7 +198,8 @@ def plan(node: Node, items, chains_of, force: bool = False, raw_ok: bool = True)
                 continue
             s = _renamed(s, name)
             if force_pod or cur is None or cur is False or _kind(cur) != _kind(s):
-                if cur is not False and cur is not None and _kind(cur) != _kind(s):
+                if (cur is not False and cur is not None and _kind(cur) != _kind(s)) or (
+                        cur is None and new.types.get(name, _type(s)) != _type(s)):
                     # A private set whose kind changed: its old rules are flushed above.
                     set_pre += [f"delete set {T} {nft.set_name(name, f)}\n" for f in (4, 6)]
                 for fam in (4, 6):
@@ -207,6 +214,7 @@ def plan(node: Node, items, chains_of, force: bool = False, raw_ok: bool = True)
                 else:
                     raw += [(v, n, list(e)) for v, n, e in changes]
             new.sets[name] = s
+            new.types.pop(name, None)
         elems += _entries(fw, iface, None if force_pod else old)
         new.pods[tag] = PodEntry(chains, frozenset(n for n, _ in chains), frozenset(names.values()),
                                  tuple(fw.ips), pod_mark(fw.pod), iface, structure=structure)
@@ -247,6 +255,7 @@ def _unused_sets(node: Node) -> list[str]:
     for name in sorted(n for n in node.sets if n not in used):
         out += [f"delete set {T} {nft.set_name(name, f)}\n" for f in (4, 6)]
         del node.sets[name]
+        node.types.pop(name, None)
     return out
 
 
@@ -280,6 +289,7 @@ def removal(node: Node, tags: list[str]) -> tuple[str, Node]:
 
 _CHAIN = re.compile(r"^\tchain (\S+) \{\n(.*?)^\t\}", re.M | re.S)
 _SET = re.compile(r"^\tset (\S+)_[46] \{", re.M)
+_SET_TYPE = re.compile(r"^\tset (\S+)_4 \{\n\t\ttype ([^\n]+)\n(?:\t\tflags ([^\n]+)\n)?", re.M)
 _REF = re.compile(r"@(\S+)_[46]\b")
 _GOTO = re.compile(r"(?:jump|goto) (\S+)")
 
@@ -287,6 +297,8 @@ _GOTO = re.compile(r"(?:jump|goto) (\S+)")
 def adopt(listing: str, bridge: str) -> Node:
     """The Node a listing of both tables describes (chain bodies and set elements unknown)."""
     node = Node({name: None for name in _SET.findall(listing)})
+    for name, type_, flags in _SET_TYPE.findall(listing):
+        node.types[name] = type_.strip() + (" interval" if "interval" in flags else "")
     bodies = {m.group(1): m.group(2) for m in _CHAIN.finditer(listing)}
     by_tag: dict[str, list[str]] = {}
     for name in bodies:

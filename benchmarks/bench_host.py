@@ -37,6 +37,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from backends.nft_host import NftHostBackend  # noqa: E402
+from backends import nftables  # noqa: E402
 from backends.nftables import NftablesBackend  # noqa: E402
 from backends.placement import HostMap  # noqa: E402
 from benchmarks.bench_apply import firewall, timed  # noqa: E402
@@ -68,6 +69,24 @@ def _cases(backend: str, where: dict) -> dict:
         "host_one_transaction": lambda: NftHostBackend(HostMap(lambda: where), NftablesBackend("libnft")),
         "host_per_pod": lambda: NftHostBackend(HostMap(lambda: where), NftablesBackend("libnft")),
     }
+
+
+def _fanout(case: str, b, node: str, names: list, before: list, after: list) -> dict:
+    """How many sets the delta (before -> after: one peer joins the set every pod reads)
+    touches: in pod mode one per pod; in nftables host mode one per node (the pods share
+    the peer group's set); and how many sets hold it all."""
+    from backends import nft_host, nft_host_node
+
+    if case == "pod":
+        return {"pod_sets": sum(2 * len(fw.sets) for fw in before),
+                "pod_delta_sets_touched": sum(len(nftables.delta(o, n).changes) for o, n in zip(before, after))}
+    if not isinstance(b, NftHostBackend) or case != "host_one_transaction":
+        return {}
+    held = b._nodes[node][1]
+    plan = nft_host_node.plan(held, [(fw, f"veth{i}", prev) for i, (fw, prev) in enumerate(zip(after, before))],
+                              nft_host.pod_chains)
+    touched = {n for _, n, _ in plan.raw} | {line.split()[4] for line in plan.text.splitlines() if " element " in line}
+    return {"host_node_sets": 2 * len(held.sets), "host_delta_sets_touched": len(touched)}
 
 
 def bench_apply(pods: int, repeat: int, backend: str = "nftables") -> dict:
@@ -104,9 +123,14 @@ def bench_apply(pods: int, repeat: int, backend: str = "nftables") -> dict:
                 assert {r.kind for r in res} == {"delta"}, {r.kind for r in res}
                 state = target
             out[f"{case}_delta_fanout_ms_median"] = round(statistics.median(runs), 2)
-            # Host mode's verify lists the whole node table for each pod: a sample of 5.
-            sample = list(zip(names, state))[:: max(1, pods // 5)] if case != "pod" else list(zip(names, state))
-            out[f"{case}_verified"] = all(b.verify(ns, fw) for ns, fw in sample)
+            # Every pod read back (nftables host mode: one listing of the node serves them
+            # all while the node's generation holds); other host modes: a sample of 5.
+            every = case == "pod" or isinstance(b, NftHostBackend)
+            sample = list(zip(names, state)) if every else list(zip(names, state))[:: max(1, pods // 5)]
+            ok: list = []
+            out[f"{case}_verify_ms"] = round(timed(lambda: ok.append(all(b.verify(ns, fw) for ns, fw in sample))), 1)
+            out[f"{case}_verified"] = ok[0]
+            out.update(_fanout(case, b, node, names, before, after))
             if case == "pod":
                 for ns in names:
                     b.remove(ns)

@@ -225,6 +225,45 @@ def test_several_nodes_each_table_holds_only_its_own_pods(netpol_lab, tmp_path):
     assert {k: cells[k] for k in want} == want
 
 
+def test_cluster_network_policy_scenarios_in_host_mode(netpol_lab, tmp_path):
+    """The ClusterNetworkPolicy conformance scenarios (tests/conformance/cnp/) with real
+    packets in nftables host mode: one lab, every scenario in turn. The tiers are chains of
+    the pod in the node's table (backends/nft_host.py): an Admin Accept ends only that pod's
+    direction, a Deny drops. After every scenario each pod's rules on the node are exactly
+    its rendering, and once the ClusterNetworkPolicies are gone no tier chain is left."""
+    import yaml
+
+    from tests.conformance.cnp.cases import BASE
+    from tests.conformance.cnp.cases import load_cases as load_cnp_cases
+    from tests.integration.test_cnp_lab import _probe
+
+    lab = netpol_lab(yaml.safe_load(BASE.read_text())["items"], "nftables")
+    control.apply(lab.name, lab.cluster, enforce_at="host")
+    problems = []
+    for case in load_cnp_cases():
+        for k, step in enumerate(case.steps):
+            f = tmp_path / f"{case.name}-{k}.yaml"
+            f.write_text(step.manifests_text())
+            lab.apply([str(f)])
+            probes = [p for p in step.probes if p.protocol != "SCTP"]
+            wrong = _probe(lab, probes, FAST_TIMEOUT) if probes else []
+            if wrong:
+                wrong = _probe(lab, probes, CONFIRM_TIMEOUT)
+            problems += [f"{case.name} step {k} ({step.name}): {w}" for w in wrong]
+        st = control.cluster_state(lab.name)
+        backend = hostmode.wrap(st, control.get_backend("nftables"), "host")
+        bad = [key for key, e in st.endpoints.items()
+               if e.kind == "pod" and not backend.verify(e.netns, st.firewalls[key])]
+        problems += [f"{case.name}: {key}: the node's rules are not its rendering" for key in bad]
+    assert not problems, "\n".join(problems)
+    f = tmp_path / "none.yaml"
+    f.write_text(BASE.read_text())
+    lab.apply([str(f)])
+    st = control.cluster_state(lab.name)
+    listing = netns.run(st.node_netns, ["nft", "list", "table", "inet", "netpol_host"]).stdout
+    assert not any(f"chain {p}" in listing for p in ("adm.", "np.", "bl.")), listing
+
+
 # --------------------------------------------------------------------------------------
 # iptables host mode (backends/ipt_host.py): both flavours. The conformance cases run in
 # one test per flavour (one lab each, every case in turn) to keep the suite's time modest.

@@ -284,3 +284,24 @@ def test_mark_collision_on_one_node_is_a_clear_error():
 
     with pytest.raises(BackendError, match="same mark"):
         nft_host.render_node([(PodFirewall(a), "v0"), (PodFirewall(b), "v1")])
+
+
+def test_a_private_set_that_changes_kind_is_made_again(fws):
+    """A set of unknown group (here: tier sets) is the pod's own; when its rule gains an
+    ipBlock its type changes, and a table adopted from a listing knows the old type."""
+    import dataclasses
+
+    fw = fws["x/a"]
+    s = next(s for s in fw.sets if isinstance(s, AddrSet) and not s.interval)
+    private = dataclasses.replace(fw, sets=tuple(dataclasses.replace(x, group="") for x in fw.sets))
+    text = nft_host.render_node([(private, "veth0")])
+    node = adopt(text[text.index("table inet"):], text[: text.index("table inet")])
+    name = f"{s.name}.x.a"
+    assert node.types[name] == "ipv4_addr"
+    grown = dataclasses.replace(private, sets=tuple(
+        dataclasses.replace(x, interval=True, v4=("10.0.0.0/8",), v6=()) if x.name == s.name else x
+        for x in private.sets))
+    p = _plan(node, [(grown, "veth0")], [private])
+    assert f"delete set inet netpol_host {name}_4" in p.text
+    assert p.text.index(f"flush chain inet netpol_host in.x.a") < p.text.index(f"delete set inet netpol_host {name}_4")
+    assert p.text.index(f"delete set inet netpol_host {name}_4") < p.text.index(f"add set inet netpol_host {name}_4")
