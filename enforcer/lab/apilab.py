@@ -227,9 +227,9 @@ def restart_agent(lab: str, node: str) -> int:
 def apply(st: LabState, cluster: Cluster, backend, node_of: dict[str, str], policies: list[dict]):
     """``lab apply`` on an API lab: namespaces for new pods and none for removed ones (the
     kubelet's part), then the input server-side applied, and objects it lacks deleted."""
-    from enforcer.lab import control, kubelet
+    from enforcer.lab import converge, kubelet
 
-    out = control._converge(st, cluster, backend, node_of)
+    out = converge.converge(st, cluster, backend, node_of)
     api = kubelet.Client.of(st)
     if any(p.get("kind") == "ClusterNetworkPolicy" for p in policies):
         kubelet.install_crd(api)  # a lab made before the CRD was: now (quick once it is there)
@@ -239,7 +239,7 @@ def apply(st: LabState, cluster: Cluster, backend, node_of: dict[str, str], poli
 
 def sync(st: LabState, backend) -> LabState:
     """Make the lab what the API says (see the module doc); returns the state."""
-    from enforcer.lab import control, kubelet
+    from enforcer.lab import converge, kubelet
 
     from enforcer.lab import hostmode
 
@@ -250,7 +250,7 @@ def sync(st: LabState, backend) -> LabState:
     if set(keep.pods) != {k for k, e in st.endpoints.items() if e.kind == "pod"} or \
             any(keep.pods[k].ips and keep.pods[k].ips != st.endpoints[k].ips
                 for k in keep.pods if k in st.endpoints):
-        out = control._converge(st, keep, backend, bound)
+        out = converge.converge(st, keep, backend, bound)
         kubelet.report_status(api, st, [k for k in out.added if k in st.cluster.pods], unbound)
     else:
         st.cluster = keep

@@ -1,6 +1,6 @@
 """``lab up --nodes N`` and ``lab up --api``: the build of a multi-node lab.
 
-The same order as a one-node lab (control._build): every pod's firewall before its link
+The same order as a one-node lab (converge.build): every pod's firewall before its link
 (fail-closed), its node's firewall compiled with that node's gateway. An API lab starts
 its control plane in a thread first (its start is most of the time), builds the
 namespaces meanwhile, then publishes the objects and starts one agent per node
@@ -20,9 +20,9 @@ from enforcer.model import Cluster
 def build(name: str, cluster: Cluster, backend, backend_name: str, servers_wanted: bool, *,
           nodes: int, api: bool, node_of: dict[str, str], policies: list[dict],
           enforce_at: str = "pod"):
-    from enforcer.lab import control, hostmode
+    from enforcer.lab import endpoints, hostmode
 
-    out = control.Outcome()
+    out = endpoints.Outcome()
     st = LabState(name=name, backend=backend_name, node_netns=naming.node_netns(name),
                   bridge=lab_nodes.underlay_bridge(name), created=time.time(),
                   no_servers=not servers_wanted)
@@ -32,11 +32,11 @@ def build(name: str, cluster: Cluster, backend, backend_name: str, servers_wante
     placement = lab_nodes.place([k for k, p in cluster.pods.items() if not p.host_network], names, node_of)
     cluster = lab_nodes.assign_ips(cluster, st.nodes, placement)
     lab_nodes.check(cluster, st.nodes)
-    base = topology.base_cidrs(False)
+    base = ipam.base_cidrs(False)
     cluster = ipam.assign_ips(cluster, base)  # every pod has one now; Services get theirs
-    st.cidrs = topology.pod_cidrs(cluster, base)
+    st.cidrs = ipam.gateway_cidrs(cluster, base)
     st.gateways = tuple(n["gateway"] for n in st.nodes)
-    topology.check_addresses(cluster, st.cidrs)
+    ipam.check_addresses(cluster, st.cidrs)
     firewalls = lab_nodes.compile_per_node(cluster, st.nodes, placement)
     starter = None
     if api:
@@ -50,23 +50,12 @@ def build(name: str, cluster: Cluster, backend, backend_name: str, servers_wante
     if starter is not None:
         starter.start()
     try:
-        journal = control._journal(st)
+        journal = endpoints.journal(st)
         topology.create_netns(name, st.node_netns, journal)
         with lab_nodes.Fabric.build(st, journal) as fabric:
-            try:
-                for key in sorted(cluster.pods):
-                    ep = control._new_endpoint(st, cluster, key, "pod")
-                    ep.node = placement[key]
-                    control._add_pod(st, fabric, backend, ep, firewalls[key])
-                    out.added.append(key)
-                for key in sorted(cluster.externals):
-                    control._add_external(st, fabric, control._new_endpoint(st, cluster, key, "external"))
-                    out.added.append(key)
-            finally:
-                st.cluster = cluster
-                state.save(st)
-        control._services_sync(st, had_services=False)
-        out.notes += control._server_sync(st, st.endpoints.values())
+            endpoints.add_all(st, fabric, backend, cluster, firewalls, out, placement)
+        endpoints.services_sync(st, had_services=False)
+        out.notes += endpoints.server_sync(st, st.endpoints.values())
     except BaseException:
         if starter is not None:
             starter.thread.join()  # never leave a control plane starting behind a failure

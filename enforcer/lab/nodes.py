@@ -166,8 +166,8 @@ def outside(ip: str, node: dict) -> bool:
 class Fabric:
     """The router and every node, with one netlink socket per namespace for a command.
 
-    Quacks like topology.Node for enforcer/lab/control.py: ``add_pod``, ``add_external``,
-    ``remove``, ``add_gateway``; a pod goes to the node ``ep.node`` names."""
+    Quacks like topology.Node for enforcer/lab/endpoints.py and converge.py: ``add_pod``,
+    ``add_external``, ``remove``, ``add_gateway``; a pod goes to the node ``ep.node`` names."""
 
     def __init__(self, st: LabState):
         self.st = st
@@ -227,7 +227,7 @@ class Fabric:
             member.ipr.link("set", index=index, master=member.bridge_index, state="up")
             addrs = []
             for a in ep.ips:
-                addrs.append((a, ipaddress.ip_network(topology.cidr_of(a, cidrs)).prefixlen))
+                addrs.append((a, ipaddress.ip_network(ipam.cidr_of(a, cidrs)).prefixlen))
                 member._pin(member.bridge_index, a, ep.mac)
                 if outside(a, node):
                     member.ipr.route("add", dst=a, dst_len=32, oif=member.bridge_index,

@@ -24,9 +24,10 @@ External hosts sit on their own veth; the node holds its address in the host's s
 (first host address, or the last when an external host has the first) as a host address,
 plus a host route to the external, so two external hosts may share a subnet.
 
-The planning half (addresses, CIDRs, conflicts, MACs) is pure; the building half is the
-only code that touches links, through pyroute2 sockets opened inside the lab's namespaces.
-Nothing here ever opens a socket in the host's namespace.
+What to wire is planned elsewhere, purely: addresses, pod CIDRs, gateways and conflicts in
+enforcer/ipam.py; here only the MACs the lab chooses. The rest is the only code that
+touches links, through pyroute2 sockets opened inside the lab's namespaces. Nothing here
+ever opens a socket in the host's namespace.
 """
 from __future__ import annotations
 
@@ -36,15 +37,12 @@ from typing import Iterable
 from enforcer import interrupts, ipam, netns
 from enforcer.errors import LabError, NetnsError
 from enforcer.lab.state import Endpoint
-from enforcer.model import Cluster
 
 IFA_F_NODAD = 0x02  # no duplicate address detection: a v6 address is usable at once
 IFA_F_NOPREFIXROUTE = 0x200  # the address keeps its prefix but adds no on-link route
 NUD_PERMANENT = 0x80
 RT_SCOPE_LINK = 253
 BRIDGE_MAC = "02:6e:70:00:00:01"  # locally administered; fixed so pods can pin it
-EXT_PREFIX = {4: 24, 6: 64}
-POD_EXTRA_PREFIX = {4: 24, 6: 64}
 
 # Sysctls written inside every pod and external namespace: no rate limit on ICMP errors,
 # so a UDP probe to a closed port always gets its port-unreachable (an "allowed" answer)
@@ -65,98 +63,10 @@ NODE_SYSCTLS = {
 }
 
 
-# ---------------------------------------------------------------- planning (pure)
+# ---------------------------------------------------------------- MACs (pure)
 
 def _ip(a: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.ip_address(a)
-
-
-def wants_ipv6(cluster: Cluster, ipv6: bool = False) -> bool:
-    addrs = [a for p in cluster.pods.values() for a in p.ips]
-    addrs += [a for e in cluster.externals.values() for a in e.ips]
-    return ipv6 or any(_ip(a).version == 6 for a in addrs)
-
-
-def base_cidrs(ipv6: bool) -> tuple[str, ...]:
-    return (ipam.DEFAULT_POD_CIDR,) + ((ipam.DEFAULT_POD_CIDR6,) if ipv6 else ())
-
-
-def pod_cidrs(cluster: Cluster, cidrs: Iterable[str]) -> tuple[str, ...]:
-    """``cidrs`` plus a /24 (/64) around every pod address that lies outside all of them:
-    pods with fixed addresses from their manifests still get a gateway on the bridge."""
-    out = list(dict.fromkeys(cidrs))
-    nets = [ipaddress.ip_network(c) for c in out]
-    for key in sorted(cluster.pods):
-        for a in cluster.pods[key].ips:
-            ip = _ip(a)
-            if not any(ip in n for n in nets if n.version == ip.version):
-                net = ipaddress.ip_network(f"{ip}/{POD_EXTRA_PREFIX[ip.version]}", strict=False)
-                nets.append(net)
-                out.append(str(net))
-    return tuple(out)
-
-
-def cidr_of(addr: str, cidrs: Iterable[str]) -> str:
-    ip = _ip(addr)
-    for c in cidrs:
-        net = ipaddress.ip_network(c)
-        if net.version == ip.version and ip in net:
-            return c
-    raise LabError(f"address {addr} is in none of the lab's pod CIDRs {', '.join(cidrs)}")
-
-
-def check_addresses(cluster: Cluster, cidrs: tuple[str, ...],
-                    node_addrs: Iterable[str] = ()) -> None:
-    """Refuse address plans the lab cannot wire: duplicates, a pod on the gateway, an
-    external host inside a pod CIDR (the bridge would claim it), an external host on a
-    node address already in use."""
-    gateways = {ipam.gateway(c) for c in cidrs}
-    owner: dict[str, str] = {}
-    for key, pod in sorted(cluster.pods.items()):
-        if not pod.ips:
-            raise LabError(f"pod {key} has no address")
-        for a in pod.ips:
-            if a in gateways:
-                raise LabError(f"pod {key}: address {a} is the lab node's gateway")
-            if a in owner:
-                raise LabError(f"address {a} is used by both {owner[a]} and pod {key}")
-            owner[a] = f"pod {key}"
-    nets = [ipaddress.ip_network(c) for c in cidrs]
-    busy = set(node_addrs)
-    for key, ext in sorted(cluster.externals.items()):
-        if not ext.ips:
-            raise LabError(f"external host {key} has no address (spec.ips)")
-        for a in ext.ips:
-            ip = _ip(a)
-            if any(ip in n for n in nets if n.version == ip.version):
-                raise LabError(f"external host {key}: address {a} lies inside the lab's pod CIDR; "
-                               "give external hosts addresses outside the pod network")
-            if a in owner:
-                raise LabError(f"address {a} is used by both {owner[a]} and external host {key}")
-            if a in busy:
-                raise LabError(f"external host {key}: address {a} is the lab node's address on "
-                               "another external link; recreate the lab (lab down, lab up)")
-            owner[a] = f"external host {key}"
-
-
-def external_node_addrs(cluster: Cluster, key: str) -> tuple[str, ...]:
-    """The node's address facing external host ``key``: one per address of the host, in
-    its /24 (/64): the first host address unless an external host has it, then the last."""
-    others = {a for e in cluster.externals.values() for a in e.ips}
-    out: list[str] = []
-    for a in cluster.externals[key].ips:
-        ip = _ip(a)
-        net = ipaddress.ip_network(f"{ip}/{EXT_PREFIX[ip.version]}", strict=False)
-        first = net.network_address + 1
-        last = net.broadcast_address - (1 if ip.version == 4 else 0)
-        candidates = [first, last] + [first + i for i in range(1, 256)]
-        for c in candidates:
-            if str(c) not in others:
-                out.append(str(c))
-                break
-        else:
-            raise LabError(f"external host {key}: no free node address in {net}")
-    return tuple(dict.fromkeys(out))
 
 
 def mac(kind: str, index: int) -> str:
@@ -261,11 +171,11 @@ class Node:
             addrs = []
             routes: dict[int, str] = {}
             for a in ep.ips:
-                c = cidr_of(a, cidrs)
+                c = ipam.cidr_of(a, cidrs)
                 addrs.append((a, ipaddress.ip_network(c).prefixlen))
                 routes.setdefault(_ip(a).version, ipam.gateway(c))
                 self._pin(self.bridge_index, a, ep.mac)
-            gateways = {ipam.gateway(cidr_of(a, cidrs)) for a in ep.ips}
+            gateways = {ipam.gateway(ipam.cidr_of(a, cidrs)) for a in ep.ips}
             _configure_inside(ep.netns, addrs, routes, {gw: BRIDGE_MAC for gw in gateways})
         except LabError:
             raise
@@ -284,8 +194,8 @@ class Node:
                 v = _ip(a).version
                 self.ipr.route("add", dst=a, dst_len=32 if v == 4 else 128, oif=index)
                 self._pin(index, a, ep.mac)
-                net = ipaddress.ip_network(f"{a}/{EXT_PREFIX[v]}", strict=False)
-                addrs.append((a, EXT_PREFIX[v]))
+                net = ipaddress.ip_network(f"{a}/{ipam.EXT_PREFIX[v]}", strict=False)
+                addrs.append((a, ipam.EXT_PREFIX[v]))
                 for na in ep.node_addrs:
                     if _ip(na) in net:
                         routes.setdefault(v, na)

@@ -18,7 +18,7 @@ from backends.base import FakeBackend
 from enforcer import netns
 from enforcer.errors import LabError
 from enforcer.ir import AddrSet, AllowRule, DirectionPolicy, PodFirewall, PortMatch, Provenance
-from enforcer.lab import codec, control, naming, serverctl, state, topology
+from enforcer.lab import codec, control, naming, serverctl, state
 from enforcer.lab.probe import Target, run as run_probes
 from enforcer.model import (Cluster, ContainerPort, ExternalHost, IPBlock, LabelSelector, Namespace,
                             NetworkPolicy, Peer, Pod, Rule)
@@ -108,19 +108,6 @@ def test_state_codec_round_trip():
                      sets=(AddrSet("s0", ("10.244.0.3/32",)),))
     assert codec.decode(json.loads(json.dumps(codec.encode(c)))) == c
     assert codec.decode(json.loads(json.dumps(codec.encode(fw)))) == fw
-
-
-def test_topology_plan():
-    c = small_cluster()
-    c.pods["x/fixed"] = pod("x", "fixed", {}, ips=("172.16.5.9",))
-    cidrs = topology.pod_cidrs(c, ("10.244.0.0/16",))
-    assert cidrs == ("10.244.0.0/16", "172.16.5.0/24")
-    assert topology.external_node_addrs(c, "backup") == ("192.168.50.1",)
-    c.externals["gw"] = ExternalHost("gw", ("192.168.50.1",))
-    assert topology.external_node_addrs(c, "backup") == ("192.168.50.254",)
-    inside = Cluster({}, {}, {}, {"bad": ExternalHost("bad", ("10.244.9.9",))})
-    with pytest.raises(LabError, match="inside the lab's pod CIDR"):
-        topology.check_addresses(inside, ("10.244.0.0/16",))
 
 
 # ------------------------------------------------------------------- the lab (root)
