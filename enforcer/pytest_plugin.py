@@ -32,13 +32,14 @@ kube-apiserver: ``make k8s``).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import threading
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import pytest
 
@@ -243,12 +244,8 @@ class LabHandle:
 
     def __init__(self, name: str, backend: str, workdir: Path, verbosity: int = 0, *,
                  nodes: int = 1, api: bool = False):
-        self.name = name
-        self.backend = backend
-        self.nodes = nodes
-        self.api = api
-        self._workdir = workdir
-        self._verbosity = verbosity
+        self.name, self.backend, self.nodes, self.api = name, backend, nodes, api
+        self._workdir, self._verbosity = workdir, verbosity
         self._procs: list = []  # lab.popen's processes, stopped before the lab goes
 
     @property
@@ -492,24 +489,19 @@ def _settings(config) -> tuple[str, int]:
     return prefix, int(config.getoption("verbose", 0) or 0)
 
 
-@pytest.fixture
-def netpol_lab(tmp_path: Path, request):
-    """Factory: ``lab = netpol_lab(manifests, backend="nftables")``. Labs are always removed
-    at the end of the test."""
+@contextlib.contextmanager
+def _labs(workdir: Path, config, *, api: bool = False) -> Iterator:
+    """Every fixture's body: the factory for the test (API labs: ``api=True`` and three
+    nodes unless told), and its labs removed at the end whatever happened."""
     _need_root()
-    factory, teardown = _factory(tmp_path, *_settings(request.config))
-    try:
-        yield factory
-    finally:
-        teardown()
+    if api:
+        _need_api()
+    factory, teardown = _factory(workdir, *_settings(config))
+    if api:
+        plain = factory
 
-
-@pytest.fixture(scope="module")
-def netpol_lab_module(tmp_path_factory, request):
-    """The same factory, with labs kept for the whole test module (bringing up pods costs
-    more than a test: share one lab and drive it with ``lab.apply``)."""
-    _need_root()
-    factory, teardown = _factory(tmp_path_factory.mktemp("netpol-lab"), *_settings(request.config))
+        def factory(manifests: Any, backend: str = "nftables", *, nodes: int = 3, **kw) -> LabHandle:
+            return plain(manifests, backend, nodes=nodes, api=True, **kw)
     try:
         yield factory
     finally:
@@ -525,36 +517,36 @@ def _need_api() -> None:
 
 
 @pytest.fixture
+def netpol_lab(tmp_path: Path, request):
+    """Factory: ``lab = netpol_lab(manifests, backend="nftables")``. Labs are always removed
+    at the end of the test."""
+    with _labs(tmp_path, request.config) as factory:
+        yield factory
+
+
+@pytest.fixture(scope="module")
+def netpol_lab_module(tmp_path_factory, request):
+    """The same factory, with labs kept for the whole test module (bringing up pods costs
+    more than a test: share one lab and drive it with ``lab.apply``)."""
+    with _labs(tmp_path_factory.mktemp("netpol-lab"), request.config) as factory:
+        yield factory
+
+
+@pytest.fixture
 def netpol_api_lab(tmp_path: Path, request):
     """Factory of API labs: ``lab = netpol_api_lab(manifests, backend, nodes=3)``: the lab's
     own API server, objects made through it, one agent per node; drive it with
     ``lab.kubectl("apply", "-f", path)``. Skipped without kube-apiserver (make k8s)."""
-    _need_root()
-    _need_api()
-    factory, teardown = _factory(tmp_path, *_settings(request.config))
-
-    def api_factory(manifests: Any, backend: str = "nftables", *, nodes: int = 3, **kw) -> LabHandle:
-        return factory(manifests, backend, nodes=nodes, api=True, **kw)
-    try:
-        yield api_factory
-    finally:
-        teardown()
+    with _labs(tmp_path, request.config, api=True) as factory:
+        yield factory
 
 
 @pytest.fixture(scope="module")
 def netpol_api_lab_module(tmp_path_factory, request):
     """``netpol_api_lab`` with labs kept for the whole module (one control plane per
     module, not per test)."""
-    _need_root()
-    _need_api()
-    factory, teardown = _factory(tmp_path_factory.mktemp("netpol-api-lab"), *_settings(request.config))
-
-    def api_factory(manifests: Any, backend: str = "nftables", *, nodes: int = 3, **kw) -> LabHandle:
-        return factory(manifests, backend, nodes=nodes, api=True, **kw)
-    try:
-        yield api_factory
-    finally:
-        teardown()
+    with _labs(tmp_path_factory.mktemp("netpol-api-lab"), request.config, api=True) as factory:
+        yield factory
 
 
 def pytest_addoption(parser) -> None:

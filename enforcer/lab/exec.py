@@ -11,11 +11,13 @@ started with ``lab.popen`` must not block ``lab apply`` or ``lab probe``.
 from __future__ import annotations
 
 import subprocess
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 from enforcer import netns
 from enforcer.errors import LabError
 from enforcer.lab import state
+
+T = TypeVar("T")
 
 
 def netns_of(lab: str, endpoint: str) -> str:
@@ -38,19 +40,19 @@ def argv_in(lab: str, endpoint: str, argv: Sequence[str]) -> list[str]:
 
 def run(lab: str, endpoint: str, argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
     """Run ``argv`` in the endpoint's namespace and wait (``subprocess.run`` keywords)."""
-    full = argv_in(lab, endpoint, argv)
-    try:
-        return subprocess.run(full, **kwargs)
-    except FileNotFoundError as e:
-        raise LabError(f"lab exec: cannot run {argv[0]}: {e}") from e
+    return _start(subprocess.run, lab, endpoint, argv, kwargs)
 
 
 def popen(lab: str, endpoint: str, argv: Sequence[str], **kwargs) -> subprocess.Popen:
     """Start ``argv`` in the endpoint's namespace (``subprocess.Popen`` keywords)."""
+    return _start(subprocess.Popen, lab, endpoint, argv, kwargs)
+
+
+def _start(how: Callable[..., T], lab: str, endpoint: str, argv: Sequence[str], kwargs: dict) -> T:
     full = argv_in(lab, endpoint, argv)
     try:
-        return subprocess.Popen(full, **kwargs)
-    except FileNotFoundError as e:
+        return how(full, **kwargs)
+    except FileNotFoundError as e:  # nsenter, or the program itself
         raise LabError(f"lab exec: cannot run {argv[0]}: {e}") from e
 
 
