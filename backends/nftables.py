@@ -27,6 +27,9 @@ Applying (see ``apply``):
   interval sets; for hash sets (pod addresses, address . protocol . port) as a raw
   NEWSETELEM/DELSETELEM netlink batch (``libnft.ElementSocket``), ~20x cheaper. A refused
   delta (the kernel's sets are not what ``previous`` says) becomes a full replace;
+- rules (backends/nft_swap.py): the rules changed but the sets are the same ones (elements
+  may differ): chains flushed and written again, element deltas, sets kept, one
+  transaction; a table of large sets is not re-sent for a port change;
 - by default in-process through libnftables, one context (and one element socket) kept
   per namespace, made inside it; else (``method="cli"``, or no libnftables) ``nft -f -``
   run inside the namespace. ``apply_many`` applies one namespace after the other
@@ -49,7 +52,7 @@ import socket
 import threading
 from dataclasses import dataclass
 
-from backends import base, nft_tiers
+from backends import base, nft_swap, nft_tiers
 from backends.base import ApplyResult, fit, plan
 from enforcer import intervals, netns as nsmod
 from enforcer.errors import ApplyError, BackendError, BackendUnavailable
@@ -529,6 +532,12 @@ class NftablesBackend:
                 # The kernel's sets are not what ``previous`` says (drift, or a lost
                 # update): replace the whole table instead, still atomically.
                 note = f"delta refused, replaced the table: {first_line(str(e))}"
+        elif previous is not None and (swap := nft_swap.rules_transaction(previous, fw)) is not None:
+            try:  # rules changed, sets kept: their elements are not sent again
+                self._run(netns, swap.text)
+                return ApplyResult("full", swap.added, swap.removed)
+            except _Refused as e:
+                note = f"rules swap refused, replaced the table: {first_line(str(e))}"
         try:
             self._run(netns, full_transaction(fw))
         except (_Refused, BackendError, ValueError) as e:

@@ -29,7 +29,7 @@ from enforcer.labelindex import LabelIndex, PodIndex
 from enforcer.model import (EGRESS, INGRESS, Cluster, IPBlock, Namespace, NetworkPolicy,
                             Peer, Pod, Rule)
 from enforcer.selectors import matches
-from enforcer.setwords import NoteCache, addr_notes, addrport_notes, group_id, set_name  # noqa: F401 (set_name: re-export)
+from enforcer.setwords import NoteCache, addr_notes, addrport_notes, set_name  # noqa: F401 (set_name: re-export)
 
 RuleId = tuple[str, str, int]  # (policy key, "ingress"|"egress", rule index)
 LEGACY = "[legacy DefaultDeny annotation]"
@@ -250,10 +250,13 @@ class Compiler(TiersMixin):
         old = self.policies.get(pol.key)
         if old == pol:
             return set()
-        affected: set[str] = set()
-        if old is not None:
-            affected |= self._drop_policy(old)
+        # Replaced: the peer groups the new version still reads keep their members (issue 15).
+        affected = self._drop_policy(old, unindex=False) if old is not None else set()
         affected |= self._add_policy(pol)
+        for _, rule in self._rule_ids(old) if old is not None else ():
+            g = group_key(old.namespace, rule)  # type: ignore[union-attr]
+            if g in self._group_rules and not self._group_rules[g]:
+                self._unindex_group(g)
         return self._rebuild(affected)
 
     def remove_policy(self, key: str) -> set[str]:
@@ -399,7 +402,7 @@ class Compiler(TiersMixin):
                 self._rules_all_pods.add(rid)
         return set(selected)
 
-    def _drop_policy(self, pol: NetworkPolicy) -> set[str]:
+    def _drop_policy(self, pol: NetworkPolicy, unindex: bool = True) -> set[str]:
         del self.policies[pol.key]
         self._policies_by_ns[pol.namespace].discard(pol.key)
         selected = self._selected.pop(pol.key, set())
@@ -411,7 +414,7 @@ class Compiler(TiersMixin):
             self._rules_all_pods.discard(rid)
             g = self._group_of.pop(rid)
             self._group_rules[g].discard(rid)
-            if not self._group_rules[g]:
+            if unindex and not self._group_rules[g]:
                 self._unindex_group(g)
         return set(selected)
 
@@ -563,7 +566,7 @@ class Compiler(TiersMixin):
             v4, v6 = self._addr_elements(rid)
             g = self._group_of[rid]
             notes = self._notes.get(g, v4, v6, lambda: addr_notes(v4 + v6, self._members.get(g, ()), self.pods, g[1]))
-            sets.append(ir.AddrSet(name, v4, v6, interval=bool(spec.blocks), notes=notes, group=group_id(g)))
+            sets.append(ir.AddrSet(name, v4, v6, interval=bool(spec.blocks), notes=notes))
 
         if spec.all_ports:
             if peers:
@@ -585,7 +588,7 @@ class Compiler(TiersMixin):
             # Egress named ports: the peer restriction is folded into address.port elements.
             ap4, ap6 = self._addrport_elements(rid)
             notes = self._notes.get(rid, ap4, ap6, lambda: addrport_notes(ap4 + ap6, self.pods))
-            sets.append(ir.AddrPortSet(name + "p", ap4, ap6, notes=notes, group=group_id(("named",) + rid)))
+            sets.append(ir.AddrPortSet(name + "p", ap4, ap6, notes=notes))
             out.append(ir.AllowRule(prov, None, (), addr_ports=name + "p"))
         return out
 

@@ -588,3 +588,35 @@ def test_compiled_set_names_load(backend):
     assert tcp(C1, ADDR["srv1"][0], 8080) == "connected"
     assert tcp(C2, ADDR["srv2"][0], 8080) == "timeout"
     assert udp(C2, ADDR["srv2"][0])
+
+
+def _set_handles(backend, ns: str) -> list[str]:
+    listing = netns.run(ns, ["nft", "-a", "list", "table", "inet", "netpol"]).stdout
+    return [ln.split("# handle")[1].strip() for ln in listing.splitlines()
+            if ln.strip().startswith("set ") and "# handle" in ln]
+
+
+def test_rule_change_keeps_the_sets(backend):
+    """A port change replaces the rules and keeps the sets (nftables: flushed chains, the
+    sets' handles unchanged, no element sent again); elements that move with it move too."""
+    fw1 = server_fw("c1")
+    backend.apply(SRV, fw1)
+    on_8081 = lambda fw: replace(fw, ingress=DirectionPolicy(True, ("x/allow",), (  # noqa: E731
+        rule("x/allow", "ingress", 0, peers="in0", ports=(PortMatch("TCP", 8081),)),)))
+    fw2 = on_8081(fw1)
+    handles = _set_handles(backend, SRV) if isinstance(backend, NftablesBackend) else None
+    result = backend.apply(SRV, fw2, fw1)
+    assert result.kind == "full" and backend.verify(SRV, fw2)
+    assert tcp(C1, ADDR["srv1"][0], 8081) == "connected"
+    assert tcp(C1, ADDR["srv1"][0], 8080) == "timeout"
+    if handles is not None:
+        assert (result.elements_added, result.elements_removed) == (0, 0)
+        assert _set_handles(backend, SRV) == handles
+    fw3 = replace(server_fw("c2"), ingress=fw1.ingress)  # rules back, and c2 instead of c1
+    result = backend.apply(SRV, fw3, fw2)
+    assert backend.verify(SRV, fw3) and not backend.verify(SRV, fw2)
+    assert tcp(C2, ADDR["srv2"][1], 8080) == "connected"
+    assert tcp(C1, ADDR["srv1"][0], 8080) == "timeout"
+    if handles is not None:
+        assert (result.elements_added, result.elements_removed) == (2, 2)
+        assert _set_handles(backend, SRV) == handles
