@@ -284,6 +284,9 @@ spec: {containers: [{name: c, image: i, ports: [{containerPort: 80}]}]}
 """
 
 
+# Once, not per backend: what is tested is two labs kept apart (agents, API servers,
+# namespaces) and lab down of an API lab, which the backend does not change.
+@pytest.mark.parametrize("api_lab", ["iptables"], indirect=True)
 def test_two_api_labs_at_once_then_nothing_left(api_lab, netpol_api_lab):
     """A second API lab whose pods have the same addresses as the module lab's: each
     agent sees only its lab's namespaces, each API server only its lab."""
