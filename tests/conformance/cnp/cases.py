@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 BASE = HERE / "base.yaml"
 CASES = HERE / "cases"
 PREFIX = "network-policy-conformance-"
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the same YAML, ~12x faster
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Step:
     def manifests_text(self) -> str:
         """The base model with the step's objects; a step's Namespace (a relabel) replaces
         the base's."""
-        items = yaml.safe_load(BASE.read_text())["items"]
+        items = yaml.load(BASE.read_text(), Loader=_LOADER)["items"]
         mine = {_key(o) for o in self.objects}
         items = [o for o in items if _key(o) not in mine] + self.objects
         return yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items})
@@ -112,7 +113,7 @@ def _mutate(objects: list[dict], m: dict, where: str) -> None:
 
 
 def load_case(path: Path) -> Case:
-    data = yaml.safe_load(path.read_text())
+    data = yaml.load(path.read_text(), Loader=_LOADER)
     objects = copy.deepcopy(data["manifests"])
     steps = []
     for k, s in enumerate(data["steps"]):
