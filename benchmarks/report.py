@@ -579,9 +579,10 @@ def behind_section(res: dict) -> str:
                  "publish figures from real clusters (up to 1,000 nodes). We have no multi-node or "
                  "API-server numbers: the daemon watches files, so our \"change to enforced\" leaves out "
                  "the API server's watch propagation, which dominates in real clusters.")
-    items.append("**Enforcement point.** We enforce inside the pod's own namespace; a pod with "
-                 "CAP_NET_ADMIN can flush its rules. Calico and Cilium enforce on the host side, "
-                 "out of the pod's reach. A host-side mode is planned, not measured.")
+    items.append("**Enforcement point.** By default we enforce inside the pod's own namespace, where "
+                 "a pod with CAP_NET_ADMIN can flush its rules. `--enforce-at host` puts the same "
+                 "chains on the node, out of the pod's reach, as Calico and Cilium do; its numbers "
+                 "(bench_host, not part of this run) are in [cnis.md](cnis.md#host-mode-the-rules-on-the-node).")
     items.append("**Every new flow pays conntrack.** Like every netfilter-based engine, a new flow "
                  "costs a conntrack entry before our chain decides; eBPF engines (Cilium) keep their "
                  "own tables and skip netfilter. We did not measure them on this machine and make no "
