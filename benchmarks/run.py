@@ -145,12 +145,14 @@ def format_verdicts(verdicts: list[Verdict], tolerance: float) -> str:
     return "\n".join(lines)
 
 
-def quick_ratios(compile_runs: list[list[dict]], apply: dict | None, datapath: dict | None) -> dict[str, float | None]:
+def quick_ratios(compile_runs: list[list[dict]], apply: dict | None, datapath: dict | None,
+                 swap: dict | None = None) -> dict[str, float | None]:
     """The ratios the quick check compares, from the raw outputs of one run:
 
     - compile: time at 15,000 pods over time at 1,500 (best of the repeats; lower better),
     - compile: one pod's firewall on demand over every pod's, common shape (lower better),
     - apply: cold full apply of N pods over one set delta to all N (per backend),
+    - apply: a rule change replacing a table of 2,000 set elements over one keeping its sets,
     - datapath: 10,000 peers over 1 peer per layout, sets over rule-per-peer at 1,000.
     """
     out: dict[str, float | None] = {}
@@ -174,6 +176,7 @@ def quick_ratios(compile_runs: list[list[dict]], apply: dict | None, datapath: d
     got = {r["backend"]: r for r in (apply or {}).get("results", [])}
     for backend, short in names.items():
         out[f"apply: {short} full apply / delta, {QUICK_APPLY_PODS} pods"] = apply_ratio(got.get(backend))
+    out["apply: nftables rule change, whole table / sets kept, 2000 elements"] = (swap or {}).get("full_over_swap")
     ratios = (datapath or {}).get("ratios", {})
     for lay in ("nft-set", "nft-interval", "ipt-set", "ipt-net"):
         r = ratios.get(f"{lay}: 10000 vs 1 peer")
@@ -421,15 +424,17 @@ def quick(args) -> int:
                      ":".join(str(x) for x in QUICK_DEMAND)], 300, "quick compile on demand")
         if d:
             compile_runs.append(d if isinstance(d, list) else [d])
-    apply = datapath = None
+    apply = datapath = swap = None
     if is_root():
         apply = s.bench(["benchmarks/bench_apply.py", "--pods", str(QUICK_APPLY_PODS), "--backends",
                          "nftables-libnft,iptables", "--repeat", "5"], 300, "quick apply")
         datapath = s.bench(["-m", "benchmarks.bench_datapath", "--quick"], 300, "quick datapath")
+        swap = s.bench(["-m", "benchmarks.bench_swap", "--repeat", "9"], 120, "quick rule swap")
     else:
         s.errors.append("apply and datapath need root: run as root")
     measured = quick_ratios(compile_runs, apply if isinstance(apply, dict) else None,
-                            datapath if isinstance(datapath, dict) else None)
+                            datapath if isinstance(datapath, dict) else None,
+                            swap if isinstance(swap, dict) else None)
     verdicts = check(measured, bounds, tolerance)
     print(format_verdicts(verdicts, tolerance))
     took = round(time.monotonic() - t0, 1)

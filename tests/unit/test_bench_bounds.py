@@ -171,3 +171,9 @@ def test_ratio_names_match_what_the_quick_check_reads():
     for lay in ("nft-set", "nft-interval", "ipt-set", "ipt-net"):
         assert f"{lay}: 10000 vs 1 peer" in names
     assert "nft-set vs nft-naive at 1000 peers" in names
+
+
+def test_rule_swap_ratio_comes_from_bench_swap():
+    name = "apply: nftables rule change, whole table / sets kept, 2000 elements"
+    assert quick_ratios([], None, None, {"full_ms_median": 12.0, "swap_ms_median": 1.3, "full_over_swap": 9.23})[name] == 9.23
+    assert quick_ratios([], None, None)[name] is None
