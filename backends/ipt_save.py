@@ -52,6 +52,9 @@ def parse_save(text: str, own=_OWN.__contains__, hooks: tuple[str, ...] = tuple(
             p, b = head[1:].split(":")
             counts = (int(p), int(b))
             line = line.strip()
+        head = line.split(None, 2)
+        if len(head) < 2 or head[0] != "-A" or not (own(head[1]) or head[1] in hooks):
+            continue  # not ours: not worth shlex (a node lists thousands of rules)
         try:
             tokens = shlex.split(line)
         except ValueError:
