@@ -125,7 +125,8 @@ def _tier_lines(sfw: PodFirewall, direction: str, rules, verdicts: dict[str, str
     for r in rules:
         pod_mode = f"counter {nft_tiers.VERDICT[r.action]} comment "
         host = f"counter {verdicts[r.action]} comment "
-        out += ["\t\t" + ln.replace(pod_mode, host, 1) for ln in nft_tiers.rule_lines(sfw, r, direction)]
+        # (log: a Deny is logged first, as in pod mode, so ``lab drops`` names the tier rule)
+        out += ["\t\t" + ln.replace(pod_mode, host, 1) for ln in nft_tiers.rule_lines(sfw, r, direction, log=True)]
     return _no_anonymous_sets(out)
 
 

@@ -264,10 +264,11 @@ def test_tiers_in_host_mode_end_only_this_direction(fws):
     assert chains["in.x.a"][-1].startswith("\t\tcounter goto adm.in.x.a ")
     adm = chains["adm.in.x.a"]
     assert [ln.split(" comment")[0].strip() for ln in adm] == [
-        "counter return", "counter drop", "counter goto np.in.x.a", "counter goto np.in.x.a"]
+        "counter return", 'limit rate 10/second log prefix "netpol drop ingress x/a: Admin cnp[1]" group 100',
+        "counter drop", "counter goto np.in.x.a", "counter goto np.in.x.a"]  # a Deny logs, as in pod mode
     assert any(ln.strip().startswith("counter jump bl.in.x.a ") for ln in chains["np.in.x.a"])
     assert chains["np.in.x.a"][-1].strip().startswith("counter return ")
-    assert "counter drop" in chains["bl.eg.x.a"][0]
+    assert "counter drop" in chains["bl.eg.x.a"][1] and " log prefix " in chains["bl.eg.x.a"][0]
     text = nft_host.render_node([(tiered, "veth0")])
     assert "chain adm.in.x.a {" in text and "accept" not in "".join(adm)
 
