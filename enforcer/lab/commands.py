@@ -13,9 +13,9 @@ import sys
 
 import click
 
-from enforcer.cliutil import CONTEXT, backend_option, emit_picture
+from enforcer.cliutil import CONTEXT, backend_option, echo_findings, emit_picture
 
-from enforcer.errors import InputError, LabError
+from enforcer.errors import LabError
 from enforcer.lab import control
 
 FILES = click.option("-f", "--filename", "files", multiple=True, required=True,
@@ -40,15 +40,10 @@ FAMILY = click.option("--family", type=click.Choice(["ipv4", "ipv6"]), default="
 
 def load_cluster(files):
     """Load and validate the manifests; print warnings and notes on stderr."""
-    try:
-        from enforcer import manifests
-    except ImportError as e:  # pragma: no cover - the loader ships with the package
-        raise InputError(f"the manifest loader is not available: {e}") from e
+    from enforcer import manifests
+
     result = manifests.load(list(files), stdin=sys.stdin)
-    for w in result.warnings:
-        click.echo(str(w), err=True)
-    for n in result.notes:
-        click.echo(str(n), err=True)
+    echo_findings(result)
     return result.cluster
 
 
