@@ -16,6 +16,9 @@ Wire format (include/uapi/linux/netlink.h, include/uapi/linux/netfilter/nfnetlin
                nf_tables commits everything between the two in one transaction or nothing
 
 A message type is ``(subsystem << 8) | message`` for netfilter messages; ``type_of`` builds it.
+The header and attribute functions (``message``, ``attr``, ``split_messages``,
+``iter_attrs``, ``error_code``) are plain netlink framing: rtnetlink messages use them as
+well, with their own header (ifinfomsg, rtgenmsg) in place of nfgenmsg.
 
 Everything here is pure (bytes in, bytes out) except ``open_socket``, which only creates a
 socket in the calling thread's current namespace (enter one with ``enforcer.netns``). It
