@@ -134,6 +134,11 @@ def _enforce_point(opts, log):
 
     pod_backend = registry.get(opts.backend)
     if opts.enforce_at == "host":
+        from enforcer import netns as nsmod
+
+        if not nsmod.exists(opts.node_netns):
+            raise NetpolError(f"--node-netns {opts.node_netns}: no such network namespace "
+                              f"(a name under {nsmod.RUN_DIR}, or a path to a namespace file)")
         node = NodeSide(opts.node_netns)
         host = host_backend(opts.backend, node)
         host.check()

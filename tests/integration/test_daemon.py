@@ -774,3 +774,9 @@ def test_host_mode_refused_by_a_backend_is_one_line_and_exit_2(lab, run, tmp_pat
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "has no host mode" in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2
     assert _tables(lab.ns("b")) == [] and _tables(lab.node) == []
+    # A node namespace that does not exist: the same.
+    d = DaemonProcess([str(run.watch)], state_file=str(tmp_path / "s.json"), netns_prefix=lab.prefix,
+                      args=["--enforce-at", "host", "--node-netns", lab.node + "-missing"])
+    proc = subprocess.run(d.argv(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "no such network namespace" in proc.stderr and _tables(lab.ns("b")) == []
