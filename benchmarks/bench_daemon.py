@@ -2,7 +2,10 @@
 local pods, idle CPU, resident memory with 5,000 pods in the cluster. Prints JSON.
 
     sudo .venv/bin/python benchmarks/bench_daemon.py [--local 110] [--cluster 5000] [--changes 40]
-        [--enforce-at pod|host|both]
+        [--enforce-at pod|host|both] [--shape bench|common]
+
+``--shape common --cluster 150000``: the other pods are issue 15's cluster (gen.common,
+10,000 namespaces and policies) in one JSON List: first sync and changes at that scale.
 
 ``--enforce-at both``: the same pods, the daemon first in pod mode, then in host mode (every
 pod's chains in the lab's node namespace, one transaction per node), each started on a
@@ -80,6 +83,17 @@ def cluster_docs(local: int, total: int) -> tuple[list[dict], list[dict]]:
         docs.append(pod_doc(namespaces[i % 50], f"r{i}", remote_ip(i),
                             {"app": f"a{i % 20}", "role": "client" if i % 7 == 0 else "other"}))
     return local_docs, docs
+
+
+def write_common(path: str, pods: int, namespaces: int) -> None:
+    """--shape common: the other pods as issue 15's cluster (benchmarks/gen.py, as many
+    policies as namespaces: --cluster 150000 is its 150k/10k/10k), one JSON List as
+    ``kubectl get -o json`` prints it; the local pods keep their own namespace."""
+    from benchmarks import gen
+
+    c = gen.common(namespaces, pods, namespaces)
+    with open(path, "w") as f:
+        json.dump(gen.to_documents(c), f)
 
 
 def policy(port: int, client: str) -> list[dict]:
@@ -217,6 +231,8 @@ def main() -> None:
                     help="also time files moved in (2 and 1,000) and 10,000 policies in one file (issue 20)")
     ap.add_argument("--enforce-at", choices=["pod", "host", "both"], default="pod",
                     help="where the daemon enforces; both: pod mode, then host mode, on the same pods")
+    ap.add_argument("--shape", choices=["bench", "common"], default="bench",
+                    help="the rest of the cluster: 50 namespaces of this benchmark's own, or gen.common (issue 15)")
     args = ap.parse_args()
 
     lab = f"npt-bd{uuid.uuid4().hex[:6]}"
@@ -224,7 +240,10 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="netpol-bench-daemon-")
     watch = os.path.join(work, "watch")
     os.mkdir(watch)
-    local_docs, docs = cluster_docs(args.local, args.cluster)
+    local_docs, docs = cluster_docs(args.local, args.cluster if args.shape == "bench" else 0)
+    if args.shape == "common":
+        docs = local_docs
+        write_common(os.path.join(watch, "cluster.json"), args.cluster - len(local_docs) + 1, max(1, args.cluster // 15))
     top: dict = {"local_pods": args.local + 2, "cluster_pods": args.cluster, "backend": "nftables",
                  "apply_workers": args.workers, "cpus": os.cpu_count()}
     modes = ["pod", "host"] if args.enforce_at == "both" else [args.enforce_at]
