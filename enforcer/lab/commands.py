@@ -24,7 +24,7 @@ NAME = click.option("--name", required=True, help="The lab's name (letters, digi
 BACKEND = backend_option()
 ENFORCE_AT = click.option("--enforce-at", "enforce_at", type=click.Choice(["pod", "host"]), default=None,
                           help="Where the rules go: inside each pod (pod, the default) or in the node's "
-                               "namespace, out of the pod's reach (host; nftables). lab apply: move them.")
+                               "namespace, out of the pod's reach (host). lab apply: move them.")
 PORTS = click.option("--ports", help="Ports to probe, e.g. 80/TCP,81/UDP (default: every port the destination declares).")
 OUTPUT = click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table",
                       show_default=True)
