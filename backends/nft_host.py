@@ -228,34 +228,6 @@ def skeleton(node: str = "") -> str:
     return f"add table bridge {TABLE}\nadd table inet {TABLE}\n" + render_node([], node)
 
 
-def blocks(listing: str) -> dict[tuple[str, str], list[str]]:
-    """(kind, name) -> normalised lines of each set, map and chain of a table listing."""
-    return {(m.group(1), m.group(2)): nft.normalise(m.group(3)) for m in _BLOCK.finditer(listing)}
-
-
-_BLOCK = re.compile(r"^\t(set|map|chain) (\S+) \{\n(.*?)^\t\}", re.M | re.S)
-
-
-def _entries(text: str) -> set[str]:
-    """The elements of listed maps: '10.0.0.5 : jump in.x.a', '"veth0" : 0x4e00002a'."""
-    return {" ".join(e.split()) for m in re.findall(r"elements = \{(.*?)\}", text, re.S)
-            for e in m.split(",") if e.strip()}
-
-
-class _View:
-    """One listing of a node's tables, parsed, valid while the node's generation is ``gen``:
-    the verify pass of a node's pods reads the node once, not once per pod."""
-
-    def __init__(self, gen, listing: str, bridge: str) -> None:
-        self.gen = gen
-        self.blocks = blocks(listing)
-        self.ingress = _entries("".join(hn._map_body(listing, f"ingress_{f}") for f in (4, 6)))
-        self.egress = _entries(hn._map_body(listing, "egress"))
-        m = re.search(r"^\tmap ports \{\n(.*?)^\t\}", bridge, re.M | re.S)
-        self.ports = _entries(m.group(1) if m else "")
-        self.sets_ok: dict[str, str] = {}  # node set name -> digest found equal
-
-
 # ---------------------------------------------------------------------------------------
 
 
@@ -272,7 +244,7 @@ class NftHostBackend:
         self._resolve = resolve
         self._nft = runner_backend or nft.NftablesBackend()
         self._nodes: dict[str, tuple[int, hn.Node]] = {}  # node netns -> (inode, what it holds)
-        self._views: dict[str, _View] = {}
+        self._views: dict[str, hn.View] = {}
         self._socks = None  # nsmod.Handles of libnft.ElementSocket, one per node netns
         self._gens = None  # nsmod.Handles of netlink sockets asking a node's generation
         self._seq = itertools.count(1)
@@ -516,7 +488,7 @@ class NftHostBackend:
             self._gens.forget(node)
             return None
 
-    def _view(self, node: str) -> _View | None:
+    def _view(self, node: str) -> hn.View | None:
         gen = self._generation(node)
         with self._lock:
             v = self._views.get(node)
@@ -527,13 +499,13 @@ class NftHostBackend:
             bridge = self._run(node, f"list table bridge {TABLE}\n")
         except nft._Refused:
             return None
-        v = _View(gen, listing, bridge)
+        v = hn.View(gen, listing, bridge)
         if gen is not None:
             with self._lock:
                 self._views[node] = v
         return v
 
-    def _found_chains(self, v: _View, pod: str) -> list[str]:
+    def _found_chains(self, v: hn.View, pod: str) -> list[str]:
         return [c for c in all_chain_names(pod) if ("chain", c) in v.blocks]
 
     def read(self, netns: str) -> str | None:

@@ -325,3 +325,34 @@ def _map_body(listing: str, name: str) -> str:
     m = re.search(rf"^\tmap {re.escape(name)} \{{\n(.*?)^\t\}}", listing, re.M | re.S)
     return m.group(1) if m else ""
 
+
+# ---------------------------------------------------------------------------------------
+# Reading a node back (verify)
+
+
+def blocks(listing: str) -> dict[tuple[str, str], list[str]]:
+    """(kind, name) -> normalised lines of each set, map and chain of a table listing."""
+    return {(m.group(1), m.group(2)): nft.normalise(m.group(3)) for m in _BLOCK.finditer(listing)}
+
+
+_BLOCK = re.compile(r"^\t(set|map|chain) (\S+) \{\n(.*?)^\t\}", re.M | re.S)
+
+
+def _map_entries(text: str) -> set[str]:
+    """The elements of listed maps: '10.0.0.5 : jump in.x.a', '"veth0" : 0x4e00002a'."""
+    return {" ".join(e.split()) for m in re.findall(r"elements = \{(.*?)\}", text, re.S)
+            for e in m.split(",") if e.strip()}
+
+
+class View:
+    """One listing of a node's tables, parsed, valid while the node's generation is ``gen``:
+    the verify pass of a node's pods reads the node once, not once per pod."""
+
+    def __init__(self, gen, listing: str, bridge: str) -> None:
+        self.gen = gen
+        self.blocks = blocks(listing)
+        self.ingress = _map_entries("".join(_map_body(listing, f"ingress_{f}") for f in (4, 6)))
+        self.egress = _map_entries(_map_body(listing, "egress"))
+        m = re.search(r"^\tmap ports \{\n(.*?)^\t\}", bridge, re.M | re.S)
+        self.ports = _map_entries(m.group(1) if m else "")
+        self.sets_ok: dict[str, str] = {}  # node set name -> digest found equal

@@ -306,3 +306,16 @@ def test_a_private_set_that_changes_kind_is_made_again(fws):
     assert f"delete set inet netpol_host {name}_4" in p.text
     assert p.text.index(f"flush chain inet netpol_host in.x.a") < p.text.index(f"delete set inet netpol_host {name}_4")
     assert p.text.index(f"delete set inet netpol_host {name}_4") < p.text.index(f"add set inet netpol_host {name}_4")
+
+
+def test_a_node_listing_parsed_once_serves_every_pods_read_back(shared_fws):
+    from backends.nft_host_node import View
+
+    fws = shared_fws
+    text = nft_host.render_node([(fws["x/a"], "veth0"), (fws["x/b"], "veth1")])
+    v = View(7, text[text.index("table inet"):], text[: text.index("table inet")])
+    mark = f"0x{placement.pod_mark('x/b'):08x}"
+    assert f'"veth1" : {mark}' in v.ports and f"{mark} : jump eg.x.b" in v.egress
+    assert f"{fws['x/b'].ips[0]} : jump in.x.b" in v.ingress
+    assert ("chain", "in.x.a") in v.blocks and v.gen == 7
+    assert all(("set", f"{s.name}_4") in v.blocks for s in placement.shared(fws["x/a"]).sets)
