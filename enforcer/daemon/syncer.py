@@ -7,6 +7,12 @@
              (what a switch of --enforce-at or a gone pod leaves behind) -> conntrack
     repair: Reconciler.repair (read back, restore, count)
 
+Why not enforcer/frontend.py's ``prepare`` (load, assign addresses, compile) as the CLI
+does: the daemon reads objects one at a time, keeps each one's last good version, never
+invents addresses (a pod without status.podIP is nobody's peer until it has one) and
+compiles incrementally; ``prepare`` loads files whole and assigns addresses to pods that
+have none, which would be wrong for a running cluster.
+
 The runner (runner.BoundedRunner) calls ``sync`` on the daemon's worker thread, one at a
 time; ``namespace_changed`` is called from the namespace watcher's thread. Everything
 said about the outcome goes through the Reporter.
