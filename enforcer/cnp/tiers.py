@@ -90,7 +90,10 @@ def _tier_rules(pod: Pod, pol: ClusterNetworkPolicy, direction: str, index: int,
                 notes += tuple((n, "network") for n in networks)
             else:
                 v4, v6 = _split(hosts)
-            sets.append(ir.AddrSet(name, v4, v6, interval=bool(networks), notes=notes))
+            # group (ir.GROUP_DOC): the rule's peers, the same for every pod it applies to;
+            # with the kind, so a rule gaining networks is a new set on a node, not a retyped one
+            sets.append(ir.AddrSet(name, v4, v6, interval=bool(networks), notes=notes,
+                                   group=name + ("i" if networks else "")))
             out.append(ir.TierRule(**base, peers=name, ports=tuple(ports)))  # type: ignore[arg-type]
     if named and direction == "egress":
         # The destination is the peer: (address, protocol, port) for each peer's named port.
@@ -98,7 +101,7 @@ def _tier_rules(pod: Pod, pol: ClusterNetworkPolicy, direction: str, index: int,
                         for cp in p.ports if cp.name in named for ip in p.ips})
         v4 = tuple(e for e in elems if ":" not in e[0])
         v6 = tuple(e for e in elems if ":" in e[0])
-        sets.append(ir.AddrPortSet(name + "p", v4, v6))
+        sets.append(ir.AddrPortSet(name + "p", v4, v6, group=name + "p"))
         out.append(ir.TierRule(**base, addr_ports=name + "p"))  # type: ignore[arg-type]
     return out
 
