@@ -86,7 +86,28 @@ def _fanout(case: str, b, node: str, names: list, before: list, after: list) -> 
     plan = nft_host_node.plan(held, [(fw, f"veth{i}", prev) for i, (fw, prev) in enumerate(zip(after, before))],
                               nft_host.pod_chains)
     touched = {n for _, n, _ in plan.raw} | {line.split()[4] for line in plan.text.splitlines() if " element " in line}
-    return {"host_node_sets": 2 * len(held.sets), "host_delta_sets_touched": len(touched)}
+    return {"host_node_sets": 2 * len(held.sets), "host_delta_sets_touched": len(touched),
+            "host_delta_sets_touched_by_nodes": spread(before, after)}
+
+
+def spread(before: list, after: list, nodes=(1, 3, 10, 110)) -> dict:
+    """The same pods spread over ``n`` nodes (pod i on node i % n), planned without a
+    kernel: how many nodes and sets the peer change touches, and how many sets the nodes
+    hold together. A set is per node, so a group read by pods on k nodes is k deltas."""
+    from backends import nft_host, nft_host_node
+
+    out = {}
+    for n in nodes:
+        touched = held = 0
+        for k in range(n):
+            mine = [i for i in range(len(before)) if i % n == k]
+            cold = nft_host_node.plan(nft_host_node.Node(), [(before[i], f"veth{i}", None) for i in mine],
+                                      nft_host.pod_chains)
+            d = nft_host_node.plan(cold.node, [(after[i], f"veth{i}", before[i]) for i in mine], nft_host.pod_chains)
+            touched += len({name for _, name, _ in d.raw})
+            held += 2 * len(cold.node.sets)
+        out[str(n)] = {"nodes": n, "sets_touched": touched, "sets_held": held}
+    return out
 
 
 def bench_apply(pods: int, repeat: int, backend: str = "nftables") -> dict:
