@@ -66,7 +66,7 @@ from typing import Callable, Sequence
 
 from backends import base, nft_tiers, nftables as nft
 from backends import nft_host_node as hn
-from backends.base import ApplyResult, plan
+from backends.base import ApplyResult
 from backends.nft_host_node import TABLE, all_chain_names, chain_names  # noqa: F401 (re-export)
 from backends.placement import check_marks, pod_mark, pod_tag, shared
 from enforcer import netns as nsmod
@@ -336,12 +336,17 @@ class NftHostBackend:
 
     @staticmethod
     def _result(fw: PodFirewall, previous: PodFirewall | None, kind: str) -> ApplyResult:
+        """What changed for this pod, counted on its own sets (the node may have changed a
+        shared set once for several pods)."""
         if kind == "delta" and previous is not None:
-            try:
-                d = nft.delta(previous, fw)
-                return ApplyResult("delta", d.added, d.removed)
-            except (KeyError, BackendError, ValueError):
-                pass
+            old = {s.name: s for s in previous.sets}
+            added = removed = 0
+            for s in fw.sets:
+                o = old.get(s.name)
+                if o is not None and o.digest != s.digest:
+                    was, now = set(o.v4 + o.v6), set(s.v4 + s.v6)
+                    added, removed = added + len(now - was), removed + len(was - now)
+            return ApplyResult("delta", added, removed)
         return ApplyResult(kind, sum(len(s.v4) + len(s.v6) for s in fw.sets), 0)
 
     def apply_many(self, jobs) -> list[ApplyResult | NetpolError]:
@@ -350,7 +355,7 @@ class NftHostBackend:
         results: list[ApplyResult | NetpolError | None] = [None] * len(jobs)
         per_node: dict[str, list[tuple[int, str]]] = {}
         for i, (netns, fw, previous) in enumerate(jobs):
-            if plan(previous, fw) == "none":
+            if previous is not None and previous == fw:  # (base.plan's "none", without the rest)
                 results[i] = ApplyResult("none")
                 continue
             try:

@@ -181,16 +181,17 @@ def plan(node: Node, items, chains_of, force: bool = False, raw_ok: bool = True)
                 chain_pre.append(f"add chain {T} {n}\nflush chain {T} {n}\n")
                 blocks += [f"\tchain {n} {{", *body, "\t}"]
             gone_chains += sorted((old.chain_names if old else frozenset()) - {n for n, _ in chains})
-        before = {}
-        if prev is not None:
-            before = {node_set_name(s, tag): s for s in prev.sets}
+        before: dict | None = None  # the previous fw's sets by node name, made when needed
         for s in sorted(fw.sets, key=lambda s: names[s.name]):
             name = names[s.name]
             if name in done:
                 continue
             cur = new.sets.get(name, False)
-            if cur is None and name in before and _kind(before[name]) == _kind(s):
-                cur = before[name]
+            if cur is None and prev is not None:
+                if before is None:
+                    before = {node_set_name(x, tag): x for x in prev.sets}
+                if name in before and _kind(before[name]) == _kind(s):
+                    cur = before[name]
             if not force_pod and cur is not False and cur is not None and cur.digest == s.digest \
                     and _kind(cur) == _kind(s):
                 if cur is not new.sets[name]:
@@ -227,6 +228,8 @@ def plan(node: Node, items, chains_of, force: bool = False, raw_ok: bool = True)
 
 def _entries(fw: PodFirewall, iface: str, old: PodEntry | None) -> list[str]:
     """Map entries of the pod: those it lacks, and the removal of those it no longer has."""
+    if old is not None and old.iface == iface and old.ips == tuple(fw.ips):
+        return []  # (the mark is the pod key's: the same pod, the same mark)
     names = chain_names(fw.pod)
     out = []
     had = set(old.ips) if old else set()
