@@ -11,10 +11,11 @@ per pod, in the node's namespace on the forward path, as kube-router does with i
     NPH-EG-<id>, NPH-IN-<id>   the pod's egress / ingress chain
     ipsets nph<id>.<set>.<kind><family>   the pod's sets (nt.<id>.* while being swapped)
 
-``<id>`` is the low 24 bits of the pod's mark (placement.pod_mark, a hash of its key, which
-``placement.check_marks`` checks for collisions per node): iptables chain names stop at 28
-characters and ipset names at 31, too short for ``namespace/name``. The dispatch rule's
-comment names the pod, and ``render`` says which chain is whose.
+``<id>`` is the low 24 bits of the pod's mark (placement.pod_mark, a hash of its key; two
+pods of one node with the same id are refused, as ``placement.check_marks`` does for
+nftables): iptables chain names stop at 28 characters and ipset names at 31, too short
+for ``namespace/name``. The dispatch rule's comment names the pod, and ``render`` says
+which chain is whose.
 
 How a pod's packets are told apart: the lab's pods hang off one bridge of the node and are
 routed by it (enforcer/lab/topology.py), so the IP forward hook sees the *bridge* as input
@@ -304,6 +305,7 @@ class IptHostBackend:
             return
         try:
             st = self._read(node, [pr.pod for _, pr, _ in full])
+            full = self._unique(node, full, st, results)
             self._install(node, [pr for _, pr, _ in full], st)
             for i, pr, fw in full:
                 results[i] = self._full_result(pr, results[i])
@@ -317,6 +319,23 @@ class IptHostBackend:
             except (_Refused, BackendError) as e:
                 results[i] = ApplyError(f"{self.name} host mode: applying the firewall of {fw.pod} "
                                         f"in {node} failed; the previous rules stay in force:\n{e}")
+
+    def _unique(self, node: str, full: list, st: NodeState, results: list) -> list:
+        """Refuse a pod whose id (chain and set names) another pod of the node has."""
+        owners = {}
+        for args in st.families[4].rules.get(HOST_CHAIN, []):
+            if "--comment" in args:  # "<pod> egress" names the pod of the chain
+                owners.setdefault(_owner(args), args[args.index("--comment") + 1].rsplit(" ", 1)[0])
+        out = []
+        for i, pr, fw in full:
+            other = owners.setdefault(pod_id(fw.pod), fw.pod)
+            if other != fw.pod:
+                results[i] = ApplyError(f"{self.name} host mode: pods {other} and {fw.pod} hash to the same "
+                                        f"id {pod_id(fw.pod)} on {node}; run them on different nodes "
+                                        "or use --enforce-at pod")
+            else:
+                out.append((i, pr, fw))
+        return out
 
     @staticmethod
     def _full_result(pr: PodRules, note) -> ApplyResult:

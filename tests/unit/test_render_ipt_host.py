@@ -157,3 +157,19 @@ def test_tiered_direction_is_four_chains_that_end_in_return_or_drop(fws):
     assert n[-1][-2:] == ("-j", "DROP") and "ingress isolated by x/mixed" in n[-1]
     assert all(r[-1] in ("RETURN", "DROP", "NFLOG", "100") or r[-2] == "-g" for c in (a, n) for r in c)
     assert set(ipt_host.all_chains("x/a")) >= set(pr.chains[4])
+
+
+def test_two_pods_with_one_id_on_a_node_are_refused(fws, monkeypatch):
+    """A hash collision is refused with both pods named, never applied over the other."""
+    from backends.ipt_host import IptHostBackend, NodeState
+    from enforcer.errors import ApplyError
+
+    st = _state(ipt_host.render_node([(fws["x/b"], "veth1")]), 4)
+    backend = IptHostBackend(lambda ns: ("node", "veth0"), type("P", (), {"name": "iptables"})())
+    b_id = ipt_host.pod_id("x/b")
+    monkeypatch.setattr(ipt_host, "pod_id", lambda pod: b_id)  # x/a now hashes like x/b
+    results: list = [None, None]
+    out = backend._unique("n1", [(0, None, fws["x/a"]), (1, None, fws["x/b"])], NodeState({4: st, 6: st}, {}),
+                          results)
+    assert [fw.pod for _, _, fw in out] == ["x/b"]
+    assert isinstance(results[0], ApplyError) and "x/b and x/a" in str(results[0]) and b_id in str(results[0])
