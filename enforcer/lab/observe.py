@@ -276,7 +276,7 @@ def _canonical(ip: str) -> str:
     return str(ipaddress.ip_address(ip.split("/", 1)[0]))
 
 
-NODE_SOCKET = "@node"  # host mode: the one socket, in the node's namespace
+NODE_SOCKET = "@node"  # host mode: a socket per node namespace, "@node <netns>"
 
 
 class DropReader:
@@ -319,7 +319,8 @@ class DropReader:
         from enforcer.lab import hostmode
 
         if hostmode.load(self.name) == "host":  # every pod's drop is logged in the node
-            where = {NODE_SOCKET: _identity(st.node_netns)}
+            nodes = [n["netns"] for n in st.nodes] or [st.node_netns]  # several nodes: one each
+            where = {f"{NODE_SOCKET} {n}": _identity(n) for n in nodes}
         for pod in [p for p in self.sockets if where.get(p) != self._where.get(p)]:
             self._close(pod)
         for pod, ident in sorted(where.items()):
@@ -353,7 +354,7 @@ class DropReader:
                 pod = key.data
                 now = time.time()
                 for packet in key.fileobj.read():  # type: ignore[union-attr]
-                    if key.data == NODE_SOCKET:  # host mode: the prefix names the pod
+                    if key.data.startswith(NODE_SOCKET):  # host mode: the prefix names the pod
                         parsed = nflog.parse_prefix(packet.prefix)
                         pod = parsed[1] if parsed else pod
                     d = self.view.drop(pod, packet, now)

@@ -351,7 +351,8 @@ def test_iptables_bypass_and_switching(netpol_lab, tmp_path, backend):
 
 def test_iptables_host_mode_incremental_and_two_nodes(netpol_lab, tmp_path):
     """Two nodes: each node's chains are its own pods'; a new pod adds its chains (a peer
-    joining x/a's set is an element delta), a removed one takes them with it."""
+    joining x/a's set is an element delta), a removed one takes them with it; drops are
+    read on every node."""
     (tmp_path / "p.yaml").write_text(POLICY)
     lab = netpol_lab([str(tmp_path / "p.yaml")], "iptables", nodes=2)
     control.apply(lab.name, lab.cluster, enforce_at="host")
@@ -378,7 +379,9 @@ spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}
     out = lab.apply([str(tmp_path / "q.yaml")])
     assert out.added == ["x/d"] and out.applies.get("x/a") == "delta"
     st, pods = check_nodes()
-    cells = _cells(lab)
+    with lab.drops() as seen:  # read in every node's namespace
+        cells = _cells(lab)
+    assert ("x/a", "ingress") in {(d["pod"], d["direction"]) for d in seen}, seen
     assert cells[("x/d", "x/a")] and cells[("x/b", "x/a")] and not cells[("x/c", "x/a")]
     assert not cells[("x/a", "x/b")] and cells[("x/c", "x/b")]
     lab.apply([str(tmp_path / "p.yaml")])
