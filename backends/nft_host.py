@@ -494,7 +494,10 @@ class NftHostBackend:
             return None
 
     def _view(self, node: str) -> hn.View | None:
+        # (the namespace's inode with it: a node made again under the same name starts
+        # counting generations again)
         gen = self._generation(node)
+        gen = None if gen is None else (nsmod.inode(node), gen)
         with self._lock:
             v = self._views.get(node)
         if v is not None and gen is not None and v.gen == gen:
@@ -534,6 +537,8 @@ class NftHostBackend:
         v = self._view(node)
         if v is None:
             return False
+        if v.pods_ok.get(fw.pod) == (fw, iface):
+            return True  # (found right in this very listing already: the next repair round)
         sfw = shared(fw)
         chains = pod_chains(sfw)
         if sorted(self._found_chains(v, fw.pod)) != sorted(n for n, _ in chains):
@@ -551,8 +556,11 @@ class NftHostBackend:
         names, mark = chain_names(fw.pod), pod_mark(fw.pod)
         want_in = {f"{a} : jump {c}" for fam in (4, 6) for a, c in _ip_elems(fw, fam)}
         have_in = {e for e in v.ingress if e.endswith(f" : jump {names['ingress']}")}
-        return (have_in == want_in and f"0x{mark:08x} : jump {names['egress']}" in v.egress
-                and f'"{iface}" : 0x{mark:08x}' in v.ports)
+        ok = (have_in == want_in and f"0x{mark:08x} : jump {names['egress']}" in v.egress
+              and f'"{iface}" : 0x{mark:08x}' in v.ports)
+        if ok:
+            v.pods_ok[fw.pod] = (fw, iface)
+        return ok
 
     def counters(self, netns: str) -> list[tuple[str, int, int]]:
         node, _ = self._resolve(netns)

@@ -359,3 +359,4 @@ class View:
         m = re.search(r"^\tmap ports \{\n(.*?)^\t\}", bridge, re.M | re.S)
         self.ports = _map_entries(m.group(1) if m else "")
         self.sets_ok: dict[str, str] = {}  # node set name -> digest found equal
+        self.pods_ok: dict[str, tuple] = {}  # pod -> (firewall, veth) found right
