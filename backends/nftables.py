@@ -53,6 +53,7 @@ import threading
 from dataclasses import dataclass
 
 from backends import base, nft_swap, nft_tiers
+from backends.nft_runners import CliRunner, LibnftRunner, NetlinkRunner, _Refused, _Runner  # noqa: F401
 from backends.base import ApplyResult, fit, plan
 from enforcer import intervals, netns as nsmod
 from enforcer.errors import ApplyError, BackendError, BackendUnavailable
@@ -246,8 +247,9 @@ def render_chain(fw: PodFirewall, direction: str) -> list[str]:
             + [f"\t\t{r}" for r in rules] + ["\t}"])
 
 
-def render(fw: PodFirewall) -> str:
-    """The table definition for one pod, as ``nft list table inet netpol`` prints it."""
+def table_blocks(fw: PodFirewall) -> list[list[str]]:
+    """The table's sets and chains, each a block of lines as ``render`` writes them (the
+    netlink encoder, backends/nft_netlink.py, reads the same blocks)."""
     blocks: list[list[str]] = []
     for s in sorted(fw.sets, key=lambda s: s.name):
         for fam in (4, 6):
@@ -255,7 +257,17 @@ def render(fw: PodFirewall) -> str:
     blocks.extend(nft_tiers.chains(fw))  # before the hook chains that jump to them
     for d in base.DIRECTIONS:
         blocks.append(render_chain(fw, d))
-    lines = [f"table {FAMILY} {TABLE} {{", f'\t{_quote("pod " + fw.pod)}']
+    return blocks
+
+
+def table_comment(fw: PodFirewall) -> str:
+    return fit("pod " + fw.pod, COMMENT_MAX)
+
+
+def render(fw: PodFirewall) -> str:
+    """The table definition for one pod, as ``nft list table inet netpol`` prints it."""
+    blocks = table_blocks(fw)
+    lines = [f"table {FAMILY} {TABLE} {{", f'\tcomment "{table_comment(fw)}"']
     for i, b in enumerate(blocks):
         if i:
             lines.append("")
@@ -361,108 +373,21 @@ def parse_counters(listing: str) -> list[tuple[str, int, int]]:
 
 
 # ---------------------------------------------------------------------------------------
-# Running commands in a namespace
-
-
-class _Runner:
-    """Runs a buffer of nft commands as one transaction inside a namespace."""
-
-    method = "?"
-
-    def run(self, netns: str, commands: str) -> str:  # raises _Refused
-        raise NotImplementedError
-
-    def change_elements(self, netns: str, d: Delta) -> None:
-        """Apply a delta in one transaction (raises _Refused)."""
-        self.run(netns, d.commands())
-
-    def forget(self, netns: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _Refused(Exception):
-    """nft refused the commands; the message is nft's."""
-
-
-class CliRunner(_Runner):
-    method = "cli"
-
-    def run(self, netns: str, commands: str) -> str:
-        proc = nsmod.run(netns, ["nft", "-f", "-"], input=commands, check=False)
-        if proc.returncode != 0:
-            raise _Refused(proc.stderr.strip() or f"nft exited {proc.returncode}")
-        return proc.stdout
-
-
-class LibnftRunner(_Runner):
-    """One libnftables context (and one element socket) per namespace, made inside it and
-    kept (enforcer.netns.Handles: a namespace removed and made again under the same name is
-    a new namespace, and is never reached through the old context)."""
-
-    method = "libnft"
-
-    def __init__(self) -> None:
-        from backends import libnft
-
-        libnft._load()
-        self._libnft = libnft
-        self._ctxs = nsmod.Handles(self._new_context)
-        self._socks = nsmod.Handles(libnft.ElementSocket)
-
-    def _new_context(self):
-        ctx = self._libnft.Context()
-        # Opens the netlink socket here, inside the namespace, in versions that would
-        # otherwise open it lazily on the first command (wherever the thread is then).
-        ctx.run("list tables")
-        return ctx
-
-    def _context(self, netns: str):
-        return self._ctxs.get(netns)
-
-    def change_elements(self, netns: str, d: Delta) -> None:
-        if d.interval:
-            self.run(netns, d.commands())
-            return
-        sock = self._socks.get(netns)
-        with sock.lock:
-            try:
-                sock.change(TABLE, [(v, n, list(e)) for v, n, e in d.changes])
-            except (self._libnft.NftError, OSError) as e:
-                raise _Refused(str(e)) from e
-
-    def run(self, netns: str, commands: str) -> str:
-        ctx = self._context(netns)
-        with ctx.lock:
-            try:
-                return ctx.run(commands)
-            except self._libnft.NftError as e:
-                raise _Refused(str(e)) from e
-
-    def forget(self, netns: str) -> None:
-        self._ctxs.forget(netns)
-        self._socks.forget(netns)
-
-    def close(self) -> None:
-        self._ctxs.close()
-        self._socks.close()
-
-
-# ---------------------------------------------------------------------------------------
 
 
 class NftablesBackend:
-    """``method``: "auto" (libnftables if it loads, else the nft command), "libnft", "cli"."""
+    """``method``: "auto" (libnftables if it loads, else the nft command), "libnft", "cli",
+    or "netlink" (libnftables, whole tables as one raw netlink batch: NetlinkRunner).
+    ``.method`` says how commands run ("libnft" for "netlink" too: libnftables still does
+    all but whole tables), ``.tables`` how a whole table goes in ("netlink" or "text")."""
 
     name = "nftables"
     apply_in_threads = False  # libnftables keeps process-wide state (apply_many below)
     nf_generation = True
 
     def __init__(self, method: str = "auto") -> None:
-        if method not in ("auto", "libnft", "cli"):
-            raise BackendError(f"unknown nftables method {method!r} (auto, libnft, cli)")
+        if method not in ("auto", "libnft", "cli", "netlink"):
+            raise BackendError(f"unknown nftables method {method!r} (auto, libnft, netlink, cli)")
         self._method = method
         self._runner: _Runner | None = None
         self._runner_lock = threading.Lock()  # the daemon applies from a thread pool
@@ -483,6 +408,8 @@ class NftablesBackend:
     def _make_runner(self) -> _Runner:
         import shutil
 
+        if self._method == "netlink":
+            return NetlinkRunner()
         if self._method in ("auto", "libnft"):
             try:
                 return LibnftRunner()
@@ -498,6 +425,10 @@ class NftablesBackend:
     @property
     def method(self) -> str:
         return self._get_runner().method
+
+    @property
+    def tables(self) -> str:
+        return self._get_runner().tables
 
     def close(self) -> None:
         if self._runner is not None:
@@ -539,11 +470,11 @@ class NftablesBackend:
             except _Refused as e:
                 note = f"rules swap refused, replaced the table: {first_line(str(e))}"
         try:
-            self._run(netns, full_transaction(fw))
+            how = self._get_runner().full(netns, fw)
         except (_Refused, BackendError, ValueError) as e:
             raise self._refused(fw, netns, e) from e
         n = sum(len(s.v4) + len(s.v6) for s in fw.sets)
-        return ApplyResult("full", n, 0, note)
+        return ApplyResult("full", n, 0, "; ".join(x for x in (note, how) if x))
 
     @staticmethod
     def _refused(fw: PodFirewall, netns: str, e: Exception) -> ApplyError:

@@ -40,6 +40,14 @@ NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLM_F_CREATE = 0x400
+NLM_F_APPEND = 0x800
+NLM_F_CAPPED = 0x100  # on an NLMSG_ERROR: the request was not echoed, only its header
+NLM_F_ACK_TLVS = 0x200  # on an NLMSG_ERROR: extended-ack attributes follow
+NLMSGERR_ATTR_MSG = 1  # extended ack: the kernel's message (a string)
+# socket options (SOL_NETLINK) that Python's socket module does not name
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10  # an error does not echo the whole request back, only its header
+NETLINK_EXT_ACK = 11  # an error may carry the kernel's message (NLMSGERR_ATTR_MSG)
 
 # attributes
 ATTR_HEADER = struct.Struct("=HH")  # len, type
@@ -90,6 +98,14 @@ def u8(kind: int, value: int) -> bytes:
 def be32(kind: int, value: int) -> bytes:
     """A 32-bit value in network byte order, as netfilter sends numbers."""
     return attr(kind, struct.pack(">I", value))
+
+
+def be16(kind: int, value: int) -> bytes:
+    return attr(kind, struct.pack(">H", value))
+
+
+def be64(kind: int, value: int) -> bytes:
+    return attr(kind, struct.pack(">Q", value))
 
 
 def string(kind: int, value: str) -> bytes:
@@ -176,6 +192,21 @@ def error_code(body: bytes) -> int:
     """The (positive) errno of an NLMSG_ERROR body; 0 is an acknowledgement. A body too
     short to hold one is EIO."""
     return -struct.unpack_from("=i", body)[0] if len(body) >= 4 else errno.EIO
+
+
+def error_text(body: bytes, flags: int) -> str:
+    """The kernel's own words in an NLMSG_ERROR (extended ack, NETLINK_EXT_ACK), or "".
+    ``flags`` are the error message's header flags; with NETLINK_CAP_ACK the request is
+    not echoed, so the attributes start right after the error code and the request's header."""
+    if not flags & NLM_F_ACK_TLVS or len(body) < 4 + HEADER.size:
+        return ""
+    offset = 4 + HEADER.size
+    if not flags & NLM_F_CAPPED:  # the whole request was echoed: skip it
+        offset = 4 + align(HEADER.unpack_from(body, 4)[0])
+    for kind, value in iter_attrs(body[offset:]):
+        if kind == NLMSGERR_ATTR_MSG:
+            return value.rstrip(b"\0").decode(errors="replace")
+    return ""
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,412 @@
+"""A whole pod table as ONE raw nf_tables netlink batch, without libnftables.
+
+Why: a cold apply of 110 pod tables spent ~72% of its time in libnftables' text parser and
+evaluator (benchmarks/bench_apply_floor.py), not in the kernel. The kernel needs only the
+messages: NEWTABLE, NEWCHAIN, NEWSET + NEWSETELEM, NEWRULE, between a batch begin and end.
+
+What it encodes: the text ``backends.nftables`` renders, and only that vocabulary (one
+source of truth: the rendered table says what to send, as it says it to libnftables):
+
+    table inet NAME { comment "..." ; set ... ; chain ... }
+    sets      type ipv4_addr | ipv6_addr                       (hash, host elements)
+              type ipvX_addr . inet_proto, flags interval      (CIDR . lo-hi elements)
+              type ipvX_addr . inet_proto . inet_service       (addr . proto . port)
+              elements with comments
+    chains    type filter hook H priority filter|N; policy accept|drop;  or regular
+    matches   ct state S[,S]; iif/oif "lo"; meta l4proto P; icmpv6 type { ... };
+              ip/ip6 saddr/daddr ADDR | PREFIX | @set | . meta l4proto [. th dport] @set;
+              tcp/udp/sctp dport N | N-M | { N, N-M, ... }
+    statements counter; limit rate N/unit; log prefix "..." group N
+    verdicts  accept drop return jump C goto C; comment "..." (rule userdata)
+
+Anything else raises ``Unsupported``, and the caller sends the text through libnftables
+instead (the fallback, so a renderer change never needs this module to follow at once).
+
+The bytes are those nft 1.0.6 sends for the same text (read from its batches with
+``strace -e write=``; the layout is the kernel's uapi nf_tables.h): the same expressions
+in the same order, the same set userdata (key byte order, ``typeof``, which nft reads back
+to print elements), chains before sets before rules, an anonymous set just before the
+rule that looks it up. So the kernel ends up holding the same objects with the same
+handles, and ``nft list table`` prints the same text and JSON: tests/integration/
+test_nft_netlink.py loads each table both ways into two namespaces and compares.
+
+Encoding is pure (text in, bytes out; the rule vocabulary is backends/nft_nlexpr.py);
+``TableSocket`` sends a batch from inside a namespace and reads one acknowledgement per
+message. backends/nft_runners.py (NetlinkRunner) puts them together for the backend.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import socket
+import struct
+import threading
+from typing import NamedTuple, Sequence
+
+from backends.nft_nlexpr import (_NAME, SET_CONCAT, SET_INTERVAL, T_IPV4, T_IPV6, T_PROTO, T_SERVICE, UD_BIG_ENDIAN, UD_CONCAT,
+                                 Unsupported, _addr, _Anon, _fill, _id_attr, _last, _port, _proto,
+                                 _quoted, _rule, _str, _tokens, _udata)
+from enforcer import nfnetlink as nfnl
+
+# nf_tables messages (uapi/linux/netfilter/nf_tables.h)
+NEWTABLE, DELTABLE, NEWCHAIN, NEWRULE, NEWSET, NEWSETELEM = 0, 2, 3, 6, 9, 12
+FAMILIES = {"inet": 1, "ip": 2, "ip6": 10}
+REQ = nfnl.NLM_F_REQUEST | nfnl.NLM_F_ACK
+CREATE = REQ | nfnl.NLM_F_CREATE
+APPEND = CREATE | nfnl.NLM_F_APPEND
+HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
+ELEMENTS_MAX = 60000  # bytes of elements per NEWSETELEM (a netlink attribute is <= 64 KiB)
+
+
+class Message(NamedTuple):
+    """One nf_tables message: type (without the subsystem), header flags, body (nfgenmsg and
+    attributes) and what it does, in nft's words, for an error message."""
+
+    kind: int
+    flags: int
+    body: bytes
+    what: str
+
+
+# ---------------------------------------------------------------------------------------
+# Named sets
+
+_SET_TYPES = {  # "type" line -> (key fields, key type, key length, interval)
+    "ipv4_addr": (("ip",), T_IPV4, 4, False),
+    "ipv6_addr": (("ip6",), T_IPV6, 16, False),
+    "ipv4_addr . inet_proto": (("ip", "proto"), T_IPV4 << 6 | T_PROTO, 8, True),
+    "ipv6_addr . inet_proto": (("ip6", "proto"), T_IPV6 << 6 | T_PROTO, 20, True),
+    "ipv4_addr . inet_proto . inet_service": (("ip", "proto", "port"), (T_IPV4 << 6 | T_PROTO) << 6 | T_SERVICE, 12, False),
+    "ipv6_addr . inet_proto . inet_service": (("ip6", "proto", "port"), (T_IPV6 << 6 | T_PROTO) << 6 | T_SERVICE, 24, False),
+}
+
+
+class _Set(NamedTuple):
+    name: str
+    fields: tuple
+    interval: bool
+    messages: tuple[Message, ...]  # bodies are Parts: slot 0 is the set's id in the batch
+
+
+@functools.lru_cache(maxsize=8192)
+def _set_block(lines: tuple[str, ...], table: str) -> _Set:
+    """A ``set NAME { ... }`` block as NEWSET and its elements as NEWSETELEM messages.
+    Cached: a selector's set is the same block in every pod that references it."""
+    m = re.fullmatch(r"\tset (\S+) \{", lines[0])
+    if not m or lines[-1] != "\t}" or len(lines) < 3 or not _NAME.match(m.group(1)):
+        raise Unsupported(f"set block {lines[0]!r}")
+    name = m.group(1)
+    body = [ln.strip() for ln in lines[1:-1]]
+    if not body[0].startswith("type ") or body[0][5:] not in _SET_TYPES:
+        raise Unsupported(f"set {name}: {body[0]!r}")
+    fields, key_type, key_len, interval = _SET_TYPES[body[0][5:]]
+    rest = body[1:]
+    if interval != (rest[:1] == ["flags interval"]):
+        raise Unsupported(f"set {name}: flags")
+    rest = rest[1:] if interval else rest
+    elements = " ".join(rest)
+    if rest and not (elements.startswith("elements = {") and elements.endswith("}")):
+        raise Unsupported(f"set {name}: {rest[0]!r}")
+    head = _str(1, table) + _str(2, name)
+    flags = SET_INTERVAL | SET_CONCAT if interval else 0
+    desc = b""
+    if interval:  # the field lengths of the concatenation, in bytes
+        desc = nfnl.nested(9, nfnl.nested(2, *(nfnl.nested(1, nfnl.be32(1, n)) for n in (key_len - 4, 1))))
+    udata = UD_CONCAT if len(fields) > 1 else UD_BIG_ENDIAN
+    what = f"add set inet {table} {name} {{ type {body[0][5:]}{'; flags interval' if interval else ''} }}"
+    msgs = [Message(NEWSET, CREATE, (nfnl.nfgenmsg(FAMILIES["inet"]) + head + nfnl.be32(3, flags)
+                                     + nfnl.be32(4, key_type) + nfnl.be32(5, key_len), *_id_attr(10, 0),
+                                     desc + nfnl.attr(13, udata)), what)]
+    if rest:
+        items = _element_list(elements[len("elements = {"):-1], fields, name)
+        msgs += _element_messages(head, items, f"add element inet {table} {name}")
+    return _Set(name, fields, interval, tuple(msgs))
+
+
+def _element_list(text: str, fields: tuple, set_name: str) -> list[tuple[str, bytes]]:
+    """``a comment "x", b, ...`` -> [(element text, element attribute body)]."""
+    toks = _tokens(text)
+    out: list[tuple[str, bytes]] = []
+    start = 0
+    for j in range(len(toks) + 1):
+        if j < len(toks) and toks[j] != ",":
+            continue
+        words = toks[start:j]
+        start = j + 1
+        udata = b""
+        if len(words) > 2 and words[-2] == "comment":
+            udata = _udata(0, _quoted(words[-1], "element comment"))
+            words = words[:-2]
+        out.append((" ".join(words), _element_key(words, fields, set_name) + (nfnl.attr(6, udata) if udata else b"")))
+    return out
+
+
+def _element_key(words: list[str], fields: tuple, set_name: str) -> bytes:
+    """KEY (and KEY_END for an interval) of one element."""
+    fam = fields[0]
+    if len(words) != 2 * len(fields) - 1 or any(w != "." for w in words[1::2]):
+        raise Unsupported(f"element {' '.join(words)!r} of set {set_name}")
+    if len(fields) == 1:
+        if "/" in words[0]:
+            raise Unsupported(f"network {words[0]} in the host set {set_name}")
+        return nfnl.nested(1, nfnl.attr(1, _addr(words[0], fam)[0]))
+    raw, plen = _addr(words[0], fam)
+    if len(fields) == 2:  # address . protocol range: start and end of each field
+        lo, sep, hi = words[2].partition("-")
+        a, b = _proto(lo), _proto(hi) if sep else _proto(lo)
+        if b < a:
+            raise Unsupported(f"protocol range {words[2]!r} in set {set_name}")
+        return (nfnl.nested(1, nfnl.attr(1, raw + bytes([a, 0, 0, 0])))
+                + nfnl.nested(10, nfnl.attr(1, _last(raw, plen) + bytes([b, 0, 0, 0]))))
+    if plen != len(raw) * 8:
+        raise Unsupported(f"network {words[0]} in set {set_name}")
+    key = raw + bytes([_proto(words[2]), 0, 0, 0]) + struct.pack(">H", _port(words[4])) + b"\0\0"
+    return nfnl.nested(1, nfnl.attr(1, key))
+
+
+def _element_messages(head: bytes, items: list[tuple[str, bytes]], what: str) -> list[Message]:
+    """NEWSETELEM messages of at most ELEMENTS_MAX bytes of elements each (one batch, so
+    still one transaction)."""
+    msgs = []
+    chunk: list[bytes] = []
+    texts: list[str] = []
+    size = 0
+    for text, body in items + [("", b"")]:
+        n = nfnl.ATTR_HEADER.size + len(body)
+        if chunk and (not body or size + n > ELEMENTS_MAX):
+            elems = b"".join(nfnl.attr(nfnl.NLA_F_NESTED | (i + 1), b) for i, b in enumerate(chunk))
+            shown = ", ".join(texts[:3]) + (f", ... ({len(texts)} elements)" if len(texts) > 3 else "")
+            msgs.append(Message(NEWSETELEM, CREATE, (nfnl.nfgenmsg(FAMILIES["inet"]) + head, *_id_attr(4, 0),
+                                                     nfnl.nested(3, elems)), f"{what} {{ {shown} }}"))
+            chunk, texts, size = [], [], 0
+        if body:
+            chunk.append(body)
+            texts.append(text)
+            size += nfnl.align(n)
+    return msgs
+
+
+# ---------------------------------------------------------------------------------------
+# Chains and the table
+
+_HOOK = re.compile(r"type filter hook (\w+) priority (filter|-?\d+); policy (accept|drop);\Z")
+
+
+class _Chain(NamedTuple):
+    name: str
+    message: Message
+    rules: tuple[str, ...]
+
+
+def _chain_block(lines: Sequence[str], table: str) -> _Chain:
+    m = re.fullmatch(r"\tchain (\S+) \{", lines[0])
+    if not m or lines[-1] != "\t}" or not _NAME.match(m.group(1)):
+        raise Unsupported(f"chain block {lines[0]!r}")
+    name = m.group(1)
+    rules = [ln[2:] for ln in lines[1:-1]]
+    if any(not ln.startswith("\t\t") or not ln.strip() for ln in lines[1:-1]):
+        raise Unsupported(f"chain {name}: a line not indented as a rule")
+    attrs = _str(1, table) + _str(3, name)
+    what = f"add chain inet {table} {name}"
+    hook = _HOOK.match(rules[0]) if rules else None
+    if hook:
+        if hook.group(1) not in HOOKS:
+            raise Unsupported(f"chain {name}: hook {hook.group(1)}")
+        prio = 0 if hook.group(2) == "filter" else int(hook.group(2))
+        attrs += (_str(7, "filter") + nfnl.be32(5, 1 if hook.group(3) == "accept" else 0)
+                  + nfnl.nested(4, nfnl.be32(1, HOOKS[hook.group(1)]), nfnl.attr(2, struct.pack(">i", prio))))
+        what += f" {{ {rules[0]} }}"
+        rules = rules[1:]
+    elif rules and rules[0].startswith("type "):
+        raise Unsupported(f"chain {name}: {rules[0]!r}")
+    return _Chain(name, Message(NEWCHAIN, CREATE, nfnl.nfgenmsg(FAMILIES["inet"]) + attrs, what), tuple(rules))
+
+
+def encode_table(table: str, comment: str | None, blocks: Sequence[Sequence[str]]) -> list[Message]:
+    """The batch that swaps ``table inet TABLE`` for one made of ``blocks`` (each a set or
+    chain block as backends.nftables renders it, lines with their tabs): add the table
+    (so that the delete succeeds on a first apply), delete it, then create it anew.
+    Raises Unsupported for anything outside the vocabulary this module knows."""
+    if not _NAME.match(table):
+        raise Unsupported(f"table name {table!r}")
+    fam = nfnl.nfgenmsg(FAMILIES["inet"])
+    name = _str(1, table)
+    what = f"inet {table}"
+    msgs = [Message(NEWTABLE, REQ, fam + name + nfnl.be32(2, 0), f"add table {what}"),
+            Message(DELTABLE, REQ, fam + name, f"delete table {what}"),
+            Message(NEWTABLE, REQ, fam + name + nfnl.be32(2, 0)
+                    + (nfnl.attr(6, _udata(0, comment)) if comment is not None else b""), f"table {what}")]
+    sets: list[_Set] = []
+    chains: list[_Chain] = []
+    for b in blocks:
+        first = b[0] if b else ""
+        if first.startswith("\tset "):
+            sets.append(_set_block(tuple(b), table))
+        elif first.startswith("\tchain "):
+            chains.append(_chain_block(b, table))
+        else:
+            raise Unsupported(f"block {first!r}")
+    kinds = {s.name: (s.fields, s.interval) for s in sets}
+    if len(kinds) != len(sets) or len({c.name for c in chains}) != len(chains):
+        raise Unsupported("two sets or two chains of the same name")
+    msgs += [c.message for c in chains]
+    set_ids = {}  # every set has an id in the batch (the kernel wants one, nft gives one)
+    for i, s in enumerate(sets):
+        set_ids[s.name] = i + 1
+        msgs += [m._replace(body=_fill(m.body, (i + 1,))) for m in s.messages]
+    next_id = len(sets) + 1
+    for c in chains:
+        head = fam + name + _str(2, c.name)
+        for line in c.rules:
+            refs = tuple((n, *kinds[n]) for n in dict.fromkeys(_SETREF.findall(line)) if n in kinds)
+            r = _rule(line, refs)
+            ids = list(range(next_id, next_id + len(r.anons)))
+            next_id += len(r.anons)
+            for k, a in enumerate(r.anons):
+                msgs += _anon_messages(a, name, ids[k], f"{what} {c.name}")
+            body = head + _fill(r.parts, ids, [set_ids[n] for n in r.named])
+            msgs.append(Message(NEWRULE, APPEND, body, f"add rule {what} {c.name} {line}"))
+    return msgs
+
+
+_SETREF = re.compile(r"@([A-Za-z0-9_.\-]+)")
+
+
+def _anon_messages(a: _Anon, table_attr: bytes, set_id: int, where: str) -> list[Message]:
+    fam = nfnl.nfgenmsg(FAMILIES["inet"])
+    anon = _str(2, "__set%d")
+    sid = struct.pack(">I", set_id)
+    new = Message(NEWSET, CREATE, fam + table_attr + anon + nfnl.be32(3, a.flags) + nfnl.be32(4, a.key_type)
+                  + nfnl.be32(5, a.key_len) + nfnl.attr(10, sid) + nfnl.nested(9, nfnl.be32(1, a.size))
+                  + nfnl.attr(13, a.udata), f"add set {where}: {a.text}")
+    elems = Message(NEWSETELEM, CREATE, fam + table_attr + anon + nfnl.attr(4, sid)
+                    + nfnl.nested(3, b"".join(a.elements)), f"add element {where}: {a.text}")
+    return [new, elems]
+
+
+def encode_text(text: str) -> list[Message]:
+    """``encode_table`` of a whole ``table inet NAME { ... }`` text, as
+    ``backends.nftables.render`` writes it."""
+    lines = text.rstrip("\n").split("\n")
+    m = re.fullmatch(r"table inet (\S+) \{", lines[0]) if lines else None
+    if not m or lines[-1] != "}":
+        raise Unsupported(f"not one inet table: {lines[0] if lines else ''!r}")
+    body = lines[1:-1]
+    comment = None
+    if body and body[0].startswith("\tcomment "):
+        comment = _quoted(body[0][len("\tcomment "):], "table comment")
+        body = body[1:]
+    blocks: list[list[str]] = []
+    for ln in body:
+        if not ln.strip():
+            continue
+        if ln.startswith("\tset ") or ln.startswith("\tchain "):
+            blocks.append([ln])
+        elif blocks and ln.startswith("\t"):
+            blocks[-1].append(ln)
+        else:
+            raise Unsupported(f"line {ln!r}")
+    return encode_table(m.group(1), comment, blocks)
+
+
+# ---------------------------------------------------------------------------------------
+# Sending a batch and reading every acknowledgement (kernel)
+
+class Refused(Exception):
+    """The kernel refused the batch (nothing of it took effect), or its answers were lost
+    (then the batch may or may not have been committed; a full swap again is safe)."""
+
+
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # not in Python's socket module
+BUFFER = 16 << 20
+
+
+class TableSocket:
+    """A NETLINK_NETFILTER socket opened inside a namespace (enforcer.netns.Handles) and
+    kept: a batch is one send() and the reading of its acknowledgements, no namespace
+    switch. Every message asks for an acknowledgement (NLM_F_ACK): the kernel answers
+    each, after the commit, with 0 or the errno that refused it, so a batch took effect
+    exactly when every message was acknowledged with 0. Not thread-safe: hold ``lock``."""
+
+    def __init__(self) -> None:
+        self._sock = nfnl.open_socket()
+        for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+            try:  # a whole table is one send(); its acknowledgements must all fit too
+                self._sock.setsockopt(socket.SOL_SOCKET, force, BUFFER)
+            except OSError:  # without CAP_NET_ADMIN: capped by net.core.[wr]mem_max
+                self._sock.setsockopt(socket.SOL_SOCKET, plain, BUFFER)
+        for opt in (nfnl.NETLINK_CAP_ACK, nfnl.NETLINK_EXT_ACK):
+            try:
+                self._sock.setsockopt(nfnl.SOL_NETLINK, opt, 1)
+            except OSError:
+                pass  # older kernels: whole requests echoed, no extended messages
+        self._seq = 0
+        self._buf = bytearray(1 << 16)
+        self.lock = threading.Lock()
+
+    def commit(self, msgs: Sequence[Message]) -> None:
+        """Send ``msgs`` as one transaction; raise Refused saying which message failed."""
+        self._drain()  # nothing left from an earlier batch may be taken for an answer
+        seq0 = self._seq = (self._seq + 1) & 0x3FFFFFFF
+        by_seq: dict[int, Message] = {}
+        wire = []
+        for m in msgs:
+            self._seq += 1
+            by_seq[self._seq] = m
+            wire.append(nfnl.message(nfnl.type_of(nfnl.NFNL_SUBSYS_NFTABLES, m.kind), m.flags, self._seq, m.body))
+        self._seq += 1
+        try:
+            self._sock.send(nfnl.batch(wire, seq0, self._seq))
+        except OSError as e:
+            raise Refused(f"sending the batch ({len(msgs)} messages): {e.strerror or e}") from e
+        errors: list[str] = []
+        acked = 0
+        try:
+            for flags, seq, body in self._answers():
+                err = nfnl.error_code(body)
+                if seq == seq0 and err:  # the batch as a whole (permissions, the commit)
+                    errors.append(f"batch: {os.strerror(err)}{_words(body, flags)}")
+                elif seq in by_seq:
+                    acked += 1
+                    if err:
+                        errors.append(f"{by_seq[seq].what}: {os.strerror(err)}{_words(body, flags)}")
+        except OSError as e:  # ENOBUFS: answers lost, whatever happened
+            raise Refused(f"reading the acknowledgements: {e.strerror or e}") from e
+        if errors:
+            raise Refused("Error: " + "\n".join(errors))
+        if acked != len(by_seq):
+            raise Refused(f"{len(by_seq) - acked} of {len(by_seq)} messages not acknowledged")
+
+    def _answers(self):
+        """Every answer queued on the socket: nf_tables handles a batch inside send() and
+        queues its answers before send() returns, so reading until nothing is left is all."""
+        while True:
+            try:
+                n = self._sock.recv_into(self._buf, 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            data = memoryview(self._buf)[:n]
+            off = 0
+            while off + nfnl.HEADER.size <= n:
+                length, kind, flags, seq, _pid = nfnl.HEADER.unpack_from(data, off)
+                if length < nfnl.HEADER.size or off + length > n:
+                    break
+                if kind == nfnl.NLMSG_ERROR:
+                    yield flags, seq, bytes(data[off + nfnl.HEADER.size: off + length])
+                off += nfnl.align(length)
+
+    def _drain(self) -> None:
+        try:
+            for _ in self._answers():
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _words(body: bytes, flags: int) -> str:
+    text = nfnl.error_text(body, flags)
+    return f" ({text})" if text else ""

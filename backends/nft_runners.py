@@ -1,0 +1,163 @@
+"""How the nftables backend (backends/nftables.py) reaches the kernel of a namespace: the
+runners. Each applies a buffer of nft commands as one transaction inside a namespace, a
+whole pod table (``full``) and set element deltas (``change_elements``):
+
+    CliRunner      ``nft -f -`` run inside the namespace (a process per call)
+    LibnftRunner   libnftables in-process, one context and one element socket kept per
+                   namespace, made inside it (backends/libnft.py)
+    NetlinkRunner  LibnftRunner, but a whole table as ONE raw netlink batch
+                   (backends/nft_netlink.py): the default
+
+The rendering they apply is backends.nftables' (imported when used: that module imports
+this one).
+"""
+from __future__ import annotations
+
+from enforcer import netns as nsmod
+from enforcer.ir import TABLE, PodFirewall
+
+
+def _nft():
+    from backends import nftables
+
+    return nftables
+
+
+class _Runner:
+    """Runs a buffer of nft commands as one transaction inside a namespace."""
+
+    method = "?"
+    tables = "text"  # how a whole table goes in: "text" (nft commands) or "netlink"
+
+    def run(self, netns: str, commands: str) -> str:  # raises _Refused
+        raise NotImplementedError
+
+    def full(self, netns: str, fw: PodFirewall) -> str:
+        """Swap the namespace's table for ``fw``'s in one transaction (raises _Refused);
+        returns a note when it went another way than asked ("" otherwise)."""
+        self.run(netns, _nft().full_transaction(fw))
+        return ""
+
+    def change_elements(self, netns: str, d) -> None:
+        """Apply a delta in one transaction (raises _Refused)."""
+        self.run(netns, d.commands())
+
+    def forget(self, netns: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Refused(Exception):
+    """nft refused the commands; the message is nft's."""
+
+
+class CliRunner(_Runner):
+    method = "cli"
+
+    def run(self, netns: str, commands: str) -> str:
+        proc = nsmod.run(netns, ["nft", "-f", "-"], input=commands, check=False)
+        if proc.returncode != 0:
+            raise _Refused(proc.stderr.strip() or f"nft exited {proc.returncode}")
+        return proc.stdout
+
+
+class LibnftRunner(_Runner):
+    """One libnftables context (and one element socket) per namespace, made inside it and
+    kept (enforcer.netns.Handles: a namespace removed and made again under the same name is
+    a new namespace, and is never reached through the old context)."""
+
+    method = "libnft"
+
+    def __init__(self) -> None:
+        from backends import libnft
+
+        libnft._load()
+        self._libnft = libnft
+        self._ctxs = nsmod.Handles(self._new_context)
+        self._socks = nsmod.Handles(libnft.ElementSocket)
+
+    def _new_context(self):
+        ctx = self._libnft.Context()
+        # Opens the netlink socket here, inside the namespace, in versions that would
+        # otherwise open it lazily on the first command (wherever the thread is then).
+        ctx.run("list tables")
+        return ctx
+
+    def _context(self, netns: str):
+        return self._ctxs.get(netns)
+
+    def change_elements(self, netns: str, d) -> None:
+        if d.interval:
+            self.run(netns, d.commands())
+            return
+        sock = self._socks.get(netns)
+        with sock.lock:
+            try:
+                sock.change(TABLE, [(v, n, list(e)) for v, n, e in d.changes])
+            except (self._libnft.NftError, OSError) as e:
+                raise _Refused(str(e)) from e
+
+    def run(self, netns: str, commands: str) -> str:
+        ctx = self._context(netns)
+        with ctx.lock:
+            try:
+                return ctx.run(commands)
+            except self._libnft.NftError as e:
+                raise _Refused(str(e)) from e
+
+    def forget(self, netns: str) -> None:
+        self._ctxs.forget(netns)
+        self._socks.forget(netns)
+
+    def close(self) -> None:
+        self._ctxs.close()
+        self._socks.close()
+
+
+class NetlinkRunner(LibnftRunner):
+    """LibnftRunner, but a whole table (a cold create, a full swap) goes to the kernel as
+    ONE raw nf_tables netlink batch encoded from the rendered blocks (backends/
+    nft_netlink.py) through a socket kept per namespace, without libnftables' parser and
+    evaluator (~72% of a cold apply's time through libnftables). The fallback is the text
+    through libnftables: for a table that says something the encoder does not know
+    (nft_netlink.Unsupported; none of what the renderer emits today, tested), and for a
+    batch the kernel refused or whose answers were lost (the note says so; a refused batch
+    changed nothing, and a full swap is safe to repeat). Deltas, rule swaps, reads and
+    removals stay with libnftables and the element socket."""
+
+    tables = "netlink"
+
+    def __init__(self) -> None:
+        super().__init__()
+        from backends import nft_netlink
+
+        self._nl = nft_netlink
+        self._tables = nsmod.Handles(nft_netlink.TableSocket)
+
+    def full(self, netns: str, fw: PodFirewall) -> str:
+        try:
+            msgs = self._nl.encode_table(TABLE, _nft().table_comment(fw), _nft().table_blocks(fw))
+        except self._nl.Unsupported:
+            return super().full(netns, fw)
+        sock = self._tables.get(netns)
+        with sock.lock:
+            try:
+                sock.commit(msgs)
+                return ""
+            except self._nl.Refused as e:
+                refused = str(e)
+        try:
+            super().full(netns, fw)
+        except _Refused as e:
+            raise _Refused(f"{e}\n(as one netlink batch: {refused})") from e
+        return f"netlink batch refused, applied as text: {refused.strip().splitlines()[0]}"
+
+    def forget(self, netns: str) -> None:
+        super().forget(netns)
+        self._tables.forget(netns)
+
+    def close(self) -> None:
+        super().close()
+        self._tables.close()
