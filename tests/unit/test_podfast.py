@@ -9,9 +9,9 @@ from unittest import mock
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from enforcer import decode, podfast
+from enforcer import decode, manifests, podfast
 from enforcer.errors import InputError
-from enforcer.manifests import load
+from enforcer.manifests import decode_text, load
 
 NAMES = st.sampled_from(["p0", "web-1", "a.b", "", "Web", "-x", "x" * 254, 7, None])
 NAMESPACES = st.sampled_from(["ns0", "default", "", None, "Bad_ns", "a.b", 3])
@@ -117,3 +117,16 @@ def test_a_bad_pod_in_a_large_list_still_gets_its_exact_message(tmp_path):
     lines = str(e.value).splitlines()
     assert any("Pod ns/p30: metadata.labels: Invalid value: \"-bad\"" in line for line in lines), lines
     assert any("Pod ns/p40: spec.containers[0].ports[1].name: Duplicate value: \"http\"" in line for line in lines), lines
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(pods(), max_size=6))
+def test_a_list_decodes_the_same_with_and_without_the_fast_path(docs):
+    """What decode_text returns for a List (objects, keys, owners, every problem) does not
+    depend on the fast path."""
+    text = json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
+    fast = decode_text(text, "f.json")
+    with mock.patch.object(manifests, "fast_pod", lambda d, source: None), \
+            mock.patch.object(decode, "fast_pod", lambda d, source: None):
+        slow = decode_text(text, "f.json")
+    assert fast == slow
