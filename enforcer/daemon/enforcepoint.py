@@ -70,6 +70,20 @@ class EnforcePoint:
         elif self._old_nodes:
             self._clear_host_tables()
 
+    def remove_all(self, reconciler) -> dict[str, str]:
+        """--cleanup-on-exit: every rule of ours goes (netns -> error for what could not).
+        Host mode: the node's tables are the daemon's alone, so both go whole (one
+        transaction, instead of a listing of the node's table per pod)."""
+        if self.where != "host":
+            return reconciler.remove_all()
+        managed = list(reconciler.managed)
+        try:
+            self.host.remove_node(self.node.node)
+        except Exception as e:
+            return {ns: str(e) for ns in managed} or {self.node.node: str(e)}
+        reconciler.managed.clear()
+        return {}
+
     # -- host mode
 
     def _clear_pod_tables(self, managed) -> None:

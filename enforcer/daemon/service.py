@@ -314,7 +314,7 @@ class Daemon:
         removed = 0
         if self.opts.cleanup_on_exit:
             n = len(self.reconciler.managed)
-            errors = self.reconciler.remove_all()
+            errors = self.enforce_point.remove_all(self.reconciler)
             removed = n - len(errors)
             for ns, msg in errors.items():
                 self.log.error("cleanup failed", netns=ns, error=msg)

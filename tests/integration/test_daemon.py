@@ -765,6 +765,12 @@ def test_switching_the_daemon_between_pod_and_host_mode_leaves_no_stale_rules(la
     assert _tables(lab.node) == []
     assert d.logs("host-mode rules removed")[0]["node_netns"] == netns.path(lab.node)
     assert d.stop() == 0
+    # --cleanup-on-exit in host mode: the node's tables go whole; nothing is left anywhere.
+    d = run("--enforce-at", "host", "--node-netns", lab.node, "--cleanup-on-exit")
+    assert not lab.ok("c", "b") and _tables(lab.node) != []
+    assert d.stop() == 0
+    assert _tables(lab.node) == [] and all(_tables(lab.ns(p)) == [] for p in IPS)
+    assert lab.ok("c", "b")
 
 
 def test_host_mode_refused_by_a_backend_is_one_line_and_exit_2(lab, run, tmp_path):

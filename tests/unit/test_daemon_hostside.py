@@ -173,3 +173,25 @@ def test_status_says_where_the_rules_are():
            "enforce_at": "host", "node_netns": "node-1", "counts": {}, "totals": {}}
     assert "enforced at: host (each pod's chains in node namespace node-1)" in statusfile.render(doc)
     assert "enforced at" not in statusfile.render(dict(doc, enforce_at="pod"))
+
+
+def test_cleanup_on_exit_in_host_mode_removes_the_node_tables_whole(monkeypatch):
+    from enforcer.daemon.reconcile import Reconciler
+
+    class Host(Removals):
+        def remove_node(self, node):
+            self.calls.append(("remove_node", node))
+
+    f = FakeNode()
+    node = f.resolver(monkeypatch)
+    host, pod_be = Host(), Removals()
+    p = EnforcePoint("host", pod_backend=pod_be, log=Log(), node=node)
+    p.host = host
+    r = Reconciler(host, inode=lambda ns: 1, exists=lambda ns: True)
+    r.managed = {"pod-a": Managed("x/a", None, 1), "pod-b": Managed("x/b", None, 1)}
+    assert p.remove_all(r) == {} and r.managed == {}
+    assert host.calls == [("remove_node", "node")]
+    pod_mode = EnforcePoint("pod", pod_backend=pod_be, log=Log())
+    r.managed = {"pod-a": Managed("x/a", None, 1)}
+    r.backend = pod_be
+    assert pod_mode.remove_all(r) == {} and pod_be.calls == [("remove", "pod-a")]
