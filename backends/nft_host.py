@@ -33,7 +33,8 @@ provenance comments, counters and nflog drop), with one difference: an allow rul
 ``return``s instead of ``accept``ing, because a packet between two pods of one node must
 pass the sender's egress chain *and* the receiver's ingress chain in the same hook (each
 direction is its own decision, as in Kubernetes). The fixed rules (established/related,
-invalid, node) keep their verdicts.
+invalid, node) keep their verdicts. And no anonymous set: a port list is a rule per port,
+and the neighbour discovery rule goes (``_no_anonymous_sets`` says why).
 
 ClusterNetworkPolicy tiers (backends/nft_tiers.py in pod mode) become three more chains
 per direction, so that every verdict still ends only this pod's direction::
