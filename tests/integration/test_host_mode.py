@@ -225,19 +225,17 @@ def test_several_nodes_each_table_holds_only_its_own_pods(netpol_lab, tmp_path):
     assert {k: cells[k] for k in want} == want
 
 
-def test_cluster_network_policy_scenarios_in_host_mode(netpol_lab, tmp_path):
-    """The ClusterNetworkPolicy conformance scenarios (tests/conformance/cnp/) with real
-    packets in nftables host mode: one lab, every scenario in turn. The tiers are chains of
-    the pod in the node's table (backends/nft_host.py): an Admin Accept ends only that pod's
-    direction, a Deny drops. After every scenario each pod's rules on the node are exactly
-    its rendering, and once the ClusterNetworkPolicies are gone no tier chain is left."""
+def _cnp_scenarios_in_host_mode(netpol_lab, tmp_path, backend: str):
+    """Every ClusterNetworkPolicy scenario in turn through one host-mode lab of ``backend``:
+    real packets for each step's probes, and each pod's rules on its node verified against
+    the rendering after each scenario. Returns the lab."""
     import yaml
 
     from tests.conformance.cnp.cases import BASE
     from tests.conformance.cnp.cases import load_cases as load_cnp_cases
     from tests.integration.test_cnp_lab import _probe
 
-    lab = netpol_lab(yaml.safe_load(BASE.read_text())["items"], "nftables")
+    lab = netpol_lab(yaml.safe_load(BASE.read_text())["items"], backend)
     control.apply(lab.name, lab.cluster, enforce_at="host")
     problems = []
     for case in load_cnp_cases():
@@ -251,11 +249,23 @@ def test_cluster_network_policy_scenarios_in_host_mode(netpol_lab, tmp_path):
                 wrong = _probe(lab, probes, CONFIRM_TIMEOUT)
             problems += [f"{case.name} step {k} ({step.name}): {w}" for w in wrong]
         st = control.cluster_state(lab.name)
-        backend = hostmode.wrap(st, control.get_backend("nftables"), "host")
+        host = hostmode.wrap(st, control.get_backend(backend), "host")
         bad = [key for key, e in st.endpoints.items()
-               if e.kind == "pod" and not backend.verify(e.netns, st.firewalls[key])]
+               if e.kind == "pod" and not host.verify(e.netns, st.firewalls[key])]
         problems += [f"{case.name}: {key}: the node's rules are not its rendering" for key in bad]
-    assert not problems, "\n".join(problems)
+    assert not problems, f"{backend} host mode:\n" + "\n".join(problems)
+    return lab
+
+
+def test_cluster_network_policy_scenarios_in_host_mode(netpol_lab, tmp_path):
+    """The ClusterNetworkPolicy conformance scenarios (tests/conformance/cnp/) with real
+    packets in nftables host mode: one lab, every scenario in turn. The tiers are chains of
+    the pod in the node's table (backends/nft_host.py): an Admin Accept ends only that pod's
+    direction, a Deny drops. After every scenario each pod's rules on the node are exactly
+    its rendering, and once the ClusterNetworkPolicies are gone no tier chain is left."""
+    from tests.conformance.cnp.cases import BASE
+
+    lab = _cnp_scenarios_in_host_mode(netpol_lab, tmp_path, "nftables")
     f = tmp_path / "none.yaml"
     f.write_text(BASE.read_text())
     lab.apply([str(f)])
@@ -393,32 +403,10 @@ def test_iptables_host_mode_cluster_network_policy_scenarios(netpol_lab, tmp_pat
     """The ClusterNetworkPolicy conformance scenarios (tests/conformance/cnp/), once, in
     iptables host mode (backends/ipt_host_tiers.py): one lab, every scenario in turn; the
     kernel's rules are exactly the rendering after the tiered steps and after they go."""
-    import yaml
-
     from backends import ipt_host
     from tests.conformance.cnp.cases import BASE
-    from tests.conformance.cnp.cases import load_cases as load_cnp_cases
-    from tests.integration.test_cnp_lab import _probe
 
-    lab = netpol_lab(yaml.safe_load(BASE.read_text())["items"], "iptables")
-    control.apply(lab.name, lab.cluster, enforce_at="host")
-    problems = []
-    for case in load_cnp_cases():
-        for k, step in enumerate(case.steps):
-            f = tmp_path / f"{case.name}-{k}.yaml"
-            f.write_text(step.manifests_text())
-            lab.apply([str(f)])
-            probes = [p for p in step.probes if p.protocol != "SCTP"]
-            wrong = _probe(lab, probes, FAST_TIMEOUT) if probes else []
-            if wrong:
-                wrong = _probe(lab, probes, CONFIRM_TIMEOUT)
-            problems += [f"{case.name} step {k} ({step.name}): {w}" for w in wrong]
-        st = control.cluster_state(lab.name)
-        backend = hostmode.wrap(st, control.get_backend("iptables"), "host")
-        bad = [key for key, e in st.endpoints.items()
-               if e.kind == "pod" and not backend.verify(e.netns, st.firewalls[key])]
-        problems += [f"{case.name}: {key}: the node's rules are not its rendering" for key in bad]
-    assert not problems, "\n".join(problems)
+    lab = _cnp_scenarios_in_host_mode(netpol_lab, tmp_path, "iptables")
     f = tmp_path / "none.yaml"
     f.write_text(BASE.read_text())
     lab.apply([str(f)])  # every tier chain gone with the ClusterNetworkPolicies
