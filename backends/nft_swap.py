@@ -26,23 +26,23 @@ class RulesSwap:
     removed: int
 
 
-def _layout(fw: PodFirewall) -> tuple[tuple, list[list[str]]]:
-    from backends.nftables import render_chain
+def _layout(fw: PodFirewall, tiers: list[list[str]]) -> tuple:
+    """What must be equal for the swap: the pod, its sets' names and kinds, its chains."""
+    from backends.nftables import CHAINS
 
-    chains = list(nft_tiers.chains(fw)) + [render_chain(fw, d) for d in DIRECTIONS]
     sets = sorted((type(s).__name__, s.name, s.interval) for s in fw.sets)
-    return (fw.pod, tuple(sets), tuple(c[0] for c in chains)), chains
+    return fw.pod, tuple(sets), tuple(c[0] for c in tiers), tuple(CHAINS[d][0] for d in DIRECTIONS)
 
 
 def rules_transaction(previous: PodFirewall, fw: PodFirewall) -> RulesSwap | None:
     """The transaction from ``previous`` (installed) to ``fw``, or None when the sets or
     chains differ by more than their contents (then the table is replaced whole)."""
-    from backends.nftables import FAMILY, TABLE, _quote, delta
+    from backends.nftables import FAMILY, TABLE, _quote, delta, render_chain
 
-    old_layout, _ = _layout(previous)
-    new_layout, chains = _layout(fw)
-    if old_layout != new_layout:
+    tiers = list(nft_tiers.chains(fw))
+    if _layout(previous, list(nft_tiers.chains(previous))) != _layout(fw, tiers):
         return None
+    chains = tiers + [render_chain(fw, d) for d in DIRECTIONS]  # the hook chains: rendered once, new only
     d = delta(previous, fw)
     names = [c[0].split()[1] for c in chains]  # "\tchain input {" -> "input"
     lines = [f"flush chain {FAMILY} {TABLE} {n}" for n in names]
