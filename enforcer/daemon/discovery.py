@@ -127,8 +127,20 @@ def place(pod_ips: Mapping[str, tuple[str, ...]], index: Mapping[str, frozenset[
     return out
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def _canon(ip: str) -> str:
+    if ":" not in ip:
+        # A dotted quad inet_pton takes is already canonical (no leading zeros): 150,000
+        # pod addresses would only thrash the cache below (5% of a first sync, issue 15).
+        try:
+            socket.inet_pton(socket.AF_INET, ip)
+            return ip
+        except OSError:
+            pass
+    return _canon_parsed(ip)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _canon_parsed(ip: str) -> str:
     try:
         return str(ipaddress.ip_address(ip))
     except ValueError:
