@@ -63,6 +63,7 @@ from backends.ipt_host_render import (  # noqa: F401  (the rendering's names, fr
     CHAIN_PREFIX, FIXED, HOOK, HOST_CHAIN, SET_PREFIX, PodRules, _owner, all_chains, build, chain_names,
     dispatch, family_text, host_sets, is_our_set, is_ours, jump_rule, pod_chain, pod_id, render_node,
     set_names, sets_only)
+from backends.ipt_install import _Refused, ipset_quietly, ipset_restore
 from backends.ipt_render import FAMILIES, delta_text, rule_line
 from backends.ipt_save import FamilyState, parse_ipset_save, parse_save
 from enforcer import netns as nsmod
@@ -79,10 +80,6 @@ Resolver = Callable[[str], tuple[str, str]]  # pod netns -> (node netns, host-si
 
 
 # ---------------------------------------------------------------------------------------
-
-
-class _Refused(Exception):
-    pass
 
 
 @dataclass
@@ -165,18 +162,10 @@ class IptHostBackend:
         return NodeState(fams, parse_ipset_save(parts[2], is_our_set))
 
     def _ipset(self, node: str, text: str, what: str) -> None:
-        if not text:
-            return
-        proc = nsmod.run(node, ["ipset", "-exist", "restore"], input=text, check=False)
-        if proc.returncode != 0:
-            raise _Refused(f"ipset restore ({what}): {proc.stderr.strip()}")
+        ipset_restore(node, text, what)
 
     def _quietly(self, node: str, text: str) -> None:
-        try:
-            self._ipset(node, text, "cleanup")
-        except _Refused:
-            for line in text.splitlines():
-                nsmod.run(node, ["ipset", "-exist"] + line.split(), check=False)
+        ipset_quietly(node, text)
 
     def _restore(self, node: str, family: int, text: str) -> None:
         proc = nsmod.run(node, [self._tools["restore"][family], "--noflush"], input=text, check=False)

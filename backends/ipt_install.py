@@ -19,6 +19,26 @@ class _Refused(Exception):
     """The kernel or a tool refused a change (the caller rolls back or reports it)."""
 
 
+def ipset_restore(netns: str, text: str, what: str) -> None:
+    """One ``ipset -exist restore`` of ``text`` in ``netns`` (raises _Refused)."""
+    if not text:
+        return
+    proc = nsmod.run(netns, ["ipset", "-exist", "restore"], input=text, check=False)
+    if proc.returncode != 0:
+        raise _Refused(f"ipset restore ({what}): {proc.stderr.strip()}")
+
+
+def ipset_quietly(netns: str, text: str) -> None:
+    """Best-effort cleanup: a line that fails must not stop the others."""
+    if not text:
+        return
+    try:
+        ipset_restore(netns, text, "cleanup")
+    except _Refused:
+        for line in text.splitlines():
+            nsmod.run(netns, ["ipset", "-exist"] + line.split(), check=False)
+
+
 class _Refused(Exception):
     pass
 

@@ -51,7 +51,7 @@ from backends import base
 from backends.base import ApplyResult, plan
 # The public names of the iptables backend, wherever they now live: callers (tests,
 # benchmarks, ipt_tiers) keep importing them from here.
-from backends.ipt_install import _Refused, _RestoreInstaller
+from backends.ipt_install import _Refused, _RestoreInstaller, ipset_quietly, ipset_restore
 from backends.ipt_libiptc import _IptcInstaller
 from backends.ipt_render import (  # noqa: F401
     CHAINS, COMMENT_MAX, FAMILIES, HOOKS, MULTIPORT_MAX, OWN_CHAINS, SET_PREFIX, TMP_PREFIX,
@@ -95,11 +95,7 @@ class IptablesBackend:
     # -- helpers
 
     def _ipset(self, netns: str, text: str, what: str) -> None:
-        if not text:
-            return
-        proc = nsmod.run(netns, ["ipset", "-exist", "restore"], input=text, check=False)
-        if proc.returncode != 0:
-            raise _Refused(f"ipset restore ({what}): {proc.stderr.strip()}")
+        ipset_restore(netns, text, what)
 
     def _ipset_names(self, netns: str) -> set[str]:
         proc = nsmod.run(netns, ["ipset", "list", "-n"], check=False)
@@ -178,14 +174,7 @@ class IptablesBackend:
         self._quietly(netns, tmps + "".join(f"destroy {n}\n" for n in stale + stale_tmp))
 
     def _quietly(self, netns: str, text: str) -> None:
-        """Best-effort cleanup: a line that fails must not stop the others."""
-        if not text:
-            return
-        try:
-            self._ipset(netns, text, "cleanup")
-        except _Refused:
-            for line in text.splitlines():
-                nsmod.run(netns, ["ipset", "-exist"] + line.split(), check=False)
+        ipset_quietly(netns, text)
 
     def apply_many(self, jobs) -> list:
         """The work is in the tools' processes: two at a time for iptables-restore; one
