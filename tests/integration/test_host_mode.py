@@ -394,9 +394,21 @@ spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}
     assert ("x/a", "ingress") in {(d["pod"], d["direction"]) for d in seen}, seen
     assert cells[("x/d", "x/a")] and cells[("x/b", "x/a")] and not cells[("x/c", "x/a")]
     assert not cells[("x/a", "x/b")] and cells[("x/c", "x/b")]
-    lab.apply([str(tmp_path / "p.yaml")])
+    # Drift on x/a's node: its ingress chain flushed and a set of it destroyed. The next
+    # peer change (x/d leaves) cannot be a delta: x/a is rebuilt, and enforces again.
+    node = next(n["netns"] for n in st.nodes if n["name"] == pods["x/a"].node)
+    netns.run(node, ["iptables", "-F", ipt_host.chain_names("x/a")["ingress"]])
+    gone = [n for n in netns.run(node, ["ipset", "list", "-n"]).stdout.split()
+            if n.startswith(f"nph{ipt_host.pod_id('x/a')}.") and n.endswith(".ip4")]
+    netns.run(node, ["ipset", "destroy", gone[0]])
+    out = lab.apply([str(tmp_path / "p.yaml")])
+    assert out.applies.get("x/a") == "full", out.applies
     st, pods = check_nodes()
     assert all(ipt_host.chain_names("x/d")["egress"] not in _ipt(n["netns"], "iptables") for n in st.nodes)
+    host = hostmode.wrap(st, control.get_backend("iptables"), "host")
+    assert host.verify(pods["x/a"].netns, st.firewalls["x/a"])
+    cells = _cells(lab)
+    assert cells[("x/b", "x/a")] and not cells[("x/c", "x/a")]
 
 
 def test_iptables_host_mode_cluster_network_policy_scenarios(netpol_lab, tmp_path):
