@@ -34,7 +34,7 @@ provenance comments, counters and nflog drop), with one difference: an allow rul
 pass the sender's egress chain *and* the receiver's ingress chain in the same hook (each
 direction is its own decision, as in Kubernetes). The fixed rules (established/related,
 invalid, node) keep their verdicts. And no anonymous set: a port list is a rule per port,
-and the neighbour discovery rule goes (``_no_anonymous_sets`` says why).
+neighbour discovery a range of types (``_no_anonymous_sets`` says why).
 
 ClusterNetworkPolicy tiers (backends/nft_tiers.py in pod mode) become three more chains
 per direction, so that every verdict still ends only this pod's direction::
@@ -92,19 +92,20 @@ _FIXED_COMMENTS = {f'"{base.fixed_comment(d, w)}"' for d in base.DIRECTIONS for 
 
 
 _PORT_LIST = re.compile(r"^(?P<pre>.*\bdport )\{ (?P<items>[^}]*) \} (?P<post>.*)$")
-ND_RULE = "icmpv6 type {"
+ND_TYPES = f"icmpv6 type {{ {nft.ND_TYPES} }}"
+ND_RANGE = "icmpv6 type 133-136"  # the same four types (router solicit .. neighbour advert)
 
 
 def _no_anonymous_sets(lines: list[str]) -> list[str]:
     """Host mode writes no anonymous sets: a port list becomes a rule per port (range), and
-    the IPv6 neighbour discovery rule goes (neighbour discovery is link-local: it never
-    crosses the forward hook). Why: the kernel names each anonymous set by scanning every
-    set of its table for a free ``__set%d``, so a node table of 110 pods with ~2,400 of
-    them took ~6 s to load; without, ~0.9 s (measured with benchmarks/bench_host.py's firewalls)."""
+    the IPv6 neighbour discovery types a range (bridged ND between two pods of a node
+    reaches the forward hook when br_netfilter is on). Why: the kernel names each anonymous
+    set by scanning every set of its table for a free ``__set%d``, so a node table of 110
+    pods with ~2,400 of them took ~6 s to load; without, ~0.9 s (measured with
+    benchmarks/bench_host.py's firewalls)."""
     out = []
     for line in lines:
-        if ND_RULE in line:
-            continue
+        line = line.replace(ND_TYPES, ND_RANGE)
         m = _PORT_LIST.match(line)
         if m is None:
             out.append(line)
