@@ -29,7 +29,7 @@ from enforcer.labelindex import LabelIndex, PodIndex
 from enforcer.model import (EGRESS, INGRESS, Cluster, IPBlock, Namespace, NetworkPolicy,
                             Peer, Pod, Rule)
 from enforcer.selectors import matches
-from enforcer.setwords import NoteCache, addr_notes, addrport_notes, set_name  # noqa: F401 (set_name: re-export)
+from enforcer.setwords import NoteCache, addr_notes, addrport_notes, group_id, set_name  # noqa: F401 (set_name: re-export)
 
 RuleId = tuple[str, str, int]  # (policy key, "ingress"|"egress", rule index)
 LEGACY = "[legacy DefaultDeny annotation]"
@@ -566,7 +566,7 @@ class Compiler(TiersMixin):
             v4, v6 = self._addr_elements(rid)
             g = self._group_of[rid]
             notes = self._notes.get(g, v4, v6, lambda: addr_notes(v4 + v6, self._members.get(g, ()), self.pods, g[1]))
-            sets.append(ir.AddrSet(name, v4, v6, interval=bool(spec.blocks), notes=notes))
+            sets.append(ir.AddrSet(name, v4, v6, interval=bool(spec.blocks), notes=notes, group=group_id(g)))
 
         if spec.all_ports:
             if peers:
@@ -588,7 +588,7 @@ class Compiler(TiersMixin):
             # Egress named ports: the peer restriction is folded into address.port elements.
             ap4, ap6 = self._addrport_elements(rid)
             notes = self._notes.get(rid, ap4, ap6, lambda: addrport_notes(ap4 + ap6, self.pods))
-            sets.append(ir.AddrPortSet(name + "p", ap4, ap6, notes=notes))
+            sets.append(ir.AddrPortSet(name + "p", ap4, ap6, notes=notes, group=group_id(("named",) + rid)))
             out.append(ir.AllowRule(prov, None, (), addr_ports=name + "p"))
         return out
 
