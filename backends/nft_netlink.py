@@ -125,65 +125,78 @@ def _set_block(lines: tuple[str, ...], table: str) -> _Set:
 
 
 def _element_list(text: str, fields: tuple, set_name: str) -> list[tuple[str, bytes]]:
-    """``a comment "x", b, ...`` -> [(element text, element attribute body)]."""
-    toks = _tokens(text)
+    """``a comment "x", b, ...`` -> [(element text, element attribute body)]. The hot path
+    of a cold apply (hundreds of elements a pod): headers packed whole, comments cached."""
     out: list[tuple[str, bytes]] = []
-    start = 0
-    for j in range(len(toks) + 1):
-        if j < len(toks) and toks[j] != ",":
+    words: list[str] = []
+    af = socket.AF_INET if fields[0] == "ip" else socket.AF_INET6
+    for tok in _tokens(text) + [","]:
+        if tok != ",":
+            words.append(tok)
             continue
-        words = toks[start:j]
-        start = j + 1
         udata = b""
         if len(words) > 2 and words[-2] == "comment":
-            udata = _udata(0, _quoted(words[-1], "element comment"))
+            udata = _comment_attr(_quoted(words[-1], "element comment"))
             words = words[:-2]
-        out.append((" ".join(words), _element_key(words, fields, set_name) + (nfnl.attr(6, udata) if udata else b"")))
+        if len(fields) == 1 and len(words) == 1:  # a host: inet_pton refuses a prefix
+            try:
+                key = _key_attr(1, socket.inet_pton(af, words[0]))
+            except OSError:
+                raise Unsupported(f"element {words[0]!r} of the host set {set_name}") from None
+        else:
+            key = _element_key(words, fields, set_name)
+        out.append((" ".join(words), key + udata))
+        words = []
     return out
 
 
+_KEY = struct.Struct("=HHHH")
+
+
+def _key_attr(kind: int, value: bytes) -> bytes:
+    """NFTA_SET_ELEM_KEY (1) or _KEY_END (10) holding one NFTA_DATA_VALUE (keys are whole
+    words: no padding)."""
+    return _KEY.pack(8 + len(value), nfnl.NLA_F_NESTED | kind, 4 + len(value), 1) + value
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _comment_attr(text: str) -> bytes:
+    return nfnl.attr(6, _udata(0, text))  # NFTA_SET_ELEM_USERDATA: the pod or ipBlock
+
+
 def _element_key(words: list[str], fields: tuple, set_name: str) -> bytes:
-    """KEY (and KEY_END for an interval) of one element."""
+    """KEY (and KEY_END for an interval) of one element of a concatenation."""
     fam = fields[0]
-    if len(words) != 2 * len(fields) - 1 or any(w != "." for w in words[1::2]):
+    if len(fields) == 1 or len(words) != 2 * len(fields) - 1 or any(w != "." for w in words[1::2]):
         raise Unsupported(f"element {' '.join(words)!r} of set {set_name}")
-    if len(fields) == 1:
-        if "/" in words[0]:
-            raise Unsupported(f"network {words[0]} in the host set {set_name}")
-        return nfnl.nested(1, nfnl.attr(1, _addr(words[0], fam)[0]))
     raw, plen = _addr(words[0], fam)
     if len(fields) == 2:  # address . protocol range: start and end of each field
         lo, sep, hi = words[2].partition("-")
         a, b = _proto(lo), _proto(hi) if sep else _proto(lo)
         if b < a:
             raise Unsupported(f"protocol range {words[2]!r} in set {set_name}")
-        return (nfnl.nested(1, nfnl.attr(1, raw + bytes([a, 0, 0, 0])))
-                + nfnl.nested(10, nfnl.attr(1, _last(raw, plen) + bytes([b, 0, 0, 0]))))
+        return _key_attr(1, raw + bytes([a, 0, 0, 0])) + _key_attr(10, _last(raw, plen) + bytes([b, 0, 0, 0]))
     if plen != len(raw) * 8:
         raise Unsupported(f"network {words[0]} in set {set_name}")
-    key = raw + bytes([_proto(words[2]), 0, 0, 0]) + struct.pack(">H", _port(words[4])) + b"\0\0"
-    return nfnl.nested(1, nfnl.attr(1, key))
+    return _key_attr(1, raw + bytes([_proto(words[2]), 0, 0, 0]) + struct.pack(">H", _port(words[4])) + b"\0\0")
 
 
 def _element_messages(head: bytes, items: list[tuple[str, bytes]], what: str) -> list[Message]:
     """NEWSETELEM messages of at most ELEMENTS_MAX bytes of elements each (one batch, so
-    still one transaction)."""
+    still one transaction); nft numbers the elements of a list 1, 2, ..."""
     msgs = []
-    chunk: list[bytes] = []
-    texts: list[str] = []
-    size = 0
-    for text, body in items + [("", b"")]:
-        n = nfnl.ATTR_HEADER.size + len(body)
-        if chunk and (not body or size + n > ELEMENTS_MAX):
-            elems = b"".join(nfnl.attr(nfnl.NLA_F_NESTED | (i + 1), b) for i, b in enumerate(chunk))
-            shown = ", ".join(texts[:3]) + (f", ... ({len(texts)} elements)" if len(texts) > 3 else "")
+    start = size = 0
+    for j in range(len(items) + 1):
+        n = nfnl.ATTR_HEADER.size + len(items[j][1]) if j < len(items) else 0
+        if j > start and (j == len(items) or size + n > ELEMENTS_MAX):
+            chunk = items[start:j]
+            elems = b"".join(nfnl.ATTR_HEADER.pack(4 + len(b), nfnl.NLA_F_NESTED | (i + 1)) + b
+                             for i, (_, b) in enumerate(chunk))
+            shown = ", ".join(t for t, _ in chunk[:3]) + (f", ... ({len(chunk)} elements)" if len(chunk) > 3 else "")
             msgs.append(Message(NEWSETELEM, CREATE, (nfnl.nfgenmsg(FAMILIES["inet"]) + head, *_id_attr(4, 0),
                                                      nfnl.nested(3, elems)), f"{what} {{ {shown} }}"))
-            chunk, texts, size = [], [], 0
-        if body:
-            chunk.append(body)
-            texts.append(text)
-            size += nfnl.align(n)
+            start, size = j, 0
+        size += n
     return msgs
 
 
@@ -238,11 +251,13 @@ def encode_table(table: str, comment: str | None, blocks: Sequence[Sequence[str]
             Message(NEWTABLE, REQ, fam + name + nfnl.be32(2, 0)
                     + (nfnl.attr(6, _udata(0, comment)) if comment is not None else b""), f"table {what}")]
     sets: list[_Set] = []
+    set_blocks: list[tuple[str, ...]] = []
     chains: list[_Chain] = []
     for b in blocks:
         first = b[0] if b else ""
         if first.startswith("\tset "):
-            sets.append(_set_block(tuple(b), table))
+            set_blocks.append(tuple(b))
+            sets.append(_set_block(set_blocks[-1], table))
         elif first.startswith("\tchain "):
             chains.append(_chain_block(b, table))
         else:
@@ -252,22 +267,47 @@ def encode_table(table: str, comment: str | None, blocks: Sequence[Sequence[str]
         raise Unsupported("two sets or two chains of the same name")
     msgs += [c.message for c in chains]
     set_ids = {}  # every set has an id in the batch (the kernel wants one, nft gives one)
-    for i, s in enumerate(sets):
-        set_ids[s.name] = i + 1
-        msgs += [m._replace(body=_fill(m.body, (i + 1,))) for m in s.messages]
+    for i, b in enumerate(set_blocks):
+        set_ids[sets[i].name] = i + 1
+        msgs += _set_messages(b, table, i + 1)
     next_id = len(sets) + 1
     for c in chains:
-        head = fam + name + _str(2, c.name)
         for line in c.rules:
-            refs = tuple((n, *kinds[n]) for n in dict.fromkeys(_SETREF.findall(line)) if n in kinds)
-            r = _rule(line, refs)
-            ids = list(range(next_id, next_id + len(r.anons)))
-            next_id += len(r.anons)
-            for k, a in enumerate(r.anons):
-                msgs += _anon_messages(a, name, ids[k], f"{what} {c.name}")
-            body = head + _fill(r.parts, ids, [set_ids[n] for n in r.named])
-            msgs.append(Message(NEWRULE, APPEND, body, f"add rule {what} {c.name} {line}"))
+            refs = tuple((n, *kinds[n]) for n in _set_names(line) if n in kinds)
+            named = tuple(set_ids[n] for n, *_ in refs)
+            rule_msgs = _rule_messages(table, c.name, line, refs, next_id, named)
+            next_id += len(rule_msgs) // 2  # an anonymous set is two messages
+            msgs += rule_msgs
     return msgs
+
+
+@functools.lru_cache(maxsize=8192)
+def _set_messages(lines: tuple[str, ...], table: str, set_id: int) -> tuple[Message, ...]:
+    """A set's messages with its id filled in (cached: pods with the same policies have
+    the same sets in the same places)."""
+    return tuple(m._replace(body=_fill(m.body, (set_id,))) for m in _set_block(lines, table).messages)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _set_names(line: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_SETREF.findall(line)))
+
+
+@functools.lru_cache(maxsize=1 << 15)
+def _rule_messages(table: str, chain: str, line: str, refs: tuple, first_id: int,
+                   named: tuple[int, ...]) -> tuple[Message, ...]:
+    """A rule's anonymous sets (ids from ``first_id``) and the rule itself (looking up
+    named sets of ids ``named``), cached as a whole for the same reason."""
+    r = _rule(line, refs)
+    ids = list(range(first_id, first_id + len(r.anons)))
+    table_attr = _str(1, table)
+    where = f"inet {table} {chain}"
+    msgs: list[Message] = []
+    for k, a in enumerate(r.anons):
+        msgs += _anon_messages(a, table_attr, ids[k], where)
+    body = nfnl.nfgenmsg(FAMILIES["inet"]) + table_attr + _str(2, chain) + _fill(r.parts, ids, named)
+    msgs.append(Message(NEWRULE, APPEND, body, f"add rule {where} {line}"))
+    return tuple(msgs)
 
 
 _SETREF = re.compile(r"@([A-Za-z0-9_.\-]+)")
@@ -319,6 +359,9 @@ class Refused(Exception):
 
 
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # not in Python's socket module
+_HEAD = nfnl.HEADER
+_ERR = struct.Struct(nfnl.HEADER.format + "i")  # a header and an NLMSG_ERROR's error code
+_SUBSYS = nfnl.NFNL_SUBSYS_NFTABLES << 8
 BUFFER = 16 << 20
 
 
@@ -349,51 +392,54 @@ class TableSocket:
         """Send ``msgs`` as one transaction; raise Refused saying which message failed."""
         self._drain()  # nothing left from an earlier batch may be taken for an answer
         seq0 = self._seq = (self._seq + 1) & 0x3FFFFFFF
-        by_seq: dict[int, Message] = {}
+        end = seq0 + len(msgs) + 1
+        self._seq = end
         wire = []
-        for m in msgs:
-            self._seq += 1
-            by_seq[self._seq] = m
-            wire.append(nfnl.message(nfnl.type_of(nfnl.NFNL_SUBSYS_NFTABLES, m.kind), m.flags, self._seq, m.body))
-        self._seq += 1
+        for i, m in enumerate(msgs):
+            n = nfnl.HEADER.size + len(m.body)
+            wire += (_HEAD.pack(n, _SUBSYS | m.kind, m.flags, seq0 + 1 + i, 0), m.body)
+            if n % 4:  # (never: bodies are whole words)
+                wire.append(b"\0" * (-n % 4))
         try:
-            self._sock.send(nfnl.batch(wire, seq0, self._seq))
+            self._sock.send(nfnl.batch([b"".join(wire)], seq0, end))
         except OSError as e:
             raise Refused(f"sending the batch ({len(msgs)} messages): {e.strerror or e}") from e
         errors: list[str] = []
         acked = 0
         try:
-            for flags, seq, body in self._answers():
-                err = nfnl.error_code(body)
+            for seq, err, flags, body in self._answers():
                 if seq == seq0 and err:  # the batch as a whole (permissions, the commit)
-                    errors.append(f"batch: {os.strerror(err)}{_words(body, flags)}")
-                elif seq in by_seq:
+                    errors.append(f"batch: {os.strerror(err)}{_words(body(), flags)}")
+                elif seq0 < seq < end:
                     acked += 1
                     if err:
-                        errors.append(f"{by_seq[seq].what}: {os.strerror(err)}{_words(body, flags)}")
+                        errors.append(f"{msgs[seq - seq0 - 1].what}: {os.strerror(err)}{_words(body(), flags)}")
         except OSError as e:  # ENOBUFS: answers lost, whatever happened
             raise Refused(f"reading the acknowledgements: {e.strerror or e}") from e
         if errors:
             raise Refused("Error: " + "\n".join(errors))
-        if acked != len(by_seq):
-            raise Refused(f"{len(by_seq) - acked} of {len(by_seq)} messages not acknowledged")
+        if acked != len(msgs):
+            raise Refused(f"{len(msgs) - acked} of {len(msgs)} messages not acknowledged")
 
     def _answers(self):
-        """Every answer queued on the socket: nf_tables handles a batch inside send() and
-        queues its answers before send() returns, so reading until nothing is left is all."""
+        """(seq, errno, flags, body()) of every NLMSG_ERROR queued on the socket (errno 0: an
+        acknowledgement). nf_tables handles a batch inside send() and queues its answers
+        before send() returns, so reading until nothing is left is all. One answer per
+        datagram, hundreds a table: the common case is kept to one unpack."""
+        buf, recv = self._buf, self._sock.recv_into
         while True:
             try:
-                n = self._sock.recv_into(self._buf, 0, socket.MSG_DONTWAIT)
+                n = recv(buf, 0, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
-            data = memoryview(self._buf)[:n]
             off = 0
-            while off + nfnl.HEADER.size <= n:
-                length, kind, flags, seq, _pid = nfnl.HEADER.unpack_from(data, off)
+            while off + _ERR.size <= n:
+                length, kind, flags, seq, _pid, code = _ERR.unpack_from(buf, off)
                 if length < nfnl.HEADER.size or off + length > n:
                     break
                 if kind == nfnl.NLMSG_ERROR:
-                    yield flags, seq, bytes(data[off + nfnl.HEADER.size: off + length])
+                    start, stop = off + nfnl.HEADER.size, off + length
+                    yield seq, -code, flags, (lambda a=start, b=stop: bytes(buf[a:b]))
                 off += nfnl.align(length)
 
     def _drain(self) -> None:

@@ -67,14 +67,22 @@ def _size(parts: Parts) -> int:
 
 
 def _nest(kind: int, *items: bytes | Parts) -> Parts:
-    """A nested attribute over bytes and part tuples (ids inside keep their place)."""
+    """A nested attribute over bytes and part tuples (ids inside keep their place; bytes
+    next to each other are joined, so that filling a cached rule in is a short join)."""
     parts: list = []
     for it in items:
-        parts.extend(it if isinstance(it, tuple) else (it,))
+        for p in (it if isinstance(it, tuple) else (it,)):
+            if parts and isinstance(p, bytes) and isinstance(parts[-1], bytes):
+                parts[-1] += p
+            else:
+                parts.append(p)
     n = nfnl.ATTR_HEADER.size + _size(tuple(parts))
     if n > 0xFFFF:
         raise Unsupported(f"netlink attribute {kind} of {n} bytes")
-    return (nfnl.ATTR_HEADER.pack(n, kind | nfnl.NLA_F_NESTED), *parts)
+    head = nfnl.ATTR_HEADER.pack(n, kind | nfnl.NLA_F_NESTED)
+    if parts and isinstance(parts[0], bytes):
+        return (head + parts[0], *parts[1:])
+    return (head, *parts)
 
 
 def _fill(parts: Parts, ids: Sequence[int], named: Sequence[int] = ()) -> bytes:

@@ -172,9 +172,10 @@ def _all_backends() -> list:
             IptablesBackend("nft"), IptablesBackend("legacy")]
 
 
-@pytest.fixture(params=["nftables-libnft", "nftables-cli", "iptables", "iptables-legacy"])
+@pytest.fixture(params=["nftables-libnft", "nftables-netlink", "nftables-cli", "iptables", "iptables-legacy"])
 def backend(request, topo):
     b = {"nftables-libnft": lambda: NftablesBackend("libnft"),
+         "nftables-netlink": lambda: NftablesBackend("netlink"),  # whole tables as netlink batches
          "nftables-cli": lambda: NftablesBackend("cli"),
          "iptables": lambda: IptablesBackend("nft"),
          "iptables-legacy": lambda: IptablesBackend("legacy")}[request.param]()
