@@ -22,7 +22,9 @@ listing with ``render`` after normalising only counters, handles and element ord
 Applying (see ``apply``):
 - full: ``add table`` + ``delete table`` + the whole definition in ONE transaction, so the
   old table is swapped for the new one atomically (the ``add`` makes the first apply's
-  ``delete`` succeed);
+  ``delete`` succeed). By default sent as one raw netlink batch encoded from the rendered
+  blocks (backends/nft_netlink.py: the same messages nft would send, without its parser),
+  the text through libnftables being the fallback (backends/nft_runners.py);
 - delta: ``delete element`` / ``add element`` in one transaction. Through libnftables for
   interval sets; for hash sets (pod addresses, address . protocol . port) as a raw
   NEWSETELEM/DELSETELEM netlink batch (``libnft.ElementSocket``), ~20x cheaper. A refused
@@ -30,10 +32,10 @@ Applying (see ``apply``):
 - rules (backends/nft_swap.py): the rules changed but the sets are the same ones (elements
   may differ): chains flushed and written again, element deltas, sets kept, one
   transaction; a table of large sets is not re-sent for a port change;
-- by default in-process through libnftables, one context (and one element socket) kept
-  per namespace, made inside it; else (``method="cli"``, or no libnftables) ``nft -f -``
-  run inside the namespace. ``apply_many`` applies one namespace after the other
-  (libnftables is not safe to drive from two threads).
+- by default in-process through libnftables, one context (and one element socket, and
+  one table socket) kept per namespace, made inside it; else (``method="cli"``, or no
+  libnftables) ``nft -f -`` run inside the namespace. ``apply_many`` applies one
+  namespace after the other (libnftables is not safe to drive from two threads).
 
 Measured here (benchmarks/bench_apply.py: 110 pods, 20 policies, 62 rules and ~600
 elements per pod): cold apply ~3.5-6 ms per pod with libnftables, one after the other
@@ -376,8 +378,9 @@ def parse_counters(listing: str) -> list[tuple[str, int, int]]:
 
 
 class NftablesBackend:
-    """``method``: "auto" (libnftables if it loads, else the nft command), "libnft", "cli",
-    or "netlink" (libnftables, whole tables as one raw netlink batch: NetlinkRunner).
+    """``method``: "auto" (the default: "netlink" if libnftables loads, else the nft
+    command), "netlink" (libnftables, whole tables as one raw netlink batch:
+    NetlinkRunner), "libnft" (libnftables for everything, whole tables as text), "cli".
     ``.method`` says how commands run ("libnft" for "netlink" too: libnftables still does
     all but whole tables), ``.tables`` how a whole table goes in ("netlink" or "text")."""
 
@@ -408,13 +411,11 @@ class NftablesBackend:
     def _make_runner(self) -> _Runner:
         import shutil
 
-        if self._method == "netlink":
-            return NetlinkRunner()
-        if self._method in ("auto", "libnft"):
-            try:
-                return LibnftRunner()
+        if self._method in ("auto", "libnft", "netlink"):
+            try:  # the default: whole tables as netlink batches (test_nft_netlink proves them)
+                return LibnftRunner() if self._method == "libnft" else NetlinkRunner()
             except BackendUnavailable:
-                if self._method == "libnft":
+                if self._method != "auto":
                     raise
         if shutil.which("nft") is None:
             raise BackendUnavailable(

@@ -7,7 +7,7 @@ Targets (nftables): cold apply of all 110 <= 300 ms, the delta of all 110 <= 30 
 Run as root (creates namespaces ``npt-bench-<pid>-NNN`` and removes them at the end):
 
     .venv/bin/python benchmarks/bench_apply.py [--pods 110] [--policies 20]
-        [--backends nftables-libnft,nftables-cli,iptables,iptables-legacy] [--repeat 5]
+        [--backends nftables-libnft,nftables-netlink,nftables-cli,iptables,iptables-legacy] [--repeat 5]
 
 Prints one JSON document. Not a test: numbers swing on a shared 2-core machine, so every
 delta is repeated and the median reported.
@@ -81,7 +81,8 @@ def firewall(pod: int, pods: int, policies: int, shared_members: int) -> PodFire
 
 
 def make_backend(name: str):
-    return {"nftables-libnft": lambda: NftablesBackend("libnft"),
+    return {"nftables-libnft": lambda: NftablesBackend("libnft"),  # whole tables as text
+            "nftables-netlink": lambda: NftablesBackend("netlink"),  # as netlink batches (the default)
             "nftables-cli": lambda: NftablesBackend("cli"),
             "iptables": lambda: IptablesBackend("nft"),
             "iptables-legacy": lambda: IptablesBackend("legacy")}[name]()

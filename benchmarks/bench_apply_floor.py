@@ -24,7 +24,7 @@ across pods and rounds); ``first_round_ms`` reports it apart.
 
 Run as root (namespaces ``npt-floor-<pid>-NNN``, removed at the end):
 
-    .venv/bin/python benchmarks/bench_apply_floor.py [--pods 110] [--rounds 5]
+    .venv/bin/python benchmarks/bench_apply_floor.py [--pods 110] [--rounds 5] [--out FILE]
 """
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ def main() -> int:
     ap.add_argument("--pods", type=int, default=110)
     ap.add_argument("--policies", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out", help="also write the JSON here (benchmarks/results/apply-floor.json)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_apply_floor: needs root (creates network namespaces)", file=sys.stderr)
@@ -126,11 +127,15 @@ def main() -> int:
         for n in names:
             netns.remove(n)
     out = {"pods": args.pods, "policies_per_pod": args.policies, "rounds": args.rounds,
+           "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "loadavg_1m": os.getloadavg()[0],
            "median_ms": {k: round(statistics.median(v), 1) for k, v in times.items()},
            "median_cpu_ms": {k: round(statistics.median(v), 1) for k, v in cpu.items()},
            "first_round_ms": {k: round(v[0], 1) for k, v in times.items()},
            "runs_ms": {k: [round(x, 1) for x in v] for k, v in times.items()}}
     print(json.dumps(out, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(json.dumps(out, indent=2) + "\n")
     return 0
 
 
