@@ -744,6 +744,15 @@ def test_host_mode_a_pod_flushing_its_namespace_changes_nothing(lab, run, backen
     # iptables: NETPOL-HOST held every pod's dispatch rules, so every pod drifted and each
     # is repaired in turn; the first "drift repaired" may be another pod's.
     assert wait_for(lambda: not lab.ok("a", "b"), 3) is not None and lab.ok("c", "b")
+    # Worse: the node's whole ruleset flushed (our tables gone, the backend's memory of
+    # them stale). Every pod is open until the repair rebuilds the node from nothing.
+    netns.run(lab.node, ["nft", "flush", "ruleset"])
+    if backend != "nftables":
+        netns.run(lab.node, ["iptables", "-F"])
+    assert wait_for(lambda: not lab.ok("a", "b"), 5) is not None and lab.ok("c", "b")
+    assert wait_for(lambda: {p["pod"]: p["state"] for p in d.state()["pods"]}
+                    == {"x/a": "enforced", "x/b": "enforced", "x/c": "enforced"}, 5) is not None
+    assert not lab.ok("a", "b")
     assert d.stop() == 0
 
 
