@@ -42,6 +42,7 @@ import re
 import socket
 import struct
 import threading
+from collections import OrderedDict
 from typing import NamedTuple, Sequence
 
 from backends.nft_nlexpr import (_NAME, SET_CONCAT, SET_INTERVAL, T_IPV4, T_IPV6, T_PROTO, T_SERVICE, UD_BIG_ENDIAN, UD_CONCAT,
@@ -89,10 +90,8 @@ class _Set(NamedTuple):
     messages: tuple[Message, ...]  # bodies are Parts: slot 0 is the set's id in the batch
 
 
-@functools.lru_cache(maxsize=8192)
 def _set_block(lines: tuple[str, ...], table: str) -> _Set:
-    """A ``set NAME { ... }`` block as NEWSET and its elements as NEWSETELEM messages.
-    Cached: a selector's set is the same block in every pod that references it."""
+    """A ``set NAME { ... }`` block as NEWSET and its elements as NEWSETELEM messages."""
     m = re.fullmatch(r"\tset (\S+) \{", lines[0])
     if not m or lines[-1] != "\t}" or len(lines) < 3 or not _NAME.match(m.group(1)):
         raise Unsupported(f"set block {lines[0]!r}")
@@ -251,13 +250,14 @@ def encode_table(table: str, comment: str | None, blocks: Sequence[Sequence[str]
             Message(NEWTABLE, REQ, fam + name + nfnl.be32(2, 0)
                     + (nfnl.attr(6, _udata(0, comment)) if comment is not None else b""), f"table {what}")]
     sets: list[_Set] = []
-    set_blocks: list[tuple[str, ...]] = []
+    set_msgs: list[tuple[Message, ...]] = []
     chains: list[_Chain] = []
     for b in blocks:
         first = b[0] if b else ""
         if first.startswith("\tset "):
-            set_blocks.append(tuple(b))
-            sets.append(_set_block(set_blocks[-1], table))
+            s, m = _SETS.get(tuple(b), table, len(sets) + 1)  # ids: 1, 2, ... in set order
+            sets.append(s)
+            set_msgs.append(m)
         elif first.startswith("\tchain "):
             chains.append(_chain_block(b, table))
         else:
@@ -266,10 +266,9 @@ def encode_table(table: str, comment: str | None, blocks: Sequence[Sequence[str]
     if len(kinds) != len(sets) or len({c.name for c in chains}) != len(chains):
         raise Unsupported("two sets or two chains of the same name")
     msgs += [c.message for c in chains]
-    set_ids = {}  # every set has an id in the batch (the kernel wants one, nft gives one)
-    for i, b in enumerate(set_blocks):
-        set_ids[sets[i].name] = i + 1
-        msgs += _set_messages(b, table, i + 1)
+    set_ids = {s.name: i + 1 for i, s in enumerate(sets)}  # the kernel wants an id on every new set
+    for m in set_msgs:
+        msgs += m
     next_id = len(sets) + 1
     for c in chains:
         for line in c.rules:
@@ -281,11 +280,46 @@ def encode_table(table: str, comment: str | None, blocks: Sequence[Sequence[str]
     return msgs
 
 
-@functools.lru_cache(maxsize=8192)
-def _set_messages(lines: tuple[str, ...], table: str, set_id: int) -> tuple[Message, ...]:
-    """A set's messages with its id filled in (cached: pods with the same policies have
-    the same sets in the same places)."""
-    return tuple(m._replace(body=_fill(m.body, (set_id,))) for m in _set_block(lines, table).messages)
+class _Sets:
+    """Sets' messages with their ids filled in, by block, table and id, the most recently
+    used kept up to a total size: pods selected by the same policies have the same sets
+    in the same places, but one set of 150,000 pods is megabytes (an entry count alone
+    would not bound the memory)."""
+
+    BUDGET = 64 << 20
+
+    def __init__(self) -> None:
+        self._held: OrderedDict[tuple, tuple[_Set, tuple[Message, ...], int]] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, lines: tuple[str, ...], table: str, set_id: int) -> tuple[_Set, tuple[Message, ...]]:
+        key = (lines, table, set_id)
+        with self._lock:
+            hit = self._held.get(key)
+            if hit is not None:
+                self._held.move_to_end(key)
+                return hit[0], hit[1]
+        s = _set_block(lines, table)
+        msgs = tuple(m._replace(body=_fill(m.body, (set_id,))) for m in s.messages)
+        s = s._replace(messages=())
+        size = sum(len(m.body) for m in msgs)
+        with self._lock:
+            if key not in self._held and size <= self.BUDGET // 4:
+                self._held[key] = (s, msgs, size)
+                self._size += size
+                while self._size > self.BUDGET:
+                    _, (_, _, n) = self._held.popitem(last=False)
+                    self._size -= n
+        return s, msgs
+
+    def clear(self) -> None:
+        with self._lock:
+            self._held.clear()
+            self._size = 0
+
+
+_SETS = _Sets()
 
 
 @functools.lru_cache(maxsize=1 << 14)
@@ -293,7 +327,7 @@ def _set_names(line: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_SETREF.findall(line)))
 
 
-@functools.lru_cache(maxsize=1 << 15)
+@functools.lru_cache(maxsize=1 << 14)
 def _rule_messages(table: str, chain: str, line: str, refs: tuple, first_id: int,
                    named: tuple[int, ...]) -> tuple[Message, ...]:
     """A rule's anonymous sets (ids from ``first_id``) and the rule itself (looking up
