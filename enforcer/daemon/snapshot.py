@@ -79,6 +79,7 @@ def document(d: Daemon) -> dict[str, Any]:
             "ok": info.ok, "kind": "full" if info.full else "incremental",
             "ms": rep.last.ms, "error": None if info.ok else message(info.error)},
         "counts": {"pods": counts["Pod"], "policies": counts["NetworkPolicy"],
+                   "cluster_policies": counts.get("ClusterNetworkPolicy", 0),
                    "namespaces": counts["Namespace"], "local_pods": len(d.syncer.local),
                    "managed": len(r.managed),
                    "compiled_pods": len(c.pods) if c is not None else 0},

@@ -136,7 +136,9 @@ def render(data: dict[str, Any]) -> str:
         how = "ok" if ls.get("ok") else f"FAILED: {ls.get('error')}"
         lines.append(f"last sync: {ls.get('at')} ({ls.get('kind')}, {ls.get('ms')} ms): {how}")
     c = data.get("counts", {})
-    lines.append(f"cluster: {c.get('pods', 0)} pods, {c.get('policies', 0)} policies, "
+    n = c.get("cluster_policies", 0)
+    cnps = f"{n} ClusterNetworkPolic{'y' if n == 1 else 'ies'}, " if n else ""
+    lines.append(f"cluster: {c.get('pods', 0)} pods, {c.get('policies', 0)} policies, {cnps}"
                  f"{c.get('namespaces', 0)} namespaces; on this node: {c.get('local_pods', 0)} pods "
                  f"enforced in {c.get('managed', 0)} network namespaces")
     t = data.get("totals", {})

@@ -11,6 +11,7 @@ import os
 import pytest
 
 from enforcer import netns
+from enforcer.daemon import status as statusfile
 from enforcer.daemon.testing import DaemonProcess, wait_for, write_yaml
 from tests.integration.test_daemon import IPS, SLOW, Lab, host_ruleset, pods_docs
 
@@ -61,7 +62,9 @@ def test_admin_deny_in_a_watched_file_denies_and_removing_it_allows(lab, tmp_pat
         tool = "nft" if backend == "nftables" else "iptables-save"
         listing = netns.run(lab.ns("b"), [tool, "list", "ruleset"] if tool == "nft" else [tool]).stdout
         assert "Admin b-refuses-a ingress[0] no-a Deny" in listing
-        assert d.state()["input_errors"] == []
+        st = d.state()
+        assert st["input_errors"] == [] and st["counts"]["cluster_policies"] == 1
+        assert "1 ClusterNetworkPolicy, " in statusfile.render(st)
         # Removed: allowed again (an incremental change of the running agent).
         os.unlink(cnp)
         assert wait_for(lambda: lab.ok("a", "b"), SLOW) is not None
