@@ -800,3 +800,17 @@ def test_host_mode_refused_by_a_backend_is_one_line_and_exit_2(lab, run, tmp_pat
     proc = subprocess.run(d.argv(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "no such network namespace" in proc.stderr and _tables(lab.ns("b")) == []
+
+
+def test_host_mode_a_peer_change_is_a_set_delta_on_the_node(lab, run):
+    """Host mode: a pod relabelled into b's peers changes the node's shared set only; the
+    daemon reports a delta (as in pod mode), not a rebuild of b's chains."""
+    write_yaml(str(run.watch / "b.yaml"), [b_from("c")])
+    d = run("--enforce-at", "host", "--node-netns", lab.node)
+    assert not lab.ok("a", "b") and lab.ok("c", "b")
+    before = len(d.logs("applied"))
+    write_yaml(str(run.watch / "pods.yaml"), pods_docs({"a": "c"}))
+    assert wait_for(lambda: lab.ok("a", "b"), SLOW) is not None
+    kinds = {r.get("kind") for r in d.logs("applied")[before:]}
+    assert kinds == {"delta"}, d.logs("applied")[before:]
+    assert d.stop() == 0
