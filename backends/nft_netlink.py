@@ -53,7 +53,7 @@ from enforcer import nfnetlink as nfnl
 # nf_tables messages (uapi/linux/netfilter/nf_tables.h)
 NEWTABLE, DELTABLE, NEWCHAIN, NEWRULE, NEWSET, NEWSETELEM = 0, 2, 3, 6, 9, 12
 FAMILIES = {"inet": 1, "ip": 2, "ip6": 10}
-REQ = nfnl.NLM_F_REQUEST | nfnl.NLM_F_ACK
+REQ = nfnl.NLM_F_REQUEST | nfnl.NLM_F_ACK  # (TableSocket keeps the ACK on the last message only)
 CREATE = REQ | nfnl.NLM_F_CREATE
 APPEND = CREATE | nfnl.NLM_F_APPEND
 HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
@@ -401,12 +401,21 @@ BUFFER = 16 << 20
 
 class TableSocket:
     """A NETLINK_NETFILTER socket opened inside a namespace (enforcer.netns.Handles) and
-    kept: a batch is one send() and the reading of its acknowledgements, no namespace
-    switch. Every message asks for an acknowledgement (NLM_F_ACK): the kernel answers
-    each, after the commit, with 0 or the errno that refused it, so a batch took effect
-    exactly when every message was acknowledged with 0. Not thread-safe: hold ``lock``."""
+    kept: a batch is one send() and the reading of its answers, no namespace switch.
 
-    def __init__(self) -> None:
+    Every message's answer is checked. nfnetlink answers a message that fails with its
+    errno (and the seq naming it) whether asked or not, goes on checking the rest, and
+    then commits all or nothing; a commit that fails is an error on the batch's first seq.
+    So the batch took effect exactly when no message and not the batch was refused and
+    the last message's acknowledgement arrived (it comes after every other answer).
+    ``ack_each``: ask for an acknowledgement of every message too (NLM_F_ACK on each, and
+    each must come back 0). Off by default: at ~200 messages a pod table, those answers
+    cost ~27% of the kernel's time for the table (benchmarks/bench_apply_floor.py era
+    measurement: 424 against 311 ms of CPU for 110 tables), and they say nothing the
+    errors do not. Not thread-safe: hold ``lock``."""
+
+    def __init__(self, ack_each: bool = False) -> None:
+        self.ack_each = ack_each
         self._sock = nfnl.open_socket()
         for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
             try:  # a whole table is one send(); its acknowledgements must all fit too
@@ -429,9 +438,11 @@ class TableSocket:
         end = seq0 + len(msgs) + 1
         self._seq = end
         wire = []
+        quiet = ~0 if self.ack_each else ~nfnl.NLM_F_ACK
         for i, m in enumerate(msgs):
             n = nfnl.HEADER.size + len(m.body)
-            wire += (_HEAD.pack(n, _SUBSYS | m.kind, m.flags, seq0 + 1 + i, 0), m.body)
+            flags = m.flags if i == len(msgs) - 1 else m.flags & quiet
+            wire += (_HEAD.pack(n, _SUBSYS | m.kind, flags, seq0 + 1 + i, 0), m.body)
             if n % 4:  # (never: bodies are whole words)
                 wire.append(b"\0" * (-n % 4))
         try:
@@ -440,19 +451,21 @@ class TableSocket:
             raise Refused(f"sending the batch ({len(msgs)} messages): {e.strerror or e}") from e
         errors: list[str] = []
         acked = 0
+        last = False
         try:
             for seq, err, flags, body in self._answers():
                 if seq == seq0 and err:  # the batch as a whole (permissions, the commit)
                     errors.append(f"batch: {os.strerror(err)}{_words(body(), flags)}")
                 elif seq0 < seq < end:
                     acked += 1
+                    last = last or seq == end - 1
                     if err:
                         errors.append(f"{msgs[seq - seq0 - 1].what}: {os.strerror(err)}{_words(body(), flags)}")
         except OSError as e:  # ENOBUFS: answers lost, whatever happened
             raise Refused(f"reading the acknowledgements: {e.strerror or e}") from e
         if errors:
             raise Refused("Error: " + "\n".join(errors))
-        if acked != len(msgs):
+        if msgs and not last or self.ack_each and acked != len(msgs):
             raise Refused(f"{len(msgs) - acked} of {len(msgs)} messages not acknowledged")
 
     def _answers(self):

@@ -317,11 +317,14 @@ def test_a_batch_the_kernel_refuses_is_retried_as_text(pair, netlink_backend, mo
     assert netlink_backend.verify(NL, fw)
 
 
-def test_refusals_name_the_message_and_change_nothing(pair):
+@pytest.mark.parametrize("ack_each", [False, True])
+def test_refusals_name_the_message_and_change_nothing(pair, ack_each):
+    with netns.entered(NL):
+        sock = nft_netlink.TableSocket(ack_each=ack_each)
     before = listing(NL)
     text = nft.render(_fw("x/refused")).replace("counter drop comment", "counter jump nowhere comment")
     with pytest.raises(nft_netlink.Refused) as err:
-        pair.sock.commit(nft_netlink.encode_text(text))
+        sock.commit(nft_netlink.encode_text(text))
     assert str(err.value).splitlines() == [  # each refused message, with the kernel's errno
         'Error: add rule inet netpol input ct state invalid counter jump nowhere comment "ingress invalid": '
         'No such file or directory',
@@ -329,8 +332,9 @@ def test_refusals_name_the_message_and_change_nothing(pair):
         'add rule inet netpol output ct state invalid counter jump nowhere comment "egress invalid": '
         'No such file or directory']
     assert listing(NL) == before
-    pair.sock.commit(nft_netlink.encode_text(nft.render(_fw("x/after"))))  # the socket still works
+    sock.commit(nft_netlink.encode_text(nft.render(_fw("x/after"))))  # the socket still works
     assert pair.text.verify(NL, _fw("x/after"))
+    sock.close()
 
 
 def test_refused_both_ways_is_an_apply_error_and_keeps_the_rules(pair, netlink_backend):
