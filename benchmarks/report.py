@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-NAMES = ("meta", "compile", "apply", "lab", "daemon", "datapath", "quick")
+NAMES = ("meta", "compile", "apply", "lab", "daemon", "datapath", "quick", "apply-floor")
 
 # Published figures of real engines, each with where it was published.
 SOURCES = {
@@ -142,8 +142,15 @@ small shared virtual machine and will be lower on real hardware.
 def summary(res: dict) -> str:
     rows = []
     cold = apply_value(res, "nftables-libnft", 110, "cold_many_total_ms")
-    rows.append(("Cold apply, 110 local pods, each selected by 20 policies (nftables)", ms(cold), "<= 300 ms",
+    rows.append(("Cold apply, 110 local pods, each selected by 20 policies (nftables, tables as text through "
+                 "libnftables)", ms(cold), "<= 300 ms",
                  verdict(cmp(cold, 300))))
+    fl = res.get("apply-floor")  # bench_apply_floor.py, run on its own (--out results/apply-floor.json)
+    if fl:
+        rows.append((f"Cold apply, the same 110 pods, each table one netlink batch (the default; bench_apply_floor "
+                     f"{fl['date'][:10]}, load {fl['loadavg_1m']:.1f}; text {ms(fl['median_ms']['ours'])}, "
+                     f"kernel floor {ms(fl['median_ms']['netlink-only'])})", ms(fl["median_ms"]["netlink"]),
+                     "<= 300 ms", verdict(cmp(fl["median_ms"]["netlink"], 300))))
     ipt_cold = apply_value(res, "iptables", 110, "cold_many_total_ms")
     rows.append(("Cold apply, the same 110 pods (iptables-nft + ipset)", ms(ipt_cold), "stated", ""))
     legacy_cold = apply_value(res, "iptables-legacy", 110, "cold_many_total_ms")
@@ -557,7 +564,21 @@ def behind_section(res: dict) -> str:
                      f"{ms(nft110['cold_many_total_ms'])} (nftables); a one-peer delta "
                      f"{ms(ipt110.get('delta_many_total_ms_median'))} against {ms(nft110.get('delta_many_total_ms_median'))}. "
                      "Each pod costs tool processes (iptables-restore, ipset) in its namespace.")
-    if nft110 and nft110.get("cold_many_total_ms", 0) > 300:
+    fl = res.get("apply-floor")
+    if fl:
+        m, c = fl["median_ms"], fl["median_cpu_ms"]
+        items.append(f"**Cold apply at the kernel's pace.** A whole table now goes to the kernel as one "
+                     "netlink batch (backends/nft_netlink.py; the text through libnftables is the fallback). "
+                     f"bench_apply_floor ({fl['date'][:10]}, load average {fl['loadavg_1m']:.1f}), 110 pods, "
+                     f"medians of {fl['rounds']} rounds: text {ms(m['ours'])} ({ms(c['ours'])} of CPU), "
+                     f"netlink {ms(m['netlink'])} ({ms(c['netlink'])} of CPU), the floor (the same batches "
+                     f"encoded beforehand, sockets open: the kernel's own work) {ms(m['netlink-only'])} "
+                     f"({ms(c['netlink-only'])} of CPU). "
+                     + ("The 300 ms target is met." if m["netlink"] <= 300 else
+                        "The 300 ms target is missed on this machine: the kernel's work alone comes close "
+                        "to it (building ~200 objects a table: sets, elements, rules with per-CPU "
+                        "counters); rendering and encoding add the rest."))
+    elif nft110 and nft110.get("cold_many_total_ms", 0) > 300:
         items.append(f"**The nftables cold-apply target was missed in this run** "
                      f"({ms(nft110['cold_many_total_ms'])} for 110 pods, target 300 ms). A profile puts "
                      "nearly all of it inside libnftables (parsing the table text, then netlink): the way "
