@@ -31,8 +31,9 @@ handles, and ``nft list table`` prints the same text and JSON: tests/integration
 test_nft_netlink.py loads each table both ways into two namespaces and compares.
 
 Encoding is pure (text in, bytes out; the rule vocabulary is backends/nft_nlexpr.py);
-``TableSocket`` sends a batch from inside a namespace and reads one acknowledgement per
-message. backends/nft_runners.py (NetlinkRunner) puts them together for the backend.
+``TableSocket`` sends a batch from inside a namespace and checks the kernel's answer to
+every message (an error names the message that failed). backends/nft_runners.py
+(NetlinkRunner) puts them together for the backend.
 """
 from __future__ import annotations
 
@@ -45,9 +46,9 @@ import threading
 from collections import OrderedDict
 from typing import NamedTuple, Sequence
 
-from backends.nft_nlexpr import (_NAME, SET_CONCAT, SET_INTERVAL, T_IPV4, T_IPV6, T_PROTO, T_SERVICE, UD_BIG_ENDIAN, UD_CONCAT,
-                                 Unsupported, _addr, _Anon, _fill, _id_attr, _last, _port, _proto,
-                                 _quoted, _rule, _str, _tokens, _udata)
+from backends.nft_nlexpr import (_NAME, SET_CONCAT, SET_INTERVAL, T_IPV4, T_IPV6, T_PROTO, T_SERVICE,
+                                 UD_BIG_ENDIAN, UD_CONCAT, Unsupported, _addr, _Anon, _fill, _id_attr,
+                                 _last, _port, _proto, _quoted, _rule, _str, _tokens, _udata)
 from enforcer import nfnetlink as nfnl
 
 # nf_tables messages (uapi/linux/netfilter/nf_tables.h)
@@ -266,14 +267,18 @@ def encode_table(table: str, comment: str | None, blocks: Sequence[Sequence[str]
     if len(kinds) != len(sets) or len({c.name for c in chains}) != len(chains):
         raise Unsupported("two sets or two chains of the same name")
     msgs += [c.message for c in chains]
-    set_ids = {s.name: i + 1 for i, s in enumerate(sets)}  # the kernel wants an id on every new set
+    # the kernel wants an id on every new set; a rule names its sets' kinds and ids
+    info = {s.name: ((s.name, s.fields, s.interval), i + 1) for i, s in enumerate(sets)}
     for m in set_msgs:
         msgs += m
     next_id = len(sets) + 1
     for c in chains:
         for line in c.rules:
-            refs = tuple((n, *kinds[n]) for n in _set_names(line) if n in kinds)
-            named = tuple(set_ids[n] for n, *_ in refs)
+            refs = named = ()
+            names = _set_names(line)
+            if names:
+                known = [info[n] for n in names if n in info]
+                refs, named = tuple(k for k, _ in known), tuple(i for _, i in known)
             rule_msgs = _rule_messages(table, c.name, line, refs, next_id, named)
             next_id += len(rule_msgs) // 2  # an anonymous set is two messages
             msgs += rule_msgs
