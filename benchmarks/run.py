@@ -152,6 +152,7 @@ def quick_ratios(compile_runs: list[list[dict]], apply: dict | None, datapath: d
     - compile: time at 15,000 pods over time at 1,500 (best of the repeats; lower better),
     - compile: one pod's firewall on demand over every pod's, common shape (lower better),
     - apply: cold full apply of N pods over one set delta to all N (per backend),
+    - apply: a whole nftables table as text through libnftables over as one netlink batch,
     - apply: a rule change replacing a table of 2,000 set elements over one keeping its sets,
     - datapath: 10,000 peers over 1 peer per layout, sets over rule-per-peer at 1,000.
     """
@@ -176,6 +177,9 @@ def quick_ratios(compile_runs: list[list[dict]], apply: dict | None, datapath: d
     got = {r["backend"]: r for r in (apply or {}).get("results", [])}
     for backend, short in names.items():
         out[f"apply: {short} full apply / delta, {QUICK_APPLY_PODS} pods"] = apply_ratio(got.get(backend))
+    text, batch = full_best(got.get("nftables-libnft")), full_best(got.get("nftables-netlink"))
+    out[f"apply: nftables full apply, text / netlink batches, {QUICK_APPLY_PODS} pods"] = (
+        text / batch if text and batch else None)
     out["apply: nftables rule change, whole table / sets kept, 2000 elements"] = (swap or {}).get("full_over_swap")
     ratios = (datapath or {}).get("ratios", {})
     for lay in ("nft-set", "nft-interval", "ipt-set", "ipt-net"):
@@ -184,6 +188,13 @@ def quick_ratios(compile_runs: list[list[dict]], apply: dict | None, datapath: d
     r = ratios.get("nft-set vs nft-naive at 1000 peers")
     out["datapath: nft-set rate / nft-naive rate, 1000 peers"] = r["median"] if r else None
     return out
+
+
+def full_best(r: dict | None) -> float | None:
+    """The fastest whole-table apply of a backend's run (cold, one by one, or a full swap)."""
+    fulls = [r[k] for k in ("cold_many_total_ms", "cold_sequential_total_ms", "warm_full_many_total_ms")
+             if r and r.get(k)]
+    return min(fulls) if fulls else None
 
 
 def apply_ratio(r: dict | None) -> float | None:
@@ -427,7 +438,7 @@ def quick(args) -> int:
     apply = datapath = swap = None
     if is_root():
         apply = s.bench(["benchmarks/bench_apply.py", "--pods", str(QUICK_APPLY_PODS), "--backends",
-                         "nftables-libnft,iptables", "--repeat", "5"], 300, "quick apply")
+                         "nftables-libnft,nftables-netlink,iptables", "--repeat", "5"], 300, "quick apply")
         datapath = s.bench(["-m", "benchmarks.bench_datapath", "--quick"], 300, "quick datapath")
         swap = s.bench(["-m", "benchmarks.bench_swap", "--repeat", "9"], 120, "quick rule swap")
     else:
