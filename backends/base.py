@@ -14,6 +14,8 @@ comment texts, the nflog prefix.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Protocol, Sequence, runtime_checkable
 
@@ -301,3 +303,24 @@ class FakeBackend:
                 if all(c != r.provenance.comment() for c, _, _ in out):
                     out.append((r.provenance.comment(), 0, 0))
         return out
+
+
+# The kernel's tools list an IPv6 address whose first 96 bits are zero (or ::ffff:0:0/96)
+# with a dotted tail (``::173.80.0.0``, inet_ntop's choice); we render the hex form Python
+# writes (``::ad50:0``). Listings are brought to the hex form before they are compared, or
+# such an ipBlock would read as drift forever.
+_DOTTED6 = re.compile(r"(?<![\w.:])((?:[0-9a-fA-F]{0,4}:){2,6})(\d{1,3}(?:\.\d{1,3}){3})(?![\w.])")
+
+
+def hex_ipv6(text: str) -> str:
+    """``text`` with every dotted-tail IPv6 address written in Python's hex form."""
+    if "." not in text or ":" not in text:
+        return text
+    return _DOTTED6.sub(_hex6, text)
+
+
+def _hex6(m: "re.Match[str]") -> str:
+    try:
+        return str(ipaddress.IPv6Address(m.group(0)))
+    except ValueError:
+        return m.group(0)

@@ -85,7 +85,7 @@ def parse_ipset_save(text: str, own=None) -> dict[str, tuple[str, int, set[str]]
             fam = 6 if "inet6" in parts[3:5] else 4
             sets[parts[1]] = (parts[2], fam, set())
         elif len(parts) >= 3 and parts[0] == "add" and parts[1] in sets:
-            sets[parts[1]][2].add(parts[2])
+            sets[parts[1]][2].add(base.hex_ipv6(parts[2]) if sets[parts[1]][1] == 6 else parts[2])
     return sets
 
 

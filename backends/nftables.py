@@ -348,7 +348,7 @@ _ELEMENT_COMMENT = re.compile(r'\s+comment\s+"[^"]*"')  # words, not state: neve
 def normalise(listing: str) -> list[str]:
     """A listing (or our rendering) reduced to what must match: no handles, no counter
     values, set elements and anonymous sets sorted, one statement per line."""
-    text = _HANDLE.sub("", listing)
+    text = base.hex_ipv6(_HANDLE.sub("", listing))
     text = _COUNTER.sub("counter", text)
     text = _ELEMENTS.sub(lambda m: "elements = { " + ", ".join(
         sorted(e.strip() for e in _ELEMENT_COMMENT.sub("", m.group(1)).split(",") if e.strip())) + " }", text)

@@ -591,6 +591,20 @@ def test_compiled_set_names_load(backend):
     assert udp(C2, ADDR["srv2"][0])
 
 
+def test_ipv6_block_with_a_zero_prefix_reads_back_equal(backend):
+    """An ipBlock in ::/96 (nft lists ::173.80.0.0, we render ::ad50:0; ip6tables lists its
+    own form): read back equal, so verify never sees drift that is not there."""
+    from enforcer import compile as comp
+    from tests.unit.clusters import cluster, peer_block, pod, policy, rule as mrule, sel
+
+    cl = cluster(pod("x", "srv", {"app": "srv"}, ips=ADDR["srv1"]),
+                 policy("x", "a", sel({"app": "srv"}), ingress=[mrule(peer_block("::173.80.0.0/112"))]))
+    fw = comp.compile_cluster(cl)["x/srv"]
+    backend.apply(SRV, fw)
+    assert backend.verify(SRV, fw)
+    assert backend.apply(SRV, fw, fw).kind == "none"
+
+
 def _set_handles(backend, ns: str) -> list[str]:
     listing = netns.run(ns, ["nft", "-a", "list", "table", "inet", "netpol"]).stdout
     return [ln.split("# handle")[1].strip() for ln in listing.splitlines()

@@ -348,3 +348,12 @@ def test_raw_element_keys_pad_concatenated_fields_to_four_bytes():
     assert element_key("fd00::5") == bytes([0xfd] + [0] * 14 + [5])
     assert element_key("10.0.0.5 . tcp . 8080") == bytes([10, 0, 0, 5, 6, 0, 0, 0, 0x1f, 0x90, 0, 0])
     assert len(element_key("fd00::5 . sctp . 9")) == 24
+
+
+def test_normalise_reads_dotted_ipv6_as_rendered():
+    """nft lists ::173.80.0.0 where we render ::ad50:0 (an ipBlock in ::/96): the same."""
+    listed = "ip6 saddr ::173.80.0.0/112 counter accept comment \"x/p\"\nelements = { ::1.2.3.4, ::ffff:10.0.0.1 }"
+    rendered = "ip6 saddr ::ad50:0/112 counter accept comment \"x/p\"\nelements = { ::102:304, ::ffff:a00:1 }"
+    assert nft.normalise(listed) == nft.normalise(rendered)
+    assert nft.normalise("ip saddr 10.0.0.1") == ["ip saddr 10.0.0.1"]
+    assert nft.normalise("ip6 saddr ::173.80.0.0/112") != nft.normalise("ip6 saddr ::ad50:1/112")
