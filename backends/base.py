@@ -7,7 +7,7 @@ messages): never the loader or compiler.
 
 This module also holds the small pure helpers both kernel backends share, so that the
 nftables and iptables renderings say the same thing in the same order: port grouping,
-comment texts, the nflog prefix.
+the nflog prefix (the comment texts are the IR's, enforcer.ir.chain; re-exported here).
 
 ``FakeBackend`` keeps "installed" rulesets in a dict: unit tests and ``--dry-run`` use it.
 """
@@ -21,7 +21,11 @@ from typing import Callable, NamedTuple, Protocol, Sequence, runtime_checkable
 
 from enforcer import intervals
 from enforcer.errors import ApplyError, BackendError, NetpolError
-from enforcer.ir import DIRECTIONS, PROTOCOLS, AllowRule, PodFirewall, PortMatch, same_structure, set_deltas
+from enforcer.ir import DIRECTIONS, PROTOCOLS, PodFirewall, PortMatch, same_structure, set_deltas
+# The comment vocabulary is the IR's (ir.chain lists every rule with its comment); these
+# names stay importable from here for the renderers that say base.fixed_comment(...).
+from enforcer.ir import (fixed_comment, isolation_comment, log_comment, open_comment,  # noqa: F401
+                         rule_comment, tier_log_comment)
 
 # What the final drop of an isolated direction logs to: nflog group, at most this many
 # packets per second (a flood of dropped packets must not become a flood of log lines).
@@ -138,29 +142,6 @@ def fit(text: str, limit: int) -> str:
     return text[: limit - 8] + "~" + digest
 
 
-def rule_comment(rule: AllowRule) -> str:
-    return rule.provenance.comment()
-
-
-def fixed_comment(direction: str, what: str) -> str:
-    """Comments of the rules every pod has: "ingress established", "egress node", ..."""
-    return f"{direction} {what}"
-
-
-def isolation_comment(direction: str, isolated_by: tuple[str, ...]) -> str:
-    """The final drop names the policies that isolate the direction, so a reader of a
-    counter or a log line can find them."""
-    return f"{direction} isolated by {','.join(isolated_by) or '?'}"
-
-
-def open_comment(direction: str) -> str:
-    return f"{direction} not isolated"
-
-
-def log_comment(direction: str) -> str:
-    return f"{direction} log drop"
-
-
 def nflog_prefix(direction: str, pod: str) -> str:
     """The nflog prefix of a direction's drop: names the direction and the pod."""
     return fit(f"netpol drop {direction} {pod}: ", LOG_PREFIX_MAX)
@@ -173,10 +154,6 @@ def tier_nflog_prefix(rule, pod: str) -> str:
     a reader matches it by building it again (enforcer.lab.observe)."""
     return fit(f"netpol drop {rule.direction} {pod}: {rule.tier} {rule.policy}[{rule.rule_index}]",
                LOG_PREFIX_MAX)
-
-
-def tier_log_comment(rule) -> str:
-    return f"{rule.comment()} log"
 
 
 def port_groups(ports: tuple[PortMatch, ...]) -> list[tuple[str | None, list[tuple[int, int]] | None]]:

@@ -8,7 +8,8 @@ Layout (IPv4 and IPv6 in one ``inet`` table)::
                                      (iff the rule has ipBlocks: ``addr . inet_proto``,
                                      ``flags interval``, elements ``CIDR . 0-255``);
                                      ir.AddrPortSet -> addr . inet_proto . inet_service
-        chain input  (hook input)    established,related accept; invalid drop; lo accept;
+        chain input  (hook input)    the IR's chain (ir.chain), each rule in nft words:
+                                     established,related accept; invalid drop; lo accept;
         chain output (hook output)   IPv6 neighbour discovery accept; node accept;
                                      then isolated: one accept per policy rule, family and
                                      protocol, a rate-limited nflog, a counted drop;
@@ -59,7 +60,7 @@ from dataclasses import dataclass
 from backends import base, nft_swap, nft_tiers
 from backends.nft_runners import CliRunner, LibnftRunner, NetlinkRunner, _Refused, _Runner  # noqa: F401
 from backends.base import ApplyResult, fit, plan
-from enforcer import intervals, netns as nsmod
+from enforcer import intervals, ir, netns as nsmod
 from enforcer.errors import ApplyError, BackendError, BackendUnavailable
 from enforcer.ir import AddrPortSet, AddrSet, AllowRule, PodFirewall, TABLE
 
@@ -221,34 +222,36 @@ def _render_allow_lines(rule: AllowRule, direction: str, interval: bool = False)
 
 
 def render_chain(fw: PodFirewall, direction: str) -> list[str]:
-    chain, addr, lo = CHAINS[direction]
-    pol = fw.direction(direction)
-    rules = [
-        f"ct state established,related counter accept {_quote(base.fixed_comment(direction, 'established'))}",
-        f"ct state invalid counter drop {_quote(base.fixed_comment(direction, 'invalid'))}",
-        f"{lo} counter accept {_quote(base.fixed_comment(direction, 'loopback'))}",
-        f"icmpv6 type {{ {ND_TYPES} }} counter accept "
-        f"{_quote(base.fixed_comment(direction, 'ipv6 neighbour discovery'))}",
-    ]
-    node = _quote(base.fixed_comment(direction, "node"))
-    for ip in sorted(fw.node_ips, key=lambda a: (base.family_of(a), _addr(a)[0])):
-        kw = "ip" if base.family_of(ip) == 4 else "ip6"
-        rules.append(f"{kw} {addr} {base.host_or_cidr(ip)} counter accept {node}")
-    tiered = nft_tiers.has_tiers(pol)  # ClusterNetworkPolicy: Admin before, Baseline after
-    rules += [nft_tiers.jump("Admin", direction)] if tiered else []
-    if pol.isolated:
-        for r in pol.rules:
-            rules.extend(render_allow(r, direction, r.peers is not None and fw.set(r.peers).interval))
-        prefix = base.nflog_prefix(direction, fw.pod)
-        rules.append(f"limit rate {base.LOG_RATE_PER_SECOND}/second log prefix \"{prefix}\" "
-                     f"group {base.LOG_GROUP} {_quote(base.log_comment(direction))}")
-        rules.append(f"counter drop {_quote(base.isolation_comment(direction, pol.isolated_by))}")
-    else:
-        rules += [nft_tiers.jump("Baseline", direction)] if tiered else []
-        rules.append(f"counter accept {_quote(base.open_comment(direction))}")
-    return ([f"\tchain {chain} {{",
-             f"\t\ttype filter hook {chain} priority filter; policy accept;"]
+    """The hook chain of ``direction``: the IR's chain (ir.chain), each rule's match in
+    nft words; one allow rule may become several (per family and protocol)."""
+    chain_, addr, lo = CHAINS[direction]
+    rules: list[str] = []
+    for r in ir.chain(fw, direction):
+        rules.extend(_chain_rule(fw, direction, r, addr, lo))
+    return ([f"\tchain {chain_} {{",
+             f"\t\ttype filter hook {chain_} priority filter; policy accept;"]
             + [f"\t\t{r}" for r in rules] + ["\t}"])
+
+
+def _chain_rule(fw: PodFirewall, direction: str, r: ir.ChainRule, addr: str, lo: str) -> list[str]:
+    if r.kind == "allow":
+        a = r.allow
+        return render_allow(a, direction, a.peers is not None and fw.set(a.peers).interval)  # type: ignore[union-attr]
+    if r.kind == "tier":
+        return [nft_tiers.jump(r.tier, direction)]  # type: ignore[arg-type]
+    tail = f"counter {r.verdict} {_quote(r.comment)}"
+    if r.kind == "log":
+        return [f"limit rate {base.LOG_RATE_PER_SECOND}/second log prefix \"{base.nflog_prefix(direction, fw.pod)}\" "
+                f"group {base.LOG_GROUP} {_quote(r.comment)}"]
+    if r.kind == "node":
+        kw = "ip" if base.family_of(r.node) == 4 else "ip6"  # type: ignore[arg-type]
+        return [f"{kw} {addr} {base.host_or_cidr(r.node)} {tail}"]  # type: ignore[arg-type]
+    return [FIXED_MATCH.get(r.kind, "").format(lo=lo) + tail]
+
+
+# The match of each fixed rule (ir.FIXED but "node"; "drop" and "open" match everything).
+FIXED_MATCH = {"established": "ct state established,related ", "invalid": "ct state invalid ",
+               "loopback": "{lo} ", "ipv6 neighbour discovery": f"icmpv6 type {{{{ {ND_TYPES} }}}} "}
 
 
 def table_blocks(fw: PodFirewall) -> list[list[str]]:

@@ -10,8 +10,12 @@ number of rules grows with policy rules, never with pods or peers. Egress rules 
 ports resolve the name per destination pod, so they match an ``AddrPortSet`` of
 (address, protocol, port) elements instead.
 
-The fixed part of every pod's firewall (established/related accept, invalid drop,
-loopback and node accept, final drop) is implied: backends add it around the rules.
+The whole of each direction's chain, fixed part included (established/related accept,
+invalid drop, loopback, IPv6 neighbour discovery and node accept, the tier jumps, the
+log and the final drop), is listed by ``chain``: one ``ChainRule`` per rule with its kind,
+abstract verdict, what it matches and its comment. Backends render those matches; the
+placements map the verdicts; the lab's counters and drops read the same list. The
+comment vocabulary (``fixed_comment`` and friends) lives here for that reason.
 Everything here is pure data; nothing touches the kernel.
 """
 from __future__ import annotations
@@ -262,3 +266,95 @@ def set_deltas(old: PodFirewall, new: PodFirewall) -> list[SetDelta]:
         if before != after:
             out.append(SetDelta(s.name, after - before, before - after))
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# The whole chain of a direction, fixed rules included, and the comments its rules carry
+# (the same words in every backend: counters and ``lab stats`` find rules by them).
+
+
+def fixed_comment(direction: str, what: str) -> str:
+    """Comments of the rules every pod has: "ingress established", "egress node", ..."""
+    return f"{direction} {what}"
+
+
+def isolation_comment(direction: str, isolated_by: tuple[str, ...]) -> str:
+    """The final drop names the policies that isolate the direction, so a reader of a
+    counter or a log line can find them."""
+    return f"{direction} isolated by {','.join(isolated_by) or '?'}"
+
+
+def open_comment(direction: str) -> str:
+    return f"{direction} not isolated"
+
+
+def log_comment(direction: str) -> str:
+    return f"{direction} log drop"
+
+
+def rule_comment(rule: AllowRule) -> str:
+    return rule.provenance.comment()
+
+
+def tier_log_comment(rule: TierRule) -> str:
+    return f"{rule.comment()} log"
+
+
+# Abstract verdicts: what a rule does to a packet in the pod's own chain. A placement maps
+# them (host mode: an ALLOW of a policy rule returns to the node's chain instead of
+# accepting, the fixed accepts stay accepts).
+ACCEPT, DROP, LOG, JUMP = "accept", "drop", "log", "jump"
+# The kinds of rule, in the order a chain holds them. The first five are FIXED: every pod
+# has them, isolated or not.
+FIXED = ("established", "invalid", "loopback", "ipv6 neighbour discovery", "node")
+
+
+@dataclass(frozen=True)
+class ChainRule:
+    """One rule of a pod's direction chain, as ``chain`` lists them.
+
+    ``kind``: one of FIXED, "tier" (jump to the ClusterNetworkPolicy tier ``tier``),
+    "allow" (``allow`` is the policy rule), "log" (rate-limited nflog of what the drop
+    drops), "drop" (isolated: the final drop) or "open" (not isolated: the final accept).
+    ``node``: the node address a "node" rule accepts. ``comment``: its words."""
+
+    kind: str
+    verdict: str
+    comment: str
+    allow: AllowRule | None = None
+    node: str | None = None
+    tier: str | None = None
+
+    @property
+    def fixed(self) -> bool:
+        return self.kind in FIXED
+
+
+def _node_key(addr: str) -> tuple[int, int, int]:
+    net = ipaddress.ip_network(addr, strict=False)
+    return (net.version, int(net.network_address), net.prefixlen)
+
+
+def chain(fw: PodFirewall, direction: str) -> tuple[ChainRule, ...]:
+    """Every rule of ``fw``'s ``direction`` chain, in order (one per node address, one per
+    policy rule: a backend may write one rule as several, per family and protocol).
+    Not cached: a few tuples a pod, and a cache keyed by firewalls would keep their sets alive."""
+    pol = fw.direction(direction)
+    out = [ChainRule(kind, DROP if kind == "invalid" else ACCEPT, fixed_comment(direction, kind))
+           for kind in FIXED[:4]]
+    out += [ChainRule("node", ACCEPT, fixed_comment(direction, "node"), node=ip)
+            for ip in sorted(fw.node_ips, key=_node_key)]
+    tiered = bool(pol.admin or pol.baseline)  # ClusterNetworkPolicy: Admin before, Baseline after
+
+    def jump(tier: str) -> list[ChainRule]:
+        return [ChainRule("tier", JUMP, fixed_comment(direction, tier + " tier"), tier=tier)] if tiered else []
+
+    out += jump("Admin")
+    if pol.isolated:
+        out += [ChainRule("allow", ACCEPT, rule_comment(r), allow=r) for r in pol.rules]
+        out.append(ChainRule("log", LOG, log_comment(direction)))
+        out.append(ChainRule("drop", DROP, isolation_comment(direction, pol.isolated_by)))
+    else:
+        out += jump("Baseline")
+        out.append(ChainRule("open", ACCEPT, open_comment(direction)))
+    return tuple(out)
