@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from backends import base, ipt_tiers
 from backends.base import fit
+from enforcer import ir
 from enforcer.errors import BackendError
 from enforcer.ir import AddrPortSet, AddrSet, AllowRule, PodFirewall
 
@@ -202,35 +203,38 @@ def _node_addr(ip: str) -> str:
 
 
 def render_chain(fw: PodFirewall, direction: str, family: int) -> tuple[tuple[str, ...], ...]:
-    fixed = lambda what: _comment(base.fixed_comment(direction, what))  # noqa: E731
-    rules: list[tuple[str, ...]] = [
-        ("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED") + fixed("established") + ("-j", "ACCEPT"),
-        ("-m", "conntrack", "--ctstate", "INVALID") + fixed("invalid") + ("-j", "DROP"),
-        (LOOPBACK[direction], "lo") + fixed("loopback") + ("-j", "ACCEPT"),
-    ]
-    if family == 6:
-        for t in ND_TYPES:
-            rules.append(("-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", t)
-                         + fixed("ipv6 neighbour discovery") + ("-j", "ACCEPT"))
-    nodes = sorted((ipaddress.ip_network(ip, strict=False) for ip in fw.node_ips
-                    if base.family_of(ip) == family), key=lambda n: (int(n.network_address), n.prefixlen))
-    for n in nodes:
-        rules.append((NODE[direction], f"{n.network_address}/{n.prefixlen}") + fixed("node") + ("-j", "ACCEPT"))
-    pol = fw.direction(direction)
-    tiered = ipt_tiers.has_tiers(fw, direction)  # ClusterNetworkPolicy: Admin before, Baseline after
-    rules += [ipt_tiers.jump("Admin", direction)] if tiered else []
-    if pol.isolated:
-        for r in pol.rules:
-            rules.extend(render_allow(fw, r, direction, family))
-        rules.append(("-m", "limit", "--limit", f"{base.LOG_RATE_PER_SECOND}/sec")
-                     + _comment(base.log_comment(direction))
-                     + ("-j", "NFLOG", "--nflog-prefix", base.nflog_prefix(direction, fw.pod),
-                        "--nflog-group", str(base.LOG_GROUP)))
-        rules.append(_comment(base.isolation_comment(direction, pol.isolated_by)) + ("-j", "DROP"))
-    else:
-        rules += [ipt_tiers.jump("Baseline", direction)] if tiered else []
-        rules.append(_comment(base.open_comment(direction)) + ("-j", "ACCEPT"))
+    """The rules of NETPOL-INGRESS / -EGRESS for one family: the IR's chain (ir.chain),
+    each rule's match in iptables arguments (none, or several, per IR rule: IPv4 has no
+    neighbour discovery, a node address is in one family, ports split into slices)."""
+    rules: list[tuple[str, ...]] = []
+    for r in ir.chain(fw, direction):
+        rules.extend(_chain_rule(fw, direction, family, r))
     return tuple(rules)
+
+
+TARGET = {ir.ACCEPT: "ACCEPT", ir.DROP: "DROP"}
+FIXED_MATCH = {"established": ("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"),
+               "invalid": ("-m", "conntrack", "--ctstate", "INVALID")}
+
+
+def _chain_rule(fw: PodFirewall, direction: str, family: int, r: ir.ChainRule) -> list[tuple[str, ...]]:
+    if r.kind == "allow":
+        return render_allow(fw, r.allow, direction, family)  # type: ignore[arg-type]
+    if r.kind == "tier":
+        return [ipt_tiers.jump(r.tier, direction)]  # type: ignore[arg-type]
+    if r.kind == "log":
+        return [("-m", "limit", "--limit", f"{base.LOG_RATE_PER_SECOND}/sec") + _comment(r.comment)
+                + ("-j", "NFLOG", "--nflog-prefix", base.nflog_prefix(direction, fw.pod),
+                   "--nflog-group", str(base.LOG_GROUP))]
+    tail = _comment(r.comment) + ("-j", TARGET[r.verdict])
+    if r.kind == "ipv6 neighbour discovery":
+        return [("-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", t) + tail
+                for t in ND_TYPES] if family == 6 else []
+    if r.kind == "node":
+        return [(NODE[direction], _node_addr(r.node)) + tail] if base.family_of(r.node) == family else []  # type: ignore[arg-type]
+    if r.kind == "loopback":
+        return [(LOOPBACK[direction], "lo") + tail]
+    return [FIXED_MATCH.get(r.kind, ()) + tail]  # "drop", "open": everything
 
 
 def jump_rule(direction: str) -> tuple[str, ...]:
