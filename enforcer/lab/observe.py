@@ -31,7 +31,7 @@ from typing import Iterator
 
 from backends import base
 from backends.base import LOG_GROUP, LOG_RATE_PER_SECOND
-from enforcer import netns, nflog
+from enforcer import ir, netns, nflog
 from enforcer.errors import LabError, NetnsError
 from enforcer.ir import DIRECTIONS, PodFirewall, TierRule
 from enforcer.lab import state
@@ -117,26 +117,18 @@ def stats(name: str, pod: str | None = None) -> tuple[str, list[Counter]]:
 
 
 def rule_order(fw: PodFirewall) -> list[str]:
-    """The comments of a pod's rules in the order both backends install them."""
+    """The comments of a pod's rules in the order both backends install them: each
+    direction's chain as the IR lists it (ir.chain), a tier jump followed by the rules of
+    the tier's chain (a Deny's log rule before it)."""
     out = []
     for d in DIRECTIONS:
-        out += [base.fixed_comment(d, w) for w in ("established", "invalid", "loopback",
-                                                  "ipv6 neighbour discovery", "node")]
         pol = fw.direction(d)
-        tiered = bool(pol.admin or pol.baseline)
-
-        def tier(name: str, rules) -> list[str]:
-            if not tiered:
-                return []
-            return [base.fixed_comment(d, name + " tier")] + [
-                c for r in rules for c in ([base.tier_log_comment(r)] if r.action == "Deny" else []) + [r.comment()]]
-        out += tier("Admin", pol.admin)
-        if pol.isolated:
-            out += [base.rule_comment(r) for r in pol.rules]
-            out += [base.log_comment(d), base.isolation_comment(d, pol.isolated_by)]
-        else:
-            out += tier("Baseline", pol.baseline)
-            out.append(base.open_comment(d))
+        for r in ir.chain(fw, d):
+            if not out or out[-1] != r.comment:  # one "node" comment for every node address
+                out.append(r.comment)
+            if r.kind == "tier":
+                out += [c for t in (pol.admin if r.tier == "Admin" else pol.baseline)
+                        for c in ([ir.tier_log_comment(t)] if t.action == "Deny" else []) + [t.comment()]]
     return out
 
 
