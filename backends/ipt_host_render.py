@@ -15,14 +15,14 @@ from backends.ipt_render import (FAMILIES, IpSet, _comment, _kind, ipset_name, r
                                  render_sets, rule_line, sets_text)
 from backends.ipt_save import FamilyState
 from backends.placement import pod_mark
+from enforcer import ir
 from enforcer.ir import PodFirewall
 
 HOST_CHAIN = "NETPOL-HOST"
 HOOK = "FORWARD"
 CHAIN_PREFIX = {"ingress": "NPH-IN-", "egress": "NPH-EG-"}
 SET_PREFIX = "nph"  # + <id>. ; the temporaries are IpSet.tmp: nt.<id>.
-FIXED = ("established", "invalid", "loopback", "ipv6 neighbour discovery", "node")
-_FIXED_COMMENTS = {base.fixed_comment(d, w) for d in base.DIRECTIONS for w in FIXED}
+FIXED = ir.FIXED  # the rules that stay ACCEPTs (the allows RETURN to the node's chain)
 _OUR_SET = re.compile(r"^(nph|nt\.)[0-9a-f]{6}\.")
 
 # ---------------------------------------------------------------------------------------
@@ -79,22 +79,13 @@ def dispatch(fw: PodFirewall, iface: str, family: int) -> tuple[tuple[str, ...],
     return tuple(out)
 
 
-def _is_fixed(args: tuple[str, ...]) -> bool:
-    return "--comment" in args and args[args.index("--comment") + 1] in _FIXED_COMMENTS
-
-
 def pod_chain(fw: PodFirewall, direction: str, family: int,
               names: dict[str, str] | None = None) -> tuple[tuple[str, ...], ...]:
     """Pod mode's chain with the node's set names, allow verdicts turned into RETURN
     (a tiered direction still jumps to pod mode's tier chains: ``build`` splits it)."""
     names = set_names(fw) if names is None else names
-    out = []
-    for args in render_chain(fw, direction, family):
-        args = tuple(names.get(a, a) for a in args)
-        if args[-2:] == ("-j", "ACCEPT") and not _is_fixed(args):
-            args = args[:-1] + ("RETURN",)
-        out.append(args)
-    return tuple(out)
+    return tuple(tuple(names.get(a, a) for a in args)
+                 for args in render_chain(fw, direction, family, allowed="RETURN"))
 
 
 @dataclass(frozen=True)

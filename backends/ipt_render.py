@@ -172,8 +172,9 @@ def _set_name_of(fw: PodFirewall, ir_name: str, family: int) -> str:
     return ipset_name(ir_name, _kind(s)[0], family)
 
 
-def render_allow(fw: PodFirewall, rule: AllowRule, direction: str, family: int) -> list[tuple[str, ...]]:
-    return match_args(fw, rule, direction, family, _comment(base.rule_comment(rule)) + ("-j", "ACCEPT"))
+def render_allow(fw: PodFirewall, rule: AllowRule, direction: str, family: int,
+                 target: str = "ACCEPT") -> list[tuple[str, ...]]:
+    return match_args(fw, rule, direction, family, _comment(base.rule_comment(rule)) + ("-j", target))
 
 
 def match_args(fw: PodFirewall, rule, direction: str, family: int, tail: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -202,13 +203,16 @@ def _node_addr(ip: str) -> str:
     return f"{net.network_address}/{net.prefixlen}"
 
 
-def render_chain(fw: PodFirewall, direction: str, family: int) -> tuple[tuple[str, ...], ...]:
+def render_chain(fw: PodFirewall, direction: str, family: int,
+                 allowed: str = "ACCEPT") -> tuple[tuple[str, ...], ...]:
     """The rules of NETPOL-INGRESS / -EGRESS for one family: the IR's chain (ir.chain),
     each rule's match in iptables arguments (none, or several, per IR rule: IPv4 has no
-    neighbour discovery, a node address is in one family, ports split into slices)."""
+    neighbour discovery, a node address is in one family, ports split into slices).
+    ``allowed``: the target of the ACCEPT rules that are not fixed (allows, the open
+    accept): host mode returns to the node's chain (backends/ipt_host_render.py)."""
     rules: list[tuple[str, ...]] = []
     for r in ir.chain(fw, direction):
-        rules.extend(_chain_rule(fw, direction, family, r))
+        rules.extend(_chain_rule(fw, direction, family, r, allowed))
     return tuple(rules)
 
 
@@ -217,16 +221,18 @@ FIXED_MATCH = {"established": ("-m", "conntrack", "--ctstate", "RELATED,ESTABLIS
                "invalid": ("-m", "conntrack", "--ctstate", "INVALID")}
 
 
-def _chain_rule(fw: PodFirewall, direction: str, family: int, r: ir.ChainRule) -> list[tuple[str, ...]]:
+def _chain_rule(fw: PodFirewall, direction: str, family: int, r: ir.ChainRule,
+                allowed: str) -> list[tuple[str, ...]]:
+    target = allowed if r.verdict == ir.ACCEPT and not r.fixed else TARGET.get(r.verdict, "")
     if r.kind == "allow":
-        return render_allow(fw, r.allow, direction, family)  # type: ignore[arg-type]
+        return render_allow(fw, r.allow, direction, family, target)  # type: ignore[arg-type]
     if r.kind == "tier":
         return [ipt_tiers.jump(r.tier, direction)]  # type: ignore[arg-type]
     if r.kind == "log":
         return [("-m", "limit", "--limit", f"{base.LOG_RATE_PER_SECOND}/sec") + _comment(r.comment)
                 + ("-j", "NFLOG", "--nflog-prefix", base.nflog_prefix(direction, fw.pod),
                    "--nflog-group", str(base.LOG_GROUP))]
-    tail = _comment(r.comment) + ("-j", TARGET[r.verdict])
+    tail = _comment(r.comment) + ("-j", target)
     if r.kind == "ipv6 neighbour discovery":
         return [("-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", t) + tail
                 for t in ND_TYPES] if family == 6 else []

@@ -28,9 +28,9 @@ on. Ingress is dispatched by destination address: the node routes by it, and the
 permanent neighbour entries send each address to exactly one pod's veth. Two pods of a
 node whose keys hash to one mark are refused with a clear error (placement.check_marks).
 
-The pod's chains are what ``nftables.render_chain`` writes for pod mode (same IR, same
-provenance comments, counters and nflog drop), with one difference: an allow rule
-``return``s instead of ``accept``ing, because a packet between two pods of one node must
+The pod's chains are what ``nftables.render_chain`` writes for pod mode (the same
+``ir.chain``, provenance comments, counters and nflog drop), with one difference: an allow
+rule (and the open accept) ``return``s instead of ``accept``ing (``allowed="return"``), because a packet between two pods of one node must
 pass the sender's egress chain *and* the receiver's ingress chain in the same hook (each
 direction is its own decision, as in Kubernetes). The fixed rules (established/related,
 invalid, node) keep their verdicts. And no anonymous set: a port list is a rule per port,
@@ -70,13 +70,13 @@ from backends import nft_host_node as hn
 from backends.base import ApplyResult
 from backends.nft_host_node import TABLE, all_chain_names, chain_names  # noqa: F401 (re-export)
 from backends.placement import check_marks, pod_mark, pod_tag, shared
-from enforcer import netns as nsmod
+from enforcer import ir, netns as nsmod
 from enforcer.errors import ApplyError, BackendError, NetnsError, NetpolError
 from enforcer.ir import PodFirewall
 
 CHUNK = 1000  # elements per raw netlink message (an address . proto . port element: ~40 bytes)
 BRIDGE_PRIORITY = -300  # before anything else on the bridge
-FIXED = ("established", "invalid", "loopback", "ipv6 neighbour discovery", "node")
+FIXED = ir.FIXED  # the rules that stay accepts (the allows return to the node's chain)
 
 Resolver = Callable[[str], tuple[str, str]]  # pod netns -> (node netns, host-side veth)
 HOST_VERDICT = {"Accept": "return", "Deny": "drop"}  # Pass: goto the NetworkPolicy chain
@@ -85,10 +85,6 @@ BASELINE_VERDICT = {"Accept": "return", "Deny": "drop", "Pass": "return"}
 
 # ---------------------------------------------------------------------------------------
 # Rendering (pure)
-
-
-_ACCEPT = "counter accept comment "
-_FIXED_COMMENTS = {f'"{base.fixed_comment(d, w)}"' for d in base.DIRECTIONS for w in FIXED}
 
 
 _PORT_LIST = re.compile(r"^(?P<pre>.*\bdport )\{ (?P<items>[^}]*) \} (?P<post>.*)$")
@@ -114,14 +110,6 @@ def _no_anonymous_sets(lines: list[str]) -> list[str]:
     return out
 
 
-def _returning(line: str) -> str:
-    """An allow rule of pod mode as host mode writes it (fixed rules unchanged)."""
-    i = line.find(_ACCEPT)
-    if i < 0 or line[i + len(_ACCEPT):] in _FIXED_COMMENTS:
-        return line
-    return line[:i] + "counter return comment " + line[i + len(_ACCEPT):]
-
-
 def _tier_lines(sfw: PodFirewall, direction: str, rules, verdicts: dict[str, str]) -> list[str]:
     out = []
     for r in rules:
@@ -138,17 +126,18 @@ def pod_chains(sfw: PodFirewall) -> list[tuple[str, list[str]]]:
     out = []
     for direction in base.DIRECTIONS:
         main = chain_names(sfw.pod)[direction]
-        body = _no_anonymous_sets(nft.render_chain(sfw, direction)[2:-1])
+        # pod mode's chain (ir.chain), its allows and open accept returning to the node's chain
+        body = _no_anonymous_sets(nft.render_chain(sfw, direction, allowed="return")[2:-1])
         pol = sfw.direction(direction)
         if not nft_tiers.has_tiers(pol):
-            out.append((main, [_returning(ln) for ln in body]))
+            out.append((main, body))
             continue
         hook = nft.CHAINS[direction][0]
         admin_jump = "\t\t" + nft_tiers.jump("Admin", direction)
         cut = body.index(admin_jump)
         adm, np_, bl = (f"{p}{main}" for p in hn.TIER_PREFIXES)
         tier_end = base.fixed_comment(direction, "Admin tier")
-        rest = [_returning(ln).replace(f"jump {nft_tiers.chain_name('Baseline', hook)} ", f"jump {bl} ", 1)
+        rest = [ln.replace(f"jump {nft_tiers.chain_name('Baseline', hook)} ", f"jump {bl} ", 1)
                 for ln in body[cut + 1:]]
         out += [(bl, _tier_lines(sfw, direction, pol.baseline, BASELINE_VERDICT)),
                 (np_, rest),

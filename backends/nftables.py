@@ -194,52 +194,55 @@ def _quote(comment: str) -> str:
     return f'comment "{fit(comment, COMMENT_MAX)}"'
 
 
-def render_allow(rule: AllowRule, direction: str, interval: bool = False) -> list[str]:
+def render_allow(rule: AllowRule, direction: str, interval: bool = False, verdict: str = "accept") -> list[str]:
     """One accept per family (when the rule matches addresses) and per protocol;
-    ``interval``: the rule's peer set is an ipBlock set (address . protocol)."""
-    return list(_render_allow(rule, direction, interval))
+    ``interval``: the rule's peer set is an ipBlock set (address . protocol); ``verdict``:
+    what a match does ("return" in host mode)."""
+    return list(_render_allow(rule, direction, interval, verdict))
 
 
 @functools.lru_cache(maxsize=8192)
-def _render_allow(rule: AllowRule, direction: str, interval: bool = False) -> tuple[str, ...]:
+def _render_allow(rule: AllowRule, direction: str, interval: bool = False, verdict: str = "accept") -> tuple[str, ...]:
     """Cached: one policy rule renders the same for every pod the policy selects."""
-    return tuple(_render_allow_lines(rule, direction, interval))
+    return tuple(_render_allow_lines(rule, direction, interval, verdict))
 
 
-def _render_allow_lines(rule: AllowRule, direction: str, interval: bool = False) -> list[str]:
+def _render_allow_lines(rule: AllowRule, direction: str, interval: bool, verdict: str) -> list[str]:
     addr = CHAINS[direction][1]
-    comment = _quote(base.rule_comment(rule))
+    tail = f"counter {verdict} {_quote(base.rule_comment(rule))}"
     if rule.addr_ports is not None:
-        return [f"{ip} {addr} . meta l4proto . th dport @{set_name(rule.addr_ports, fam)} "
-                f"counter accept {comment}" for fam, ip in ((4, "ip"), (6, "ip6"))]
+        return [f"{ip} {addr} . meta l4proto . th dport @{set_name(rule.addr_ports, fam)} {tail}"
+                for fam, ip in ((4, "ip"), (6, "ip6"))]
     groups = base.port_groups(rule.ports)
     if rule.peers is None:
-        return [f"{_ports_expr(proto, ranges)}counter accept {comment}" for proto, ranges in groups]
+        return [f"{_ports_expr(proto, ranges)}{tail}" for proto, ranges in groups]
     key = f"{addr} . meta l4proto" if interval else addr
-    return [f"{ip} {key} @{set_name(rule.peers, fam)} {_ports_expr(proto, ranges)}"
-            f"counter accept {comment}"
+    return [f"{ip} {key} @{set_name(rule.peers, fam)} {_ports_expr(proto, ranges)}{tail}"
             for fam, ip in ((4, "ip"), (6, "ip6")) for proto, ranges in groups]
 
 
-def render_chain(fw: PodFirewall, direction: str) -> list[str]:
+def render_chain(fw: PodFirewall, direction: str, allowed: str = "accept") -> list[str]:
     """The hook chain of ``direction``: the IR's chain (ir.chain), each rule's match in
-    nft words; one allow rule may become several (per family and protocol)."""
+    nft words; one allow rule may become several (per family and protocol). ``allowed``:
+    the verdict of the ACCEPT rules that are not fixed (allows, the open accept): host
+    mode returns to the node's chain (backends/nft_host.py)."""
     chain_, addr, lo = CHAINS[direction]
     rules: list[str] = []
     for r in ir.chain(fw, direction):
-        rules.extend(_chain_rule(fw, direction, r, addr, lo))
+        rules.extend(_chain_rule(fw, direction, r, addr, lo, allowed))
     return ([f"\tchain {chain_} {{",
              f"\t\ttype filter hook {chain_} priority filter; policy accept;"]
             + [f"\t\t{r}" for r in rules] + ["\t}"])
 
 
-def _chain_rule(fw: PodFirewall, direction: str, r: ir.ChainRule, addr: str, lo: str) -> list[str]:
+def _chain_rule(fw: PodFirewall, direction: str, r: ir.ChainRule, addr: str, lo: str, allowed: str) -> list[str]:
+    verdict = allowed if r.verdict == ir.ACCEPT and not r.fixed else r.verdict
     if r.kind == "allow":
         a = r.allow
-        return render_allow(a, direction, a.peers is not None and fw.set(a.peers).interval)  # type: ignore[union-attr]
+        return render_allow(a, direction, a.peers is not None and fw.set(a.peers).interval, verdict)  # type: ignore[union-attr]
     if r.kind == "tier":
         return [nft_tiers.jump(r.tier, direction)]  # type: ignore[arg-type]
-    tail = f"counter {r.verdict} {_quote(r.comment)}"
+    tail = f"counter {verdict} {_quote(r.comment)}"
     if r.kind == "log":
         return [f"limit rate {base.LOG_RATE_PER_SECOND}/second log prefix \"{base.nflog_prefix(direction, fw.pod)}\" "
                 f"group {base.LOG_GROUP} {_quote(r.comment)}"]
