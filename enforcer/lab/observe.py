@@ -107,11 +107,13 @@ def stats(name: str, pod: str | None = None) -> tuple[str, list[Counter]]:
     for key in pods:
         counted = backend.counters(st.endpoints[key].netns)
         fw = st.firewalls.get(key)
+        known = {}
         if fw is not None:  # iptables lists IPv6-only rules after the IPv4 chain
             rank = {c: i for i, c in enumerate(rule_order(fw))}
             counted = sorted(counted, key=lambda c: rank.get(c[0], len(rank)))
+            known = chain_words(fw)
         for comment, packets, nbytes in counted:
-            direction, action, policy, index = classify(comment)
+            direction, action, policy, index = known.get(comment) or classify(comment)
             rows.append(Counter(key, direction, action, comment, packets, nbytes, policy, index))
     return st.backend, rows
 
@@ -129,6 +131,17 @@ def rule_order(fw: PodFirewall) -> list[str]:
             if r.kind == "tier":
                 out += [c for t in (pol.admin if r.tier == "Admin" else pol.baseline)
                         for c in ([ir.tier_log_comment(t)] if t.action == "Deny" else []) + [t.comment()]]
+    return out
+
+
+def chain_words(fw: PodFirewall) -> dict[str, tuple[str, str, str | None, int | None]]:
+    """``classify``'s answer for the comments of ``fw``'s hook chains, read from ir.chain
+    (the verdict and provenance themselves, not the words); tier rules are not in it."""
+    out: dict[str, tuple[str, str, str | None, int | None]] = {}
+    for d in DIRECTIONS:
+        for r in ir.chain(fw, d):
+            p = r.allow.provenance if r.allow is not None else None
+            out.setdefault(r.comment, (d, r.verdict, p and p.policy, p and p.rule_index))
     return out
 
 

@@ -71,3 +71,12 @@ def test_renderings_install_the_chain_in_order(fw, direction):
                if not (family == 4 and r.kind == "ipv6 neighbour discovery")
                and not (r.kind == "node" and (":" in r.node) != (family == 6))]
         assert got == _collapse(fam)
+
+
+@pytest.mark.parametrize("fw", [FW, ISOLATED_TIERED], ids=["mixed", "isolated-tiered"])
+def test_lab_stats_reads_the_chain_as_classify_reads_the_words(fw):
+    from enforcer.lab import observe
+
+    words = observe.chain_words(fw)
+    assert set(words) == {r.comment for d in ir.DIRECTIONS for r in ir.chain(fw, d)}
+    assert all(observe.classify(c) == w for c, w in words.items())
