@@ -14,8 +14,9 @@ The whole of each direction's chain, fixed part included (established/related ac
 invalid drop, loopback, IPv6 neighbour discovery and node accept, the tier jumps, the
 log and the final drop), is listed by ``chain``: one ``ChainRule`` per rule with its kind,
 abstract verdict, what it matches and its comment. Backends render those matches; the
-placements map the verdicts; the lab's counters and drops read the same list. The
-comment vocabulary (``fixed_comment`` and friends) lives here for that reason.
+host placements map the verdicts (an allow returns to the node's chain); ``lab stats``
+orders and names counters by the same list. The comment vocabulary (``fixed_comment``
+and friends) lives here for that reason.
 Everything here is pure data; nothing touches the kernel.
 """
 from __future__ import annotations
