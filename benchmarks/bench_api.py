@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from benchmarks.bench_daemon import (NS, cluster_docs, cpu_seconds, ip_of, policy, rss_mb,  # noqa: E402
                                      summary, wait_enforced)
-from enforcer import manifests  # noqa: E402
+from enforcer.load import manifests  # noqa: E402
 from enforcer.daemon.testing import DaemonProcess, write_yaml  # noqa: E402
 from enforcer.k8s.controlplane import ControlPlane, missing_binaries  # noqa: E402
 from enforcer.lab import control  # noqa: E402

@@ -68,7 +68,7 @@ def _agent_usage(st) -> dict:
 
 
 def small(backend: str, changes: int) -> dict:
-    from enforcer import manifests
+    from enforcer.load import manifests
     from enforcer.lab import multinode
 
     name = f"bapi-{uuid.uuid4().hex[:6]}"

@@ -19,7 +19,7 @@ import time
 from dataclasses import replace
 
 from benchmarks import gen
-from enforcer.compile import Compiler
+from enforcer.compiler.compile import Compiler
 
 
 def demand(c, asked: int) -> float:

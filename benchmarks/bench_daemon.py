@@ -48,7 +48,7 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from enforcer import manifests  # noqa: E402
+from enforcer.load import manifests  # noqa: E402
 from enforcer.daemon.testing import DaemonProcess, pod_doc, write_yaml  # noqa: E402
 from enforcer.lab import control  # noqa: E402
 from enforcer.lab.probe import Target, run as run_probes  # noqa: E402

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from enforcer import ipam
+from enforcer.compiler import ipam
 from enforcer.cliutil import CONTEXT, backend_option, echo_findings, emit_picture
 from enforcer.errors import InputError, NetpolError
 
 if TYPE_CHECKING:  # imported where used: the CLI starts without the compiler
-    from enforcer.frontend import Prepared
+    from enforcer.compiler.frontend import Prepared
 
 FILES = click.option("-f", "--filename", "files", multiple=True, required=True,
                      help="Manifest file, directory or - for stdin (repeatable).")
@@ -31,7 +31,7 @@ LEGACY = click.option("--legacy-namespace-isolation", is_flag=True,
 def read(files, *, legacy: bool = False):
     """Load and validate (raises InputError listing every problem); print warnings and
     notes (skipped kinds) on stderr."""
-    from enforcer import manifests
+    from enforcer.load import manifests
 
     result = manifests.load(list(files), stdin=sys.stdin, legacy_namespace_isolation=legacy)
     echo_findings(result)
@@ -39,8 +39,8 @@ def read(files, *, legacy: bool = False):
 
 
 def load(files, *, legacy: bool = False, cidrs: tuple[str, ...] = (ipam.DEFAULT_POD_CIDR,)) -> Prepared:
-    """enforcer.frontend.prepare, with its warnings and notes on stderr."""
-    from enforcer.frontend import prepare
+    """enforcer.compiler.frontend.prepare, with its warnings and notes on stderr."""
+    from enforcer.compiler.frontend import prepare
 
     prepared = prepare(files, legacy=legacy, cidrs=cidrs)
     echo_findings(prepared)
@@ -88,8 +88,8 @@ def lint_command(files, legacy_namespace_isolation) -> None:
 def _lint(files, legacy: bool):
     """(cluster, the loader's warnings and lint's, notes). An input with no object is an
     error: a file of comments only must not pass as 'valid: 0 network policies'."""
-    from enforcer import lint as L
-    from enforcer.compile import Compiler
+    from enforcer.views import lint as L
+    from enforcer.compiler.compile import Compiler
 
     result = _read_quiet(files, legacy)
     c = result.cluster
@@ -106,7 +106,7 @@ def _lint(files, legacy: bool):
 
 
 def _read_quiet(files, legacy: bool):
-    from enforcer import manifests
+    from enforcer.load import manifests
 
     return manifests.load(list(files), stdin=sys.stdin, legacy_namespace_isolation=legacy)
 
@@ -131,17 +131,17 @@ def matrix(files, legacy_namespace_isolation, ports, fmt, family, out_file, src_
     """The model's verdict for every ordered pair of endpoints (no root needed)."""
     import fnmatch
 
-    from enforcer import verdict
+    from enforcer.views import verdict
     from enforcer.ir import DIRECTIONS
 
     loaded = load(files, legacy=legacy_namespace_isolation)
     rows = verdict.matrix(loaded.cluster, loaded.firewalls, verdict.parse_ports(ports), _family(family))
     if services:
-        from enforcer import services as svcs
+        from enforcer.load import services as svcs
 
         rows += svcs.matrix_rows(loaded.cluster, loaded.firewalls, verdict.parse_ports(ports), _family(family))
     if by == "workload":
-        from enforcer import workloads
+        from enforcer.load import workloads
 
         rows = workloads.group_rows(loaded.cluster, rows)
     # Dense clusters draw unreadable pictures: the patterns keep what a reader asks about.
@@ -155,14 +155,14 @@ def emit_rows(rows: list[dict], fmt: str, *, backend: str, out_file: str | None 
               isolated: dict | None = None, title: str | None = None) -> None:
     """Print matrix/probe rows in the requested format (shared by matrix and the lab).
     Pictures go to stdout unless ``out_file`` names a file: never a file nobody asked for."""
-    from enforcer import reachability
+    from enforcer.views import reachability
 
     if fmt == "json":
         click.echo(json.dumps({"backend": backend, "results": rows}, indent=2))
     elif fmt == "table":
         click.echo(reachability.truth_table(rows, title=backend))
     else:
-        from enforcer import pictures
+        from enforcer.views import pictures
 
         dot = pictures.matrix_dot(rows, title=title or backend, isolated=isolated)
         if fmt == "dot":
@@ -183,11 +183,11 @@ def emit_rows(rows: list[dict], fmt: str, *, backend: str, out_file: str | None 
 @BY
 def trace(files, legacy_namespace_isolation, src, dst, port, family, fmt, by) -> None:
     """Verdict for one connection and the reasons (exit 0 allowed, 1 denied)."""
-    from enforcer import explain, verdict
+    from enforcer.views import explain, verdict
 
     loaded = load(files, legacy=legacy_namespace_isolation)
     (p, proto), = verdict.parse_ports(port) or [(0, "")]
-    from enforcer import services, workloads
+    from enforcer.load import services, workloads
 
     if by == "workload" and not dst.startswith(services.PREFIX):
         lines, doc, allowed = workloads.trace_groups(loaded.cluster, loaded.firewalls, src, dst, p, proto,
@@ -227,13 +227,13 @@ def trace(files, legacy_namespace_isolation, src, dst, port, family, fmt, by) ->
 @BY
 def explain(files, legacy_namespace_isolation, fmt, by) -> None:
     """Per policy: the pods it selects, its directions, its peers and ports in words."""
-    from enforcer import explain as ex
+    from enforcer.views import explain as ex
 
     loaded = load(files, legacy=legacy_namespace_isolation)
     sel = {k: loaded.compiler.selected_pods(k) for k in loaded.cluster.policies}
     rows = ex.explain_rows(loaded.cluster, sel, legacy=legacy_namespace_isolation)
     if by == "workload":
-        from enforcer import workloads
+        from enforcer.load import workloads
 
         for row in rows:
             row["targets"] = sorted({workloads.describe_group(loaded.cluster, workloads.group_of(loaded.cluster.pods[k]))
@@ -241,7 +241,7 @@ def explain(files, legacy_namespace_isolation, fmt, by) -> None:
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
-    from enforcer import output
+    from enforcer.views import output
 
     click.echo(output.explain_table(rows))
 
@@ -258,11 +258,11 @@ def explain(files, legacy_namespace_isolation, fmt, by) -> None:
 def render(files, legacy_namespace_isolation, backend, pods, enforce_at) -> None:
     """The exact ruleset that would be installed in each pod's namespace (or its node's)."""
     from backends import registry
-    from enforcer import output
+    from enforcer.views import output
 
     loaded = load(files, legacy=legacy_namespace_isolation)
     comp = loaded.compiler
-    from enforcer import workloads
+    from enforcer.load import workloads
 
     groups = None  # grouping 150,000 pods by workload costs seconds: only for a workload name
     keys = []
@@ -307,7 +307,7 @@ def _register_commands() -> None:
     dependency they need is a required one, so an ImportError here is a bug to see, not
     a command to hide."""
     from enforcer.daemon.commands import run, status
-    from enforcer.diff import diff
+    from enforcer.views.diff import diff
     from enforcer.lab.commands import lab, probe
 
     for command in (lab, probe, run, status, diff):

@@ -38,7 +38,7 @@ def emit_picture(dot: str, fmt: str, out_file: str | None = None, stem: str = "p
 
     import click
 
-    from enforcer import pictures
+    from enforcer.views import pictures
     from enforcer.errors import InputError
 
     if out_file:

@@ -128,7 +128,7 @@ class Pod:
     ips: tuple[str, ...] = ()  # from status.podIP(s); empty until assigned
     ports: tuple[ContainerPort, ...] = ()
     source: str = field(default="", compare=False)
-    # "Deployment/web" when a workload made this pod (enforcer.workloads), "" for a Pod
+    # "Deployment/web" when a workload made this pod (enforcer.load.workloads), "" for a Pod
     owner: str = field(default="", compare=False)
     # spec.hostNetwork: the pod shares its node's network namespace and address; as far as
     # policy goes it IS the node (always allowed, SEMANTICS 12), so it gets no firewall.
@@ -151,7 +151,7 @@ class ServicePort:
 
 @dataclass(frozen=True)
 class Service:
-    """A v1 Service as the model reads it (enforcer.services): a virtual address in front of
+    """A v1 Service as the model reads it (enforcer.load.services): a virtual address in front of
     the pods its selector matches. ``selector`` None: no selector (no endpoints we manage).
     ``cluster_ip`` "" until assigned, "None" for a headless Service."""
 

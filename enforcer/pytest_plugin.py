@@ -111,7 +111,7 @@ def _load(manifests: Any, workdir: Path):
     if isinstance(manifests, Cluster):
         return manifests, []
     paths = _paths(manifests, workdir)
-    from enforcer import manifests as loader
+    from enforcer.load import manifests as loader
 
     result = loader.load(paths)
     return result.cluster, [str(w) for w in result.warnings] + [str(n) for n in result.notes]
@@ -178,7 +178,7 @@ def _write(workdir: Path, text: str) -> str:
 
 
 def _ports(ports: Iterable[Any] | None) -> list[tuple[int, str]] | None:
-    from enforcer.reachability import parse_port
+    from enforcer.views.reachability import parse_port
 
     if ports is None:
         return None
@@ -233,7 +233,7 @@ class DropWatch:
 def _in_family(rows: list[dict], cluster, family: int) -> list[dict]:
     """Rows whose endpoints have an address of ``family``; an endpoint the lab does not
     know stays (its cells then fail as missing, naming the typo)."""
-    from enforcer import verdict
+    from enforcer.views import verdict
 
     has = {e.id: e.ip(family) is not None for e in verdict.endpoints(cluster)}
     return [r for r in rows if has.get(r["from"], True) and has.get(r["to"], True)]
@@ -340,7 +340,7 @@ class LabHandle:
         Fails when a cell is wrong (naming the wrong cells and the model's reason) and when
         nothing at all was compared."""
         __tracebackhide__ = True
-        from enforcer import reachability
+        from enforcer.views import reachability
         from enforcer.lab import control, report
 
         fams = [family] if family else self.families()
@@ -369,7 +369,7 @@ class LabHandle:
                     reasons=report.model_reasons(self.name, fam), verbose=self._verbosity >= 2))
 
     def _why_empty(self, expected: Any, ports: Any, family: int, sctp: list) -> str:
-        from enforcer import verdict
+        from enforcer.views import verdict
 
         cluster = self.cluster
         eps = [e for e in verdict.endpoints(cluster) if e.ip(family)]

@@ -1,4 +1,4 @@
-"""The ClusterNetworkPolicy part of enforcer.compile.Compiler (a mixin, so compile.py stays
+"""The ClusterNetworkPolicy part of enforcer.compiler.compile.Compiler (a mixin, so compile.py stays
 about NetworkPolicy): the tiers are added to each firewall as it is built.
 
 Incremental, as NetworkPolicy compile is. A pod's tiers read two kinds of selection: the

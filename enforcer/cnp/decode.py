@@ -14,7 +14,7 @@ refused with a message saying so: this enforcer implements the standard channel.
 """
 from __future__ import annotations
 
-from enforcer import validation as V
+from enforcer.load import validation as V
 from enforcer.cnp.model import (
     ACTIONS,
     TIERS,
@@ -24,7 +24,7 @@ from enforcer.cnp.model import (
     CNPRule,
     Selection,
 )
-from enforcer.decode import Anc, Errs, _integer, _items, _selector, _string, _strings, _struct
+from enforcer.load.decode import Anc, Errs, _integer, _items, _selector, _string, _strings, _struct
 from enforcer.model import LabelSelector
 
 API_VERSION = "policy.networking.k8s.io/v1alpha2"
@@ -266,7 +266,7 @@ def check_top(d: dict, errs: Errs) -> None:
 def decode_object(d: dict, errs: Errs, warns: Errs, source: str) -> ClusterNetworkPolicy:
     """A whole ClusterNetworkPolicy object: cluster-scoped, so metadata.namespace is
     ignored as the API server ignores it for cluster-scoped kinds."""
-    from enforcer.decode import _metadata
+    from enforcer.load.decode import _metadata
     check_top(d, errs)
     meta = _metadata(d.get("metadata"), errs, False, V.dns1123_subdomain)
     return decode(d, meta.name, errs, warns, source)

@@ -27,7 +27,7 @@ from typing import Callable, Iterable
 from enforcer import ir
 from enforcer.cnp.model import ACCEPT, ADMIN, DENY, PASS, ClusterNetworkPolicy, CNPRule, Selection
 from enforcer.model import Namespace, Pod
-from enforcer.selectors import matches
+from enforcer.compiler.selectors import matches
 
 
 def selects(sel: Selection, pod: Pod, namespace: Namespace) -> bool:

@@ -1,4 +1,4 @@
-"""ClusterNetworkPolicy tiers in words and JSON, for ``trace`` (enforcer.explain)."""
+"""ClusterNetworkPolicy tiers in words and JSON, for ``trace`` (enforcer.views.explain)."""
 from __future__ import annotations
 
 from enforcer import ir
@@ -10,7 +10,7 @@ def rule_words(r: ir.TierRule) -> str:
 
 
 def tier_lines(side) -> tuple[list[str], bool]:
-    """(lines, decided): what the tiers say about one side (an enforcer.verdict.Side);
+    """(lines, decided): what the tiers say about one side (an enforcer.views.verdict.Side);
     ``decided`` when an Admin or Baseline rule, not NetworkPolicy, made the decision."""
     d = side.decision
     if d is None:

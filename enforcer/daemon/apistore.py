@@ -3,7 +3,7 @@
 It is what ``ManifestStore`` is for files: the daemon reads ``cluster()``, ``issues()`` and
 ``counts`` from it and is fed the changes of every update, {(kind, key): object in force
 now, or None if gone}. Objects go through the same strict decoding as files
-(``enforcer.decode.decode_kind``), so an object the decoder refuses is reported with its
+(``enforcer.load.decode.decode_kind``), so an object the decoder refuses is reported with its
 namespace/name and field, and its last good version stays in force (a new object that
 was never good is not loaded).
 
@@ -22,13 +22,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from enforcer import validation as V
+from enforcer.load import validation as V
 from enforcer.cnp import decode as CNP
 from enforcer.daemon.sources import KEPT, NOT_LOADED, Issue, ObjKey, same_object
 from enforcer.daemon.status import write_atomic
-from enforcer.decode import decode_kind
+from enforcer.load.decode import decode_kind
 from enforcer.errors import Problem
-from enforcer.manifests import KIND_API_VERSIONS
+from enforcer.load.manifests import KIND_API_VERSIONS
 from enforcer.model import Cluster
 
 KINDS = ("Namespace", "Pod", "NetworkPolicy", CNP.KIND)

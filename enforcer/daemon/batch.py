@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from enforcer.compile import Compiler
+from enforcer.compiler.compile import Compiler
 from enforcer.daemon.sources import KIND_ORDER, ObjKey
 
 

@@ -23,7 +23,7 @@ from typing import Callable
 from enforcer import netns as nsmod
 from enforcer.errors import NetnsError
 from enforcer.ir import PROTOCOLS, PodFirewall
-from enforcer.verdict import side
+from enforcer.views.verdict import side
 
 PROTOS = {"tcp": "TCP", "udp": "UDP", "sctp": "SCTP", "icmp": "ICMP", "icmpv6": "ICMPV6"}
 _FIELD = re.compile(r"(\w+)=(\S+)")

@@ -15,7 +15,7 @@ import re
 import stat
 from typing import Iterable
 
-from enforcer import manifests
+from enforcer.load import manifests
 from enforcer.daemon.status import write_atomic
 from enforcer.errors import Problem
 

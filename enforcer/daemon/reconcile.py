@@ -33,7 +33,7 @@ from enforcer import netns as nsmod
 from enforcer.errors import ApplyError, NetnsError, NetpolError
 from enforcer.ir import DirectionPolicy, PodFirewall
 from enforcer.model import EGRESS, INGRESS, Cluster
-from enforcer.selectors import matches
+from enforcer.compiler.selectors import matches
 
 Clock = Callable[[], float]
 

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from enforcer import ipam
+from enforcer.compiler import ipam
 from enforcer.daemon import snapshot, status as statusfile
 from enforcer.daemon.conntrack import Conntrack
 from enforcer.daemon.desired import Source

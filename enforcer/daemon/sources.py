@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from enforcer import manifests
+from enforcer.load import manifests
 from enforcer.daemon.files import (LastGood, is_manifest, list_dir, read_text, signature,  # noqa: F401
                                    tame, text_digest)
 from enforcer.errors import Problem

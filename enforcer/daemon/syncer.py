@@ -7,7 +7,7 @@
              (what a switch of --enforce-at or a gone pod leaves behind) -> conntrack
     repair: Reconciler.repair (read back, restore, count)
 
-Why not enforcer/frontend.py's ``prepare`` (load, assign addresses, compile) as the CLI
+Why not enforcer/compiler/frontend.py's ``prepare`` (load, assign addresses, compile) as the CLI
 does: the daemon reads objects one at a time, keeps each one's last good version, never
 invents addresses (a pod without status.podIP is nobody's peer until it has one) and
 compiles incrementally; ``prepare`` loads files whole and assigns addresses to pods that

@@ -40,7 +40,7 @@ FAMILY = click.option("--family", type=click.Choice(["ipv4", "ipv6"]), default="
 
 def load_cluster(files):
     """Load and validate the manifests; print warnings and notes on stderr."""
-    from enforcer import manifests
+    from enforcer.load import manifests
 
     result = manifests.load(list(files), stdin=sys.stdin)
     echo_findings(result)
@@ -53,13 +53,13 @@ def _notes(notes) -> None:
 
 
 def _ports(text):
-    from enforcer import verdict
+    from enforcer.views import verdict
 
     return verdict.parse_ports(text)
 
 
 def _expected_rows(spec: str, name: str, ports, family: int) -> list[dict]:
-    from enforcer import reachability
+    from enforcer.views import reachability
 
     if spec == "model":
         return control.expected(name, ports, family=family)
@@ -69,7 +69,7 @@ def _expected_rows(spec: str, name: str, ports, family: int) -> list[dict]:
 
 def _emit(report: control.ProbeReport, fmt: str, name: str, expect_rows: list[dict] | None) -> bool:
     """Print a probe report; with expectations also the comparison. True when all match."""
-    from enforcer import reachability
+    from enforcer.views import reachability
 
     _notes(report.notes)
     comparison = None
@@ -401,7 +401,7 @@ _register_exec()
 @click.option("--out-file", type=click.Path(dir_okay=False), help="Write -o svg|png to this file (default: stdout).")
 def draw(name, fmt, out_file) -> None:
     """Draw the lab's topology: node namespace, bridge, every pod on its veth, isolation."""
-    from enforcer import pictures
+    from enforcer.views import pictures
     from enforcer.ir import DIRECTIONS
     from enforcer.lab import state as lab_state
 

@@ -131,7 +131,8 @@ def _preload() -> None:
     from pyroute2 import IPRoute, netns as _pyroute2_netns  # noqa: F401
 
     from backends import registry  # noqa: F401
-    from enforcer import compile as _compile_module, verdict  # noqa: F401
+    from enforcer.compiler import compile as _compile_module  # noqa: F401
+    from enforcer.views import verdict
 
 
 # ------------------------------------------------------------------- apply
@@ -180,7 +181,7 @@ def apply(name: str, cluster: Cluster, *, node_of: dict[str, str] | None = None,
 def probe(name: str, ports: list[tuple[int, str]] | None = None, *, family: int = 4,
           timeout: float = 1.0, retries: int = 1) -> ProbeReport:
     """Real connections between every ordered pair of endpoints, in parallel."""
-    from enforcer import verdict
+    from enforcer.views import verdict
 
     t0 = time.monotonic()
     with state.locked(name):
@@ -206,7 +207,7 @@ def probe(name: str, ports: list[tuple[int, str]] | None = None, *, family: int 
 def expected(name: str, ports: list[tuple[int, str]] | None = None, *, family: int = 4) -> list[dict]:
     """The model's verdicts for the lab as it is (the firewalls it installed), on the cases
     ``probe`` would try."""
-    from enforcer import verdict
+    from enforcer.views import verdict
 
     with state.locked(name):
         st = multinode.synced(state.load(name), get_backend)

@@ -10,14 +10,14 @@
               the firewall it has now, so an unchanged pod is not touched and a set-only
               change is a delta. Then the server opens the ports of new endpoints.
 
-Addresses are planned by enforcer/ipam.py (pure), endpoints made by endpoints.py; the
+Addresses are planned by enforcer/compiler/ipam.py (pure), endpoints made by endpoints.py; the
 callers (control.py) hold the lab's lock.
 """
 from __future__ import annotations
 
 import time
 
-from enforcer import ipam
+from enforcer.compiler import ipam
 from enforcer.lab import endpoints, multinode, naming, serverctl, state, topology
 from enforcer.lab.state import LabState
 from enforcer.model import Cluster

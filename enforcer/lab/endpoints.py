@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from enforcer import ipam, netns
+from enforcer.compiler import ipam
+from enforcer import netns
 from enforcer.ir import PodFirewall
 from enforcer.lab import naming, serverctl, state, topology
 from enforcer.lab.state import Endpoint, LabState
@@ -114,7 +115,7 @@ def prefixlen(cidr: str) -> int:
 
 
 def compile_firewalls(cluster: Cluster, node_ips: tuple[str, ...]) -> dict[str, PodFirewall]:
-    from enforcer.compile import compile_cluster
+    from enforcer.compiler.compile import compile_cluster
 
     return compile_cluster(cluster, node_ips=node_ips)
 

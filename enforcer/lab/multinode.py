@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from enforcer import ipam
+from enforcer.compiler import ipam
 from enforcer.lab import naming, nodes as lab_nodes, state, topology
 from enforcer.lab.state import LabState
 from enforcer.model import Cluster
@@ -90,7 +90,7 @@ def raw_inputs(files) -> tuple[dict[str, str], list[dict]]:
     spec.nodeName and the NetworkPolicy and ClusterNetworkPolicy objects (sent as they are
     to an API lab's server).
     The files were loaded and validated already (manifests.load), so problems are moot."""
-    from enforcer.documents import parse_all, read_path
+    from enforcer.load.documents import parse_all, read_path
 
     node_of: dict[str, str] = {}
     policies: list[dict] = []

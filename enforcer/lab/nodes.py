@@ -25,7 +25,7 @@ import ipaddress
 from dataclasses import replace
 from typing import Iterable, Mapping
 
-from enforcer import ipam
+from enforcer.compiler import ipam
 from enforcer.errors import LabError
 from enforcer.lab import naming, topology
 from enforcer.lab.state import Endpoint, LabState
@@ -305,7 +305,7 @@ def _node_routes(st: LabState, n: dict) -> None:
 def compile_per_node(cluster: Cluster, nodes: list[dict], placement: Mapping[str, str]) -> dict:
     """Each pod's firewall with its own node's gateway as the node address (SEMANTICS 12),
     as that node's agent compiles it (``--node-ip``)."""
-    from enforcer.compile import compile_cluster
+    from enforcer.compiler.compile import compile_cluster
 
     out = {}
     for n in nodes:

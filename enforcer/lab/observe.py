@@ -237,7 +237,7 @@ class LabView:
         firewalls = dict(st.firewalls)
         missing = [k for k in st.cluster.pods if k not in firewalls]
         if missing:  # a lab made before firewalls were kept in its state: compile them
-            from enforcer.compile import compile_cluster
+            from enforcer.compiler.compile import compile_cluster
 
             compiled = compile_cluster(st.cluster, node_ips=st.gateways)
             firewalls.update({k: compiled[k] for k in missing if k in compiled})

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Mapping
 
-from enforcer.reachability import (ALLOWED, BLOCKED, LEGEND, SELF, CellKey, Comparison, PortKey,
+from enforcer.views.reachability import (ALLOWED, BLOCKED, LEGEND, SELF, CellKey, Comparison, PortKey,
                                    WrongCell, _index, port_label)
 
 WIDTH = 100
@@ -135,7 +135,7 @@ def failure_text(comparison: Comparison, expected_rows: Iterable[Mapping],
 
 def verdict_reason(cluster, v) -> str:
     """One line: the model's verdict and the policy rules behind it."""
-    from enforcer import explain
+    from enforcer.views import explain
 
     word = "allowed" if v.allowed else "blocked"
     if v.always:
@@ -166,7 +166,7 @@ def model_reasons(name: str, family: int = 4) -> Callable[[list[WrongCell]], dic
     """A ``reasons`` callback for ``failure_text`` that asks the lab's model."""
 
     def reasons(cells: list[WrongCell]) -> dict[CellKey, str]:
-        from enforcer import verdict
+        from enforcer.views import verdict
         from enforcer.lab import control, state
 
         st = state.load(name)

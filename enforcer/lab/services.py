@@ -22,7 +22,7 @@ A Service port with several backends picks one per connection, round robin
 from __future__ import annotations
 
 from enforcer import netns
-from enforcer import services as S
+from enforcer.load import services as S
 from enforcer.errors import LabError, NetnsError
 from enforcer.model import Cluster
 
@@ -131,7 +131,7 @@ def probe_rows(lab: str, ports: list[tuple[int, str]] | None = None, *, family: 
 
 def expected_rows(lab: str, ports: list[tuple[int, str]] | None = None, *, family: int = 4) -> list[dict]:
     """The model's rows for the same cases (the firewalls the lab installed)."""
-    from enforcer.compile import compile_cluster
+    from enforcer.compiler.compile import compile_cluster
     from enforcer.lab import state
 
     with state.locked(lab):

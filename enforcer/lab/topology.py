@@ -25,7 +25,7 @@ External hosts sit on their own veth; the node holds its address in the host's s
 plus a host route to the external, so two external hosts may share a subnet.
 
 What to wire is planned elsewhere, purely: addresses, pod CIDRs, gateways and conflicts in
-enforcer/ipam.py; here only the MACs the lab chooses. The rest is the only code that
+enforcer/compiler/ipam.py; here only the MACs the lab chooses. The rest is the only code that
 touches links, through pyroute2 sockets opened inside the lab's namespaces. Nothing here
 ever opens a socket in the host's namespace.
 """
@@ -34,7 +34,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable
 
-from enforcer import interrupts, ipam, netns
+from enforcer import interrupts, netns
+from enforcer.compiler import ipam
 from enforcer.errors import LabError, NetnsError
 from enforcer.lab.state import Endpoint
 

@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from enforcer.reachability import compare
+from enforcer.views.reachability import compare
 from tests.api.apinode import ApiCluster, start_daemon
 from tests.conformance.cases import load_cases
 

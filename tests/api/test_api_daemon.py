@@ -45,7 +45,7 @@ def cp(private_control_plane):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    from enforcer import manifests
+    from enforcer.load import manifests
     from enforcer.daemon.testing import write_yaml
     from enforcer.lab import control
 

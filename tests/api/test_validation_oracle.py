@@ -20,7 +20,7 @@ import yaml
 from click.testing import CliRunner
 
 from enforcer.cli import cli
-from enforcer.manifests import decode_text
+from enforcer.load.manifests import decode_text
 from tests.unit import test_validation as corpus
 
 DATA = Path(__file__).resolve().parents[1] / "unit" / "data" / "manifests"

@@ -10,7 +10,7 @@ case fails loudly with the file and the place, never silently changes what is te
         for step in case.steps:
             path = step.write(tmp_dir)             # one multi-document YAML file
             for check in step.checks:
-                expected = check.rows(case.endpoints)   # rows for enforcer.reachability
+                expected = check.rows(case.endpoints)   # rows for enforcer.views.reachability
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from enforcer.reachability import PortKey, Reachability, parse_port, port_label, selector
+from enforcer.views.reachability import PortKey, Reachability, parse_port, port_label, selector
 
 HERE = Path(__file__).resolve().parent
 CASES_DIR = HERE / "cases"

@@ -564,7 +564,7 @@ def test_malformed_input_is_an_apply_error_not_a_traceback(backend):
 def test_compiled_set_names_load(backend):
     """The compiler's set names (in0, in1, in0B for a second policy, eg0p for an egress
     named port) load in every backend and read back equal, and still decide packets."""
-    from enforcer import compile as comp
+    from enforcer.compiler import compile as comp
     from enforcer.model import ContainerPort, PortSpec
     from tests.unit.clusters import cluster, peer_block, peer_pods, pod, policy, rule as mrule, sel
 
@@ -594,7 +594,7 @@ def test_compiled_set_names_load(backend):
 def test_ipv6_block_with_a_zero_prefix_reads_back_equal(backend):
     """An ipBlock in ::/96 (nft lists ::173.80.0.0, we render ::ad50:0; ip6tables lists its
     own form): read back equal, so verify never sees drift that is not there."""
-    from enforcer import compile as comp
+    from enforcer.compiler import compile as comp
     from tests.unit.clusters import cluster, peer_block, pod, policy, rule as mrule, sel
 
     cl = cluster(pod("x", "srv", {"app": "srv"}, ips=ADDR["srv1"]),

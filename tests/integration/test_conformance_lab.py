@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import pytest
 
-from enforcer.reachability import compare
+from enforcer.views.reachability import compare
 
 from tests.conformance.cases import load_cases
 

@@ -47,7 +47,7 @@ def host_ruleset() -> str:
 
 class Lab:
     def __init__(self, tmp):
-        from enforcer import manifests
+        from enforcer.load import manifests
         from enforcer.lab import control
 
         self.control = control
@@ -313,7 +313,7 @@ def test_new_pod_is_isolated_as_soon_as_its_namespace_appears(lab, run, tmp_path
     extra = [pod_doc("x", "b2", "10.244.0.5", {"app": "b"})]
     write_yaml(str(run.watch / "pods.yaml"), pods_docs(extra=extra))
     time.sleep(0.2)
-    from enforcer import manifests
+    from enforcer.load import manifests
 
     path = str(tmp_path / "lab2.yaml")
     write_yaml(path, pods_docs(extra=extra))

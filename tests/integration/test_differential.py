@@ -14,7 +14,7 @@ import copy
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from enforcer.reachability import compare
+from enforcer.views.reachability import compare
 from tests.conformance.cases import load_cases
 
 pytestmark = pytest.mark.root

@@ -325,7 +325,7 @@ def test_ipv6_lab(lab):
 
 def test_plugin_skips_or_runs(netpol_lab):
     """The fixture: a lab from a Cluster, a Reachability expectation, automatic teardown."""
-    from enforcer.reachability import Reachability
+    from enforcer.views.reachability import Reachability
 
     lab = netpol_lab(small_cluster([DENY_X]), backend=REAL_BACKENDS[0])
     pods = ["x/a", "x/b", "y/a", "y/c", "backup"]
@@ -373,7 +373,7 @@ def netpol(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
 
 @pytest.mark.root
 def test_cli_lab_commands(lab, tmp_path):
-    pytest.importorskip("enforcer.manifests")
+    pytest.importorskip("enforcer.load.manifests")
     backend = REAL_BACKENDS[0]
     (tmp_path / "lab.yaml").write_text(YAML)
     (tmp_path / "deny.yaml").write_text(DENY_YAML)
@@ -406,7 +406,7 @@ def test_cli_lab_commands(lab, tmp_path):
 
 @pytest.mark.root
 def test_cli_one_shot_probe(tmp_path):
-    pytest.importorskip("enforcer.manifests")
+    pytest.importorskip("enforcer.load.manifests")
     (tmp_path / "deny.yaml").write_text(DENY_YAML)
     before = set(netns.list_names("netpol-probe-"))
     r = netpol("probe", "-f", str(tmp_path / "deny.yaml"), "--backend", REAL_BACKENDS[0],

@@ -26,7 +26,7 @@ from backends import nft_netlink, nft_runners, nftables as nft
 from backends.nftables import NftablesBackend
 from enforcer import netns
 from enforcer.errors import ApplyError, InputError
-from enforcer.frontend import prepare
+from enforcer.compiler.frontend import prepare
 from enforcer.ir import (TABLE, AddrPortSet, AddrSet, AllowRule, DirectionPolicy, PodFirewall,
                          PortMatch, Provenance, TierRule)
 

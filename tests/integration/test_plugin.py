@@ -23,7 +23,7 @@ from enforcer.errors import LabError
 from enforcer.lab import control, naming, serverctl, state
 from enforcer.model import Cluster, ContainerPort, Namespace, Pod
 from enforcer.pytest_plugin import NetpolLabWarning
-from enforcer.reachability import Reachability
+from enforcer.views.reachability import Reachability
 from tests.unit.test_plugin_report import SHOP, SHOP_PODS, SHOP_PORTS, shop_expectation
 
 pytestmark = pytest.mark.root
@@ -100,7 +100,7 @@ def test_one_wrong_cell_is_named_with_the_models_reason(netpol_lab):
 
 
 INNER_FAIL = """
-from enforcer.reachability import Reachability
+from enforcer.views.reachability import Reachability
 from tests.unit.test_plugin_report import SHOP, shop_expectation
 
 def test_shop(netpol_lab):

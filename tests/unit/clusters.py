@@ -2,12 +2,12 @@
 small cluster that many test files load as manifest text (three_pods)."""
 from __future__ import annotations
 
-from enforcer import ipam
-from enforcer.compile import Compiler
+from enforcer.compiler import ipam
+from enforcer.compiler.compile import Compiler
 from enforcer.model import (EGRESS, INGRESS, Cluster, ContainerPort, ExternalHost, IPBlock,
                             LabelSelector, Namespace, NetworkPolicy, Peer, Pod, PortSpec,
                             Requirement, Rule)
-from enforcer import verdict
+from enforcer.views import verdict
 
 
 def sel(labels: dict | None = None, *exprs: tuple) -> LabelSelector:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from enforcer import verdict
-from enforcer.compile import compile_cluster
-from enforcer.manifests import load
+from enforcer.views import verdict
+from enforcer.compiler.compile import compile_cluster
+from enforcer.load.manifests import load
 from tests.conformance.cnp.cases import load_cases
 
 CASES = load_cases()
@@ -93,7 +93,7 @@ def test_cnps_that_decide_nothing_change_nothing(case, k, step, tmp_path):
 def test_incremental_compiler_follows_the_steps(case, tmp_path):
     """Compiler.sync through the steps (rule swaps, relabels, a deleted NetworkPolicy), then
     without any CNP, gives the firewalls a fresh compile gives."""
-    from enforcer.compile import Compiler
+    from enforcer.compiler.compile import Compiler
     states = []
     for k, step in enumerate(case.steps):
         f = tmp_path / f"step{k}.yaml"
@@ -117,7 +117,7 @@ def test_incremental_compiler_follows_the_steps(case, tmp_path):
 
 def test_set_cnp_and_remove_cnp_match_a_fresh_compile(tmp_path):
     """The calls a daemon feeding CNP changes would make (Compiler.set_cnp / remove_cnp)."""
-    from enforcer.compile import Compiler
+    from enforcer.compiler.compile import Compiler
     [case] = [c for c in CASES if c.name == "CNPAdminTierIntegration"]
     f = tmp_path / "s.yaml"
     f.write_text(case.steps[0].manifests_text())

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from enforcer.errors import InputError
-from enforcer.manifests import decode_text, load
+from enforcer.load.manifests import decode_text, load
 
 API = "policy.networking.k8s.io/v1alpha2"
 NS = {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "x"}}}

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from enforcer.cnp import decode as CNP
-from enforcer.compile import Compiler, compile_cluster
+from enforcer.compiler.compile import Compiler, compile_cluster
 from enforcer.model import ContainerPort, Namespace
 from tests.unit.test_cnp_property import HOUSES, _cluster, cnp, np_policy
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 
 from backends import ipt_render, nftables
-from enforcer import ipam, verdict
+from enforcer.compiler import ipam
+from enforcer.views import verdict
 from enforcer.cnp.model import ClusterNetworkPolicy, CNPPeer, CNPProtocol, CNPRule, Selection
-from enforcer.compile import Compiler, compile_cluster
+from enforcer.compiler.compile import Compiler, compile_cluster
 from tests.unit.clusters import sel
 from tests.unit.test_compile import worlds
 

@@ -10,10 +10,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enforcer import verdict
-from enforcer.compile import compile_cluster
-from enforcer.manifests import decode_text, build_cluster
-from enforcer.selectors import matches
+from enforcer.views import verdict
+from enforcer.compiler.compile import compile_cluster
+from enforcer.load.manifests import decode_text, build_cluster
+from enforcer.compiler.selectors import matches
 from tests.conformance.cnp.cases import BASE
 
 HOUSES = ["gryffindor", "slytherin", "hufflepuff", "ravenclaw"]
@@ -71,7 +71,7 @@ def _cluster(docs):
 
 
 def _sel_matches(sel: dict, pod, ns) -> bool:
-    from enforcer.decode import _selector
+    from enforcer.load.decode import _selector
     if "namespaces" in sel:
         return matches(_selector(sel["namespaces"], "", [], ()), ns.labels)
     p = sel["pods"]

@@ -5,8 +5,9 @@ from dataclasses import replace
 
 from hypothesis import given, settings, strategies as st
 
-from enforcer import ipam, ir
-from enforcer.compile import Compiler, block_networks, compile_cluster
+from enforcer.compiler import ipam
+from enforcer import ir
+from enforcer.compiler.compile import Compiler, block_networks, compile_cluster
 from enforcer.model import EGRESS, INGRESS, IPBlock, Namespace
 from tests.unit.clusters import cluster, ns, peer_block, peer_ns, peer_pods, pod, policy, rule, sel
 

@@ -8,11 +8,12 @@ import ipaddress
 from hypothesis import given, settings, strategies as st
 
 from backends import base
-from enforcer import intervals, ipam
-from enforcer.compile import Compiler, block_networks, compile_cluster
-from enforcer.labelindex import PodIndex
+from enforcer import intervals
+from enforcer.compiler import ipam
+from enforcer.compiler.compile import Compiler, block_networks, compile_cluster
+from enforcer.compiler.labelindex import PodIndex
 from enforcer.model import IPBlock
-from enforcer.selectors import matches
+from enforcer.compiler.selectors import matches
 from tests.unit.test_compile import worlds
 from tests.unit.test_selectors import LABELS, selectors
 

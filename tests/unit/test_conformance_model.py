@@ -1,7 +1,7 @@
 """The upstream e2e conformance cases, run against the model (no root, no kernel).
 
 For every case and step: write the step's desired state to a file, load it as the CLI does
-(enforcer.manifests), assign addresses, compile, ask enforcer.verdict for the matrix on
+(enforcer.load.manifests), assign addresses, compile, ask enforcer.views.verdict for the matrix on
 the step's ports and compare with the case's expectation: zero wrong cells. A failure
 prints the upstream-style expected / observed / comparison tables.
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from enforcer.reachability import compare, truth_table
+from enforcer.views.reachability import compare, truth_table
 from tests.conformance.cases import (CASES_DIR, CaseError, Step, load_case, load_cases)
 
 CASES = load_cases()
@@ -26,9 +26,10 @@ def model_rows(step: Step, tmp_path: Path) -> list[dict]:
     """The model's matrix for one desired state, through the same front half as the CLI."""
     # Imported here so that a missing module fails every model test loudly while the
     # data-file tests below still run.
-    from enforcer import ipam, manifests
-    from enforcer.compile import compile_cluster
-    from enforcer.verdict import matrix
+    from enforcer.compiler import ipam
+    from enforcer.load import manifests
+    from enforcer.compiler.compile import compile_cluster
+    from enforcer.views.verdict import matrix
 
     path = step.write(tmp_path)
     result = manifests.load([str(path)])
@@ -51,7 +52,8 @@ def test_model_matches_upstream_expectation(case, index, tmp_path):
 
 def test_fixed_pod_ips_survive_loading(tmp_path):
     """The ipBlock cases name pod addresses: the loader must keep status.podIP."""
-    from enforcer import ipam, manifests
+    from enforcer.compiler import ipam
+    from enforcer.load import manifests
 
     case = next(c for c in CASES if c.name == "egress-cidr")
     cluster = ipam.assign_ips(manifests.load([str(case.steps[0].write(tmp_path))]).cluster)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from enforcer.compile import Compiler
+from enforcer.compiler.compile import Compiler
 from enforcer.daemon.batch import BatchCompiler, Interrupted
 from enforcer.model import Cluster, ContainerPort, LabelSelector, Namespace, NetworkPolicy, Peer, Pod, Rule
 

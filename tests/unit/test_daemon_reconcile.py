@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from backends.base import FakeBackend
-from enforcer.compile import Compiler
+from enforcer.compiler.compile import Compiler
 from enforcer.daemon.discovery import Discovery, place
 from enforcer.daemon.reconcile import Reconciler, deny_only, isolation_only
 from enforcer.daemon.runner import FakeClock

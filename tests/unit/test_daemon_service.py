@@ -256,7 +256,7 @@ def test_compile_failure_fails_closed_and_recovers(env, monkeypatch):
     d = env.make()
     d.start()
     env.node.spaces["ns-b2"] = (9, {"10.244.0.5"})
-    from enforcer.compile import Compiler
+    from enforcer.compiler.compile import Compiler
 
     real = Compiler.set_pod
 

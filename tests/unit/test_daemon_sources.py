@@ -373,7 +373,7 @@ def test_long_quoted_values_are_cut_in_problems():
 def test_a_file_of_too_many_values_is_refused_and_its_objects_kept(monkeypatch, text):
     """Issue 20, finding 11: the parsed tree is bounded by a count of values, not only
     by the file's bytes (128 MB of "{}, " would take ~5 GB)."""
-    from enforcer import documents
+    from enforcer.load import documents
 
     monkeypatch.setattr(documents, "MAX_NODES", 2000)
     s = ManifestStore()

@@ -1,7 +1,7 @@
-"""enforcer.frontend: load, assign addresses, compile, once for every command."""
+"""enforcer.compiler.frontend: load, assign addresses, compile, once for every command."""
 from __future__ import annotations
 
-from enforcer import frontend, ipam
+from enforcer.compiler import frontend, ipam
 
 from enforcer.model import Cluster, Namespace
 

@@ -1,10 +1,10 @@
-"""Address planning (enforcer.ipam): pod addresses, and the lab's plan of pod CIDRs,
+"""Address planning (enforcer.compiler.ipam): pod addresses, and the lab's plan of pod CIDRs,
 gateways, conflicts and the node's addresses facing external hosts. Pure: no kernel."""
 from __future__ import annotations
 
 import pytest
 
-from enforcer import ipam
+from enforcer.compiler import ipam
 from enforcer.errors import LabError
 from enforcer.model import Cluster, ExternalHost, Namespace, Pod
 

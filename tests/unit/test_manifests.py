@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from enforcer import documents, manifests
+from enforcer.load import documents, manifests
 from enforcer.errors import InputError
-from enforcer.manifests import Decoded, build_cluster, decode_text, load
+from enforcer.load.manifests import Decoded, build_cluster, decode_text, load
 from enforcer.model import (
     ContainerPort,
     ExternalHost,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from enforcer import pictures
+from enforcer.views import pictures
 
 ROOT = Path(__file__).resolve().parents[2]
 EX = str(ROOT / "examples" / "three-tier")

@@ -14,7 +14,7 @@ import pytest
 from enforcer import interrupts
 from enforcer.errors import LabError
 from enforcer.lab import naming, report, state
-from enforcer.reachability import Reachability, compare, rows_of, truth_table
+from enforcer.views.reachability import Reachability, compare, rows_of, truth_table
 
 # An app as a test author writes it: four pods, four policies, six ports.
 SHOP = """
@@ -82,8 +82,9 @@ def shop_expectation() -> Reachability:
 def shop_model():
     import tempfile
 
-    from enforcer import ipam, manifests
-    from enforcer.compile import compile_cluster
+    from enforcer.compiler import ipam
+    from enforcer.load import manifests
+    from enforcer.compiler.compile import compile_cluster
 
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
         f.write(SHOP)
@@ -192,7 +193,7 @@ def _rows_of(_c):
 
 
 def test_the_models_reason_names_policy_and_rule():
-    from enforcer import verdict
+    from enforcer.views import verdict
 
     cluster, firewalls = shop_model()
     eps = {e.id: e for e in verdict.endpoints(cluster)}

@@ -1,4 +1,4 @@
-"""The Pod fast path (enforcer.podfast) against the strict decoder: whatever it accepts, the
+"""The Pod fast path (enforcer.load.podfast) against the strict decoder: whatever it accepts, the
 strict decoder accepts without a message and decodes to the same Pod; whatever it doubts,
 it leaves to the strict decoder (Hypothesis, over valid pods and near misses)."""
 from __future__ import annotations
@@ -9,9 +9,9 @@ from unittest import mock
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from enforcer import decode, manifests, podfast
+from enforcer.load import decode, manifests, podfast
 from enforcer.errors import InputError
-from enforcer.manifests import decode_text, load
+from enforcer.load.manifests import decode_text, load
 
 NAMES = st.sampled_from(["p0", "web-1", "a.b", "", "Web", "-x", "x" * 254, 7, None])
 NAMESPACES = st.sampled_from(["ns0", "default", "", None, "Bad_ns", "a.b", 3])

@@ -1,4 +1,4 @@
-"""enforcer.reachability: the expectation vocabulary, truth tables and comparisons."""
+"""enforcer.views.reachability: the expectation vocabulary, truth tables and comparisons."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 
 from enforcer.errors import InputError
-from enforcer.reachability import (Reachability, compare, load_rows, parse_port, rows_of,
+from enforcer.views.reachability import (Reachability, compare, load_rows, parse_port, rows_of,
                                    selector, truth_table)
 
 PODS = [f"{ns}/{p}" for ns in "xyz" for p in "abc"]

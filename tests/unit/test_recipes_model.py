@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from enforcer import reachability, verdict
+from enforcer.views import reachability, verdict
 from enforcer.cli import load
 
 RECIPES = Path(__file__).resolve().parents[2] / "examples" / "recipes"

@@ -1,11 +1,11 @@
 """Set names follow rule indices: a reader of `netpol render` finds the set of
 `egress[0]` under eg0, of `ingress[1]` under in1; a second policy selecting the same pod
-gets in0B, in1B... (enforcer.compile.set_name)."""
+gets in0B, in1B... (enforcer.compiler.compile.set_name)."""
 from __future__ import annotations
 
 from backends import iptables, nftables
-from enforcer import ipam
-from enforcer.compile import compile_cluster, set_name
+from enforcer.compiler import ipam
+from enforcer.compiler.compile import compile_cluster, set_name
 from enforcer.model import ContainerPort, ExternalHost, PortSpec
 from tests.unit.clusters import cluster, peer_block, peer_pods, pod, policy, rule, sel
 
@@ -62,7 +62,7 @@ def test_elements_say_which_pod_or_ipblock_they_come_from():
 
 def test_except_and_many_pods_in_one_interval_element():
     from enforcer.model import IPBlock
-    from enforcer.setwords import interval_notes
+    from enforcer.compiler.setwords import interval_notes
 
     pods = {f"10.0.0.{i}": f"x/p{i}" for i in range(1, 6)}
     notes = dict(interval_notes(["10.0.0.0/24", "10.1.0.0/17"], pods,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from enforcer.labelindex import LabelIndex
+from enforcer.compiler.labelindex import LabelIndex
 from enforcer.model import LabelSelector, Requirement
-from enforcer.selectors import matches
+from enforcer.compiler.selectors import matches
 
 KEYS = st.sampled_from(["app", "tier", "env"])
 VALUES = st.sampled_from(["a", "b", "c", ""])

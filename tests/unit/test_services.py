@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from enforcer import ipam, services
+from enforcer.compiler import ipam
+from enforcer.load import services
 from enforcer.cli import cli
 from enforcer.errors import InputError
-from enforcer.manifests import load
+from enforcer.load.manifests import load
 from enforcer.model import ServicePort
 
 SHOP = Path(__file__).resolve().parents[2] / "examples" / "shop"

@@ -1,5 +1,5 @@
 """trace says exactly why: every rule, peer and port of every isolating policy, with the
-label, except range, port or named-port resolution that decided it (enforcer.reasons).
+label, except range, port or named-port resolution that decided it (enforcer.views.reasons).
 
 The reasons are computed from the policy as written, the verdict from the IR; the first
 tests check, on every bundled example and every upstream conformance step, that a rule
@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from enforcer import ipam, manifests, verdict
+from enforcer.compiler import ipam
+from enforcer.load import manifests
+from enforcer.views import verdict
 from enforcer.cli import cli, load
-from enforcer.compile import compile_cluster
+from enforcer.compiler.compile import compile_cluster
 from enforcer.model import ContainerPort, ExternalHost, PortSpec
-from enforcer.reasons import side_reasons
+from enforcer.views.reasons import side_reasons
 from tests.conformance.cases import load_cases
 from tests.unit.clusters import (cluster, peer_block, peer_ns, peer_pods, pod, policy, rule, sel)
 
@@ -127,7 +129,7 @@ def _verdict(cl, src, dst, port, proto="TCP"):
 
 
 def test_named_port_is_resolved_in_words_and_json():
-    from enforcer.explain import trace_json, trace_lines
+    from enforcer.views.explain import trace_json, trace_lines
 
     cl = _named_port_cluster()
     v = _verdict(cl, "prod/web", "prod/api", 8080)
@@ -151,7 +153,7 @@ def test_named_port_is_resolved_in_words_and_json():
 
 
 def test_protocol_and_namespace_scope_reasons():
-    from enforcer.explain import trace_lines
+    from enforcer.views.explain import trace_lines
 
     cl = cluster(
         pod("prod", "db", {"role": "db"}), pod("dev", "api", {"role": "api"}),
@@ -164,7 +166,7 @@ def test_protocol_and_namespace_scope_reasons():
 
 
 def test_match_expressions_misses():
-    from enforcer.explain import trace_lines
+    from enforcer.views.explain import trace_lines
 
     cl = cluster(
         pod("prod", "db", {"role": "db"}), pod("prod", "api", {"role": "api", "tier": "x"}),
@@ -192,7 +194,7 @@ def test_json_has_a_reason_per_rule_peer_and_port():
 
 
 def test_ip_block_family_and_unmatched_cidr():
-    from enforcer.explain import trace_lines
+    from enforcer.views.explain import trace_lines
 
     cl = cluster(pod("prod", "db", {"role": "db"}), ExternalHost("h", ("10.9.0.1",)),
                  policy("prod", "db", sel({"role": "db"}), ingress=[rule(peer_block("2001:db8::/64"), peer_block("10.0.0.0/16"))]))

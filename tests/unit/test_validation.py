@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from enforcer import validation as V
-from enforcer.manifests import decode_text
+from enforcer.load import validation as V
+from enforcer.load.manifests import decode_text
 
 SUBDOMAIN = ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, "
              "'-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', "

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from enforcer import workloads
+from enforcer.load import workloads
 from enforcer.cli import cli
 from enforcer.errors import InputError
-from enforcer.manifests import load
+from enforcer.load.manifests import load
 from enforcer.model import ContainerPort
 
 SHOP = Path(__file__).resolve().parents[2] / "examples" / "shop"

@@ -1,17 +1,17 @@
 """Strict decoding of one Kubernetes object's fields into an enforcer.model object.
 
-The input is a plain document (from enforcer.documents) whose kind and apiVersion
-enforcer.manifests has already checked. Each decoder reads the fields as
+The input is a plain document (from enforcer.load.documents) whose kind and apiVersion
+enforcer.load.manifests has already checked. Each decoder reads the fields as
 ``kubectl apply --validate=strict`` and the API server would: unknown fields (with a hint
 when the field belongs to an enclosing object: mis-indented YAML), wrong types, and every
-rule of the API server's validation (enforcer.validation) are appended to ``errs`` as
+rule of the API server's validation (enforcer.load.validation) are appended to ``errs`` as
 (field path, message); doubtful but accepted values go to ``warns``. Defaults are applied,
 not demanded. Pods are decoded strictly only where we read them (metadata,
 containers[].ports, status.podIP(s)); their many other fields are tolerated.
 
 Decoders never stop at the first problem, so a user fixes a whole file in one pass. Pod
 decoding runs for every pod of a large cluster: its common, valid shape goes through
-enforcer.podfast first.
+enforcer.load.podfast first.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import socket
 from dataclasses import dataclass
 from typing import Sequence
 
-from enforcer import validation as V
-from enforcer.hints import unknown_field
-from enforcer.podfast import container_port, fast_pod
+from enforcer.load import validation as V
+from enforcer.load.hints import unknown_field
+from enforcer.load.podfast import container_port, fast_pod
 from enforcer.model import (
     EGRESS,
     INGRESS,

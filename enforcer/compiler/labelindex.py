@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from enforcer.model import LabelSelector
-from enforcer.selectors import matches
+from enforcer.compiler.selectors import matches
 
 _NONE: frozenset[str] = frozenset()
 

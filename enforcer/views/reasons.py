@@ -1,6 +1,6 @@
 """Why each rule, peer and port of a policy did or did not match one connection.
 
-``trace`` tells a learner the verdict (read from the IR, in enforcer.verdict) and, below
+``trace`` tells a learner the verdict (read from the IR, in enforcer.views.verdict) and, below
 it, the reasons: for every policy that isolates either side, every rule, every peer and
 every port entry, with the label, namespace, ``except`` range, protocol or named port that
 decided it. The reasons are computed here from the policy as written (the model), so they
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from enforcer.model import Cluster, LabelSelector, NetworkPolicy, Peer, PortSpec, Requirement, Rule
-from enforcer.selectors import requirement_matches
+from enforcer.compiler.selectors import requirement_matches
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def _selector_hits(sel: LabelSelector, labels: Mapping[str, str]) -> str:
 
 def _peer_text(pol: NetworkPolicy, peer: Peer) -> str:
     # Imported here: explain imports this module for its trace words.
-    from enforcer.explain import describe_peer
+    from enforcer.views.explain import describe_peer
 
     return describe_peer(pol, peer)
 

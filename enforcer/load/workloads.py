@@ -26,10 +26,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from enforcer import decode as D
-from enforcer import validation as V
+from enforcer.load import decode as D
+from enforcer.load import validation as V
 from enforcer.model import ContainerPort, LabelSelector, Pod
-from enforcer.selectors import matches
+from enforcer.compiler.selectors import matches
 
 API_VERSIONS = {
     "Deployment": "apps/v1",
@@ -307,7 +307,7 @@ def host_network_endpoint(cluster, ident: str, node_ips: tuple[str, ...]):
     pod = cluster.host_network.get(ident)
     if pod is None:
         return None, ""
-    from enforcer.verdict import Endpoint
+    from enforcer.views.verdict import Endpoint
 
     note = (f"{ident} is a hostNetwork pod: it uses its node's network namespace and address "
             f"({', '.join(node_ips)}); as far as policy goes it is the node: traffic between "
@@ -320,7 +320,7 @@ def trace_groups(cluster, firewalls, src: str, dst: str, port: int, protocol: st
     """``trace --by workload``: every replica of ``src`` to every replica of ``dst`` (a
     workload, a pod or an external host each). Allowed when every pod pair is; the reasons
     are given for the first pair, and for the first pair of the other verdict if they differ."""
-    from enforcer import explain, verdict
+    from enforcer.views import explain, verdict
 
     gs = groups(cluster)
     srcs, dsts = gs.get(src, [src]), gs.get(dst, [dst])

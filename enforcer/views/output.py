@@ -1,6 +1,6 @@
 """Text layouts shared by the commands: the explain table and render blocks.
 
-(Truth tables and their comparison live in enforcer.reachability, next to the vocabulary
+(Truth tables and their comparison live in enforcer.views.reachability, next to the vocabulary
 that builds expectations.)
 """
 from __future__ import annotations

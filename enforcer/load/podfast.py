@@ -3,7 +3,7 @@
 A large cluster is mostly Pods, and nearly all of them have the same shape: metadata with
 a name, a namespace and labels (plus a few string fields nobody reads), containers whose
 ports are plain, and status.podIP (with podIPs repeating it). ``fast_pod`` recognises
-exactly that shape and returns the Pod the strict decoder (enforcer.decode) would return
+exactly that shape and returns the Pod the strict decoder (enforcer.load.decode) would return
 for it, without errors or warnings; anything else (a wrong type, an unknown field, a value
 it has not seen validated, a second address...) returns None and the strict decoder runs,
 so every message about bad input still comes from one place.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import socket
 from dataclasses import fields
 
-from enforcer import validation as V
+from enforcer.load import validation as V
 from enforcer.model import PROTOCOLS, ContainerPort, Pod
 
 _OBJECT = frozenset(("apiVersion", "kind", "metadata", "spec", "status"))

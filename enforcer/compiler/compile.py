@@ -25,11 +25,11 @@ from typing import Iterable
 from enforcer import ir
 from enforcer.cnp.compiling import TiersMixin
 from enforcer import intervals
-from enforcer.labelindex import LabelIndex, PodIndex
+from enforcer.compiler.labelindex import LabelIndex, PodIndex
 from enforcer.model import (EGRESS, INGRESS, Cluster, IPBlock, Namespace, NetworkPolicy,
                             Peer, Pod, Rule)
-from enforcer.selectors import matches
-from enforcer.setwords import NoteCache, addr_notes, addrport_notes, group_id, set_name  # noqa: F401 (set_name: re-export)
+from enforcer.compiler.selectors import matches
+from enforcer.compiler.setwords import NoteCache, addr_notes, addrport_notes, group_id, set_name  # noqa: F401 (set_name: re-export)
 
 RuleId = tuple[str, str, int]  # (policy key, "ingress"|"egress", rule index)
 LEGACY = "[legacy DefaultDeny annotation]"

@@ -14,7 +14,7 @@ import ipaddress
 from dataclasses import replace
 from typing import Iterable, Mapping
 
-from enforcer import services
+from enforcer.load import services
 from enforcer.errors import InputError, LabError
 from enforcer.model import Cluster
 

@@ -12,7 +12,7 @@ says why it is probably there:
   as an item of its own (either matches), because the two mean different things;
 * a field of an enclosing object (mis-indented YAML), or of a rule when written in spec.
 
-Pure; enforcer.decode calls ``unknown_field`` for every unknown key.
+Pure; enforcer.load.decode calls ``unknown_field`` for every unknown key.
 """
 from __future__ import annotations
 

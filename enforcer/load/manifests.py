@@ -2,12 +2,12 @@
 
 The loading pipeline, each stage pure:
 
-1. reading (enforcer.documents): bytes -> text, with the file named in every failure;
-2. parsing (enforcer.documents): text -> plain Python documents, refusing alias bombs and
+1. reading (enforcer.load.documents): bytes -> text, with the file named in every failure;
+2. parsing (enforcer.load.documents): text -> plain Python documents, refusing alias bombs and
    deep nesting, and noting duplicate keys with their path and line;
 3. dispatch (here): each document is an object, a List of objects, or something else; the
    kind and apiVersion are checked, kinds we do not use are skipped with a note;
-4. decoding (enforcer.decode): one object -> a model object, strictly, as
+4. decoding (enforcer.load.decode): one object -> a model object, strictly, as
    ``kubectl apply --validate=strict`` and the API server would;
 5. the same Kind ns/name twice in the input is an error (here), and the valid objects make
    the Cluster (``build_cluster``).
@@ -23,12 +23,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence, TextIO
 
-from enforcer import services as S
-from enforcer import validation as V
-from enforcer import workloads as W
+from enforcer.load import services as S
+from enforcer.load import validation as V
+from enforcer.load import workloads as W
 from enforcer.cnp import decode as CNP
-# Names other modules and tests know as enforcer.manifests.X are re-exported from here.
-from enforcer.decode import (  # noqa: F401
+# Names other modules and tests know as enforcer.load.manifests.X are re-exported from here.
+from enforcer.load.decode import (  # noqa: F401
     LEGACY_ANNOTATION,
     METADATA_NAME_LABEL,
     Errs,
@@ -37,7 +37,7 @@ from enforcer.decode import (  # noqa: F401
     list_items,
     render_path,
 )
-from enforcer.documents import (  # noqa: F401
+from enforcer.load.documents import (  # noqa: F401
     ALIAS_BUDGET,
     ALIAS_FACTOR,
     MANIFEST_SUFFIXES,
@@ -50,9 +50,9 @@ from enforcer.documents import (  # noqa: F401
     read_path,
 )
 from enforcer.errors import InputError, Problem
-from enforcer.hints import unknown_kind
+from enforcer.load.hints import unknown_kind
 from enforcer.model import Cluster
-from enforcer.podfast import fast_pod
+from enforcer.load.podfast import fast_pod
 
 KIND_API_VERSIONS = {
     "Namespace": "v1",

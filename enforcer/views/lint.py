@@ -22,10 +22,10 @@ import ipaddress
 from typing import Iterable, Mapping
 
 from enforcer import ir
-from enforcer.compile import block_networks
+from enforcer.compiler.compile import block_networks
 from enforcer.errors import Problem
 from enforcer.model import EGRESS, INGRESS, Cluster, LabelSelector, NetworkPolicy, Peer, Rule
-from enforcer.selectors import matches
+from enforcer.compiler.selectors import matches
 
 NAME_LABEL = "kubernetes.io/metadata.name"
 

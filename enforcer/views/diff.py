@@ -30,7 +30,7 @@ import click
 
 from enforcer.cliutil import CONTEXT, echo_findings
 
-from enforcer import verdict as vd
+from enforcer.views import verdict as vd
 from enforcer.errors import InputError
 from enforcer.model import Cluster
 
@@ -89,7 +89,7 @@ def load_state(paths: Iterable[str], *, legacy: bool = False,
                existing: dict[str, tuple[str, ...]] | None = None,
                label: str = "") -> State:
     """Load, validate, assign addresses (keeping ``existing`` ones) and compile."""
-    from enforcer.frontend import prepare
+    from enforcer.compiler.frontend import prepare
 
     prepared = prepare(paths, legacy=legacy, existing=existing)
     echo_findings(prepared, prefix=f"{label}: " if label else "")

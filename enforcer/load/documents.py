@@ -18,7 +18,7 @@ duplicate-key report.
 
 Before parsing, reading turns bytes into text and names the file in every failure (missing,
 unreadable, too large, binary, not UTF-8). Nothing here knows about Kubernetes: the
-documents are decoded into model objects by enforcer.manifests.
+documents are decoded into model objects by enforcer.load.manifests.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from yaml.events import (
 )
 
 from enforcer.errors import Problem
-from enforcer.validation import quote
+from enforcer.load.validation import quote
 
 try:  # libyaml's parser is ~5x faster; the pure-Python one behaves the same
     from yaml._yaml import CParser as _Parser  # type: ignore[attr-defined]

@@ -11,12 +11,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Mapping, TextIO
 
-from enforcer import ipam
+from enforcer.compiler import ipam
 from enforcer.errors import Problem
 from enforcer.model import Cluster
 
 if TYPE_CHECKING:
-    from enforcer.compile import Compiler
+    from enforcer.compiler.compile import Compiler
     from enforcer.ir import PodFirewall
 
 
@@ -48,7 +48,7 @@ def compile_cluster(cluster: Cluster, *, legacy: bool = False,
                     cidrs: tuple[str, ...] = (ipam.DEFAULT_POD_CIDR,)) -> tuple[Cluster, Compiler]:
     """Assign addresses (pods in ``existing`` keep theirs unless the input gives one) and
     make the compiler; the cluster returned is the one with addresses."""
-    from enforcer.compile import Compiler
+    from enforcer.compiler.compile import Compiler
 
     cidrs = pod_cidrs(cluster, existing, cidrs)
     keep = {k: v for k, v in (existing or {}).items() if k in cluster.pods and not cluster.pods[k].ips}
@@ -61,7 +61,7 @@ def prepare(paths: Iterable[str], *, legacy: bool = False,
             cidrs: tuple[str, ...] = (ipam.DEFAULT_POD_CIDR,), stdin: TextIO | None = None) -> Prepared:
     """Load and validate ``paths`` (InputError listing every problem), assign addresses,
     make the compiler. No paths: an empty cluster."""
-    from enforcer import manifests
+    from enforcer.load import manifests
 
     paths = list(paths)
     if not paths:

@@ -21,8 +21,8 @@ import ipaddress
 from dataclasses import dataclass, replace
 from typing import Mapping
 
-from enforcer import decode as D
-from enforcer import validation as V
+from enforcer.load import decode as D
+from enforcer.load import validation as V
 from enforcer.errors import InputError
 from enforcer.model import Cluster, Pod, Service, ServicePort
 
@@ -252,7 +252,7 @@ def trace(cluster: Cluster, firewalls: dict, src, ident: str, port: int, protoco
     """``trace --to svc:NS/NAME``: the verdict for every backend, on the port the policy
     sees (the targetPort on that backend, after DNAT). None when ``ident`` is no Service.
     Allowed when every backend allows it (kube-proxy may pick any of them)."""
-    from enforcer import explain, verdict
+    from enforcer.views import explain, verdict
 
     svc = lookup(cluster, ident)
     if svc is None:
@@ -305,7 +305,7 @@ def probe_cases(cluster: Cluster, ports: list[tuple[int, str]] | None = None, fa
     """Every endpoint with an address of ``family`` to every port of every Service that has a
     virtual address of that family and at least one backend (IPv4 ClusterIPs only, as the
     lab's), but a Service's own backends."""
-    from enforcer import verdict
+    from enforcer.views import verdict
 
     out = []
     eps = [e for e in verdict.endpoints(cluster) if e.ip(family)]
@@ -331,7 +331,7 @@ def matrix_rows(cluster: Cluster, firewalls: dict, ports: list[tuple[int, str]] 
     """The model's verdict for connections to Services, in the matrix schema: ``to`` is
     ``svc:NS/NAME``, ``port`` the Service's port; allowed when every backend allows it (a
     connection may land on any), with ``backends`` and ``mixed`` (some allow, some not)."""
-    from enforcer import verdict
+    from enforcer.views import verdict
 
     eps = {e.id: e for e in verdict.endpoints(cluster)}
     rows = []

@@ -1,17 +1,17 @@
 """Words for policies and verdicts: what ``explain`` and ``trace`` print.
 
-Pure functions over the model and the verdicts of enforcer.verdict; nothing here decides
+Pure functions over the model and the verdicts of enforcer.views.verdict; nothing here decides
 anything, it only says why the IR decided what it did.
 """
 from __future__ import annotations
 
 from enforcer.ir import DIRECTIONS
 from enforcer.model import Cluster, NetworkPolicy, Peer, Rule
-from enforcer.reasons import Check, PolicyReasons, RuleReasons, side_reasons
-from enforcer.selectors import describe
+from enforcer.views.reasons import Check, PolicyReasons, RuleReasons, side_reasons
+from enforcer.compiler.selectors import describe
 from enforcer.cnp.words import explain_rows as cnp_rows
 from enforcer.cnp.words import tier_json, tier_lines
-from enforcer.verdict import Side, Verdict
+from enforcer.views.verdict import Side, Verdict
 
 
 def describe_peer(pol: NetworkPolicy, peer: Peer) -> str:
