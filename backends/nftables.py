@@ -240,16 +240,23 @@ def _chain_rule(fw: PodFirewall, direction: str, r: ir.ChainRule, addr: str, lo:
     if r.kind == "allow":
         a = r.allow
         return render_allow(a, direction, a.peers is not None and fw.set(a.peers).interval, verdict)  # type: ignore[union-attr]
-    if r.kind == "tier":
-        return [nft_tiers.jump(r.tier, direction)]  # type: ignore[arg-type]
-    tail = f"counter {verdict} {_quote(r.comment)}"
     if r.kind == "log":
         return [f"limit rate {base.LOG_RATE_PER_SECOND}/second log prefix \"{base.nflog_prefix(direction, fw.pod)}\" "
                 f"group {base.LOG_GROUP} {_quote(r.comment)}"]
+    return list(_same_in_every_pod(r, direction, addr, lo, verdict))
+
+
+@functools.lru_cache(maxsize=4096)
+def _same_in_every_pod(r: ir.ChainRule, direction: str, addr: str, lo: str, verdict: str) -> tuple[str, ...]:
+    """The lines of a rule that names no pod (fixed rules, tier jumps, the final drop or
+    accept): cached, they are the same in most pods' chains."""
+    if r.kind == "tier":
+        return (nft_tiers.jump(r.tier, direction),)  # type: ignore[arg-type]
+    tail = f"counter {verdict} {_quote(r.comment)}"
     if r.kind == "node":
         kw = "ip" if base.family_of(r.node) == 4 else "ip6"  # type: ignore[arg-type]
-        return [f"{kw} {addr} {base.host_or_cidr(r.node)} {tail}"]  # type: ignore[arg-type]
-    return [FIXED_MATCH.get(r.kind, "").format(lo=lo) + tail]
+        return (f"{kw} {addr} {base.host_or_cidr(r.node)} {tail}",)  # type: ignore[arg-type]
+    return (FIXED_MATCH.get(r.kind, "").format(lo=lo) + tail,)
 
 
 # The match of each fixed rule (ir.FIXED but "node"; "drop" and "open" match everything).
