@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from backends.base import ApplyResult, plan
+from backends.placement import by_node
 from backends.ipt_host_render import (  # noqa: F401  (the rendering's names, from here too)
     CHAIN_PREFIX, FIXED, HOOK, HOST_CHAIN, SET_PREFIX, PodRules, _owner, all_chains, build, chain_names,
     dispatch, family_text, host_sets, is_our_set, is_ours, jump_rule, pod_chain, pod_id, render_node,
@@ -246,23 +247,11 @@ class IptHostBackend:
         """Per node: one ``ipset restore`` of every delta, then one install of every pod
         that needs its chains (re)written; if the kernel refuses the install, each pod on
         its own (so one bad pod never holds up the others)."""
-        results: list[ApplyResult | NetpolError | None] = [None] * len(jobs)
-        per_node: dict[str, list[tuple[int, str, PodFirewall, PodFirewall | None, str]]] = {}
-        for i, (netns, fw, previous) in enumerate(jobs):
-            kind = plan(previous, fw)
-            if kind == "none":
-                results[i] = ApplyResult("none")
-                continue
-            try:
-                node, iface = self._resolve(netns)
-                self._ensure(node)
-            except NetpolError as e:
-                results[i] = e
-                continue
-            per_node.setdefault(node, []).append((i, iface, fw, previous, kind))
+        results, per_node = by_node(jobs, self._resolve, self._ensure, plan, "iptables host mode")
         for node, items in per_node.items():
-            self._apply_node(node, items, results)
-        return results  # type: ignore[return-value]
+            self._apply_node(node, [(i, iface, jobs[i][1], jobs[i][2], kind) for i, iface, kind in items],
+                             results)
+        return results
 
     def _apply_node(self, node: str, items, results: list) -> None:
         full: list[tuple[int, PodRules, PodFirewall]] = []

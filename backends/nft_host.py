@@ -69,7 +69,7 @@ from backends import base, nft_tiers, nftables as nft
 from backends import nft_host_node as hn
 from backends.base import ApplyResult
 from backends.nft_host_node import TABLE, all_chain_names, chain_names  # noqa: F401 (re-export)
-from backends.placement import check_marks, pod_mark, pod_tag, shared
+from backends.placement import by_node, check_marks, pod_mark, pod_tag, shared
 from enforcer import ir, netns as nsmod
 from enforcer.errors import ApplyError, BackendError, NetnsError, NetpolError
 from enforcer.ir import PodFirewall
@@ -343,23 +343,12 @@ class NftHostBackend:
     def apply_many(self, jobs) -> list[ApplyResult | NetpolError]:
         """One transaction per node for all its pods; if the kernel refuses it, each pod on
         its own (so one bad pod never holds up the others)."""
-        results: list[ApplyResult | NetpolError | None] = [None] * len(jobs)
-        per_node: dict[str, list[tuple[int, str]]] = {}
-        for i, (netns, fw, previous) in enumerate(jobs):
-            if previous is not None and previous == fw:  # (base.plan's "none", without the rest)
-                results[i] = ApplyResult("none")
-                continue
-            try:
-                node, iface = self._resolve(netns)
-                self._ensure(node)
-            except NetpolError as e:
-                results[i] = e
-                continue
-            except (OSError, ValueError) as e:
-                results[i] = ApplyError(f"nftables host mode: {fw.pod}: {e}")
-                continue
-            per_node.setdefault(node, []).append((i, iface))
-        for node, items in per_node.items():
+        # (the node plans its own kind of change: only "nothing changed" is decided here)
+        results, per_node = by_node(jobs, self._resolve, self._ensure,
+                                    lambda prev, fw: "none" if prev is not None and prev == fw else "",
+                                    "nftables host mode")
+        for node, kinded in per_node.items():
+            items = [(i, iface) for i, iface, _ in kinded]
             self._apply_node(node, items, jobs, results)
         return results  # type: ignore[return-value]
 

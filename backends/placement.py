@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 import re
 
-from enforcer.errors import BackendError
+from enforcer.errors import ApplyError, BackendError, NetpolError
 from enforcer.ir import PodFirewall
 
 PLACEMENTS = ("pod", "host")
@@ -139,3 +139,30 @@ class HostMap:
             return self._get(netns)[2]
         except BackendError:
             return None
+
+
+def by_node(jobs, resolve, ensure, kind_of, label: str):
+    """Sort an ``apply_many`` batch by node, as both host placements do: ``(results,
+    {node: [(index, host-side veth, kind)]})``. A pod whose firewall did not change
+    (``kind_of(previous, fw) == "none"``) is done already; a pod whose node cannot be
+    resolved or prepared (``ensure(node)``) gets its error, and the others go on."""
+    from backends.base import ApplyResult
+
+    results: list = [None] * len(jobs)
+    per_node: dict[str, list[tuple[int, str, str]]] = {}
+    for i, (netns, fw, previous) in enumerate(jobs):
+        kind = kind_of(previous, fw)
+        if kind == "none":
+            results[i] = ApplyResult("none")
+            continue
+        try:
+            node, iface = resolve(netns)
+            ensure(node)
+        except NetpolError as e:
+            results[i] = e
+            continue
+        except (OSError, ValueError) as e:
+            results[i] = ApplyError(f"{label}: {fw.pod}: {e}")
+            continue
+        per_node.setdefault(node, []).append((i, iface, kind))
+    return results, per_node
