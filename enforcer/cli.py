@@ -111,6 +111,20 @@ def _read_quiet(files, legacy: bool):
     return manifests.load(list(files), stdin=sys.stdin, legacy_namespace_isolation=legacy)
 
 
+def _endpoint(loaded, name: str):
+    """A trace endpoint by name (a pod, a workload's pod, a hostNetwork pod as its node...),
+    with the notes its resolution made said on stderr."""
+    from enforcer.load import workloads
+    from enforcer.views import verdict
+
+    name, note = workloads.resolve_name(loaded.cluster, name)
+    found, host_note = workloads.host_network_endpoint(loaded.cluster, name, loaded.compiler.node_ips)
+    for n in (note, host_note):
+        if n:
+            click.echo(f"note: {n}", err=True)
+    return found or verdict.resolve(loaded.cluster, name)
+
+
 def _family(value: str) -> int:
     return 6 if value == "ipv6" else 4
 
@@ -195,23 +209,13 @@ def trace(files, legacy_namespace_isolation, src, dst, port, family, fmt, by) ->
         click.echo(json.dumps(doc, indent=2) if fmt == "json" else "\n".join(lines))
         sys.exit(0 if allowed else 1)
 
-    src, note = workloads.resolve_name(loaded.cluster, src)
-    a, host_note = workloads.host_network_endpoint(loaded.cluster, src, loaded.compiler.node_ips)
-    for n in (note, host_note):
-        if n:
-            click.echo(f"note: {n}", err=True)
-    a = a or verdict.resolve(loaded.cluster, src)
+    a = _endpoint(loaded, src)
     svc = services.trace(loaded.cluster, loaded.firewalls, a, dst, p, proto, _family(family))
     if svc is not None:
         lines, doc, allowed = svc
         click.echo(json.dumps(doc, indent=2) if fmt == "json" else "\n".join(lines))
         sys.exit(0 if allowed else 1)
-    dst, note = workloads.resolve_name(loaded.cluster, dst)
-    b, host_note = workloads.host_network_endpoint(loaded.cluster, dst, loaded.compiler.node_ips)
-    for n in (note, host_note):
-        if n:
-            click.echo(f"note: {n}", err=True)
-    b = b or verdict.resolve(loaded.cluster, dst)
+    b = _endpoint(loaded, dst)
     v = verdict.verdict(loaded.firewalls, a, b, p, proto, _family(family))
     if fmt == "json":
         click.echo(json.dumps(explain.trace_json(v, loaded.cluster), indent=2))
