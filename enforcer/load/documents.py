@@ -302,10 +302,7 @@ def _yaml_int(text: str) -> int:
     if v[0] == "0":
         return sign * int(v, 8)
     if ":" in v:
-        n = 0
-        for part in v.split(":"):
-            n = n * 60 + int(part)
-        return sign * n
+        return sign * _base60(v, int)
     return sign * int(v)
 
 
@@ -319,11 +316,16 @@ def _yaml_float(text: str) -> float:
     if v == ".nan":
         return float("nan")
     if ":" in v:
-        n = 0.0
-        for part in v.split(":"):
-            n = n * 60 + float(part)
-        return sign * n
+        return sign * _base60(v, float)
     return sign * float(v)
+
+
+def _base60(v: str, number):
+    """YAML 1.1's sexagesimal numbers (``1:20`` is 80): each part a base-60 digit."""
+    n = number(0)
+    for part in v.split(":"):
+        n = n * 60 + number(part)
+    return n
 
 
 # Where the API server's YAML reader (go-yaml v2, then JSON) differs from YAML 1.1 numbers:
