@@ -88,8 +88,8 @@ def lint_command(files, legacy_namespace_isolation) -> None:
 def _lint(files, legacy: bool):
     """(cluster, the loader's warnings and lint's, notes). An input with no object is an
     error: a file of comments only must not pass as 'valid: 0 network policies'."""
+    from enforcer.compiler.frontend import compile_cluster
     from enforcer.views import lint as L
-    from enforcer.compiler.compile import Compiler
 
     result = _read_quiet(files, legacy)
     c = result.cluster
@@ -98,8 +98,7 @@ def _lint(files, legacy: bool):
         names = ", ".join("<stdin>" if f == "-" else f for f in files)
         raise InputError(f"{names}: no Kubernetes objects to check: the input is empty "
                          f"or only comments{skipped}")
-    cluster = ipam.assign_ips(c)
-    compiler = Compiler(cluster, node_ips=ipam.node_ips(), legacy_namespace_isolation=legacy)
+    cluster, compiler = compile_cluster(c, legacy=legacy)
     selected = {k: compiler.selected_pods(k) for k in cluster.policies}
     warnings = list(result.warnings) + L.lint(cluster, selected, compiler.firewalls())
     return c, warnings, list(result.notes) + L.notes(cluster)
