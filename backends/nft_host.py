@@ -126,26 +126,26 @@ def pod_chains(sfw: PodFirewall) -> list[tuple[str, list[str]]]:
     out = []
     for direction in base.DIRECTIONS:
         main = chain_names(sfw.pod)[direction]
-        # pod mode's chain (ir.chain), its allows and open accept returning to the node's chain
-        body = _no_anonymous_sets(nft.render_chain(sfw, direction, allowed="return")[2:-1])
+        adm, np_, bl = (f"{p}{main}" for p in hn.TIER_PREFIXES)
+        # pod mode's chain (ir.chain), its allows and open accept returning to the node's
+        # chain, its tier jumps to this pod's own tier chains
+        parts = nft.chain_rules(sfw, direction, "return", {"Admin": f"goto {adm}", "Baseline": f"jump {bl}"})
         pol = sfw.direction(direction)
         if not nft_tiers.has_tiers(pol):
-            out.append((main, body))
+            out.append((main, _lines(parts)))
             continue
-        hook = nft.CHAINS[direction][0]
-        admin_jump = "\t\t" + nft_tiers.jump("Admin", direction)
-        cut = body.index(admin_jump)
-        adm, np_, bl = (f"{p}{main}" for p in hn.TIER_PREFIXES)
-        tier_end = base.fixed_comment(direction, "Admin tier")
-        rest = [ln.replace(f"jump {nft_tiers.chain_name('Baseline', hook)} ", f"jump {bl} ", 1)
-                for ln in body[cut + 1:]]
+        cut = next(i for i, (r, _) in enumerate(parts) if r.kind == "tier") + 1  # after the Admin goto
+        tier_end = parts[cut - 1][0].comment
         out += [(bl, _tier_lines(sfw, direction, pol.baseline, BASELINE_VERDICT)),
-                (np_, rest),
+                (np_, _lines(parts[cut:])),
                 (adm, _tier_lines(sfw, direction, pol.admin, {**HOST_VERDICT, "Pass": f"goto {np_}"})
                  + [f'\t\tcounter goto {np_} {nft._quote(tier_end + " done")}']),
-                (main, body[:cut] + [admin_jump.replace(f"jump {nft_tiers.chain_name('Admin', hook)} ",
-                                                        f"goto {adm} ", 1)])]
+                (main, _lines(parts[:cut]))]
     return out
+
+
+def _lines(parts: list) -> list[str]:
+    return _no_anonymous_sets([f"\t\t{ln}" for _, lines in parts for ln in lines])
 
 
 def pod_chain(pfw: PodFirewall, direction: str) -> list[str]:

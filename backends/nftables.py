@@ -226,13 +226,21 @@ def render_chain(fw: PodFirewall, direction: str, allowed: str = "accept") -> li
     nft words; one allow rule may become several (per family and protocol). ``allowed``:
     the verdict of the ACCEPT rules that are not fixed (allows, the open accept): host
     mode returns to the node's chain (backends/nft_host.py)."""
-    chain_, addr, lo = CHAINS[direction]
-    rules: list[str] = []
-    for r in ir.chain(fw, direction):
-        rules.extend(_chain_rule(fw, direction, r, addr, lo, allowed))
+    chain_ = CHAINS[direction][0]
+    rules = [line for _, lines in chain_rules(fw, direction, allowed) for line in lines]
     return ([f"\tchain {chain_} {{",
              f"\t\ttype filter hook {chain_} priority filter; policy accept;"]
             + [f"\t\t{r}" for r in rules] + ["\t}"])
+
+
+def chain_rules(fw: PodFirewall, direction: str, allowed: str = "accept",
+                tiers: dict[str, str] | None = None) -> list[tuple[ir.ChainRule, list[str]]]:
+    """Each rule of ir.chain with its lines (render_chain's, without indent). ``tiers``:
+    tier -> how to reach its chain ("goto <chain>"), for a placement with its own tier
+    chains (host mode); by default pod mode's jump to nft_tiers' chains."""
+    _, addr, lo = CHAINS[direction]
+    return [(r, [f"counter {tiers[r.tier]} {_quote(r.comment)}"] if tiers and r.kind == "tier"  # type: ignore[index]
+             else _chain_rule(fw, direction, r, addr, lo, allowed)) for r in ir.chain(fw, direction)]
 
 
 def _chain_rule(fw: PodFirewall, direction: str, r: ir.ChainRule, addr: str, lo: str, allowed: str) -> list[str]:
