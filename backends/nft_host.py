@@ -205,13 +205,8 @@ def render_node(pods: Sequence[tuple[PodFirewall, str]], node: str = "") -> str:
                    "\t}"])
     for sfw in sfws:
         blocks += [[f"\tchain {n} {{"] + body + ["\t}"] for n, body in pod_chains(sfw)]
-    out += [f"table inet {TABLE} {{", f'\tcomment "netpol host mode{on}: a chain per pod"']
-    for i, b in enumerate(blocks):
-        if i:
-            out.append("")
-        out.extend(b)
-    out.append("}")
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + ("\n" if out else "") + nft.table_text(
+        f"inet {TABLE}", f"netpol host mode{on}: a chain per pod", blocks)
 
 
 def skeleton(node: str = "") -> str:

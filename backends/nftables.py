@@ -291,8 +291,12 @@ def table_comment(fw: PodFirewall) -> str:
 
 def render(fw: PodFirewall) -> str:
     """The table definition for one pod, as ``nft list table inet netpol`` prints it."""
-    blocks = table_blocks(fw)
-    lines = [f"table {FAMILY} {TABLE} {{", f'\tcomment "{table_comment(fw)}"']
+    return table_text(f"{FAMILY} {TABLE}", table_comment(fw), table_blocks(fw))
+
+
+def table_text(name: str, comment: str, blocks: list[list[str]]) -> str:
+    """``table <name> { comment; blocks separated by blank lines }``, as nft lists a table."""
+    lines = [f"table {name} {{", f'\tcomment "{comment}"']
     for i, b in enumerate(blocks):
         if i:
             lines.append("")
