@@ -21,6 +21,10 @@ CASES = {
     "e2e.render.host.nftables.txt": ["render", "-f", E2E[0], "-f", E2E[1], "--pod", "x/a", "--pod", "x/b",
                                      "--enforce-at", "host"],
     "e2e.render.both.nftables.txt": ["render", "-f", E2E[0], "-f", E2E[1], "--pod", "x/a", "--enforce-at", "both"],
+    "e2e.render.host.iptables.txt": ["render", "-f", E2E[0], "-f", E2E[1], "--pod", "x/a", "--pod", "x/b",
+                                     "--enforce-at", "host", "--backend", "iptables"],
+    "e2e.render.both.iptables.txt": ["render", "-f", E2E[0], "-f", E2E[1], "--pod", "x/a",
+                                     "--enforce-at", "both", "--backend", "iptables"],
 }
 
 

@@ -5,8 +5,6 @@ host|both --backend iptables`; incremental restore texts touch one pod only."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import pathlib
 
 import pytest
 from click.testing import CliRunner
@@ -14,27 +12,8 @@ from click.testing import CliRunner
 from backends import ipt_host, ipt_host_tiers, ipt_render
 from backends.ipt_save import FamilyState, parse_save
 from enforcer.cli import cli, load
+from tests.unit.test_render_host import CASES, E2E  # the goldens are checked there, with nftables'
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-GOLDEN = ROOT / "tests" / "golden"
-E2E = [str(ROOT / "tests" / "conformance" / "base.yaml"), str(GOLDEN / "e2e-policy.yaml")]
-CASES = {
-    "e2e.render.host.iptables.txt": ["render", "-f", E2E[0], "-f", E2E[1], "--pod", "x/a", "--pod", "x/b",
-                                      "--enforce-at", "host", "--backend", "iptables"],
-    "e2e.render.both.iptables.txt": ["render", "-f", E2E[0], "-f", E2E[1], "--pod", "x/a",
-                                      "--enforce-at", "both", "--backend", "iptables"],
-}
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_golden_iptables_host(name):
-    result = CliRunner().invoke(cli, CASES[name], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    path = GOLDEN / name
-    if os.environ.get("NETPOL_UPDATE_GOLDEN"):
-        path.write_text(result.output)
-    assert path.exists(), f"missing golden file {path}; run with NETPOL_UPDATE_GOLDEN=1"
-    assert result.output == path.read_text()
 
 
 def test_legacy_flavour_renders_the_same_node_rules():
