@@ -56,7 +56,9 @@ def interval_notes(elements: Iterable[str], pod_ips: Mapping[str, str],
     """Interval elements -> the ipBlocks they come from and the pods whose addresses they
     hold. Pods are found by bisection in their sorted addresses: a set of 150,000 pod
     addresses collapsed into ranges costs O(n log n), not O(n^2)."""
-    addrs = sorted((ipaddress.ip_address(a), k) for a, k in pod_ips.items())
+    # By (family, integer): addresses of two families do not compare (dual-stack pods).
+    addrs = sorted(((ipaddress.ip_address(a), k) for a, k in pod_ips.items()),
+                   key=lambda t: (t[0].version, int(t[0]), t[1]))
     keys = [(a.version, int(a)) for a, _ in addrs]
     nets = [(b, [ipaddress.ip_network(c) for c in (b.cidr,)]) for b in blocks]
     out = []

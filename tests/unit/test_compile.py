@@ -104,3 +104,16 @@ def test_replaced_set_elements_are_a_change():
     s = ir.AddrSet("in0", ("10.0.0.1/32",))
     t = replace(s, v4=("10.0.0.2/32",))
     assert s != t and s == ir.AddrSet("in0", ("10.0.0.1/32",))
+
+
+def test_dual_stack_peers_beside_an_ip_block_are_named_in_the_set():
+    # A rule with pods and an ipBlock makes an interval set whose element notes find the
+    # pods by address: IPv4 and IPv6 addresses together must not be compared (a TypeError
+    # once, for every dual-stack input with such a rule, and for lab up --ipv6).
+    x = pod("x", "a", {"app": "a"}, ips=("10.244.0.5", "fd00:10:244::5"))
+    y = pod("x", "b", ips=("10.244.0.6", "fd00:10:244::6"))
+    p = policy("x", "p", sel({"app": "a"}), ingress=[rule(peer_block("10.0.0.0/8"), peer_pods())])
+    fw = compile_cluster(cluster(ns("x"), x, y, p))["x/a"]
+    s = fw.set(fw.ingress.rules[0].peers)
+    named = " ".join(note for _, note in s.notes)
+    assert "x/a" in named and "x/b" in named and "10.0.0.0/8" in named
