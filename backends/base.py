@@ -21,7 +21,7 @@ from typing import Callable, NamedTuple, Protocol, Sequence, runtime_checkable
 
 from enforcer import intervals
 from enforcer.errors import ApplyError, BackendError, NetpolError
-from enforcer.ir import DIRECTIONS, PROTOCOLS, PodFirewall, PortMatch, same_structure, set_deltas
+from enforcer.ir import DIRECTIONS, PROTOCOLS, PodFirewall, PortMatch, comments, same_structure, set_deltas
 # The comment vocabulary is the IR's (ir.chain lists every rule with its comment); these
 # names stay importable from here for the renderers that say base.fixed_comment(...).
 from enforcer.ir import (fixed_comment, isolation_comment, log_comment, open_comment,  # noqa: F401
@@ -270,16 +270,11 @@ class FakeBackend:
         return run_jobs(self.apply, jobs)
 
     def counters(self, netns: str) -> list[tuple[str, int, int]]:
-        """Every allow rule's comment with zero counts (nothing flows through a fake)."""
+        """Every rule's comment, as a kernel backend lists them (the whole chain of each
+        direction and its tiers' chains, ir.comments), with zero counts: nothing flows
+        through a fake."""
         fw = self.installed.get(netns)
-        if fw is None:
-            return []
-        out: list[tuple[str, int, int]] = []
-        for d in DIRECTIONS:
-            for r in fw.direction(d).rules:
-                if all(c != r.provenance.comment() for c, _, _ in out):
-                    out.append((r.provenance.comment(), 0, 0))
-        return out
+        return [] if fw is None else [(c, 0, 0) for c in comments(fw)]
 
 
 # The kernel's tools list an IPv6 address whose first 96 bits are zero (or ::ffff:0:0/96)

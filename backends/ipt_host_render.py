@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from backends import base, ipt_host_tiers, ipt_tiers
-from backends.ipt_render import (FAMILIES, IpSet, _comment, _kind, ipset_name, render_chain,
-                                 render_sets, rule_line, sets_text)
+from backends.ipt_render import FAMILIES, IpSet, _comment, _kind, ipset_name, render_sets, rule_line, sets_text
+from backends.ipt_render import chain_rules as ipt_rules
 from backends.ipt_save import FamilyState
 from backends.placement import pod_mark
 from enforcer import ir
@@ -79,13 +79,22 @@ def dispatch(fw: PodFirewall, iface: str, family: int) -> tuple[tuple[str, ...],
     return tuple(out)
 
 
+def chain_rules(fw: PodFirewall, direction: str, family: int,
+                names: dict[str, str] | None = None) -> list[tuple[ir.ChainRule, list[tuple[str, ...]]]]:
+    """Each rule of pod mode's chain (ir.chain) with its arguments on the node: the node's
+    set names, allow verdicts turned into RETURN, a tier jump into this pod's own tier
+    part (ipt_host_tiers.jumps; ``build`` splits a tiered direction at it)."""
+    names = set_names(fw) if names is None else names
+    to = ipt_host_tiers.jumps(chain_names(fw.pod)[direction])
+    return [(r, [_comment(r.comment) + to[r.tier]] if r.kind == "tier" else  # type: ignore[index]
+             [tuple(names.get(a, a) for a in args) for args in rules])
+            for r, rules in ipt_rules(fw, direction, family, allowed="RETURN")]
+
+
 def pod_chain(fw: PodFirewall, direction: str, family: int,
               names: dict[str, str] | None = None) -> tuple[tuple[str, ...], ...]:
-    """Pod mode's chain with the node's set names, allow verdicts turned into RETURN
-    (a tiered direction still jumps to pod mode's tier chains: ``build`` splits it)."""
-    names = set_names(fw) if names is None else names
-    return tuple(tuple(names.get(a, a) for a in args)
-                 for args in render_chain(fw, direction, family, allowed="RETURN"))
+    """The direction's chain as one list (what an untiered direction installs)."""
+    return ipt_host_tiers.flat(chain_rules(fw, direction, family, names))
 
 
 @dataclass(frozen=True)
@@ -112,11 +121,11 @@ def build(fw: PodFirewall, iface: str) -> PodRules:
     chains: dict[int, dict[str, tuple[tuple[str, ...], ...]]] = {fam: {} for fam in FAMILIES}
     for fam in FAMILIES:
         for d in ("egress", "ingress"):
-            chain, rules = chain_names(fw.pod)[d], pod_chain(fw, d, fam, names)
+            chain, rules = chain_names(fw.pod)[d], chain_rules(fw, d, fam, names)
             if ipt_tiers.has_tiers(fw, d):
                 chains[fam].update(ipt_host_tiers.split(fw, d, fam, chain, rules, names))
             else:
-                chains[fam][chain] = rules
+                chains[fam][chain] = ipt_host_tiers.flat(rules)
     return PodRules(fw.pod, host_sets(fw, names), chains, {fam: dispatch(fw, iface, fam) for fam in FAMILIES})
 
 

@@ -20,11 +20,13 @@ direction allows) or a drop, as for an untiered pod.
 """
 from __future__ import annotations
 
-from backends import base, ipt_tiers
+from backends import ipt_tiers
 from backends.ipt_render import _comment
+from enforcer import ir
 from enforcer.ir import PodFirewall
 
 PARTS = ("A", "N", "B")  # Admin, NetworkPolicy, Baseline
+Args = tuple[tuple[str, ...], ...]
 
 
 def part_names(chain: str) -> dict[str, str]:
@@ -33,27 +35,33 @@ def part_names(chain: str) -> dict[str, str]:
     return {p: f"{head}{p}-{ident}" for p in PARTS}
 
 
-def _retarget(args: tuple[str, ...], targets: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
-    return args[:-2] + targets[args[-1]] if args[-2] == "-j" and args[-1] in targets else args
+def jumps(chain: str) -> dict[str, tuple[str, ...]]:
+    """How the main chain reaches its tier parts: ``-g`` into Admin (so that a RETURN
+    there goes straight back to NETPOL-HOST), ``-j`` into Baseline from the
+    NetworkPolicy part (whose RETURN after it is the direction's "not isolated")."""
+    parts = part_names(chain)
+    return {"Admin": ("-g", parts["A"]), "Baseline": ("-j", parts["B"])}
+
+
+def flat(rules: list[tuple[ir.ChainRule, list[tuple[str, ...]]]]) -> Args:
+    """Rules with their arguments (ipt_host_render.chain_rules) -> the chain's argument lists."""
+    return tuple(a for _, args in rules for a in args)
 
 
 def split(fw: PodFirewall, direction: str, family: int, chain: str,
-          rules: tuple[tuple[str, ...], ...], names: dict[str, str]) -> dict[str, tuple[tuple[str, ...], ...]]:
-    """The four chains of a tiered direction, from ``rules`` (the untiered host rendering of
-    it: pod mode's chain with the Admin and Baseline jumps, allows turned into RETURN)."""
+          rules: list[tuple[ir.ChainRule, list[tuple[str, ...]]]], names: dict[str, str]) -> dict[str, Args]:
+    """The four chains of a tiered direction, from ``rules`` (each rule of ir.chain with
+    its host arguments: allows RETURN, tier jumps to this pod's parts, as ``jumps``
+    says): cut after the IR's Admin tier rule, the tier parts rendered from
+    ir.tier_chain with host verdicts (Accept RETURNs, Pass goes on to the next part)."""
     parts = part_names(chain)
-    admin, baseline = ipt_tiers.CHAINS["Admin", direction], ipt_tiers.CHAINS["Baseline", direction]
-    i = next(k for k, r in enumerate(rules) if r[-2:] == ("-j", admin))
-    head = rules[:i] + (rules[i][:-2] + ("-g", parts["A"]),)
-    np_part = tuple(_retarget(r, {baseline: ("-j", parts["B"])}) for r in rules[i + 1:])
-    pol = fw.direction(direction)
+    cut = next(i for i, (r, _) in enumerate(rules) if r.kind == "tier" and r.tier == "Admin") + 1  # after its goto
 
-    def tier(tier_rules, targets) -> tuple[tuple[str, ...], ...]:
-        out = (a for r in tier_rules for a in ipt_tiers.rule_args(fw, r, direction, family))
-        return tuple(_retarget(tuple(names.get(t, t) for t in a), targets) for a in out)
+    def tier(name: str, pass_: tuple[str, ...]) -> Args:
+        targets = {**ipt_tiers.TARGET, ir.ACCEPT: ("-j", "RETURN"), ir.PASS: pass_}
+        out = ipt_tiers.tier_args(fw, direction, name, family, targets, log=False)
+        return tuple(tuple(names.get(t, t) for t in a) for a in out)
 
-    a = tier(pol.admin, {"ACCEPT": ("-j", "RETURN"), "RETURN": ("-g", parts["N"])})
-    a += (_comment(base.fixed_comment(direction, "NetworkPolicy tier")) + ("-g", parts["N"]),)
-    b = tier(pol.baseline, {"ACCEPT": ("-j", "RETURN")})
-    return {chain: head, parts["A"]: a, parts["N"]: np_part, parts["B"]: b}
-
+    a = tier("Admin", ("-g", parts["N"])) + (_comment(ir.tier_end_comment(direction)) + ("-g", parts["N"]),)
+    return {chain: flat(rules[:cut]), parts["A"]: a, parts["N"]: flat(rules[cut:]),
+            parts["B"]: tier("Baseline", ("-j", "RETURN"))}

@@ -210,10 +210,14 @@ def render_chain(fw: PodFirewall, direction: str, family: int,
     neighbour discovery, a node address is in one family, ports split into slices).
     ``allowed``: the target of the ACCEPT rules that are not fixed (allows, the open
     accept): host mode returns to the node's chain (backends/ipt_host_render.py)."""
-    rules: list[tuple[str, ...]] = []
-    for r in ir.chain(fw, direction):
-        rules.extend(_chain_rule(fw, direction, family, r, allowed))
-    return tuple(rules)
+    return tuple(args for _, rules in chain_rules(fw, direction, family, allowed) for args in rules)
+
+
+def chain_rules(fw: PodFirewall, direction: str, family: int,
+                allowed: str = "ACCEPT") -> list[tuple[ir.ChainRule, list[tuple[str, ...]]]]:
+    """Each rule of ir.chain with its argument lists (render_chain's), so that a placement
+    can cut the chain at an IR rule (host mode's tier parts: backends/ipt_host_tiers.py)."""
+    return [(r, _chain_rule(fw, direction, family, r, allowed)) for r in ir.chain(fw, direction)]
 
 
 TARGET = {ir.ACCEPT: "ACCEPT", ir.DROP: "DROP"}

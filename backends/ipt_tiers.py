@@ -17,12 +17,14 @@ flushed and deleted after the chain that jumped to it was rewritten.
 from __future__ import annotations
 
 from backends import base
-from enforcer.ir import PodFirewall, TierRule
+from enforcer import ir
+from enforcer.ir import PodFirewall
 
 CHAINS = {("Admin", "ingress"): "NETPOL-ADMIN-IN", ("Admin", "egress"): "NETPOL-ADMIN-OUT",
           ("Baseline", "ingress"): "NETPOL-BASE-IN", ("Baseline", "egress"): "NETPOL-BASE-OUT"}
 ALL = tuple(CHAINS.values())
-TARGET = {"Accept": "ACCEPT", "Deny": "DROP", "Pass": "RETURN"}
+# A tier rule's abstract verdict (ir.TIER_VERDICT) -> its target in pod mode's tier chains.
+TARGET = {ir.ACCEPT: ("-j", "ACCEPT"), ir.DROP: ("-j", "DROP"), ir.PASS: ("-j", "RETURN")}
 
 
 def has_tiers(fw: PodFirewall, direction: str) -> bool:
@@ -35,29 +37,30 @@ def jump(tier: str, direction: str) -> tuple[str, ...]:
     return I._comment(base.fixed_comment(direction, tier + " tier")) + ("-j", CHAINS[tier, direction])
 
 
-def rule_args(fw: PodFirewall, rule: TierRule, direction: str, family: int,
-              log: bool = False) -> list[tuple[str, ...]]:
-    """One tier rule's argument lists. With ``log`` (pod mode's chains), a Deny logs first,
-    as the NetworkPolicy drop does (rate-limited NFLOG, its prefix naming the tier rule:
-    base.tier_nflog_prefix)."""
+def tier_args(fw: PodFirewall, direction: str, tier: str, family: int,
+              targets: dict[str, tuple[str, ...]] = TARGET, log: bool = True) -> tuple[tuple[str, ...], ...]:
+    """The argument lists of a tier's chain (ir.tier_chain): each tier rule's matches
+    (one per protocol and multiport slice) ending in ``targets[verdict]``. With ``log``,
+    a Deny's log rule comes first, pair by pair with the same match (rate-limited NFLOG,
+    its prefix naming the tier rule: base.tier_nflog_prefix); without, it is left out."""
     from backends import ipt_render as I
-    out = I.match_args(fw, rule, direction, family, I._comment(rule.comment()) + ("-j", TARGET[rule.action]))
-    if rule.action != "Deny" or not log:
-        return out
-    nflog = (("-m", "limit", "--limit", f"{base.LOG_RATE_PER_SECOND}/sec") + I._comment(base.tier_log_comment(rule))
-             + ("-j", "NFLOG", "--nflog-prefix", base.tier_nflog_prefix(rule, fw.pod),
-                "--nflog-group", str(base.LOG_GROUP)))
-    logs = I.match_args(fw, rule, direction, family, nflog)
-    return [a for pair in zip(logs, out) for a in pair]
+    out: list[tuple[str, ...]] = []
+    logs: list[tuple[str, ...]] = []
+    for r in ir.tier_chain(fw, direction, tier):
+        t: ir.TierRule = r.rule  # type: ignore[assignment]
+        if r.kind == "tier log":
+            nflog = ("-j", "NFLOG", "--nflog-prefix", base.tier_nflog_prefix(t, fw.pod),
+                     "--nflog-group", str(base.LOG_GROUP))
+            limit = ("-m", "limit", "--limit", f"{base.LOG_RATE_PER_SECOND}/sec")
+            logs = I.match_args(fw, t, direction, family, limit + I._comment(r.comment) + nflog) if log else []
+            continue
+        args = I.match_args(fw, t, direction, family, I._comment(r.comment) + targets[r.verdict])
+        out += [a for pair in zip(logs, args) for a in pair] if logs else args
+        logs = []
+    return tuple(out)
 
 
 def chains(fw: PodFirewall, family: int) -> dict[str, tuple[tuple[str, ...], ...]]:
     """The tier chains of one family (empty for a pod without tier rules)."""
-    out = {}
-    for direction in base.DIRECTIONS:
-        if not has_tiers(fw, direction):
-            continue
-        pol = fw.direction(direction)
-        for tier, rules in (("Admin", pol.admin), ("Baseline", pol.baseline)):
-            out[CHAINS[tier, direction]] = tuple(a for r in rules for a in rule_args(fw, r, direction, family, log=True))
-    return out
+    return {CHAINS[tier, d]: tier_args(fw, d, tier, family)
+            for d in base.DIRECTIONS if has_tiers(fw, d) for tier in ("Admin", "Baseline")}

@@ -53,15 +53,15 @@ def matches(fw: PodFirewall, rule: TierRule, direction: str) -> list[str]:
     if rule.addr_ports is not None:
         return [f"{ip} {addr} . meta l4proto . th dport @{N.set_name(rule.addr_ports, fam)} "
                 for fam, ip in ((4, "ip"), (6, "ip6"))]
-    groups = base.port_groups(rule.ports)
+    ports = N.port_matches(rule.ports)  # a rule per port (range): no anonymous sets
     if rule.peers is None:
-        return [N._ports_expr(proto, ranges) for proto, ranges in groups]
+        return ports
     # An interval (networks) set is keyed like the NetworkPolicy ipBlock sets: by address
     # alone, or by address . protocol where backends.nftables concatenates (ANY_PROTO).
     concat = fw.set(rule.peers).interval and hasattr(N, "ANY_PROTO")
     key = f"{addr} . meta l4proto" if concat else addr
-    return [f"{ip} {key} @{N.set_name(rule.peers, fam)} {N._ports_expr(proto, ranges)}"
-            for fam, ip in ((4, "ip"), (6, "ip6")) for proto, ranges in groups]
+    return [f"{ip} {key} @{N.set_name(rule.peers, fam)} {p}"
+            for fam, ip in ((4, "ip"), (6, "ip6")) for p in ports]
 
 
 def chains(fw: PodFirewall) -> list[list[str]]:

@@ -11,8 +11,9 @@ Layout (IPv4 and IPv6 in one ``inet`` table)::
         chain input  (hook input)    the IR's chain (ir.chain), each rule in nft words:
                                      established,related accept; invalid drop; lo accept;
         chain output (hook output)   IPv6 neighbour discovery accept; node accept;
-                                     then isolated: one accept per policy rule, family and
-                                     protocol, a rate-limited nflog, a counted drop;
+                                     then isolated: one accept per policy rule, family,
+                                     protocol and port (range: no anonymous sets, see
+                                     port_matches), a rate-limited nflog, a counted drop;
                                      not isolated: a counted accept.
     }
 
@@ -178,16 +179,24 @@ def _render_set(s: AddrSet | AddrPortSet, family: int) -> list[str]:
     return lines
 
 
-def _ports_expr(proto: str | None, ranges: list[tuple[int, int]] | None) -> str:
+def _ports_expr(proto: str | None, ports: tuple[int, int] | None) -> str:
     if proto is None:
         return ""
-    p = proto.lower()
-    if ranges is None:
-        return f"meta l4proto {p} "
-    items = [str(a) if a == b else f"{a}-{b}" for a, b in ranges]
-    if len(items) == 1:
-        return f"{p} dport {items[0]} "
-    return f"{p} dport {{ {', '.join(items)} }} "
+    if ports is None:
+        return f"meta l4proto {proto.lower()} "
+    a, b = ports
+    return f"{proto.lower()} dport {a if a == b else f'{a}-{b}'} "
+
+
+def port_matches(ports) -> list[str]:
+    """The port match of each rule a policy rule's ports become: one per protocol and per
+    port (range), never an anonymous set (``tcp dport { 80, 443 }``). Why: the kernel names
+    each anonymous set by scanning every set of its table for a free ``__set%d``, and
+    builds it as a set object of its own; for the apply benchmark's pod tables (20 of them
+    a table) that was ~17% of the kernel's time of a cold apply
+    (benchmarks/bench_apply_floor.py). A packet walks one more rule per extra port, a few
+    nanoseconds; host mode writes its port lists the same way (backends/nft_host.py)."""
+    return [_ports_expr(proto, r) for proto, ranges in base.port_groups(ports) for r in (ranges or [None])]
 
 
 def _quote(comment: str) -> str:
@@ -195,7 +204,7 @@ def _quote(comment: str) -> str:
 
 
 def render_allow(rule: AllowRule, direction: str, interval: bool = False, verdict: str = "accept") -> list[str]:
-    """One accept per family (when the rule matches addresses) and per protocol;
+    """One accept per family (when the rule matches addresses), protocol and port (range);
     ``interval``: the rule's peer set is an ipBlock set (address . protocol); ``verdict``:
     what a match does ("return" in host mode)."""
     return list(_render_allow(rule, direction, interval, verdict))
@@ -213,12 +222,12 @@ def _render_allow_lines(rule: AllowRule, direction: str, interval: bool, verdict
     if rule.addr_ports is not None:
         return [f"{ip} {addr} . meta l4proto . th dport @{set_name(rule.addr_ports, fam)} {tail}"
                 for fam, ip in ((4, "ip"), (6, "ip6"))]
-    groups = base.port_groups(rule.ports)
+    ports = port_matches(rule.ports)
     if rule.peers is None:
-        return [f"{_ports_expr(proto, ranges)}{tail}" for proto, ranges in groups]
+        return [f"{p}{tail}" for p in ports]
     key = f"{addr} . meta l4proto" if interval else addr
-    return [f"{ip} {key} @{set_name(rule.peers, fam)} {_ports_expr(proto, ranges)}{tail}"
-            for fam, ip in ((4, "ip"), (6, "ip6")) for proto, ranges in groups]
+    return [f"{ip} {key} @{set_name(rule.peers, fam)} {p}{tail}"
+            for fam, ip in ((4, "ip"), (6, "ip6")) for p in ports]
 
 
 def render_chain(fw: PodFirewall, direction: str, allowed: str = "accept") -> list[str]:
@@ -493,8 +502,8 @@ class NftablesBackend:
                 note = f"delta refused, replaced the table: {first_line(str(e))}"
         elif previous is not None and (swap := nft_swap.rules_transaction(previous, fw)) is not None:
             try:  # rules changed, sets kept: their elements are not sent again
-                self._run(netns, swap.text)
-                return ApplyResult("full", swap.added, swap.removed)
+                how = self._get_runner().swap(netns, swap)
+                return ApplyResult("full", swap.added, swap.removed, how)
             except _Refused as e:
                 note = f"rules swap refused, replaced the table: {first_line(str(e))}"
         try:

@@ -13,10 +13,14 @@ ports resolve the name per destination pod, so they match an ``AddrPortSet`` of
 The whole of each direction's chain, fixed part included (established/related accept,
 invalid drop, loopback, IPv6 neighbour discovery and node accept, the tier jumps, the
 log and the final drop), is listed by ``chain``: one ``ChainRule`` per rule with its kind,
-abstract verdict, what it matches and its comment. Backends render those matches; the
-host placements map the verdicts (an allow returns to the node's chain); ``lab stats``
-orders and names counters by the same list. The comment vocabulary (``fixed_comment``
-and friends) lives here for that reason.
+abstract verdict, what it matches and its comment; ``tier_chain`` lists the rules of a
+ClusterNetworkPolicy tier's own chain the same way, and ``direction_rules`` both, in the
+order packets meet them (``comments``: their comments, each once). Backends render those matches; the host placements
+map the verdicts (an allow returns to the node's chain, a tier's Accept too) and cut
+the chain at its tier rules; ``lab stats`` orders and names counters by the same lists,
+``lab drops`` finds the log rule that logged a packet in them, the fake backend lists
+its counters from them. The comment vocabulary (``fixed_comment`` and friends) lives
+here for that reason.
 Everything here is pure data; nothing touches the kernel.
 """
 from __future__ import annotations
@@ -301,10 +305,17 @@ def tier_log_comment(rule: TierRule) -> str:
     return f"{rule.comment()} log"
 
 
+def tier_end_comment(direction: str) -> str:
+    """A placement whose Admin tier chain must say where to go when no Admin rule matched
+    (host mode: on to the NetworkPolicy part) names that rule so."""
+    return fixed_comment(direction, "NetworkPolicy tier")
+
+
 # Abstract verdicts: what a rule does to a packet in the pod's own chain. A placement maps
 # them (host mode: an ALLOW of a policy rule returns to the node's chain instead of
-# accepting, the fixed accepts stay accepts).
-ACCEPT, DROP, LOG, JUMP = "accept", "drop", "log", "jump"
+# accepting, the fixed accepts stay accepts). PASS: a tier rule's Pass, leave this tier.
+ACCEPT, DROP, LOG, JUMP, PASS = "accept", "drop", "log", "jump", "pass"
+TIER_VERDICT = {"Accept": ACCEPT, "Deny": DROP, "Pass": PASS}
 # The kinds of rule, in the order a chain holds them. The first five are FIXED: every pod
 # has them, isolated or not.
 FIXED = ("established", "invalid", "loopback", "ipv6 neighbour discovery", "node")
@@ -316,8 +327,11 @@ class ChainRule:
 
     ``kind``: one of FIXED, "tier" (jump to the ClusterNetworkPolicy tier ``tier``),
     "allow" (``allow`` is the policy rule), "log" (rate-limited nflog of what the drop
-    drops), "drop" (isolated: the final drop) or "open" (not isolated: the final accept).
-    ``node``: the node address a "node" rule accepts. ``comment``: its words."""
+    drops), "drop" (isolated: the final drop) or "open" (not isolated: the final accept);
+    in a tier's own chain (``tier_chain``) "tier rule" (``rule`` is the TierRule) and
+    "tier log" (the nflog before a Deny). ``node``: the node address a "node" rule
+    accepts. ``isolated_by``: the policies a "log" and a "drop" rule name (what ``lab
+    drops`` reports). ``comment``: its words."""
 
     kind: str
     verdict: str
@@ -325,6 +339,8 @@ class ChainRule:
     allow: AllowRule | None = None
     node: str | None = None
     tier: str | None = None
+    rule: TierRule | None = None
+    isolated_by: tuple[str, ...] = ()
 
     @property
     def fixed(self) -> bool:
@@ -359,9 +375,46 @@ def _chain(direction: str, node_ips: tuple[str, ...], pol: DirectionPolicy) -> t
     out += jump("Admin")
     if pol.isolated:
         out += [ChainRule("allow", ACCEPT, rule_comment(r), allow=r) for r in pol.rules]
-        out.append(ChainRule("log", LOG, log_comment(direction)))
-        out.append(ChainRule("drop", DROP, isolation_comment(direction, pol.isolated_by)))
+        out.append(ChainRule("log", LOG, log_comment(direction), isolated_by=pol.isolated_by))
+        out.append(ChainRule("drop", DROP, isolation_comment(direction, pol.isolated_by),
+                             isolated_by=pol.isolated_by))
     else:
         out += jump("Baseline")
         out.append(ChainRule("open", ACCEPT, open_comment(direction)))
     return tuple(out)
+
+
+def tier_chain(fw: PodFirewall, direction: str, tier: str) -> tuple[ChainRule, ...]:
+    """The rules of the chain a "tier" rule of ``chain`` jumps to, in evaluation order: per
+    tier rule its verdict (TIER_VERDICT), a Deny logged first (rate-limited nflog, as
+    the final drop is), so ``lab drops`` can name the tier rule that dropped a packet."""
+    pol = fw.direction(direction)
+    return _tier_chain(pol.admin if tier == "Admin" else pol.baseline)
+
+
+@functools.lru_cache(maxsize=4096)
+def _tier_chain(rules: tuple[TierRule, ...]) -> tuple[ChainRule, ...]:
+    out = []
+    for t in rules:
+        if t.action == "Deny":
+            out.append(ChainRule("tier log", LOG, tier_log_comment(t), tier=t.tier, rule=t))
+        out.append(ChainRule("tier rule", TIER_VERDICT[t.action], t.comment(), tier=t.tier, rule=t))
+    return tuple(out)
+
+
+def direction_rules(fw: PodFirewall, direction: str) -> tuple[ChainRule, ...]:
+    """Every rule of ``fw``'s ``direction`` in the order a packet can meet them: its
+    ``chain``, a "tier" jump followed by the rules of that tier's ``tier_chain``."""
+    out: list[ChainRule] = []
+    for r in chain(fw, direction):
+        out.append(r)
+        if r.kind == "tier":
+            out += tier_chain(fw, direction, r.tier)  # type: ignore[arg-type]
+    return tuple(out)
+
+
+def comments(fw: PodFirewall) -> tuple[str, ...]:
+    """The comments of every rule of the pod (both directions' ``direction_rules``), each
+    once: what a backend's counters list, rules that share a comment (one per node
+    address, the families' halves of one rule) summed into one."""
+    return tuple(dict.fromkeys(r.comment for d in DIRECTIONS for r in direction_rules(fw, d)))

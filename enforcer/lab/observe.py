@@ -62,16 +62,15 @@ class Counter:
                 "packets": self.packets, "bytes": self.bytes}
 
 
-TIER_ACTIONS = {"Accept": "accept", "Deny": "drop", "Pass": "pass"}
-
-
 def classify(comment: str) -> tuple[str, str, str | None, int | None]:
-    """``(direction, action, policy, rule_index)`` of a rule comment (backends.base; a tier
-    rule's is ir.TierRule.comment: "Admin deny-dev ingress[0] no-dev Deny", "... Deny log")."""
+    """``(direction, action, policy, rule_index)`` of a rule comment, from its words: for a
+    comment that is not one of the pod's rules in the IR (``chain_words`` reads those),
+    such as a placement's own rule (ir.tier_end_comment) or a rule of an older version. A
+    tier rule's words are ir.TierRule.comment: "Admin deny-dev ingress[0] no-dev Deny"."""
     words = comment.split(" ")
     if len(words) >= 4 and words[0] in ("Admin", "Baseline") and "[" in words[2] and words[2].endswith("]"):
         direction, _, index = words[2][:-1].partition("[")
-        action = "log" if words[-1] == "log" else TIER_ACTIONS.get(words[-1], "")
+        action = "log" if words[-1] == "log" else ir.TIER_VERDICT.get(words[-1], "")
         if direction in DIRECTIONS and index.isdigit() and action:
             return direction, action, words[1], int(index)
     if len(words) == 2 and "[" in words[1] and words[1].endswith("]"):
@@ -84,7 +83,7 @@ def classify(comment: str) -> tuple[str, str, str | None, int | None]:
         return direction, "drop", None, None
     if rest == "log drop":
         return direction, "log", None, None
-    if rest in ("Admin tier", "Baseline tier"):
+    if rest in ("Admin tier", "Baseline tier") or comment == ir.tier_end_comment(direction):
         return direction, "jump", None, None
     return direction, "accept", None, None
 
@@ -120,28 +119,23 @@ def stats(name: str, pod: str | None = None) -> tuple[str, list[Counter]]:
 
 def rule_order(fw: PodFirewall) -> list[str]:
     """The comments of a pod's rules in the order both backends install them: each
-    direction's chain as the IR lists it (ir.chain), a tier jump followed by the rules of
-    the tier's chain (a Deny's log rule before it)."""
-    out = []
-    for d in DIRECTIONS:
-        pol = fw.direction(d)
-        for r in ir.chain(fw, d):
-            if not out or out[-1] != r.comment:  # one "node" comment for every node address
-                out.append(r.comment)
-            if r.kind == "tier":
-                out += [c for t in (pol.admin if r.tier == "Admin" else pol.baseline)
-                        for c in ([ir.tier_log_comment(t)] if t.action == "Deny" else []) + [t.comment()]]
-    return out
+    direction's chain as the IR lists it, a tier jump followed by the rules of the tier's
+    chain (ir.comments)."""
+    return list(ir.comments(fw))
 
 
 def chain_words(fw: PodFirewall) -> dict[str, tuple[str, str, str | None, int | None]]:
-    """``classify``'s answer for the comments of ``fw``'s hook chains, read from ir.chain
-    (the verdict and provenance themselves, not the words); tier rules are not in it."""
+    """``classify``'s answer for the comments of ``fw``'s rules, read from the IR
+    (ir.direction_rules: the verdict and provenance themselves, not the words)."""
     out: dict[str, tuple[str, str, str | None, int | None]] = {}
     for d in DIRECTIONS:
-        for r in ir.chain(fw, d):
-            p = r.allow.provenance if r.allow is not None else None
-            out.setdefault(r.comment, (d, r.verdict, p and p.policy, p and p.rule_index))
+        for r in ir.direction_rules(fw, d):
+            if r.rule is not None:  # a tier's rule, or the log before its Deny
+                who: tuple[str | None, int | None] = (r.rule.policy, r.rule.rule_index)
+            else:
+                p = r.allow.provenance if r.allow is not None else None
+                who = (p and p.policy, p and p.rule_index)
+            out.setdefault(r.comment, (d, r.verdict) + who)
     return out
 
 
@@ -252,21 +246,24 @@ class LabView:
             return None
         direction = parsed[0]
         fw = self.firewalls.get(pod)
-        isolated_by = fw.direction(direction).isolated_by if fw is not None else ()
-        rule = tier_rule(fw, direction, packet.prefix) if fw is not None else None
+        rule = logged_by(fw, direction, packet.prefix) if fw is not None else None
+        if rule is None and fw is not None:  # a prefix we did not build: the direction's drop
+            rule = next((r for r in ir.chain(fw, direction) if r.kind == "drop"), None)
+        tier = rule.rule if rule is not None else None
         # parse_ip prints addresses in ipaddress' canonical form, as the state keeps them
         return Drop(now, pod, direction, flow, self.ids.get(flow.src), self.ids.get(flow.dst),
-                    () if rule is not None else isolated_by, rule)
+                    rule.isolated_by if rule is not None else (), tier)
 
 
-def tier_rule(fw: PodFirewall, direction: str, prefix: str) -> TierRule | None:
-    """The Deny of ``fw``'s tiers whose log prefix is ``prefix`` (built again and compared,
-    so a prefix cut to the kernel's length still finds its rule); None for the
-    NetworkPolicy drop's prefix."""
+def logged_by(fw: PodFirewall, direction: str, prefix: str) -> ir.ChainRule | None:
+    """The log rule of ``fw``'s ``direction`` (ir.direction_rules: the NetworkPolicy drop's
+    "log", a tier Deny's "tier log") whose nflog prefix is ``prefix``. Each prefix is
+    built again and compared, so a prefix cut to the kernel's length still finds its rule."""
     want = prefix.strip()
-    pol = fw.direction(direction)
-    for r in pol.admin + pol.baseline:
-        if r.action == "Deny" and base.tier_nflog_prefix(r, fw.pod).strip() == want:
+    for r in ir.direction_rules(fw, direction):
+        if r.kind == "log" and base.nflog_prefix(direction, fw.pod).strip() == want:
+            return r
+        if r.kind == "tier log" and base.tier_nflog_prefix(r.rule, fw.pod).strip() == want:
             return r
     return None
 

@@ -78,5 +78,28 @@ def test_lab_stats_reads_the_chain_as_classify_reads_the_words(fw):
     from enforcer.lab import observe
 
     words = observe.chain_words(fw)
-    assert set(words) == {r.comment for d in ir.DIRECTIONS for r in ir.chain(fw, d)}
+    assert set(words) == set(ir.comments(fw)) > {r.comment for d in ir.DIRECTIONS for r in ir.chain(fw, d)}
     assert all(observe.classify(c) == w for c, w in words.items())
+    assert observe.classify(ir.tier_end_comment("egress")) == ("egress", "jump", None, None)  # host mode's
+
+
+@pytest.mark.parametrize("fw", [FW, ISOLATED_TIERED, PodFirewall("x/c")], ids=["mixed", "isolated-tiered", "bare"])
+def test_fake_backend_counts_every_rule_the_kernel_backends_install(fw):
+    """The fake's counters list what nft's and iptables' would (every rule's comment, once,
+    tier chains included), in the order lab stats sorts by."""
+    from backends import base
+    from enforcer.lab import observe
+
+    fake = base.FakeBackend()
+    fake.apply("ns", fw)
+    got = [c for c, _, _ in fake.counters("ns")]
+    assert len(got) == len(set(got)) and {(p, b) for _, p, b in fake.counters("ns")} == {(0, 0)}
+    rules = [ln for ln in nft.render(fw).splitlines() if ln.startswith("\t\t")]  # not the table's comment
+    assert set(got) == set(re.findall(r'comment "([^"]*)"', "\n".join(rules)))
+    rs = ipt_render.build(fw)
+    assert set(got) == {a[a.index("--comment") + 1] for fam in (4, 6) for rules in rs.rules[fam].values() for a in rules}
+    assert got == observe.rule_order(fw)
+    if fw.egress.admin:
+        assert got.index("egress Admin tier") + 1 == got.index("Admin deny-dev egress[0] no-dev Deny log")
+    if fw is FW:  # an open direction: its Baseline tier's rules after the NetworkPolicy part
+        assert got.index("egress Baseline tier") + 1 == got.index("Baseline base egress[0] Accept")
