@@ -91,18 +91,26 @@ class Rule:
 
 
 @dataclass(frozen=True)
-class NetworkPolicy:
+class Namespaced:
+    """What every namespaced object starts with; ``key`` ("ns/name") is how the cluster,
+    the IR and every message name it. Subclasses add their fields after these two, so
+    positional construction reads as the API object does: namespace, name, spec..."""
+
     namespace: str
     name: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class NetworkPolicy(Namespaced):
     pod_selector: LabelSelector
     policy_types: frozenset[str]  # effective, defaults applied
     ingress: tuple[Rule, ...] = ()
     egress: tuple[Rule, ...] = ()
     source: str = field(default="", compare=False)  # file it came from, for messages
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)
@@ -121,9 +129,7 @@ class Namespace:
 
 
 @dataclass(frozen=True)
-class Pod:
-    namespace: str
-    name: str
+class Pod(Namespaced):
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     ips: tuple[str, ...] = ()  # from status.podIP(s); empty until assigned
     ports: tuple[ContainerPort, ...] = ()
@@ -133,10 +139,6 @@ class Pod:
     # spec.hostNetwork: the pod shares its node's network namespace and address; as far as
     # policy goes it IS the node (always allowed, SEMANTICS 12), so it gets no firewall.
     host_network: bool = False
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)
@@ -150,22 +152,16 @@ class ServicePort:
 
 
 @dataclass(frozen=True)
-class Service:
+class Service(Namespaced):
     """A v1 Service as the model reads it (enforcer.load.services): a virtual address in front of
     the pods its selector matches. ``selector`` None: no selector (no endpoints we manage).
     ``cluster_ip`` "" until assigned, "None" for a headless Service."""
 
-    namespace: str
-    name: str
     selector: tuple[tuple[str, str], ...] | None
     ports: tuple[ServicePort, ...] = ()
     cluster_ip: str = ""
     type: str = "ClusterIP"
     source: str = field(default="", compare=False)
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)
