@@ -426,19 +426,26 @@ class Compiler(TiersMixin):
             members = self._members[g]
         return members
 
-    def _index_group(self, g: GroupKey) -> None:
+    def _indexes_of(self, g: GroupKey) -> list[set[GroupKey]]:
+        """The indexes that list group ``g`` while it is live (label keys its selectors read,
+        its pod scope, namespace-scoped): indexing adds it to each, unindexing removes it."""
         scope, peers = g
+        out = []
         for peer in peers:
             if peer.pod_selector is not None:
-                for key in peer.pod_selector.keys():
-                    self._groups_by_pod_key[key].add(g)
+                out += [self._groups_by_pod_key[key] for key in peer.pod_selector.keys()]
             if peer.namespace_selector is not None:
-                self._groups_ns_scoped.add(g)
-                self._ns_groups_cache.clear()
-                for key in peer.namespace_selector.keys():
-                    self._groups_by_ns_key[key].add(g)
+                out += [self._groups_by_ns_key[key] for key in peer.namespace_selector.keys()]
+                out.append(self._groups_ns_scoped)
             elif peer.ip_block is None:
-                self._groups_pod_scope[scope].add(g)
+                out.append(self._groups_pod_scope[scope])
+        return out
+
+    def _index_group(self, g: GroupKey) -> None:
+        for index in self._indexes_of(g):
+            index.add(g)
+        if g in self._groups_ns_scoped:
+            self._ns_groups_cache.clear()  # a namespace's groups may now include g
         self._members[g] = self._select_members(g)
 
     def _unindex_group(self, g: GroupKey) -> None:
@@ -446,18 +453,10 @@ class Compiler(TiersMixin):
         self._elements.pop(g, None)
         if self._members.pop(g, None) is None:
             return  # never live: nothing indexed
-        scope, peers = g
-        for peer in peers:
-            if peer.pod_selector is not None:
-                for key in peer.pod_selector.keys():
-                    self._groups_by_pod_key[key].discard(g)
-            if peer.namespace_selector is not None:
-                for key in peer.namespace_selector.keys():
-                    self._groups_by_ns_key[key].discard(g)
         if g in self._groups_ns_scoped:
-            self._groups_ns_scoped.discard(g)
             self._ns_groups_cache.clear()
-        self._groups_pod_scope.get(scope, set()).discard(g)
+        for index in self._indexes_of(g):
+            index.discard(g)
 
     def _select_members(self, g: GroupKey) -> set[str]:
         scope, peers = g
