@@ -118,39 +118,38 @@ def matrix_dot(rows: list[dict], title: str = "", isolated: dict[str, set[str]] 
             lines.append("  }")
         else:
             lines += [f"  {d}" for d in decl]
-    out: list[str] = []
-    # one edge from a namespace box: every member (but the target) has the same verdict
-    for ns, members in sorted(by_ns.items()):
-        if not ns or len(members) < 2:
-            continue
-        for b in nodes:
-            if b in members:
-                continue
-            verdicts = {edges.get((a, b)) for a in members}
-            if len(verdicts) == 1 and None not in verdicts:
-                status, label = verdicts.pop()  # type: ignore[misc]
-                out.append(_edge(members[0], b, status, label, f"ltail={cluster_of[ns]}"))
-                for a in members:
-                    del edges[(a, b)]
-    # one edge to a namespace box: every member has the same verdict from one endpoint
-    for ns, members in sorted(by_ns.items()):
-        if not ns or len(members) < 2:
-            continue
-        for a in nodes:
-            if a in members:
-                continue
-            verdicts = {edges.get((a, b)) for b in members}
-            if len(verdicts) == 1 and None not in verdicts:
-                status, label = verdicts.pop()  # type: ignore[misc]
-                out.append(_edge(a, members[0], status, label, f"lhead={cluster_of[ns]}"))
-                for b in members:
-                    del edges[(a, b)]
+    # edges from namespace boxes first, then to them: a pair merged into one is not merged again
+    out = _box_edges(by_ns, nodes, edges, cluster_of, from_box=True)
+    out += _box_edges(by_ns, nodes, edges, cluster_of, from_box=False)
     for (a, b), (status, label) in sorted(edges.items()):
         out.append(_edge(a, b, status, label))
     lines += sorted(out)
     lines += _legend(isolated is not None, nothing_drawn=bool(pairs) and not out)
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _box_edges(by_ns: dict[str, list[str]], nodes: list[str], edges: dict[tuple[str, str], tuple[str, str]],
+               cluster_of: dict[str, str], from_box: bool) -> list[str]:
+    """One edge from (``from_box``) or to a namespace's box for each endpoint that every
+    member of the namespace (but itself) reaches, or is reached by, with the same verdict;
+    the member edges it stands for are taken out of ``edges``."""
+    out: list[str] = []
+    for ns, members in sorted(by_ns.items()):
+        if not ns or len(members) < 2:
+            continue
+        for other in nodes:
+            if other in members:
+                continue
+            merged = [(m, other) if from_box else (other, m) for m in members]
+            verdicts = {edges.get(pair) for pair in merged}
+            if len(verdicts) == 1 and None not in verdicts:
+                status, label = verdicts.pop()  # type: ignore[misc]
+                end = "ltail" if from_box else "lhead"
+                out.append(_edge(*merged[0], status, label, f"{end}={cluster_of[ns]}"))
+                for pair in merged:
+                    del edges[pair]
+    return out
 
 
 def _edge(a: str, b: str, status: str, label: str, extra: str = "") -> str:
