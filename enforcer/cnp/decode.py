@@ -55,6 +55,20 @@ def _exactly_one(d: dict, path: str, errs: Errs, what: str = "exactly one field 
                            f"({what}; got {', '.join(sorted(d))})"))
 
 
+def _union(v: object, path: str, allowed: frozenset, errs: Errs, anc: Anc, *,
+           null_sets_none: bool = False, what: str = "exactly one field must be set") -> tuple[dict, Anc] | None:
+    """A struct of which exactly one field is set (the CRD's min/maxProperties 1): its
+    fields and the ancestry to read them with; None when ``v`` is no struct. A list item's
+    union (``null_sets_none``) reports a null as setting no field, as the API server does."""
+    d = _struct(v, path, allowed, errs, anc)
+    if d is None:
+        if null_sets_none and v is None:
+            _exactly_one({}, path, errs, what)
+        return None
+    _exactly_one(d, path, errs, what)
+    return d, ((path, allowed),) + anc
+
+
 def _count(items: list, path: str, errs: Errs, lo: int = 0, hi: int = MAX_ITEMS) -> None:
     if len(items) > hi:
         errs.append((path, f"Too many: {len(items)}: must have at most {hi} items"))
@@ -100,11 +114,11 @@ def decode(d: dict, name: str, errs: Errs, warns: Errs, source: str) -> ClusterN
 
 
 def _subject(v: object, path: str, errs: Errs, anc: Anc) -> Selection:
-    d = _struct(v, path, _SUBJECT, errs, anc)
-    if d is None:
+    union = _union(v, path, _SUBJECT, errs, anc)
+    if union is None:
         return Selection(LabelSelector(), LabelSelector())
-    _exactly_one(d, path, errs)
-    return _selection(d, path, errs, ((path, _SUBJECT),) + anc)
+    d, inner = union
+    return _selection(d, path, errs, inner)
 
 
 def _selection(d: dict, path: str, errs: Errs, anc: Anc) -> Selection:
@@ -171,13 +185,10 @@ def _peer(v: object, path: str, allowed: frozenset, errs: Errs, anc: Anc) -> CNP
         v = {k: x for k, x in v.items() if k not in _EXPERIMENTAL}
         if not v:
             return CNPPeer(networks=())
-    d = _struct(v, path, allowed, errs, anc)
-    if d is None:
-        if v is None:
-            _exactly_one({}, path, errs)
+    union = _union(v, path, allowed, errs, anc, null_sets_none=True)
+    if union is None:
         return CNPPeer()
-    _exactly_one(d, path, errs)
-    inner = ((path, allowed),) + anc
+    d, inner = union
     if "networks" in d:
         return CNPPeer(networks=_networks(d["networks"], f"{path}.networks", errs))
     if "namespaces" in d or "pods" in d:
@@ -209,13 +220,10 @@ def _networks(v: object, path: str, errs: Errs) -> tuple[str, ...]:
 
 
 def _protocol(v: object, path: str, errs: Errs, anc: Anc) -> CNPProtocol:
-    d = _struct(v, path, _PROTOCOL, errs, anc)
-    if d is None:
-        if v is None:
-            _exactly_one({}, path, errs)
+    union = _union(v, path, _PROTOCOL, errs, anc, null_sets_none=True)
+    if union is None:
         return CNPProtocol()
-    _exactly_one(d, path, errs)
-    inner = ((path, _PROTOCOL),) + anc
+    d, inner = union
     if "destinationNamedPort" in d:
         name = _string(d["destinationNamedPort"], f"{path}.destinationNamedPort", errs)
         return CNPProtocol(named=name or "")
@@ -234,16 +242,16 @@ def _protocol(v: object, path: str, errs: Errs, anc: Anc) -> CNPProtocol:
 
 
 def _port(v: object, path: str, errs: Errs, anc: Anc) -> tuple[int | None, int | None]:
-    d = _struct(v, path, _PORT, errs, anc)
-    if d is None:
+    union = _union(v, path, _PORT, errs, anc, what="number or range")
+    if union is None:
         return None, None
-    _exactly_one(d, path, errs, "number or range")
+    d, inner = union
     if "number" in d:
         n = _bounded(d["number"], f"{path}.number", errs, 1, 65535)
         return n, n
     if "range" in d:
         rp = f"{path}.range"
-        r = _struct(d["range"], rp, _RANGE, errs, ((path, _PORT),) + anc) or {}
+        r = _struct(d["range"], rp, _RANGE, errs, inner) or {}
         for k in ("start", "end"):
             if r.get(k) is None:
                 errs.append((f"{rp}.{k}", V.required()))
