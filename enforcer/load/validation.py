@@ -17,7 +17,7 @@ import json
 import re
 import socket
 from functools import lru_cache
-from typing import Iterable, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 from enforcer.model import PROTOCOLS
 
@@ -74,11 +74,6 @@ _LABEL_VALUE_FMT = "(" + _QNAME_FMT + ")?"
 _LABEL_VALUE_MSG = ("a valid label must be an empty string or consist of alphanumeric characters, "
                     "'-', '_' or '.', and must start and end with an alphanumeric character")
 
-# fullmatch on str: "$" would accept a trailing newline, which the API server does not.
-_DNS1123_LABEL_RE = re.compile(_DNS1123_LABEL_FMT)
-_DNS1123_SUBDOMAIN_RE = re.compile(_DNS1123_SUBDOMAIN_FMT)
-_QNAME_RE = re.compile(_QNAME_FMT)
-_LABEL_VALUE_RE = re.compile(_LABEL_VALUE_FMT)
 _PORT_NAME_CHARSET_RE = re.compile("[-a-z0-9]+")
 _HAS_LETTER_RE = re.compile("[a-z]")
 
@@ -99,30 +94,53 @@ def _max_len(n: int) -> str:
     return f"must be no more than {n} characters"
 
 
+class _Format(NamedTuple):
+    """One of apimachinery's name formats (IsDNS1123Label, IsQualifiedName's name part,
+    ...): a length limit and a pattern, and the words and examples its errors show."""
+
+    max_len: int
+    pattern: re.Pattern
+    msg: str
+    examples: tuple[str, ...]
+
+    def regex_error(self) -> str:
+        return _regex_error(self.msg, self.pattern.pattern, *self.examples)
+
+    def errors(self, value: str, prefix: str = "") -> tuple[str, ...]:
+        """Each broken rule's error body, in the API server's order, after ``prefix``."""
+        errs = []
+        if len(value) > self.max_len:
+            errs.append(prefix + _max_len(self.max_len))
+        # fullmatch on str: "$" would accept a trailing newline, which the API server does not.
+        if not self.pattern.fullmatch(value):
+            errs.append(prefix + self.regex_error())
+        return tuple(errs)
+
+
+def _format(max_len: int, fmt: str, msg: str, *examples: str) -> _Format:
+    return _Format(max_len, re.compile(fmt), msg, examples)
+
+
+_DNS1123_LABEL = _format(DNS1123_LABEL_MAX, _DNS1123_LABEL_FMT, _DNS1123_LABEL_MSG, "my-name", "123-abc")
+_DNS1123_SUBDOMAIN = _format(DNS1123_SUBDOMAIN_MAX, _DNS1123_SUBDOMAIN_FMT, _DNS1123_SUBDOMAIN_MSG, "example.com")
+_QNAME = _format(QUALIFIED_NAME_MAX, _QNAME_FMT, _QNAME_MSG, "MyName", "my.name", "123-abc")
+_LABEL_VALUE = _format(LABEL_VALUE_MAX, _LABEL_VALUE_FMT, _LABEL_VALUE_MSG, "MyValue", "my_value", "12345")
+
+
+def _memo(fmt: _Format, maxsize: int) -> Callable[[str], tuple[str, ...]]:
+    """``fmt``'s errors, memoised for values that repeat (see the module docstring)."""
+    return lru_cache(maxsize=maxsize)(fmt.errors)
+
+
+# namespace names on every object; label keys (their prefixes) and values on every pod
+dns1123_label_cached = _memo(_DNS1123_LABEL, 4096)
+_dns1123_subdomain = _memo(_DNS1123_SUBDOMAIN, 65536)
+_label_value = _memo(_LABEL_VALUE, 65536)
+
+
 def dns1123_label(value: str) -> list[str]:
     """Namespace names (and DNS labels in general)."""
-    errs = []
-    if len(value) > DNS1123_LABEL_MAX:
-        errs.append(_max_len(DNS1123_LABEL_MAX))
-    if not _DNS1123_LABEL_RE.fullmatch(value):
-        errs.append(_regex_error(_DNS1123_LABEL_MSG, _DNS1123_LABEL_FMT, "my-name", "123-abc"))
-    return errs
-
-
-@lru_cache(maxsize=4096)
-def dns1123_label_cached(value: str) -> tuple[str, ...]:
-    """dns1123_label for values that repeat (namespace names on every object)."""
-    return tuple(dns1123_label(value))
-
-
-@lru_cache(maxsize=65536)
-def _dns1123_subdomain(value: str) -> tuple[str, ...]:
-    errs = []
-    if len(value) > DNS1123_SUBDOMAIN_MAX:
-        errs.append(_max_len(DNS1123_SUBDOMAIN_MAX))
-    if not _DNS1123_SUBDOMAIN_RE.fullmatch(value):
-        errs.append(_regex_error(_DNS1123_SUBDOMAIN_MSG, _DNS1123_SUBDOMAIN_FMT, "example.com"))
-    return tuple(errs)
+    return list(_DNS1123_LABEL.errors(value))
 
 
 def dns1123_subdomain(value: str) -> list[str]:
@@ -143,30 +161,16 @@ def _qualified_name(value: str) -> tuple[str, ...]:
         else:
             errs.extend("prefix part " + m for m in _dns1123_subdomain(prefix))
     else:
-        return ("a qualified name " + _regex_error(_QNAME_MSG, _QNAME_FMT, "MyName", "my.name", "123-abc")
+        return ("a qualified name " + _QNAME.regex_error()
                 + " with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')",)
     if not name:
         errs.append("name part must be non-empty")
-    elif len(name) > QUALIFIED_NAME_MAX:
-        errs.append("name part " + _max_len(QUALIFIED_NAME_MAX))
-    if not _QNAME_RE.fullmatch(name):
-        errs.append("name part " + _regex_error(_QNAME_MSG, _QNAME_FMT, "MyName", "my.name", "123-abc"))
-    return tuple(errs)
+    return (*errs, *_QNAME.errors(name, "name part "))
 
 
 def qualified_name(value: str) -> list[str]:
     """Label keys, annotation keys: optional DNS-subdomain prefix, '/', name of <= 63 chars."""
     return list(_qualified_name(value))
-
-
-@lru_cache(maxsize=65536)
-def _label_value(value: str) -> tuple[str, ...]:
-    errs = []
-    if len(value) > LABEL_VALUE_MAX:
-        errs.append(_max_len(LABEL_VALUE_MAX))
-    if not _LABEL_VALUE_RE.fullmatch(value):
-        errs.append(_regex_error(_LABEL_VALUE_MSG, _LABEL_VALUE_FMT, "MyValue", "my_value", "12345"))
-    return tuple(errs)
 
 
 def label_value(value: str) -> list[str]:
