@@ -1,15 +1,26 @@
-"""The front half of the pipeline, written once: manifests in, addresses assigned, a
-compiler out (it builds each pod's firewall when asked).
+"""The front half of the pipeline, written once: manifests in (``load``), addresses
+assigned (``assign``), a compiler out (``compiler``; ``firewalls`` when every pod's firewall
+is wanted at once).
 
-The CLI's commands, ``netpol diff`` (twice, before and after) and anything else that reads
-files all go through ``prepare``; what they do with the warnings (print them, prefix
-them, collect them) is theirs.
+    prepare          = load + compile_cluster            the CLI's commands, ``netpol diff``
+    compile_cluster  = assign + compiler                  cli lint/validate (input loaded already)
+    assign(lab=...)  + firewalls                          the lab: ``lab up`` (one node or
+                                                          several), ``lab apply``
+    per object: manifests.decode_text / decode.decode_kind (what ``load`` runs per file),
+    then ``compiler``                                     the daemon (enforcer/daemon/syncer.py)
+
+The daemon does not take ``load`` or ``assign``: it decodes one file or API object at a time
+with the decoders ``load`` runs (keeping each object's last good version), and it never
+invents an address (a pod without status.podIP is nobody's peer until it has one). Its
+compiler comes from ``compiler`` like everyone's.
+
+What callers do with the warnings (print them, prefix them, collect them) is theirs.
 """
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Mapping, TextIO
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, TextIO
 
 from enforcer.compiler import ipam
 from enforcer.errors import Problem
@@ -18,6 +29,7 @@ from enforcer.model import Cluster
 if TYPE_CHECKING:
     from enforcer.compiler.compile import Compiler
     from enforcer.ir import PodFirewall
+    from enforcer.load.manifests import LoadResult
 
 
 @dataclass
@@ -32,15 +44,86 @@ class Prepared:
         return self.compiler.firewalls()
 
 
-def pod_cidrs(cluster: Cluster, existing: Mapping[str, tuple[str, ...]] | None = None,
-              cidrs: tuple[str, ...] = (ipam.DEFAULT_POD_CIDR,)) -> tuple[str, ...]:
-    """``cidrs``, plus the default IPv6 pod range when any address (given or kept) is IPv6:
-    a pod without an address then gets one of each family."""
-    ips = [ip for p in cluster.pods.values() for ip in p.ips]
-    ips += [ip for v in (existing or {}).values() for ip in v]
-    if any(":" in ip for ip in ips) and ipam.DEFAULT_POD_CIDR6 not in cidrs:
-        return cidrs + (ipam.DEFAULT_POD_CIDR6,)
-    return cidrs
+@dataclass(frozen=True)
+class Wiring:
+    """What the lab wires around, for ``assign``: its pod CIDRs get a subnet (and a
+    gateway) around every fixed address outside them, and plans it cannot wire are refused
+    (ipam.check_addresses)."""
+
+    cidrs: tuple[str, ...] = ()  # the pod CIDRs a running lab has already
+    busy: tuple[str, ...] = ()  # node addresses in use on external links that stay
+    nodes: tuple[Mapping[str, str], ...] = ()  # several nodes: each one's name, pod CIDR, gateway
+    placement: Mapping[str, str] = field(default_factory=dict)  # pod -> its node
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """The address step's outcome."""
+
+    cluster: Cluster  # every pod with its addresses, every Service with its clusterIP
+    cidrs: tuple[str, ...]  # the pod CIDRs
+    node_ips: tuple[str, ...]  # the node's addresses on the pod network (SEMANTICS 12)
+    nodes: tuple[Mapping[str, str], ...] = ()  # several nodes: a pod's node address is its node's gateway
+    placement: Mapping[str, str] = field(default_factory=dict)
+
+
+def load(paths: Iterable[str], *, legacy: bool = False, stdin: TextIO | None = None) -> LoadResult:
+    """Load and validate ``paths`` (InputError listing every problem)."""
+    from enforcer.load import manifests
+
+    return manifests.load(list(paths), stdin=sys.stdin if stdin is None else stdin,
+                          legacy_namespace_isolation=legacy)
+
+
+def assign(cluster: Cluster, *, cidrs: tuple[str, ...] = (ipam.DEFAULT_POD_CIDR,), ipv6: bool = False,
+           existing: Mapping[str, tuple[str, ...]] | None = None, reserved: Iterable[str] = (),
+           lab: Wiring | None = None) -> Addresses:
+    """The address step. Pods without an address get one per family of ``cidrs`` (IPv6
+    too when ``ipv6`` or any pod's or kept address is IPv6); pods in ``existing`` keep
+    theirs unless the input gives one; nobody new gets a ``reserved`` address.
+
+    ``lab``: the lab's plan on top (enforcer/lab/converge.py, multinode.py): with several
+    nodes a pod's address comes from its node's CIDR and its node address is its node's
+    gateway; fixed addresses outside the pod CIDRs get a subnet with a gateway; a plan the
+    lab cannot wire is a LabError."""
+    existing = existing or {}
+    cidrs = ipam.pod_cidrs(cluster, cidrs, ipv6=ipv6, addresses=[a for v in existing.values() for a in v])
+    keep = {k: v for k, v in existing.items() if k in cluster.pods and not cluster.pods[k].ips}
+    nodes = lab.nodes if lab is not None else ()
+    placement = lab.placement if lab is not None else {}
+    cluster = ipam.assign_ips(cluster, cidrs, keep, reserved=reserved, nodes=nodes, placement=placement)
+    if lab is None:
+        return Addresses(cluster, cidrs, ipam.node_ips(cidrs))
+    if nodes:
+        ipam.check_nodes(cluster, nodes)
+    cidrs = ipam.gateway_cidrs(cluster, tuple(lab.cidrs) + cidrs)
+    ipam.check_addresses(cluster, cidrs, lab.busy)
+    node_ips = tuple(n["gateway"] for n in nodes) if nodes else ipam.node_ips(cidrs)
+    return Addresses(cluster, cidrs, node_ips, tuple(nodes), dict(placement))
+
+
+def compiler(cluster: Cluster, node_ips: tuple[str, ...], *, legacy: bool = False,
+             kind: Callable[..., Compiler] | None = None) -> Compiler:
+    """The compile step: a compiler of ``cluster`` (the daemon's ``kind`` is its
+    BatchCompiler, which defers rebuilds to the end of a batch)."""
+    if kind is None:
+        from enforcer.compiler.compile import Compiler as kind  # noqa: N813
+
+    return kind(cluster, node_ips=node_ips, legacy_namespace_isolation=legacy)
+
+
+def firewalls(addresses: Addresses, *, legacy: bool = False) -> dict[str, PodFirewall]:
+    """Every pod's firewall; with several nodes each pod's with its own node's gateway as
+    the node address, as that node's agent compiles it (``--node-ip``)."""
+    if not addresses.nodes:
+        return compiler(addresses.cluster, addresses.node_ips, legacy=legacy).firewalls()
+    out: dict[str, PodFirewall] = {}
+    for node in addresses.nodes:
+        mine = sorted(k for k, name in addresses.placement.items() if name == node["name"])
+        if mine:
+            c = compiler(addresses.cluster, (node["gateway"],), legacy=legacy)
+            out.update({k: c.firewall(k) for k in mine if k in c.pods})
+    return out
 
 
 def compile_cluster(cluster: Cluster, *, legacy: bool = False,
@@ -48,12 +131,8 @@ def compile_cluster(cluster: Cluster, *, legacy: bool = False,
                     cidrs: tuple[str, ...] = (ipam.DEFAULT_POD_CIDR,)) -> tuple[Cluster, Compiler]:
     """Assign addresses (pods in ``existing`` keep theirs unless the input gives one) and
     make the compiler; the cluster returned is the one with addresses."""
-    from enforcer.compiler.compile import Compiler
-
-    cidrs = pod_cidrs(cluster, existing, cidrs)
-    keep = {k: v for k, v in (existing or {}).items() if k in cluster.pods and not cluster.pods[k].ips}
-    cluster = ipam.assign_ips(cluster, cidrs, existing=keep)
-    return cluster, Compiler(cluster, node_ips=ipam.node_ips(cidrs), legacy_namespace_isolation=legacy)
+    a = assign(cluster, cidrs=cidrs, existing=existing)
+    return a.cluster, compiler(a.cluster, a.node_ips, legacy=legacy)
 
 
 def prepare(paths: Iterable[str], *, legacy: bool = False,
@@ -61,14 +140,11 @@ def prepare(paths: Iterable[str], *, legacy: bool = False,
             cidrs: tuple[str, ...] = (ipam.DEFAULT_POD_CIDR,), stdin: TextIO | None = None) -> Prepared:
     """Load and validate ``paths`` (InputError listing every problem), assign addresses,
     make the compiler. No paths: an empty cluster."""
-    from enforcer.load import manifests
-
     paths = list(paths)
     if not paths:
         cluster, warnings, notes = Cluster(), [], []
     else:
-        result = manifests.load(paths, stdin=sys.stdin if stdin is None else stdin,
-                                legacy_namespace_isolation=legacy)
+        result = load(paths, legacy=legacy, stdin=stdin)
         cluster, warnings, notes = result.cluster, result.warnings, result.notes
-    cluster, compiler = compile_cluster(cluster, legacy=legacy, existing=existing, cidrs=cidrs)
-    return Prepared(cluster, compiler, list(warnings), list(notes))
+    cluster, c = compile_cluster(cluster, legacy=legacy, existing=existing, cidrs=cidrs)
+    return Prepared(cluster, c, list(warnings), list(notes))

@@ -1,12 +1,14 @@
 """Address planning, pure: pod addresses for pods that have no ``status.podIP``, and the
-lab's address plan (its pod CIDRs and gateways, conflicts, the node's addresses facing
-external hosts).
+lab's address plan (its pod CIDRs and gateways, each node's pod CIDR when it has several,
+conflicts, the node's addresses facing external hosts).
 
 Deterministic: pods are numbered in sorted order, skipping addresses already taken, so the
 model, ``render`` and the lab agree on every address without talking to each other. The
 first address of each pod CIDR is the node's gateway (always allowed, SEMANTICS 12).
 An existing assignment (a running lab) is kept so that adding a pod never renumbers others.
-The lab wires what is planned here (enforcer/lab/topology.py); nothing here touches a kernel.
+enforcer/compiler/frontend.py composes these into the one address step (``assign``) that
+the CLI and the lab take; the lab wires what is planned here (enforcer/lab/topology.py,
+nodes.py); nothing here touches a kernel.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ DEFAULT_POD_CIDR = "10.244.0.0/16"
 DEFAULT_POD_CIDR6 = "fd00:10:244::/64"
 EXT_PREFIX = {4: 24, 6: 64}  # an external host's subnet, around each of its addresses
 POD_EXTRA_PREFIX = {4: 24, 6: 64}  # a pod subnet around a fixed address outside the pod CIDRs
+UNDERLAY = "169.254.244.0/24"  # several nodes: link-local, never a pod's or an external host's address
+FIRST_NODE_OCTET = 101  # node K's pod CIDR is 10.244.(100+K).0/24 unless a pod's address is there
 
 
 def gateway(cidr: str) -> str:
@@ -34,21 +38,38 @@ def node_ips(cidrs: tuple[str, ...] = (DEFAULT_POD_CIDR,)) -> tuple[str, ...]:
     return tuple(gateway(c) for c in cidrs)
 
 
+def pod_cidrs(cluster: Cluster, cidrs: tuple[str, ...] = (DEFAULT_POD_CIDR,), *, ipv6: bool = False,
+              addresses: Iterable[str] = ()) -> tuple[str, ...]:
+    """``cidrs``, plus the default IPv6 pod range when asked or when any address (a pod's,
+    or one of ``addresses``: kept ones) is IPv6: a pod without an address then gets one of
+    each family."""
+    ips = [ip for p in cluster.pods.values() for ip in p.ips] + list(addresses)
+    if (ipv6 or any(":" in ip for ip in ips)) and DEFAULT_POD_CIDR6 not in cidrs:
+        return tuple(cidrs) + (DEFAULT_POD_CIDR6,)
+    return tuple(cidrs)
+
+
 def assign_ips(cluster: Cluster, cidrs: tuple[str, ...] = (DEFAULT_POD_CIDR,),
-               existing: Mapping[str, tuple[str, ...]] | None = None) -> Cluster:
+               existing: Mapping[str, tuple[str, ...]] | None = None, *, reserved: Iterable[str] = (),
+               nodes: Iterable[Mapping[str, str]] = (), placement: Mapping[str, str] | None = None) -> Cluster:
     """Return a cluster in which every pod has one address per CIDR's family.
 
     Pods with addresses from their manifests keep them; pods in ``existing`` keep what they
-    had; the rest get the lowest free address of each CIDR (after the gateway).
+    had; the rest get the lowest free address of each CIDR (after the gateway). No pod gets
+    an address of ``existing`` or ``reserved``, nor a gateway. Several nodes: a pod that
+    ``placement`` puts on one of ``nodes`` gets one address from that node's ``cidr``.
     """
     existing = existing or {}
+    placement = placement or {}
     nets = [ipaddress.ip_network(c) for c in cidrs]
-    taken: set[str] = {gateway(c) for c in cidrs}
+    node_nets = {n["name"]: ipaddress.ip_network(n["cidr"]) for n in nodes}
+    taken: set[str] = {gateway(c) for c in cidrs} | {gateway(str(n)) for n in node_nets.values()}
     for p in cluster.pods.values():
         taken.update(p.ips)
     for ips in existing.values():
         taken.update(ips)
-    cursors = {n: n.network_address + 2 for n in nets}
+    taken.update(reserved)
+    cursors = {n: n.network_address + 2 for n in nets + list(node_nets.values())}
     pods = dict(cluster.pods)
     for key in sorted(pods):
         pod = pods[key]
@@ -57,12 +78,15 @@ def assign_ips(cluster: Cluster, cidrs: tuple[str, ...] = (DEFAULT_POD_CIDR,),
         if key in existing:
             pods[key] = replace(pod, ips=tuple(existing[key]))
             continue
+        node = placement.get(key) if node_nets else None
         ips = []
-        for net in nets:
+        for net in [node_nets[node]] if node is not None else nets:
             addr = cursors[net]
             while str(addr) in taken:
                 addr += 1
             if addr not in net or addr == net.broadcast_address:
+                if node is not None:
+                    raise LabError(f"node {node}'s pod CIDR {net} has no free address left for pod {key}")
                 raise InputError(f"pod CIDR {net} has no free address left for pod {key}")
             taken.add(str(addr))
             cursors[net] = addr + 1
@@ -83,14 +107,11 @@ def _ip(a: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 def wants_ipv6(cluster: Cluster, ipv6: bool = False) -> bool:
     """Whether the lab needs an IPv6 pod CIDR: asked for, or any pod or external host has
-    an IPv6 address."""
+    an IPv6 address (the lab wires external hosts; the model alone looks at pods only,
+    ``pod_cidrs``)."""
     addrs = [a for p in cluster.pods.values() for a in p.ips]
     addrs += [a for e in cluster.externals.values() for a in e.ips]
     return ipv6 or any(_ip(a).version == 6 for a in addrs)
-
-
-def base_cidrs(ipv6: bool) -> tuple[str, ...]:
-    return (DEFAULT_POD_CIDR,) + ((DEFAULT_POD_CIDR6,) if ipv6 else ())
 
 
 def gateway_cidrs(cluster: Cluster, cidrs: Iterable[str]) -> tuple[str, ...]:
@@ -170,3 +191,47 @@ def external_node_addrs(cluster: Cluster, key: str) -> tuple[str, ...]:
         else:
             raise LabError(f"external host {key}: no free node address in {net}")
     return tuple(dict.fromkeys(out))
+
+
+# ---------------------------------------------------------------- several nodes
+
+
+def node_cidrs(n: int, cluster: Cluster) -> list[str]:
+    """A /24 pod CIDR of 10.244.0.0/16 for each of ``n`` nodes, holding no address a
+    manifest gave a pod (so a node's gateway is nobody's address)."""
+    fixed = {_ip(a) for p in cluster.pods.values() for a in p.ips}
+    if any(a.version == 6 for a in fixed):
+        raise LabError("a lab of several nodes is IPv4 only: a pod has an IPv6 address")
+    out: list[str] = []
+    octet = FIRST_NODE_OCTET
+    for k in range(1, n + 1):
+        while True:
+            if octet > 254:
+                raise LabError(f"no free /24 left in {DEFAULT_POD_CIDR} for node {k}")
+            cidr = ipaddress.ip_network(f"10.244.{octet}.0/24")
+            octet += 1
+            if not any(a in cidr for a in fixed):
+                break
+        out.append(str(cidr))
+    return out
+
+
+def underlay_addr(k: int) -> str:
+    """Node ``k``'s address on the underlay."""
+    return str(ipaddress.ip_network(UNDERLAY).network_address + k)
+
+
+def check_nodes(cluster: Cluster, nodes: Iterable[Mapping[str, str]]) -> None:
+    """A pod on a node's gateway cannot be wired; nor an external host on the underlay."""
+    gateways = {n["gateway"]: n["name"] for n in nodes}
+    under = ipaddress.ip_network(UNDERLAY)
+    for key, pod in sorted(cluster.pods.items()):
+        for a in pod.ips:
+            if a in gateways:
+                raise LabError(f"pod {key}: address {a} is node {gateways[a]}'s gateway")
+            if _ip(a).version == 6:
+                raise LabError(f"pod {key}: a lab of several nodes is IPv4 only ({a})")
+    for key, ext in sorted(cluster.externals.items()):
+        for a in ext.ips:
+            if _ip(a) in under:
+                raise LabError(f"external host {key}: address {a} is in the lab's underlay {UNDERLAY}")

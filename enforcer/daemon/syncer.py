@@ -7,11 +7,13 @@
              (what a switch of --enforce-at or a gone pod leaves behind) -> conntrack
     repair: Reconciler.repair (read back, restore, count)
 
-Why not enforcer/compiler/frontend.py's ``prepare`` (load, assign addresses, compile) as the CLI
-does: the daemon reads objects one at a time, keeps each one's last good version, never
-invents addresses (a pod without status.podIP is nobody's peer until it has one) and
-compiles incrementally; ``prepare`` loads files whole and assigns addresses to pods that
-have none, which would be wrong for a running cluster.
+The front half is enforcer/compiler/frontend.py's, step by step: objects are decoded one
+at a time by the decoders its ``load`` runs per file (``manifests.decode_text`` for files,
+``decode.decode_kind`` for API objects), and the compiler comes from its ``compiler``
+(here the incremental BatchCompiler). Two of its steps the daemon does not take:
+``load`` reads the input whole, where the daemon keeps each object's last good version
+(sources.py, apistore.py); ``assign`` invents addresses for pods that have none, which is
+wrong for a running cluster (a pod without status.podIP is nobody's peer until it has one).
 
 The runner (runner.BoundedRunner) calls ``sync`` on the daemon's worker thread, one at a
 time; ``namespace_changed`` is called from the namespace watcher's thread. Everything
@@ -22,6 +24,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
+from enforcer.compiler import frontend
 from enforcer.daemon.batch import BatchCompiler, Interrupted
 from enforcer.daemon.conntrack import Conntrack
 from enforcer.daemon.desired import Source
@@ -125,8 +128,8 @@ class Syncer:
             self._pods_changed = self._pods_changed or any(k[0] == "Pod" for k in self._changes)
             if self.compiler is None:
                 self._pods_changed = True
-                self.compiler = BatchCompiler(self.store.cluster(), node_ips=self.opts.node_ips,
-                                              legacy_namespace_isolation=self.opts.legacy_namespace_isolation)
+                self.compiler = frontend.compiler(self.store.cluster(), self.opts.node_ips, kind=BatchCompiler,
+                                                  legacy=self.opts.legacy_namespace_isolation)
                 self._changes.clear()
                 return None, set()
             candidates, gone_ips = self.compiler.feed(self._changes, self.stopping)

@@ -10,8 +10,9 @@
             model's verdicts on the same cases.
     down, list, stale labs: teardown.py (``down`` and the others are re-exported here).
 
-The parts: ipam.py plans addresses, endpoints.py makes one endpoint, converge.py orders
-the steps, teardown.py finds and removes labs. Every command on a lab holds the lab's lock
+The parts: the front half (enforcer/compiler/frontend.py) plans addresses and compiles,
+endpoints.py makes one endpoint, converge.py orders the steps, teardown.py finds and
+removes labs. Every command on a lab holds the lab's lock
 (state.locked).
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from enforcer import interrupts
 from enforcer.errors import LabError
 from enforcer.ir import PodFirewall
-from enforcer.lab import converge, endpoints, multinode, naming, state, teardown
+from enforcer.lab import converge, multinode, naming, state, teardown
 from enforcer.lab.endpoints import Outcome
 from enforcer.lab.probe import Target
 from enforcer.lab.probe import run as run_probes
@@ -223,7 +224,10 @@ def firewalls_of(st: LabState) -> dict[str, PodFirewall]:
     firewalls = dict(st.firewalls)
     missing = [k for k in st.cluster.pods if k not in firewalls]
     if missing:
-        firewalls.update({k: fw for k, fw in endpoints.compile_firewalls(st.cluster, st.gateways).items() if k in missing})
+        from enforcer.compiler import frontend
+
+        compiled = frontend.firewalls(frontend.Addresses(st.cluster, tuple(st.cidrs), tuple(st.gateways)))
+        firewalls.update({k: fw for k, fw in compiled.items() if k in missing})
     return firewalls
 
 

@@ -10,14 +10,16 @@
               the firewall it has now, so an unchanged pod is not touched and a set-only
               change is a delta. Then the server opens the ports of new endpoints.
 
-Addresses are planned by enforcer/compiler/ipam.py (pure), endpoints made by endpoints.py; the
+Addresses come from the front half's one address step (enforcer/compiler/frontend.py
+``assign`` with the lab's ``Wiring``: fixed addresses, a running lab's CIDRs, several nodes),
+firewalls from its compile step (``firewalls``); endpoints are made by endpoints.py; the
 callers (control.py) hold the lab's lock.
 """
 from __future__ import annotations
 
 import time
 
-from enforcer.compiler import ipam
+from enforcer.compiler import frontend, ipam
 from enforcer.lab import endpoints, multinode, naming, serverctl, state, topology
 from enforcer.lab.state import LabState
 from enforcer.model import Cluster
@@ -33,13 +35,9 @@ def build(name: str, cluster: Cluster, backend, backend_name: str, ipv6: bool,
     st = LabState(name=name, backend=backend_name, node_netns=naming.node_netns(name),
                   bridge=naming.bridge_link(name), created=time.time(), no_servers=not servers_wanted)
     backend = hostmode.wrap(st, backend, enforce_at)
-    v6 = ipam.wants_ipv6(cluster, ipv6)
-    base = ipam.base_cidrs(v6)
-    cluster = ipam.assign_ips(cluster, base)
-    st.cidrs = ipam.gateway_cidrs(cluster, base)
-    st.gateways = ipam.node_ips(st.cidrs)
-    ipam.check_addresses(cluster, st.cidrs)
-    firewalls = endpoints.compile_firewalls(cluster, st.gateways)
+    plan = frontend.assign(cluster, ipv6=ipam.wants_ipv6(cluster, ipv6), lab=frontend.Wiring())
+    cluster, st.cidrs, st.gateways = plan.cluster, plan.cidrs, plan.node_ips
+    firewalls = frontend.firewalls(plan)
     state.save(st)
 
     topology.create_netns(name, st.node_netns, endpoints.journal(st))
@@ -60,40 +58,36 @@ def converge(st: LabState, cluster: Cluster, backend, node_of: dict[str, str] | 
     had_services = bool(st.cluster.services)
     old = dict(st.endpoints)
     running = {k: e.ips for k, e in old.items() if e.kind == "pod"}
-    v6 = ipam.wants_ipv6(cluster) or any(":" in c for c in st.cidrs)
-    base = ipam.base_cidrs(v6)
     placement = None
-    if st.nodes:  # several nodes: addresses come from each pod's node (nodes.py)
+    if st.nodes:  # several nodes: addresses come from each pod's node (nodes.py places them)
         from enforcer.lab import nodes as lab_nodes
 
         placement = lab_nodes.place([k for k, p in cluster.pods.items() if not p.host_network],
                                     [n["name"] for n in st.nodes], node_of or {},
                                     {k: e.node for k, e in old.items() if e.kind == "pod"})
-        cluster = lab_nodes.assign_ips(cluster, st.nodes, placement, existing=running)
-        lab_nodes.check(cluster, st.nodes)
-    cluster = ipam.assign_ips(cluster, base, existing=running)
-    cidrs = ipam.gateway_cidrs(cluster, tuple(st.cidrs) + base)
 
-    def same(key: str, kind: str) -> bool:
+    def same(key: str, kind: str, cluster: Cluster) -> bool:
         e = old.get(key)
         if e is None or e.kind != kind:
             return False
         want = cluster.pods[key].ips if kind == "pod" else cluster.externals[key].ips
         return tuple(want) == tuple(e.ips)
 
-    kept = {k for k in cluster.pods if same(k, "pod")} | {k for k in cluster.externals if same(k, "external")}
+    # External hosts that stay keep their node addresses: nobody else may take them.
+    busy = [a for k, e in old.items() if e.kind == "external" and k in cluster.externals
+            and same(k, "external", cluster) for a in e.node_addrs]
+    # Running pods keep their addresses, and nobody new gets one that was in use.
+    plan = frontend.assign(cluster, ipv6=ipam.wants_ipv6(cluster) or any(":" in c for c in st.cidrs),
+                           existing=running, reserved=[a for ips in running.values() for a in ips],
+                           lab=frontend.Wiring(tuple(st.cidrs), tuple(busy), tuple(st.nodes), placement or {}))
+    cluster, cidrs = plan.cluster, plan.cidrs
+    kept = {k for k in cluster.pods if same(k, "pod", cluster)} | \
+        {k for k in cluster.externals if same(k, "external", cluster)}
     before_ports = {k: old[k].ports for k in kept}
     gone = sorted(k for k in old if k not in kept)
-    busy = [a for k in kept if old[k].kind == "external" for a in old[k].node_addrs]
-    ipam.check_addresses(cluster, cidrs, busy)
-    new_cidrs = [c for c in cidrs if c not in st.cidrs]
-    gateways = ipam.node_ips(cidrs)
-    if placement is not None:
-        new_cidrs = []
-        gateways = [n["gateway"] for n in st.nodes]
-        firewalls = lab_nodes.compile_per_node(cluster, st.nodes, placement)
-    else:
-        firewalls = endpoints.compile_firewalls(cluster, gateways)
+    new_cidrs = [] if placement is not None else [c for c in cidrs if c not in st.cidrs]
+    gateways = plan.node_ips
+    firewalls = frontend.firewalls(plan)
 
     # 1. Endpoints that go: close their sockets first (a socket keeps a namespace alive).
     if gone:

@@ -114,12 +114,6 @@ def prefixlen(cidr: str) -> int:
     return int(cidr.rsplit("/", 1)[1])
 
 
-def compile_firewalls(cluster: Cluster, node_ips: tuple[str, ...]) -> dict[str, PodFirewall]:
-    from enforcer.compiler.compile import compile_cluster
-
-    return compile_cluster(cluster, node_ips=node_ips)
-
-
 def server_sync(st: LabState, endpoints: Iterable[Endpoint]) -> list[str]:
     """The lab's server daemon serving the ports of ``endpoints`` (started, or reloaded)."""
     if st.no_servers:

@@ -1,7 +1,9 @@
 """``lab up --nodes N`` and ``lab up --api``: the build of a multi-node lab.
 
 The same order as a one-node lab (converge.build): every pod's firewall before its link
-(fail-closed), its node's firewall compiled with that node's gateway. An API lab starts
+(fail-closed), its node's firewall compiled with that node's gateway. Addresses and
+firewalls come from the front half (enforcer/compiler/frontend.py ``assign`` with the
+nodes and the placement, ``firewalls``), as for one node. An API lab starts
 its control plane in a thread first (its start is most of the time), builds the
 namespaces meanwhile, then publishes the objects and starts one agent per node
 (apilab.py). The agents then own enforcement: what the lab installed at first is what they
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from enforcer.compiler import ipam
+from enforcer.compiler import frontend
 from enforcer.lab import naming, nodes as lab_nodes, state, topology
 from enforcer.lab.state import LabState
 from enforcer.model import Cluster
@@ -30,14 +32,10 @@ def build(name: str, cluster: Cluster, backend, backend_name: str, servers_wante
     backend = hostmode.wrap(st, backend, enforce_at)  # host: each node's table, its own pods
     names = [n["name"] for n in st.nodes]
     placement = lab_nodes.place([k for k, p in cluster.pods.items() if not p.host_network], names, node_of)
-    cluster = lab_nodes.assign_ips(cluster, st.nodes, placement)
-    lab_nodes.check(cluster, st.nodes)
-    base = ipam.base_cidrs(False)
-    cluster = ipam.assign_ips(cluster, base)  # every pod has one now; Services get theirs
-    st.cidrs = ipam.gateway_cidrs(cluster, base)
-    st.gateways = tuple(n["gateway"] for n in st.nodes)
-    ipam.check_addresses(cluster, st.cidrs)
-    firewalls = lab_nodes.compile_per_node(cluster, st.nodes, placement)
+    # IPv4 only (nodes.plan_nodes refuses IPv6 pods); each pod's address from its node's CIDR.
+    plan = frontend.assign(cluster, lab=frontend.Wiring(nodes=tuple(st.nodes), placement=placement))
+    cluster, st.cidrs, st.gateways = plan.cluster, plan.cidrs, plan.node_ips
+    firewalls = frontend.firewalls(plan)
     starter = None
     if api:
         from enforcer.lab import apilab
@@ -138,4 +136,5 @@ def api_firewalls(st: LabState) -> dict:
     """An API lab's firewalls as its agents compile them from the API's objects (what the
     lab installed at first is not what is in force after kubectl changes)."""
     placement = {k: e.node for k, e in st.endpoints.items() if e.kind == "pod"}
-    return lab_nodes.compile_per_node(st.cluster, st.nodes, placement)
+    return frontend.firewalls(frontend.Addresses(st.cluster, tuple(st.cidrs), tuple(st.gateways),
+                                                 tuple(st.nodes), placement))

@@ -17,12 +17,13 @@ resolved: every MAC is chosen here and pinned as a permanent entry.
 
 Node namespaces are named ``netpol-<lab>-node.K``: Kubernetes namespace names cannot
 contain a dot, so no pod's namespace (``netpol-<lab>-<ns>-<pod>``) can take that name.
-The planning half is pure; ``Fabric`` is the only part that touches links.
+Addresses (each node's pod CIDR, the pods' addresses from their node's, the checks) are
+planned in enforcer/compiler/ipam.py; here the node names, the placement of pods on nodes
+(pure), and ``Fabric``, the only part that touches links.
 """
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import replace
 from typing import Iterable, Mapping
 
 from enforcer.compiler import ipam
@@ -31,11 +32,10 @@ from enforcer.lab import naming, topology
 from enforcer.lab.state import Endpoint, LabState
 from enforcer.model import Cluster
 
-UNDERLAY = "169.254.244.0/24"  # link-local: never a pod's or an external host's address
+UNDERLAY = ipam.UNDERLAY  # link-local: never a pod's or an external host's address
 ROUTER_ADDR = "169.254.244.254"
 UL_PREFIX = 24
 MAX_NODES = 64
-FIRST_NODE_OCTET = 101  # node K's pod CIDR is 10.244.(100+K).0/24 unless a pod's address is there
 
 
 def node_names(n: int) -> list[str]:
@@ -61,28 +61,13 @@ def ul_mac(k: int) -> str:
 # ---------------------------------------------------------------- planning (pure)
 
 def plan_nodes(lab: str, n: int, cluster: Cluster) -> list[dict]:
-    """N nodes, each with a /24 pod CIDR of 10.244.0.0/16 that holds no address a manifest
-    gave a pod (so the node's gateway is nobody's address)."""
+    """N nodes, each with its names, a /24 pod CIDR that holds no address a manifest gave
+    a pod (ipam.node_cidrs), its gateway and its underlay address."""
     if not 1 <= n <= MAX_NODES:
         raise LabError(f"--nodes must be between 1 and {MAX_NODES}, not {n}")
-    fixed = {ipaddress.ip_address(a) for p in cluster.pods.values() for a in p.ips}
-    if any(a.version == 6 for a in fixed):
-        raise LabError("a lab of several nodes is IPv4 only: a pod has an IPv6 address")
-    out = []
-    octet = FIRST_NODE_OCTET
-    for k in range(1, n + 1):
-        while True:
-            if octet > 254:
-                raise LabError(f"no free /24 left in {ipam.DEFAULT_POD_CIDR} for node {k}")
-            cidr = ipaddress.ip_network(f"10.244.{octet}.0/24")
-            octet += 1
-            if not any(a in cidr for a in fixed):
-                break
-        out.append({"name": f"node{k}", "index": k, "netns": node_netns(lab, k),
-                    "cidr": str(cidr), "gateway": ipam.gateway(str(cidr)),
-                    "underlay": str(ipaddress.ip_network(UNDERLAY).network_address + k),
-                    "mac": ul_mac(k)})
-    return out
+    return [{"name": f"node{k}", "index": k, "netns": node_netns(lab, k), "cidr": cidr,
+             "gateway": ipam.gateway(cidr), "underlay": ipam.underlay_addr(k), "mac": ul_mac(k)}
+            for k, cidr in enumerate(ipam.node_cidrs(n, cluster), start=1)]
 
 
 def place(pods: Iterable[str], nodes: list[str], wanted: Mapping[str, str],
@@ -112,48 +97,6 @@ def place(pods: Iterable[str], nodes: list[str], wanted: Mapping[str, str],
             out[key] = target
             load[target] += 1
     return out
-
-
-def assign_ips(cluster: Cluster, nodes: list[dict], placement: Mapping[str, str],
-               existing: Mapping[str, tuple[str, ...]] | None = None) -> Cluster:
-    """Addresses for pods that have none: from their node's pod CIDR (kept when running)."""
-    existing = dict(existing or {})
-    pods = dict(cluster.pods)
-    taken = {a for p in pods.values() for a in p.ips} | {a for ips in existing.values() for a in ips}
-    for node in nodes:
-        net = ipaddress.ip_network(node["cidr"])
-        cursor = net.network_address + 2
-        for key in sorted(k for k, n in placement.items() if n == node["name"] and k in pods):
-            pod = pods[key]
-            if pod.ips or pod.host_network:
-                continue
-            if key in existing:
-                pods[key] = replace(pod, ips=tuple(existing[key]))
-                continue
-            while str(cursor) in taken:
-                cursor += 1
-            if cursor >= net.broadcast_address:
-                raise LabError(f"node {node['name']}'s pod CIDR {net} has no free address left for pod {key}")
-            taken.add(str(cursor))
-            pods[key] = replace(pod, ips=(str(cursor),))
-            cursor += 1
-    return replace(cluster, pods=pods)
-
-
-def check(cluster: Cluster, nodes: list[dict]) -> None:
-    """A pod on a node's gateway cannot be wired; nor an external host on the underlay."""
-    gateways = {n["gateway"]: n["name"] for n in nodes}
-    under = ipaddress.ip_network(UNDERLAY)
-    for key, pod in sorted(cluster.pods.items()):
-        for a in pod.ips:
-            if a in gateways:
-                raise LabError(f"pod {key}: address {a} is node {gateways[a]}'s gateway")
-            if ipaddress.ip_address(a).version == 6:
-                raise LabError(f"pod {key}: a lab of several nodes is IPv4 only ({a})")
-    for key, ext in sorted(cluster.externals.items()):
-        for a in ext.ips:
-            if ipaddress.ip_address(a) in under:
-                raise LabError(f"external host {key}: address {a} is in the lab's underlay {UNDERLAY}")
 
 
 def outside(ip: str, node: dict) -> bool:
@@ -300,18 +243,3 @@ def _node_routes(st: LabState, n: dict) -> None:
                       state=topology.NUD_PERMANENT)
             ipr.route("add", dst=other["cidr"], gateway=other["underlay"])
         ipr.route("add", dst="0.0.0.0/0", gateway=ROUTER_ADDR)
-
-
-def compile_per_node(cluster: Cluster, nodes: list[dict], placement: Mapping[str, str]) -> dict:
-    """Each pod's firewall with its own node's gateway as the node address (SEMANTICS 12),
-    as that node's agent compiles it (``--node-ip``)."""
-    from enforcer.compiler.compile import compile_cluster
-
-    out = {}
-    for n in nodes:
-        mine = [k for k, name in placement.items() if name == n["name"]]
-        if not mine:
-            continue
-        fws = compile_cluster(cluster, node_ips=(n["gateway"],))
-        out.update({k: fws[k] for k in mine if k in fws})
-    return out

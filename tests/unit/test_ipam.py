@@ -28,10 +28,15 @@ def test_pods_numbered_in_sorted_order_after_the_gateway_and_kept_when_running()
 
 
 def test_ipv6_wanted_when_asked_or_when_any_address_is_ipv6():
-    assert ipam.base_cidrs(ipam.wants_ipv6(cluster(Pod("x", "a")))) == (ipam.DEFAULT_POD_CIDR,)
+    assert not ipam.wants_ipv6(cluster(Pod("x", "a")))
+    assert ipam.pod_cidrs(cluster(Pod("x", "a"))) == (ipam.DEFAULT_POD_CIDR,)
     assert ipam.wants_ipv6(cluster(Pod("x", "a")), ipv6=True)
-    assert ipam.wants_ipv6(cluster(Pod("x", "a"), externals=(ExternalHost("v6", ("fd00:50::10",)),)))
-    assert ipam.base_cidrs(True) == (ipam.DEFAULT_POD_CIDR, ipam.DEFAULT_POD_CIDR6)
+    six = cluster(Pod("x", "a"), externals=(ExternalHost("v6", ("fd00:50::10",)),))
+    assert ipam.wants_ipv6(six)  # the lab wires external hosts: an IPv6 one makes pods dual-stack
+    assert ipam.pod_cidrs(six) == (ipam.DEFAULT_POD_CIDR,)  # the model looks at pods only
+    assert ipam.pod_cidrs(cluster(Pod("x", "a")), ipv6=True) == (ipam.DEFAULT_POD_CIDR, ipam.DEFAULT_POD_CIDR6)
+    assert ipam.pod_cidrs(cluster(Pod("x", "a", ips=("fd00::5",)))) == (ipam.DEFAULT_POD_CIDR, ipam.DEFAULT_POD_CIDR6)
+    assert ipam.pod_cidrs(cluster(Pod("x", "a")), addresses=["fd00::7"])[-1] == ipam.DEFAULT_POD_CIDR6
 
 
 def test_fixed_addresses_outside_the_pod_cidrs_get_a_subnet_with_a_gateway():

@@ -1,13 +1,15 @@
-"""The planning half of a multi-node lab (enforcer/lab/nodes.py) and the raw inputs an API
-lab sends (enforcer/lab/multinode.py): pure, no root."""
+"""The planning half of a multi-node lab (enforcer/lab/nodes.py: names, placement; its
+addresses in enforcer/compiler/ipam.py) and the raw inputs an API lab sends
+(enforcer/lab/multinode.py): pure, no root."""
 from __future__ import annotations
 
 import pytest
 
+from enforcer.compiler import ipam
 from enforcer.errors import LabError
 from enforcer.lab import nodes
 from enforcer.lab.multinode import raw_inputs
-from enforcer.model import Cluster, Pod
+from enforcer.model import Cluster, ExternalHost, Pod
 
 
 def _cluster(*pods: Pod) -> Cluster:
@@ -50,7 +52,7 @@ def test_addresses_come_from_each_pods_node_and_fixed_ones_stay():
     plan = nodes.plan_nodes("lab", 2, _cluster())
     c = _cluster(Pod("x", "a"), Pod("x", "b"), Pod("x", "c", ips=("10.244.1.9",)))
     placed = nodes.place(c.pods, ["node1", "node2"], {})
-    out = nodes.assign_ips(c, plan, placed)
+    out = ipam.assign_ips(c, nodes=plan, placement=placed)
     assert out.pods["x/a"].ips == ("10.244.101.2",)
     assert out.pods["x/b"].ips == ("10.244.102.2",)
     assert out.pods["x/c"].ips == ("10.244.1.9",)
@@ -60,7 +62,9 @@ def test_addresses_come_from_each_pods_node_and_fixed_ones_stay():
 def test_a_pod_on_a_node_gateway_is_refused():
     plan = nodes.plan_nodes("lab", 1, _cluster())
     with pytest.raises(LabError, match="node1's gateway"):
-        nodes.check(_cluster(Pod("x", "a", ips=("10.244.101.1",))), plan)
+        ipam.check_nodes(_cluster(Pod("x", "a", ips=("10.244.101.1",))), plan)
+    with pytest.raises(LabError, match="in the lab's underlay"):
+        ipam.check_nodes(Cluster({}, {}, {}, {"u": ExternalHost("u", ("169.254.244.9",))}), plan)
 
 
 def test_raw_inputs_reads_node_names_and_policies_through_lists(tmp_path):
