@@ -18,10 +18,12 @@ Wire format (include/uapi/linux/netlink.h, include/uapi/linux/netfilter/nfnetlin
 A message type is ``(subsystem << 8) | message`` for netfilter messages; ``type_of`` builds it.
 The header and attribute functions (``message``, ``attr``, ``split_messages``,
 ``iter_attrs``, ``error_code``) are plain netlink framing: rtnetlink messages use them as
-well, with their own header (ifinfomsg, rtgenmsg) in place of nfgenmsg.
+well, with their own header (ifinfomsg, rtgenmsg) in place of nfgenmsg; the host mode
+resolver (``enforcer.daemon.hostside``: link dumps, namespace ids) frames them here.
 
 Everything here is pure (bytes in, bytes out) except ``open_socket``, which only creates a
-socket in the calling thread's current namespace (enter one with ``enforcer.netns``). It
+socket (NETLINK_NETFILTER, or NETLINK_ROUTE for rtnetlink) in the calling thread's current
+namespace (enter one with ``enforcer.netns``). It
 imports nothing from the rest of the tool, so backends may use it as they use the IR.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ import socket
 import struct
 from typing import Iterator, NamedTuple
 
+NETLINK_ROUTE = 0
 NETLINK_NETFILTER = 12
 
 # nlmsghdr
@@ -213,10 +216,11 @@ def error_text(body: bytes, flags: int) -> str:
 # The socket (kernel)
 
 
-def open_socket(timeout: float | None = None, bind: bool = True) -> socket.socket:
-    """A NETLINK_NETFILTER socket in the calling thread's current network namespace (a
-    socket stays in the namespace it was created in, whatever the thread does later)."""
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+def open_socket(timeout: float | None = None, bind: bool = True, protocol: int = NETLINK_NETFILTER) -> socket.socket:
+    """A netlink socket (NETLINK_NETFILTER unless ``protocol`` says otherwise) in the calling
+    thread's current network namespace (a socket stays in the namespace it was created
+    in, whatever the thread does later)."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
     try:
         if bind:
             s.bind((0, 0))

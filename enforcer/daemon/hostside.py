@@ -21,117 +21,109 @@ its one-line reason, before the daemon starts.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
 import threading
-from typing import Callable
+from typing import Callable, Iterator
 
 from enforcer import netns as nsmod
+from enforcer import nfnetlink as nl
 from enforcer.errors import BackendError, BackendUnavailable, NetnsError
 
+# rtnetlink (include/uapi/linux/rtnetlink.h, if_link.h, net_namespace.h); the framing is
+# nfnetlink's (plain netlink), the bodies start with these headers instead of nfgenmsg.
 RTM_NEWLINK = 16
 RTM_GETLINK = 18
 RTM_NEWNSID = 88
 RTM_GETNSID = 90
 NETNSA_NSID = 1
 NETNSA_FD = 3
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 1
-NLM_F_DUMP = 0x300
+NLMSG_ERROR = nl.NLMSG_ERROR
+NLMSG_DONE = nl.NLMSG_DONE
+NLM_F_REQUEST = nl.NLM_F_REQUEST
+NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
 IFLA_IFNAME = 3
 IFLA_LINK_NETNSID = 37
-_HDR = struct.Struct("=IHHII")
+RTGENMSG = struct.Struct("=Bxxx")  # family, padded to 4: the header of RTM_*NSID
+IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change: RTM_*LINK's
+
+
+def _i32(value: bytes) -> int | None:
+    """A signed 32-bit attribute value in host order (ids: -1 is "none"); None if short."""
+    return struct.unpack_from("=i", value)[0] if len(value) >= 4 else None
 
 
 def nsid_request(fd: int, seq: int) -> bytes:
-    """RTM_GETNSID for the namespace open on ``fd`` (rtgenmsg, padded, then NETNSA_FD)."""
-    body = struct.pack("=Bxxx", socket.AF_UNSPEC) + struct.pack("=HHI", 8, NETNSA_FD, fd)
-    return _HDR.pack(_HDR.size + len(body), RTM_GETNSID, NLM_F_REQUEST, seq, 0) + body
+    """RTM_GETNSID for the namespace open on ``fd`` (rtgenmsg, then NETNSA_FD)."""
+    body = RTGENMSG.pack(socket.AF_UNSPEC) + nl.attr(NETNSA_FD, struct.pack("=I", fd))
+    return nl.message(RTM_GETNSID, NLM_F_REQUEST, seq, body)
 
 
 def parse_nsid(data: bytes) -> int | None:
     """The NETNSA_NSID of an RTM_NEWNSID reply; None for "not assigned" (-1) or an error."""
-    if len(data) < _HDR.size:
-        return None
-    length, kind, _, _, _ = _HDR.unpack_from(data)
-    if kind != RTM_NEWNSID:
-        return None
-    off = _HDR.size + 4
-    while off + 4 <= min(length, len(data)):
-        alen, atype = struct.unpack_from("=HH", data, off)
-        if alen < 4:
-            break
-        if atype == NETNSA_NSID and alen >= 8:
-            nsid = struct.unpack_from("=i", data, off + 4)[0]
-            return None if nsid < 0 else nsid
-        off += (alen + 3) & ~3
+    for m in nl.split_messages(data)[:1]:  # the one answer to our one request
+        if m.kind == RTM_NEWNSID:
+            nsid = _i32(nl.parse_attrs(m.body[RTGENMSG.size:]).get(NETNSA_NSID, b""))
+            return None if nsid is None or nsid < 0 else nsid
     return None
+
+
+@contextlib.contextmanager
+def _route_socket(node: str, doing: str) -> Iterator[socket.socket]:
+    """A NETLINK_ROUTE socket made inside namespace ``node`` (it stays there), closed when
+    the block ends; an OSError entering or inside the block is a NetnsError that says
+    what was being done (``doing``)."""
+    try:
+        with nsmod.entered(node):
+            s = nl.open_socket(timeout=1.0, bind=False, protocol=nl.NETLINK_ROUTE)
+    except OSError as e:
+        raise NetnsError(f"cannot enter {node}: {e}") from e
+    try:
+        yield s
+    except OSError as e:
+        raise NetnsError(f"cannot {doing}: {e}") from e
+    finally:
+        s.close()
 
 
 def nsid_in(node: str, pod_netns: str) -> int | None:
     """The id namespace ``node`` gives namespace ``pod_netns`` (None: none yet)."""
-    with nsmod.entered(node):
-        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE, inside node
-    try:
-        s.settimeout(1.0)
+    with _route_socket(node, f"ask {node} about namespace {pod_netns}") as s:
         fd = os.open(nsmod.path(pod_netns), os.O_RDONLY)
         try:
             s.send(nsid_request(fd, 1))
             return parse_nsid(s.recv(65536))
         finally:
             os.close(fd)
-    except OSError as e:
-        raise NetnsError(f"cannot ask {node} about namespace {pod_netns}: {e}") from e
-    finally:
-        s.close()
 
 
 def links_request(seq: int) -> bytes:
-    body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, 0, 0)  # ifinfomsg
-    return _HDR.pack(_HDR.size + len(body), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+    return nl.message(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
 
 
 def parse_links(data: bytes) -> tuple[list[tuple[str, int | None]], bool]:
-    """(name, IFLA_LINK_NETNSID) of each RTM_NEWLINK in ``data``; whether the dump ended."""
-    out, done, off = [], False, 0
-    while off + _HDR.size <= len(data):
-        length, kind, _, _, _ = _HDR.unpack_from(data, off)
-        if length < _HDR.size:
-            break
-        if kind == NLMSG_DONE:
+    """(name, IFLA_LINK_NETNSID) of each RTM_NEWLINK in ``data``; whether the dump ended.
+    An error message ends the dump with an OSError."""
+    out, done = [], False
+    for m in nl.split_messages(data):
+        if m.kind == NLMSG_DONE:
             done = True
-        elif kind == NLMSG_ERROR:
-            err = struct.unpack_from("=i", data, off + _HDR.size)[0]
-            raise OSError(-err, os.strerror(-err))
-        elif kind == RTM_NEWLINK:
-            name, nsid = "", None
-            a = off + _HDR.size + 16
-            while a + 4 <= off + length:
-                alen, atype = struct.unpack_from("=HH", data, a)
-                if alen < 4:
-                    break
-                if atype == IFLA_IFNAME:
-                    name = data[a + 4:a + alen].split(b"\0", 1)[0].decode()
-                elif atype == IFLA_LINK_NETNSID and alen >= 8:
-                    nsid = struct.unpack_from("=i", data, a + 4)[0]
-                a += (alen + 3) & ~3
-            out.append((name, nsid))
-        off += (length + 3) & ~3
+        elif m.kind == NLMSG_ERROR:
+            code = nl.error_code(m.body)
+            raise OSError(code, os.strerror(code))
+        elif m.kind == RTM_NEWLINK:
+            attrs = nl.parse_attrs(m.body[IFINFOMSG.size:])
+            name = attrs.get(IFLA_IFNAME, b"").split(b"\0", 1)[0].decode()
+            out.append((name, _i32(attrs.get(IFLA_LINK_NETNSID, b""))))
     return out, done
 
 
 def node_veths(node: str) -> list[tuple[str, int | None]]:
     """(name, IFLA_LINK_NETNSID) of every link in ``node`` whose peer lives elsewhere.
     Raw netlink: a pyroute2 IPRoute costs ~50 ms to make, this ~1 ms."""
-    try:
-        with nsmod.entered(node):
-            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
-    except OSError as e:
-        raise NetnsError(f"cannot enter {node}: {e}") from e
-    try:
-        s.settimeout(1.0)
+    with _route_socket(node, f"list the links of {node}") as s:
         s.send(links_request(1))
         out: list[tuple[str, int | None]] = []
         while True:
@@ -139,10 +131,6 @@ def node_veths(node: str) -> list[tuple[str, int | None]]:
             out += links
             if done:
                 break
-    except OSError as e:
-        raise NetnsError(f"cannot list the links of {node}: {e}") from e
-    finally:
-        s.close()
     return [(n, i) for n, i in out if i is not None and i >= 0]
 
 

@@ -7,6 +7,7 @@ import struct
 
 import pytest
 
+from enforcer import nfnetlink
 from enforcer.daemon import hostside
 from enforcer.daemon.enforcepoint import EnforcePoint
 from enforcer.daemon.hostside import NodeSide
@@ -45,6 +46,21 @@ def test_link_dump_is_parsed_and_an_error_raised():
     assert hostside.parse_links(_msg(hostside.NLMSG_DONE, b"\0" * 4)) == ([], True)
     with pytest.raises(OSError):
         hostside.parse_links(_msg(hostside.NLMSG_ERROR, struct.pack("=i", -1) + b"\0" * 16))
+
+
+def test_the_kernel_answers_a_link_dump_framed_by_nfnetlink():
+    # The current namespace's own links (reading them needs no privilege): the request is
+    # understood, the dump's framing read to its end, and the loopback is in it.
+    s = nfnetlink.open_socket(timeout=2.0, bind=False, protocol=nfnetlink.NETLINK_ROUTE)
+    names, done = [], False
+    try:
+        s.send(hostside.links_request(1))
+        while not done:
+            links, done = hostside.parse_links(s.recv(1 << 20))
+            names += [name for name, _ in links]
+    finally:
+        s.close()
+    assert "lo" in names
 
 
 class FakeNode:
