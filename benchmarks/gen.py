@@ -15,14 +15,21 @@ def _sel(**labels: str) -> LabelSelector:
     return LabelSelector(tuple(sorted(labels.items())))
 
 
-def cluster(namespaces: int, pods: int, policies: int, *, seed: int = 1) -> Cluster:
-    rnd = random.Random(seed)
-    c = Cluster()
+def _team_namespaces(c: Cluster, namespaces: int, rnd: random.Random) -> int:
+    """ns0, ns1, ... with their name label, a team (one per 20 namespaces) and a random
+    env; returns the number of teams. Draws from ``rnd`` before any pod or policy does."""
     teams = max(1, namespaces // 20)
     for i in range(namespaces):
         name = f"ns{i}"
         c.namespaces[name] = Namespace(name, {"kubernetes.io/metadata.name": name,
                                               "team": f"t{i % teams}", "env": rnd.choice(("prod", "dev"))})
+    return teams
+
+
+def cluster(namespaces: int, pods: int, policies: int, *, seed: int = 1) -> Cluster:
+    rnd = random.Random(seed)
+    c = Cluster()
+    teams = _team_namespaces(c, namespaces, rnd)
     base = int(ipaddress.ip_address("10.0.0.2"))
     for j in range(pods):
         ns = f"ns{j % namespaces}"
@@ -79,11 +86,7 @@ def common(namespaces: int, pods: int, policies: int, *, seed: int = 1) -> Clust
     except (each its own /16)."""
     rnd = random.Random(seed)
     c = Cluster()
-    teams = max(1, namespaces // 20)
-    for i in range(namespaces):
-        name = f"ns{i}"
-        c.namespaces[name] = Namespace(name, {"kubernetes.io/metadata.name": name,
-                                              "team": f"t{i % teams}", "env": rnd.choice(("prod", "dev"))})
+    teams = _team_namespaces(c, namespaces, rnd)
     for j in range(pods):
         i = j % namespaces
         k = j // namespaces  # the k-th pod of its namespace: p0, p1, ...
