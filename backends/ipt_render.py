@@ -231,7 +231,7 @@ def _chain_rule(fw: PodFirewall, direction: str, family: int, r: ir.ChainRule,
     if r.kind == "allow":
         return render_allow(fw, r.allow, direction, family, target)  # type: ignore[arg-type]
     if r.kind == "tier":
-        return [ipt_tiers.jump(r.tier, direction)]  # type: ignore[arg-type]
+        return [ipt_tiers.jump(r, direction)]
     if r.kind == "log":
         return [("-m", "limit", "--limit", f"{base.LOG_RATE_PER_SECOND}/sec") + _comment(r.comment)
                 + ("-j", "NFLOG", "--nflog-prefix", base.nflog_prefix(direction, fw.pod),

@@ -32,9 +32,10 @@ def has_tiers(fw: PodFirewall, direction: str) -> bool:
     return bool(pol.admin or pol.baseline)
 
 
-def jump(tier: str, direction: str) -> tuple[str, ...]:
+def jump(r: ir.ChainRule, direction: str) -> tuple[str, ...]:
+    """Pod mode's jump of ir.chain's "tier" rule ``r`` to its tier's chain."""
     from backends import ipt_render as I
-    return I._comment(base.fixed_comment(direction, tier + " tier")) + ("-j", CHAINS[tier, direction])
+    return I._comment(r.comment) + ("-j", CHAINS[r.tier, direction])  # type: ignore[index]
 
 
 def tier_args(fw: PodFirewall, direction: str, tier: str, family: int,

@@ -278,6 +278,9 @@ def set_deltas(old: PodFirewall, new: PodFirewall) -> list[SetDelta]:
 # (the same words in every backend: counters and ``lab stats`` find rules by them).
 
 
+ISOLATED_BY = "isolated by"
+
+
 def fixed_comment(direction: str, what: str) -> str:
     """Comments of the rules every pod has: "ingress established", "egress node", ..."""
     return f"{direction} {what}"
@@ -286,7 +289,7 @@ def fixed_comment(direction: str, what: str) -> str:
 def isolation_comment(direction: str, isolated_by: tuple[str, ...]) -> str:
     """The final drop names the policies that isolate the direction, so a reader of a
     counter or a log line can find them."""
-    return f"{direction} isolated by {','.join(isolated_by) or '?'}"
+    return fixed_comment(direction, f"{ISOLATED_BY} {','.join(isolated_by) or '?'}")
 
 
 def open_comment(direction: str) -> str:
@@ -305,6 +308,10 @@ def tier_log_comment(rule: TierRule) -> str:
     return f"{rule.comment()} log"
 
 
+def tier_jump_comment(direction: str, tier: str) -> str:
+    return fixed_comment(direction, f"{tier} tier")
+
+
 def tier_end_comment(direction: str) -> str:
     """A placement whose Admin tier chain must say where to go when no Admin rule matched
     (host mode: on to the NetworkPolicy part) names that rule so."""
@@ -317,8 +324,41 @@ def tier_end_comment(direction: str) -> str:
 ACCEPT, DROP, LOG, JUMP, PASS = "accept", "drop", "log", "jump", "pass"
 TIER_VERDICT = {"Accept": ACCEPT, "Deny": DROP, "Pass": PASS}
 # The kinds of rule, in the order a chain holds them. The first five are FIXED: every pod
-# has them, isolated or not.
-FIXED = ("established", "invalid", "loopback", "ipv6 neighbour discovery", "node")
+# has them, isolated or not; only "invalid" drops.
+FIXED_VERDICT = {"established": ACCEPT, "invalid": DROP, "loopback": ACCEPT, "ipv6 neighbour discovery": ACCEPT,
+                 "node": ACCEPT}
+FIXED = tuple(FIXED_VERDICT)
+TIERS = ("Admin", "Baseline")
+
+
+def read_comment(comment: str) -> tuple[str, str, str | None, int | None]:
+    """``(direction, verdict, policy, rule_index)`` a rule comment read back from the
+    kernel says, from its words: the inverse of the vocabulary above, for a comment not
+    at hand as a ChainRule (a placement's own rule, an older version's). A comment of no
+    known kind reads as an accept of no direction ("")."""
+    words = comment.split(" ")
+    tier = _indexed(words[2]) if len(words) >= 4 and words[0] in TIERS else None  # TierRule.comment (+ " log")
+    verdict = LOG if words[-1] == "log" else TIER_VERDICT.get(words[-1])
+    if tier and verdict:
+        return tier[0], verdict, words[1], tier[1]
+    allow = _indexed(words[1]) if len(words) == 2 else None  # Provenance.comment: "ns/policy ingress[0]"
+    if allow:
+        return allow[0], ACCEPT, words[0], allow[1]
+    d = words[0] if words[0] in DIRECTIONS else ""
+    known = {fixed_comment(d, kind): verdict for kind, verdict in FIXED_VERDICT.items()}
+    known |= {log_comment(d): LOG, open_comment(d): ACCEPT, tier_end_comment(d): JUMP}
+    known |= {tier_jump_comment(d, t): JUMP for t in TIERS}
+    if comment in known:
+        return d, known[comment], None, None
+    return d, DROP if comment.startswith(fixed_comment(d, ISOLATED_BY + " ")) else ACCEPT, None, None
+
+
+def _indexed(word: str) -> tuple[str, int] | None:
+    """``ingress[3]`` -> ("ingress", 3); None for any other word."""
+    direction, bracket, index = word.partition("[")
+    if direction in DIRECTIONS and bracket and index.endswith("]") and index[:-1].isdigit():
+        return direction, int(index[:-1])
+    return None
 
 
 @dataclass(frozen=True)
@@ -363,14 +403,13 @@ def _chain(direction: str, node_ips: tuple[str, ...], pol: DirectionPolicy) -> t
     """Cached by what a chain depends on (never the sets, so no elements are kept alive):
     the pods of one node under the same policies share it, and rendering 2,000 pods
     built it again for each at ~100 us a pod (ipaddress, dataclass inits)."""
-    out = [ChainRule(kind, DROP if kind == "invalid" else ACCEPT, fixed_comment(direction, kind))
-           for kind in FIXED[:4]]
+    out = [ChainRule(kind, FIXED_VERDICT[kind], fixed_comment(direction, kind)) for kind in FIXED[:4]]
     out += [ChainRule("node", ACCEPT, fixed_comment(direction, "node"), node=ip)
             for ip in sorted(node_ips, key=_node_key)]
     tiered = bool(pol.admin or pol.baseline)  # ClusterNetworkPolicy: Admin before, Baseline after
 
     def jump(tier: str) -> list[ChainRule]:
-        return [ChainRule("tier", JUMP, fixed_comment(direction, tier + " tier"), tier=tier)] if tiered else []
+        return [ChainRule("tier", JUMP, tier_jump_comment(direction, tier), tier=tier)] if tiered else []
 
     out += jump("Admin")
     if pol.isolated:

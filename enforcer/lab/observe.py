@@ -62,30 +62,9 @@ class Counter:
                 "packets": self.packets, "bytes": self.bytes}
 
 
-def classify(comment: str) -> tuple[str, str, str | None, int | None]:
-    """``(direction, action, policy, rule_index)`` of a rule comment, from its words: for a
-    comment that is not one of the pod's rules in the IR (``chain_words`` reads those),
-    such as a placement's own rule (ir.tier_end_comment) or a rule of an older version. A
-    tier rule's words are ir.TierRule.comment: "Admin deny-dev ingress[0] no-dev Deny"."""
-    words = comment.split(" ")
-    if len(words) >= 4 and words[0] in ("Admin", "Baseline") and "[" in words[2] and words[2].endswith("]"):
-        direction, _, index = words[2][:-1].partition("[")
-        action = "log" if words[-1] == "log" else ir.TIER_VERDICT.get(words[-1], "")
-        if direction in DIRECTIONS and index.isdigit() and action:
-            return direction, action, words[1], int(index)
-    if len(words) == 2 and "[" in words[1] and words[1].endswith("]"):
-        direction, _, index = words[1][:-1].partition("[")  # "ns/policy ingress[0]"
-        if direction in DIRECTIONS and index.isdigit():
-            return direction, "accept", words[0], int(index)
-    direction = words[0] if words[0] in DIRECTIONS else ""
-    rest = " ".join(words[1:])
-    if rest.startswith("isolated by") or rest == "invalid":
-        return direction, "drop", None, None
-    if rest == "log drop":
-        return direction, "log", None, None
-    if rest in ("Admin tier", "Baseline tier") or comment == ir.tier_end_comment(direction):
-        return direction, "jump", None, None
-    return direction, "accept", None, None
+# ``(direction, action, policy, rule_index)`` of a comment that is not one of the pod's
+# rules in the IR (``chain_words`` reads those): a placement's own rule, an older one's.
+classify = ir.read_comment
 
 
 def stats(name: str, pod: str | None = None) -> tuple[str, list[Counter]]:
