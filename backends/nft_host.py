@@ -135,11 +135,10 @@ def pod_chains(sfw: PodFirewall) -> list[tuple[str, list[str]]]:
             out.append((main, _lines(parts)))
             continue
         cut = next(i for i, (r, _) in enumerate(parts) if r.kind == "tier") + 1  # after the Admin goto
-        tier_end = parts[cut - 1][0].comment
         out += [(bl, _tier_lines(sfw, direction, pol.baseline, BASELINE_VERDICT)),
                 (np_, _lines(parts[cut:])),
                 (adm, _tier_lines(sfw, direction, pol.admin, {**HOST_VERDICT, "Pass": f"goto {np_}"})
-                 + [f'\t\tcounter goto {np_} {nft._quote(tier_end + " done")}']),
+                 + [f"\t\tcounter goto {np_} {nft._quote(ir.tier_end_comment(direction))}"]),
                 (main, _lines(parts[:cut]))]
     return out
 

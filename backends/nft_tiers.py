@@ -18,7 +18,7 @@ must name a chain that exists, and ``nft list`` prints chains in that order.
 from __future__ import annotations
 
 from backends import base
-from enforcer.ir import DirectionPolicy, PodFirewall, TierRule
+from enforcer.ir import ChainRule, DirectionPolicy, PodFirewall, TierRule
 
 VERDICT = {"Accept": "accept", "Deny": "drop", "Pass": "return"}
 
@@ -81,7 +81,7 @@ def chains(fw: PodFirewall) -> list[list[str]]:
     return blocks
 
 
-def jump(tier: str, direction: str) -> str:
+def jump(r: ChainRule, direction: str) -> str:
+    """Pod mode's jump of ir.chain's "tier" rule ``r`` to its tier's chain."""
     from backends import nftables as N
-    return (f"counter jump {chain_name(tier, N.CHAINS[direction][0])} "
-            f"{N._quote(base.fixed_comment(direction, tier + ' tier'))}")
+    return f"counter jump {chain_name(r.tier, N.CHAINS[direction][0])} {N._quote(r.comment)}"  # type: ignore[arg-type]

@@ -268,7 +268,7 @@ def _same_in_every_pod(r: ir.ChainRule, direction: str, addr: str, lo: str, verd
     """The lines of a rule that names no pod (fixed rules, tier jumps, the final drop or
     accept): cached, they are the same in most pods' chains."""
     if r.kind == "tier":
-        return (nft_tiers.jump(r.tier, direction),)  # type: ignore[arg-type]
+        return (nft_tiers.jump(r, direction),)
     tail = f"counter {verdict} {_quote(r.comment)}"
     if r.kind == "node":
         kw = "ip" if base.family_of(r.node) == 4 else "ip6"  # type: ignore[arg-type]
