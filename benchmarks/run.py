@@ -270,25 +270,25 @@ class Suite:
         return data
 
 
+def _compile_points(s: Suite, points: list[tuple[list[str], float, str]]) -> list:
+    """Every result of one bench_compile process per point ``(its arguments, timeout,
+    name)``, flattened (a process answers one result or a list); a failed point is left
+    out (Suite.bench records it)."""
+    out: list = []
+    for args, timeout, name in points:
+        d = s.bench(["-m", "benchmarks.bench_compile", *args], timeout, name)
+        if d:
+            out.extend(d if isinstance(d, list) else [d])
+    return out
+
+
 def compile_curves(s: Suite) -> dict:
-    sizes = []
-    for pods, nss, pols in COMPILE_SIZES:
-        d = s.bench(["-m", "benchmarks.bench_compile", "--sizes", f"{pods}:{nss}:{pols}"], 600,
-                    f"compile {pods} pods")
-        if d:
-            sizes.extend(d if isinstance(d, list) else [d])
-    policies = []
-    for pods, nss, pols in COMPILE_POLICIES:
-        d = s.bench(["-m", "benchmarks.bench_compile", "--sizes", f"{pods}:{nss}:{pols}"], 600,
-                    f"compile {pols} policies")
-        if d:
-            policies.extend(d if isinstance(d, list) else [d])
-    shapes = []
-    for shape in COMPILE_SHAPES:
-        d = s.bench(["-m", "benchmarks.bench_compile", "--shape", shape, "--sizes", "150000:10000:10000"], 900,
-                    f"compile {shape} shape")
-        if d:
-            shapes.extend(d if isinstance(d, list) else [d])
+    sizes = _compile_points(s, [(["--sizes", f"{pods}:{nss}:{pols}"], 600, f"compile {pods} pods")
+                                for pods, nss, pols in COMPILE_SIZES])
+    policies = _compile_points(s, [(["--sizes", f"{pods}:{nss}:{pols}"], 600, f"compile {pols} policies")
+                                   for pods, nss, pols in COMPILE_POLICIES])
+    shapes = _compile_points(s, [(["--shape", shape, "--sizes", "150000:10000:10000"], 900, f"compile {shape} shape")
+                                 for shape in COMPILE_SHAPES])
     d = s.bench(["-m", "benchmarks.bench_compile", "--shape", "common", "--render-pod", "150000:10000:10000"],
                 900, "render --pod, common shape")
     return {"by_cluster_size": sizes, "by_policies": policies, "by_shape": shapes,
