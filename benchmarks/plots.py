@@ -1,8 +1,9 @@
 """Plots of the benchmark results: docs/performance/<name>.png and .svg.
 
 Each ``draw_*`` takes the results of one benchmark (the JSON that benchmarks.run wrote) and
-returns a matplotlib Figure, or None when there is nothing to draw; ``draw_all`` saves
-them. matplotlib runs on the Agg backend (no display needed).
+returns a matplotlib Figure; ``draw_all`` decides whether there is anything to draw (the
+list each one plots, in ``DRAWERS``), lays the figures out and saves them. matplotlib runs
+on the Agg backend (no display needed).
 """
 from __future__ import annotations
 
@@ -53,10 +54,8 @@ def _style(ax, title: str, xlabel: str, ylabel: str) -> None:
             axis.set_minor_formatter(NullFormatter())
 
 
-def draw_compile(res: dict) -> Figure | None:
-    sizes = sorted(res.get("by_cluster_size", []), key=lambda r: r["pods"])
-    if not sizes:
-        return None
+def draw_compile(res: dict) -> Figure:
+    sizes = sorted(res["by_cluster_size"], key=lambda r: r["pods"])
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     ax = axes[0]
     pods = [r["pods"] for r in sizes]
@@ -85,7 +84,6 @@ def draw_compile(res: dict) -> Figure | None:
     ax.loglog(pods, [max(r["label_change_ms_p99"], 1e-3) for r in sizes], "^--", color="#9467bd", label="p99")
     _style(ax, "Incremental recompile after one pod label change", "pods in the cluster", "milliseconds")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 
@@ -94,10 +92,8 @@ def _series(runs: list[dict], backend: str, key: str) -> tuple[list[int], list[f
     return [p for p, _ in pts], [v for _, v in pts]
 
 
-def draw_apply(res: dict) -> Figure | None:
-    runs = res.get("runs", [])
-    if not runs:
-        return None
+def draw_apply(res: dict) -> Figure:
+    runs = res["runs"]
     backends = [b for b in ("nftables-libnft", "nftables-cli", "iptables", "iptables-legacy")
                 if any(r["backend"] == b for r in runs)]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), sharey=False)
@@ -115,14 +111,11 @@ def draw_apply(res: dict) -> Figure | None:
         ax.annotate(text, (110, target), fontsize=7, color="#2ca02c", textcoords="offset points",
                     xytext=(6, -14))
     axes[0].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
     return fig
 
 
-def draw_lab(res: dict) -> Figure | None:
-    runs = res.get("runs", [])
-    if not runs:
-        return None
+def draw_lab(res: dict) -> Figure:
+    runs = res["runs"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, title in ((axes[0], "up_s", "lab up (namespaces, links, servers, rules)"),
                            (axes[1], "probe_s", "lab probe: every ordered pair, one port")):
@@ -136,7 +129,6 @@ def draw_lab(res: dict) -> Figure | None:
         if r.get("backend") == "nftables":
             axes[1].annotate(f"{r['pairs']:,} pairs", (r["pods"], r["probe_s"]), fontsize=7,
                              textcoords="offset points", xytext=(-10, 6))
-    fig.tight_layout()
     return fig
 
 
@@ -151,10 +143,8 @@ def _kinds(run: dict) -> dict[str, dict]:
     return out
 
 
-def draw_daemon(res: dict) -> Figure | None:
-    runs = sorted(res.get("runs", []), key=lambda r: r["local_pods"])
-    if not runs:
-        return None
+def draw_daemon(res: dict) -> Figure:
+    runs = sorted(res["runs"], key=lambda r: r["local_pods"])
     fig, ax = plt.subplots(figsize=(7, 4.2))
     colors = {"rules change (full swap)": "#1f77b4", "peers change (set delta)": "#2ca02c"}
     for kind, color in colors.items():
@@ -173,14 +163,11 @@ def draw_daemon(res: dict) -> Figure | None:
                f"(real connections; {runs[0].get('cluster_pods', '?')} pods in the cluster, nftables)",
            "local pods", "milliseconds")
     ax.legend(fontsize=7)
-    fig.tight_layout()
     return fig
 
 
-def draw_datapath(res: dict) -> Figure | None:
-    results = res.get("results", [])
-    if not results:
-        return None
+def draw_datapath(res: dict) -> Figure:
+    results = res["results"]
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.8))
     ax = axes[0]
     layouts = []
@@ -234,12 +221,12 @@ def draw_datapath(res: dict) -> Figure | None:
     _style(ax, "Rate with N peers / rate with 1 peer, same layout\n(median of per-round ratios, bars p25-p75)",
            "allowed peers", "ratio")
     ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
     return fig
 
 
-DRAWERS = {"compile": draw_compile, "apply": draw_apply, "lab": draw_lab, "daemon": draw_daemon,
-           "datapath": draw_datapath}
+# results name -> its figure, and the list it plots (none there: no figure)
+DRAWERS = {"compile": (draw_compile, "by_cluster_size"), "apply": (draw_apply, "runs"), "lab": (draw_lab, "runs"),
+           "daemon": (draw_daemon, "runs"), "datapath": (draw_datapath, "results")}
 
 
 def draw_all(results: dict[str, dict], outdir: Path) -> list[Path]:
@@ -248,13 +235,12 @@ def draw_all(results: dict[str, dict], outdir: Path) -> list[Path]:
     written = []
     plt.rcParams["svg.hashsalt"] = "netpol-bench"  # stable ids in the SVG across runs
     plt.rcParams["svg.fonttype"] = "none"
-    for name, draw in DRAWERS.items():
+    for name, (draw, rows) in DRAWERS.items():
         data = results.get(name)
-        if not data:
+        if not data or not data.get(rows):
             continue
         fig = draw(data)
-        if fig is None:
-            continue
+        fig.tight_layout()
         for ext in ("png", "svg"):
             path = outdir / f"{name}.{ext}"
             fig.savefig(path, dpi=110, metadata={"Date": None} if ext == "svg" else {"Software": None})
