@@ -24,8 +24,8 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterator
 
 from enforcer.errors import LabError
 from enforcer.ir import PodFirewall
@@ -51,6 +51,51 @@ def names() -> list[str]:
         return []
 
 
+# --- state.json: each field as it is, or as its declaration says ---------------------------
+# JSON has no tuples and no dataclasses: a field that needs converting carries its
+# (to JSON, from JSON) pair, so the file's format is read off the declarations, and a field
+# added later is written and read without a second place to edit.
+
+
+def _stored_as(dump: Callable[[Any], Any], load: Callable[[Any], Any], **default: Any) -> Any:
+    """A field kept in state.json as ``dump(value)`` and read back with ``load``."""
+    return field(metadata={"json": (dump, load)}, **default)
+
+
+_OMIT_EMPTY = {"omit_empty": True}  # not written while empty: files that never use it stay as they were
+
+
+def _each(convert: Callable[[Any], Any]) -> Callable[[dict], dict]:
+    """A dict's values through ``convert``, by sorted key (a stable file)."""
+    return lambda m: {k: convert(v) for k, v in sorted(m.items())}
+
+
+_LIST = (list, tuple)  # a tuple field: a JSON list, a tuple again when read
+
+
+def _to_json(obj: Any) -> dict[str, Any]:
+    out = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("omit_empty") and not value:
+            continue
+        dump = f.metadata.get("json", (None, None))[0]
+        out[f.name] = dump(value) if dump else value
+    return out
+
+
+def _from_json(cls: type, d: dict[str, Any], before: dict[str, Any] | None = None) -> Any:
+    """``cls`` from its JSON. A field the file lacks (written before the field existed)
+    takes its default, or what ``before`` says it meant then; a required one missing is a
+    TypeError (``load`` reports the file as unreadable)."""
+    kwargs = dict(before or {})
+    for f in fields(cls):
+        if f.name in d:
+            load = f.metadata.get("json", (None, None))[1]
+            kwargs[f.name] = load(d[f.name]) if load else d[f.name]
+    return cls(**kwargs)
+
+
 @dataclass
 class Endpoint:
     """One pod or external host as built: its namespace, node-side link and addresses."""
@@ -59,27 +104,21 @@ class Endpoint:
     kind: str  # "pod" | "external"
     netns: str
     link: str  # node-side veth name
-    ips: tuple[str, ...]
-    ports: tuple[tuple[int, str], ...] = ()
-    node_addrs: tuple[str, ...] = ()  # externals: node-side addresses on their link
+    ips: tuple[str, ...] = _stored_as(*_LIST)
+    ports: tuple[tuple[int, str], ...] = _stored_as(lambda ps: [list(p) for p in ps],
+                                                    lambda ps: tuple((int(p), str(q)) for p, q in ps), default=())
+    node_addrs: tuple[str, ...] = _stored_as(*_LIST, default=())  # externals: node-side addresses on their link
     mac: str = ""  # the endpoint's eth0
     node_mac: str = ""  # externals: the node's side of their link
-    node: str = ""  # a multi-node lab's pod: the node it runs on (enforcer/lab/nodes.py)
+    # a multi-node lab's pod: the node it runs on (enforcer/lab/nodes.py)
+    node: str = field(default="", metadata=_OMIT_EMPTY)
 
     def to_json(self) -> dict:
-        d = {"key": self.key, "kind": self.kind, "netns": self.netns, "link": self.link,
-             "ips": list(self.ips), "ports": [list(p) for p in self.ports],
-             "node_addrs": list(self.node_addrs), "mac": self.mac, "node_mac": self.node_mac}
-        if self.node:
-            d["node"] = self.node
-        return d
+        return _to_json(self)
 
     @classmethod
     def from_json(cls, d: dict) -> "Endpoint":
-        return cls(d["key"], d["kind"], d["netns"], d["link"], tuple(d["ips"]),
-                   tuple((int(p), str(q)) for p, q in d.get("ports", [])),
-                   tuple(d.get("node_addrs", ())), d.get("mac", ""), d.get("node_mac", ""),
-                   d.get("node", ""))
+        return _from_json(cls, d)
 
 
 @dataclass
@@ -88,12 +127,14 @@ class LabState:
     backend: str
     node_netns: str
     bridge: str
-    cidrs: tuple[str, ...] = ()
-    gateways: tuple[str, ...] = ()
+    cidrs: tuple[str, ...] = _stored_as(*_LIST, default=())
+    gateways: tuple[str, ...] = _stored_as(*_LIST, default=())
     next_index: int = 0
-    endpoints: dict[str, Endpoint] = field(default_factory=dict)
-    cluster: Cluster = field(default_factory=Cluster)
-    firewalls: dict[str, PodFirewall] = field(default_factory=dict)
+    endpoints: dict[str, Endpoint] = _stored_as(_each(Endpoint.to_json), _each(Endpoint.from_json),
+                                                default_factory=dict)
+    cluster: Cluster = _stored_as(codec.encode, lambda d: codec.decode(d) if d else Cluster(),
+                                  default_factory=Cluster)
+    firewalls: dict[str, PodFirewall] = _stored_as(_each(codec.encode), _each(codec.decode), default_factory=dict)
     server_pid: int | None = None
     server_generation: int = 0
     created: float = 0.0
@@ -101,38 +142,17 @@ class LabState:
     no_servers: bool = False  # lab up --no-servers: the test brings its own (lab exec)
     # A multi-node lab (--nodes N, enforcer/lab/nodes.py): one dict per node (name, netns,
     # cidr, gateway, underlay address, MAC); empty for the classic one-node lab.
-    nodes: list[dict] = field(default_factory=list)
+    nodes: list[dict] = _stored_as(list, lambda v: list(v or ()), default_factory=list)
     # An API lab (--api, enforcer/lab/apilab.py): the control plane's and agents' processes.
     api: dict | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "version": VERSION, "name": self.name, "backend": self.backend,
-            "phase": self.phase, "created": self.created, "no_servers": self.no_servers,
-            "node_netns": self.node_netns, "bridge": self.bridge,
-            "cidrs": list(self.cidrs), "gateways": list(self.gateways),
-            "next_index": self.next_index,
-            "endpoints": {k: e.to_json() for k, e in sorted(self.endpoints.items())},
-            "server_pid": self.server_pid, "server_generation": self.server_generation,
-            "cluster": codec.encode(self.cluster),
-            "firewalls": {k: codec.encode(v) for k, v in sorted(self.firewalls.items())},
-            "nodes": self.nodes, "api": self.api,
-        }
+        return {"version": VERSION, **_to_json(self)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "LabState":
-        return cls(
-            name=d["name"], backend=d["backend"], node_netns=d["node_netns"],
-            bridge=d["bridge"], cidrs=tuple(d.get("cidrs", ())),
-            gateways=tuple(d.get("gateways", ())), next_index=d.get("next_index", 0),
-            endpoints={k: Endpoint.from_json(e) for k, e in d.get("endpoints", {}).items()},
-            cluster=codec.decode(d["cluster"]) if d.get("cluster") else Cluster(),
-            firewalls={k: codec.decode(v) for k, v in d.get("firewalls", {}).items()},
-            server_pid=d.get("server_pid"), server_generation=d.get("server_generation", 0),
-            created=d.get("created", 0.0),
-            phase=d.get("phase", "ready"), no_servers=d.get("no_servers", False),
-            nodes=list(d.get("nodes") or ()), api=d.get("api"),
-        )
+        # A file from before ``phase`` existed was written by a lab up that had finished.
+        return _from_json(cls, d, before={"phase": "ready"})
 
 
 def claim(name: str, owner_pid: int | None = None) -> str:
