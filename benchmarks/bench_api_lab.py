@@ -29,6 +29,7 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from benchmarks.bench_lab import down_timed  # noqa: E402
 from enforcer.daemon.testing import tcp_ok  # noqa: E402
 from enforcer.lab import control, state  # noqa: E402
 
@@ -75,7 +76,7 @@ def small(backend: str, changes: int) -> dict:
     cluster = manifests.load([BASE]).cluster
     node_of, policies = multinode.raw_inputs([BASE])
     out: dict = {"pods": len(cluster.pods), "nodes": 3, "backend": backend}
-    try:
+    with down_timed(name, out):
         t = time.monotonic()
         res = control.up(name, cluster, backend, nodes=3, api=True, node_of=node_of, policies=policies)
         out["up_s"] = round(time.monotonic() - t, 3)
@@ -109,10 +110,6 @@ def small(backend: str, changes: int) -> dict:
         report = control.probe(name, [(80, "TCP")], timeout=0.5)
         expected = control.expected(name, [(80, "TCP")])
         out["wrong"] = sum(e["allowed"] != o["allowed"] for e, o in zip(expected, report.rows))
-    finally:
-        t = time.monotonic()
-        control.down(name)
-        out["down_s"] = round(time.monotonic() - t, 3)
     return out
 
 
@@ -124,7 +121,7 @@ def big(backend: str, n: int, nodes: int) -> dict:
             "metadata": {"namespace": "z", "name": "deny"},
             "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}
     out: dict = {"pods": n, "nodes": nodes, "backend": backend}
-    try:
+    with down_timed(name, out):
         t = time.monotonic()
         control.up(name, big_cluster(n), backend, nodes=nodes, api=True, policies=[deny])
         out["up_s"] = round(time.monotonic() - t, 3)
@@ -147,10 +144,6 @@ def big(backend: str, n: int, nodes: int) -> dict:
         out["policy_delete_enforced_s"] = round(time.monotonic() - t, 3)
         time.sleep(1.0)
         out["agents_after_change"] = _agent_usage(st)
-    finally:
-        t = time.monotonic()
-        control.down(name)
-        out["down_s"] = round(time.monotonic() - t, 3)
     return out
 
 

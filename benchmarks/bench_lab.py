@@ -11,11 +11,13 @@ cells time out and the probe pays its timeout (and one retry) for them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 import uuid
+from typing import Iterator
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -37,10 +39,22 @@ def cluster(n: int, deny: bool = True) -> Cluster:
     return Cluster(namespaces, pods, policies, {})
 
 
+@contextlib.contextmanager
+def down_timed(name: str, out: dict) -> Iterator[None]:
+    """Lab ``name`` goes down when the block ends, however it ends; ``out["down_s"]``
+    is how long that took."""
+    try:
+        yield
+    finally:
+        t = time.monotonic()
+        control.down(name)
+        out["down_s"] = round(time.monotonic() - t, 3)
+
+
 def run(n: int, backend: str, timeout: float) -> dict:
     name = f"bench-{uuid.uuid4().hex[:6]}"
     out: dict = {"pods": n, "backend": backend}
-    try:
+    with down_timed(name, out):
         t = time.monotonic()
         control.up(name, cluster(n), backend)
         out["up_s"] = round(time.monotonic() - t, 3)
@@ -53,10 +67,6 @@ def run(n: int, backend: str, timeout: float) -> dict:
         t = time.monotonic()
         control.apply(name, cluster(n, deny=False))
         out["apply_s"] = round(time.monotonic() - t, 3)
-    finally:
-        t = time.monotonic()
-        control.down(name)
-        out["down_s"] = round(time.monotonic() - t, 3)
     return out
 
 
