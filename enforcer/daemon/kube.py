@@ -29,6 +29,7 @@ import os
 import random
 import threading
 import time
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Callable
 
 from enforcer.daemon.apistore import KINDS, OPTIONAL_KINDS, ApiStore, load_snapshot, save_snapshot, trim
@@ -74,23 +75,27 @@ class KindState:
         self.backoff = Backoff()
 
 
+@dataclass(eq=False, repr=False)
 class ApiSource:
-    """The daemon's source of desired state when it reads the API (see service.Source)."""
+    """The daemon's source of desired state when it reads the API (see service.Source).
 
-    def __init__(self, api: Api, store: ApiStore, *, log, snapshot_path: str | None = None,
-                 clock: Callable[[], float] = time.monotonic, ping_interval: float = 5.0,
-                 snapshot_wait: float = 5.0, save_interval: float = 2.0, save_delay: float = 0.5,
-                 absent_retry: float = 30.0) -> None:
-        self.api = api
-        self.store = store
-        self.log = log
-        self.clock = clock
-        self.snapshot_path = snapshot_path
-        self.ping_interval = ping_interval
-        self.snapshot_wait = snapshot_wait  # how long a start waits for the API before using the snapshot
-        self.save_interval = save_interval  # at most one snapshot write per interval
-        self.save_delay = save_delay  # after the last change: a burst is saved once
-        self.absent_retry = absent_retry  # how often an absent optional kind is listed again
+    What it is given is declared below (the API and the store, then keyword-only the log,
+    the snapshot's path, a clock for tests, and the waits, in seconds); what it keeps
+    while it runs starts in ``__post_init__``."""
+
+    api: Api
+    store: ApiStore
+    _: KW_ONLY
+    log: Any
+    snapshot_path: str | None = None
+    clock: Callable[[], float] = time.monotonic
+    ping_interval: float = 5.0  # how often a silent server is asked for /version
+    snapshot_wait: float = 5.0  # how long a start waits for the API before using the snapshot
+    save_interval: float = 2.0  # at most one snapshot write per interval
+    save_delay: float = 0.5  # after the last change: a burst is saved once
+    absent_retry: float = 30.0  # how often an absent optional kind is listed again
+
+    def __post_init__(self) -> None:
         self.on_ready: Callable[[float, float | None], None] = lambda at, nb: None
         self.kinds = {k: KindState(k) for k in KINDS}
         self._lock = threading.Lock()
