@@ -7,7 +7,8 @@ messages): never the loader or compiler.
 
 This module also holds the small pure helpers both kernel backends share, so that the
 nftables and iptables renderings say the same thing in the same order: port grouping,
-the nflog prefix (the comment texts are the IR's, enforcer.ir.chain; re-exported here).
+the nflog prefix, a tier chain's log and rule pairs (the comment texts are the IR's,
+enforcer.ir.chain; re-exported here).
 
 ``FakeBackend`` keeps "installed" rulesets in a dict: unit tests and ``--dry-run`` use it.
 """
@@ -21,7 +22,8 @@ from typing import Callable, NamedTuple, Protocol, Sequence, runtime_checkable
 
 from enforcer import intervals
 from enforcer.errors import ApplyError, BackendError, NetpolError
-from enforcer.ir import DIRECTIONS, PROTOCOLS, PodFirewall, PortMatch, comments, same_structure, set_deltas
+from enforcer.ir import (DIRECTIONS, PROTOCOLS, ChainRule, PodFirewall, PortMatch, comments, same_structure,
+                         set_deltas, tier_chain)
 # The comment vocabulary is the IR's (ir.chain lists every rule with its comment); these
 # names stay importable from here for the renderers that say base.fixed_comment(...).
 from enforcer.ir import (fixed_comment, isolation_comment, log_comment, open_comment,  # noqa: F401
@@ -216,6 +218,24 @@ def host_only(cidr: str, set_name: str) -> str:
 
 def family_of(addr: str) -> int:
     return 6 if ":" in addr else 4
+
+
+def tier_chain_rules(fw: PodFirewall, direction: str, tier: str, log: Callable[[ChainRule], list] | None,
+                     rule: Callable[[ChainRule], list]) -> list:
+    """A tier's chain (ir.tier_chain) in a backend's words: ``rule(r)`` renders a tier rule
+    as one rule per family / protocol / port slice, ``log(r)`` the log rule before a Deny
+    with the same matches (None: no log rules). A log goes pair by pair before the rule
+    of the same match, so that what is logged is exactly what that rule drops next."""
+    out: list = []
+    logs: list = []
+    for r in tier_chain(fw, direction, tier):
+        if r.kind == "tier log":
+            logs = log(r) if log is not None else []
+            continue
+        lines = rule(r)
+        out += [x for pair in zip(logs, lines) for x in pair] if logs else lines
+        logs = []
+    return out
 
 
 # ---------------------------------------------------------------------------------------

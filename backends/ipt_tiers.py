@@ -42,23 +42,20 @@ def tier_args(fw: PodFirewall, direction: str, tier: str, family: int,
               targets: dict[str, tuple[str, ...]] = TARGET, log: bool = True) -> tuple[tuple[str, ...], ...]:
     """The argument lists of a tier's chain (ir.tier_chain): each tier rule's matches
     (one per protocol and multiport slice) ending in ``targets[verdict]``. With ``log``,
-    a Deny's log rule comes first, pair by pair with the same match (rate-limited NFLOG,
-    its prefix naming the tier rule: base.tier_nflog_prefix); without, it is left out."""
+    a Deny's log rule comes first (rate-limited NFLOG, its prefix naming the tier rule:
+    base.tier_nflog_prefix); without, it is left out."""
     from backends import ipt_render as I
-    out: list[tuple[str, ...]] = []
-    logs: list[tuple[str, ...]] = []
-    for r in ir.tier_chain(fw, direction, tier):
-        t: ir.TierRule = r.rule  # type: ignore[assignment]
-        if r.kind == "tier log":
-            nflog = ("-j", "NFLOG", "--nflog-prefix", base.tier_nflog_prefix(t, fw.pod),
-                     "--nflog-group", str(base.LOG_GROUP))
-            limit = ("-m", "limit", "--limit", f"{base.LOG_RATE_PER_SECOND}/sec")
-            logs = I.match_args(fw, t, direction, family, limit + I._comment(r.comment) + nflog) if log else []
-            continue
-        args = I.match_args(fw, t, direction, family, I._comment(r.comment) + targets[r.verdict])
-        out += [a for pair in zip(logs, args) for a in pair] if logs else args
-        logs = []
-    return tuple(out)
+
+    def log_args(r: ir.ChainRule) -> list[tuple[str, ...]]:
+        nflog = ("-j", "NFLOG", "--nflog-prefix", base.tier_nflog_prefix(r.rule, fw.pod),
+                 "--nflog-group", str(base.LOG_GROUP))
+        limit = ("-m", "limit", "--limit", f"{base.LOG_RATE_PER_SECOND}/sec")
+        return I.match_args(fw, r.rule, direction, family, limit + I._comment(r.comment) + nflog)
+
+    def rule_args(r: ir.ChainRule) -> list[tuple[str, ...]]:
+        return I.match_args(fw, r.rule, direction, family, I._comment(r.comment) + targets[r.verdict])
+
+    return tuple(base.tier_chain_rules(fw, direction, tier, log_args if log else None, rule_args))
 
 
 def chains(fw: PodFirewall, family: int) -> dict[str, tuple[tuple[str, ...], ...]]:

@@ -79,8 +79,8 @@ BRIDGE_PRIORITY = -300  # before anything else on the bridge
 FIXED = ir.FIXED  # the rules that stay accepts (the allows return to the node's chain)
 
 Resolver = Callable[[str], tuple[str, str]]  # pod netns -> (node netns, host-side veth)
-HOST_VERDICT = {"Accept": "return", "Deny": "drop"}  # Pass: goto the NetworkPolicy chain
-BASELINE_VERDICT = {"Accept": "return", "Deny": "drop", "Pass": "return"}
+HOST_VERDICT = {ir.ACCEPT: "return", ir.DROP: "drop"}  # a tier rule's; Pass: goto the NetworkPolicy chain
+BASELINE_VERDICT = {ir.ACCEPT: "return", ir.DROP: "drop", ir.PASS: "return"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -110,14 +110,9 @@ def _no_anonymous_sets(lines: list[str]) -> list[str]:
     return out
 
 
-def _tier_lines(sfw: PodFirewall, direction: str, rules, verdicts: dict[str, str]) -> list[str]:
-    out = []
-    for r in rules:
-        pod_mode = f"counter {nft_tiers.VERDICT[r.action]} comment "
-        host = f"counter {verdicts[r.action]} comment "
-        # (log: a Deny is logged first, as in pod mode, so ``lab drops`` names the tier rule)
-        out += ["\t\t" + ln.replace(pod_mode, host, 1) for ln in nft_tiers.rule_lines(sfw, r, direction, log=True)]
-    return _no_anonymous_sets(out)
+def _tier_lines(sfw: PodFirewall, direction: str, tier: str, verdicts: dict[str, str]) -> list[str]:
+    # (a Deny is logged first, as in pod mode, so ``lab drops`` names the tier rule)
+    return _no_anonymous_sets(["\t\t" + ln for ln in nft_tiers.tier_lines(sfw, direction, tier, verdicts)])
 
 
 def pod_chains(sfw: PodFirewall) -> list[tuple[str, list[str]]]:
@@ -135,9 +130,9 @@ def pod_chains(sfw: PodFirewall) -> list[tuple[str, list[str]]]:
             out.append((main, _lines(parts)))
             continue
         cut = next(i for i, (r, _) in enumerate(parts) if r.kind == "tier") + 1  # after the Admin goto
-        out += [(bl, _tier_lines(sfw, direction, pol.baseline, BASELINE_VERDICT)),
+        out += [(bl, _tier_lines(sfw, direction, "Baseline", BASELINE_VERDICT)),
                 (np_, _lines(parts[cut:])),
-                (adm, _tier_lines(sfw, direction, pol.admin, {**HOST_VERDICT, "Pass": f"goto {np_}"})
+                (adm, _tier_lines(sfw, direction, "Admin", {**HOST_VERDICT, ir.PASS: f"goto {np_}"})
                  + [f"\t\tcounter goto {np_} {nft._quote(ir.tier_end_comment(direction))}"]),
                 (main, _lines(parts[:cut]))]
     return out

@@ -18,9 +18,10 @@ must name a chain that exists, and ``nft list`` prints chains in that order.
 from __future__ import annotations
 
 from backends import base
+from enforcer import ir
 from enforcer.ir import ChainRule, DirectionPolicy, PodFirewall, TierRule
 
-VERDICT = {"Accept": "accept", "Deny": "drop", "Pass": "return"}
+VERDICT = {ir.ACCEPT: "accept", ir.DROP: "drop", ir.PASS: "return"}  # a tier rule's, in pod mode
 
 
 def chain_name(tier: str, hook_chain: str) -> str:
@@ -31,19 +32,23 @@ def has_tiers(pol: DirectionPolicy) -> bool:
     return bool(pol.admin or pol.baseline)
 
 
-def rule_lines(fw: PodFirewall, rule: TierRule, direction: str, log: bool = False) -> list[str]:
-    """The rules of one tier rule, one per family and protocol group. With ``log`` (pod
-    mode's chains), a Deny logs first, as the NetworkPolicy drop does (a rate-limited
-    nflog rule with the same match, its prefix naming the tier rule:
-    base.tier_nflog_prefix), then drops."""
+def tier_lines(fw: PodFirewall, direction: str, tier: str, verdicts: dict[str, str] = VERDICT) -> list[str]:
+    """The rules of a tier's chain (ir.tier_chain), one per family and protocol group of
+    each tier rule, ending in ``verdicts[its verdict]``; a Deny logs first, as the
+    NetworkPolicy drop does (a rate-limited nflog rule with the same match, its prefix
+    naming the tier rule: base.tier_nflog_prefix)."""
     from backends import nftables as N
-    tail = f"counter {VERDICT[rule.action]} {N._quote(rule.comment())}"
-    if rule.action != "Deny" or not log:
-        return [m + tail for m in matches(fw, rule, direction)]
-    nflog = (f"limit rate {base.LOG_RATE_PER_SECOND}/second log prefix "
-             f"\"{base.tier_nflog_prefix(rule, fw.pod)}\" group {base.LOG_GROUP} "
-             f"{N._quote(base.tier_log_comment(rule))}")
-    return [line for m in matches(fw, rule, direction) for line in (m + nflog, m + tail)]
+
+    def log(r: ChainRule) -> list[str]:
+        nflog = (f"limit rate {base.LOG_RATE_PER_SECOND}/second log prefix "
+                 f"\"{base.tier_nflog_prefix(r.rule, fw.pod)}\" group {base.LOG_GROUP} {N._quote(r.comment)}")
+        return [m + nflog for m in matches(fw, r.rule, direction)]  # type: ignore[arg-type]
+
+    def rule(r: ChainRule) -> list[str]:
+        tail = f"counter {verdicts[r.verdict]} {N._quote(r.comment)}"
+        return [m + tail for m in matches(fw, r.rule, direction)]  # type: ignore[arg-type]
+
+    return base.tier_chain_rules(fw, direction, tier, log, rule)
 
 
 def matches(fw: PodFirewall, rule: TierRule, direction: str) -> list[str]:
@@ -67,18 +72,9 @@ def matches(fw: PodFirewall, rule: TierRule, direction: str) -> list[str]:
 def chains(fw: PodFirewall) -> list[list[str]]:
     """The tier chains of both directions (none for a pod without tier rules)."""
     from backends import nftables as N
-    blocks = []
-    for direction in base.DIRECTIONS:
-        pol = fw.direction(direction)
-        for tier, rules in (("Admin", pol.admin), ("Baseline", pol.baseline)):
-            if not has_tiers(pol):
-                continue
-            lines = [f"\tchain {chain_name(tier, N.CHAINS[direction][0])} {{"]
-            for r in rules:
-                lines.extend(f"\t\t{ln}" for ln in rule_lines(fw, r, direction, log=True))
-            lines.append("\t}")
-            blocks.append(lines)
-    return blocks
+    return [[f"\tchain {chain_name(tier, N.CHAINS[direction][0])} {{"]
+             + [f"\t\t{ln}" for ln in tier_lines(fw, direction, tier)] + ["\t}"]
+             for direction in base.DIRECTIONS if has_tiers(fw.direction(direction)) for tier in ir.TIERS]
 
 
 def jump(r: ChainRule, direction: str) -> str:

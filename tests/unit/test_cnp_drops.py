@@ -32,13 +32,14 @@ def test_prefix_names_tier_policy_and_rule_and_parses_as_a_drop():
 
 def test_only_a_deny_logs_and_the_log_comes_first_with_the_same_match():
     fw = firewall()
-    lines = nft_tiers.rule_lines(fw, DENY, "ingress", log=True)
+    lines = nft_tiers.tier_lines(fw, "ingress", "Admin")  # the Deny, then the Pass
     assert [ln.split(" limit")[0].split(" counter")[0] for ln in lines] == \
-        ["ip saddr @cai_0_4", "ip saddr @cai_0_4", "ip6 saddr @cai_0_6", "ip6 saddr @cai_0_6"]
+        ["ip saddr @cai_0_4", "ip saddr @cai_0_4", "ip6 saddr @cai_0_6", "ip6 saddr @cai_0_6",
+         "ip saddr @cai_0_4", "ip6 saddr @cai_0_6"]
     assert 'log prefix "netpol drop ingress prod/db: Admin prod-refuses-dev[0]" group 100' in lines[0]
     assert lines[1].endswith('counter drop comment "Admin prod-refuses-dev ingress[0] no-dev Deny"')
-    assert nft_tiers.rule_lines(fw, PASS, "ingress", log=True) == nft_tiers.rule_lines(fw, PASS, "ingress")
-    assert len(nft_tiers.rule_lines(fw, DENY, "ingress")) == 2  # without log: as before (host mode)
+    assert " log " in lines[2] and lines[3].endswith("no-dev Deny\"")
+    assert all(ln.endswith('counter return comment "Admin prod-refuses-dev ingress[1] Pass"') for ln in lines[4:])
     args = ipt_tiers.chains(fw, 4)["NETPOL-ADMIN-IN"]
     assert [a[a.index("-j") + 1] for a in args] == ["NFLOG", "DROP", "RETURN"]
     assert args[0][:5] == args[1][:5]  # the same set match
