@@ -28,16 +28,6 @@ LEGACY = click.option("--legacy-namespace-isolation", is_flag=True,
                       help="Honour the pre-v1 namespace annotation net.beta.kubernetes.io/network-policy (DefaultDeny).")
 
 
-def read(files, *, legacy: bool = False):
-    """Load and validate (raises InputError listing every problem); print warnings and
-    notes (skipped kinds) on stderr."""
-    from enforcer.load import manifests
-
-    result = manifests.load(list(files), stdin=sys.stdin, legacy_namespace_isolation=legacy)
-    echo_findings(result)
-    return result
-
-
 def load(files, *, legacy: bool = False, cidrs: tuple[str, ...] = (ipam.DEFAULT_POD_CIDR,)) -> Prepared:
     """enforcer.compiler.frontend.prepare, with its warnings and notes on stderr."""
     from enforcer.compiler.frontend import prepare
@@ -88,26 +78,20 @@ def lint_command(files, legacy_namespace_isolation) -> None:
 def _lint(files, legacy: bool):
     """(cluster, the loader's warnings and lint's, notes). An input with no object is an
     error: a file of comments only must not pass as 'valid: 0 network policies'."""
-    from enforcer.compiler.frontend import compile_cluster
+    from enforcer.compiler import frontend
     from enforcer.views import lint as L
 
-    result = _read_quiet(files, legacy)
+    result = frontend.load(files, legacy=legacy)
     c = result.cluster
     if not (c.namespaces or c.pods or c.policies or c.externals or getattr(c, "services", None)):
         skipped = f" ({len(result.notes)} object(s) of kinds not used skipped)" if result.notes else ""
         names = ", ".join("<stdin>" if f == "-" else f for f in files)
         raise InputError(f"{names}: no Kubernetes objects to check: the input is empty "
                          f"or only comments{skipped}")
-    cluster, compiler = compile_cluster(c, legacy=legacy)
+    cluster, compiler = frontend.compile_cluster(c, legacy=legacy)
     selected = {k: compiler.selected_pods(k) for k in cluster.policies}
     warnings = list(result.warnings) + L.lint(cluster, selected, compiler.firewalls())
     return c, warnings, list(result.notes) + L.notes(cluster)
-
-
-def _read_quiet(files, legacy: bool):
-    from enforcer.load import manifests
-
-    return manifests.load(list(files), stdin=sys.stdin, legacy_namespace_isolation=legacy)
 
 
 def _endpoint(loaded, name: str):

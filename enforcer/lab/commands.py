@@ -40,9 +40,9 @@ FAMILY = click.option("--family", type=click.Choice(["ipv4", "ipv6"]), default="
 
 def load_cluster(files):
     """Load and validate the manifests; print warnings and notes on stderr."""
-    from enforcer.load import manifests
+    from enforcer.compiler import frontend
 
-    result = manifests.load(list(files), stdin=sys.stdin)
+    result = frontend.load(files)
     echo_findings(result)
     return result.cluster
 
