@@ -62,7 +62,7 @@ def _stored_as(dump: Callable[[Any], Any], load: Callable[[Any], Any], **default
     return field(metadata={"json": (dump, load)}, **default)
 
 
-_OMIT_EMPTY = {"omit_empty": True}  # not written while empty: files that never use it stay as they were
+_OMIT_EMPTY = {"omit_empty": True}  # not written while empty (a one-node lab's endpoints carry no node)
 
 
 def _each(convert: Callable[[Any], Any]) -> Callable[[dict], dict]:
