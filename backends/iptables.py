@@ -31,7 +31,10 @@ A full apply (see ``IptablesBackend.apply``):
 2. per family: flush our chains and write them anew, fix the jumps, in one transaction;
 3. ``ipset restore``: destroy the temporaries and the sets no rule uses any more.
 If step 2 fails, the families already written are rolled back to what they were and the
-sets are swapped back: the previous rules and elements stay in force. Honest limit: the
+sets are swapped back: the previous rules and elements stay in force. With the "nft"
+flavour the three steps run in ONE shell inside the namespace (ipt_install.run_steps:
+the tools are its children, fed here-documents), after one process that reads the
+namespace's state: two processes started from Python per pod instead of six. Honest limit: the
 sets and the rules change in separate transactions, so for about a millisecond the old
 rules see the new elements (nftables has no such window).
 
@@ -51,7 +54,7 @@ from backends import base
 from backends.base import ApplyResult, plan
 # The public names of the iptables backend, wherever they now live: callers (tests,
 # benchmarks, ipt_tiers) keep importing them from here.
-from backends.ipt_install import _Refused, _RestoreInstaller, ipset_quietly, ipset_restore
+from backends.ipt_install import StepFailed, _Refused, _RestoreInstaller, ipset_quietly, ipset_restore
 from backends.ipt_libiptc import _IptcInstaller
 from backends.ipt_render import (  # noqa: F401
     CHAINS, COMMENT_MAX, FAMILIES, HOOKS, MULTIPORT_MAX, OWN_CHAINS, SET_PREFIX, TMP_PREFIX,
@@ -145,33 +148,26 @@ class IptablesBackend:
             # extension) swaps fine with the new temporary, but cannot be "created" again.
             swap_lines += [s.create()] * (s.name in fresh) + [f"swap {s.tmp} {s.name}"]
         tmps = "".join(f"destroy {s.tmp}\n" for s in rs.sets)
+        # 3. (after the rules) drop the temporaries and the sets no rule refers to any more
+        stale = sorted(n for n in existing if n.startswith(SET_PREFIX) and n not in rs.set_names())
+        stale_tmp = sorted(n for n in existing if n.startswith(TMP_PREFIX))
+        cleanup = tmps + "".join(f"destroy {n}\n" for n in stale + stale_tmp)
+        # 1, 2 and 3 in one go (the nft flavour: one shell, ipt_install.run_steps): sets
+        # built and swapped in one ``ipset restore``, then the rules, one transaction per
+        # family, then the cleanup; on a refusal, roll back what was done
         try:
-            self._ipset(netns, "\n".join(build_lines) + "\n", "build")
-            self._ipset(netns, "\n".join(swap_lines) + "\n", "swap")
-        except _Refused as e:
-            self._quietly(netns, tmps + "".join(f"destroy {n}\n" for n in fresh))
-            raise ApplyError(f"{self.name}: applying the firewall of {fw.pod} in {netns} failed; "
-                             f"the previous rules stay in force:\n{e}") from e
-        # 2. rules, one transaction per family; roll back on failure
-        done: list[int] = []
-        try:
-            for fam in FAMILIES:
-                inst.install(netns, fam, rs, states[fam])
-                done.append(fam)
-        except _Refused as e:
-            for fam in done:
+            inst.install_all(netns, "\n".join(build_lines + swap_lines) + "\n", rs, states, cleanup)
+        except StepFailed as e:
+            for fam in e.done:
                 try:
                     inst.restore_state(netns, fam, states[fam])
                 except _Refused:
                     pass
-            swap_back = "".join(f"swap {s.tmp} {s.name}\n" for s in rs.sets if s.name not in fresh)
+            swap_back = "" if e.stage == "sets" else "".join(
+                f"swap {s.tmp} {s.name}\n" for s in rs.sets if s.name not in fresh)
             self._quietly(netns, swap_back + tmps + "".join(f"destroy {n}\n" for n in fresh))
             raise ApplyError(f"{self.name}: applying the firewall of {fw.pod} in {netns} failed; "
                              f"the previous rules stay in force:\n{e}") from e
-        # 3. drop the temporaries and the sets no rule refers to any more
-        stale = sorted(n for n in existing if n.startswith(SET_PREFIX) and n not in rs.set_names())
-        stale_tmp = sorted(n for n in existing if n.startswith(TMP_PREFIX))
-        self._quietly(netns, tmps + "".join(f"destroy {n}\n" for n in stale + stale_tmp))
 
     def _quietly(self, netns: str, text: str) -> None:
         ipset_quietly(netns, text)
