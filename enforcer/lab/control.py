@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from enforcer import interrupts
 from enforcer.errors import LabError
 from enforcer.ir import PodFirewall
-from enforcer.lab import converge, multinode, naming, state, teardown
+from enforcer.lab import converge, endpoints, multinode, naming, state, teardown
 from enforcer.lab.endpoints import Outcome
 from enforcer.lab.probe import Target
 from enforcer.lab.probe import run as run_probes
@@ -221,14 +221,7 @@ def firewalls_of(st: LabState) -> dict[str, PodFirewall]:
     an API lab: what its agents compile from the API's objects."""
     if st.api is not None:
         return multinode.api_firewalls(st)
-    firewalls = dict(st.firewalls)
-    missing = [k for k in st.cluster.pods if k not in firewalls]
-    if missing:
-        from enforcer.compiler import frontend
-
-        compiled = frontend.firewalls(frontend.Addresses(st.cluster, tuple(st.cidrs), tuple(st.gateways)))
-        firewalls.update({k: fw for k, fw in compiled.items() if k in missing})
-    return firewalls
+    return endpoints.firewalls_in_force(st)
 
 
 def families(name: str) -> list[int]:

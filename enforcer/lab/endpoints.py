@@ -114,6 +114,20 @@ def prefixlen(cidr: str) -> int:
     return int(cidr.rsplit("/", 1)[1])
 
 
+def firewalls_in_force(st: LabState) -> dict[str, PodFirewall]:
+    """The firewall installed in each pod, compiled (the front half's compile step, with
+    the lab's gateways) for pods that have none on record: a crash between an apply and
+    the state's save, or a lab made before firewalls were kept in its state."""
+    firewalls = dict(st.firewalls)
+    missing = [k for k in st.cluster.pods if k not in firewalls]
+    if missing:
+        from enforcer.compiler import frontend
+
+        compiled = frontend.firewalls(frontend.Addresses(st.cluster, tuple(st.cidrs), tuple(st.gateways)))
+        firewalls.update({k: compiled[k] for k in missing if k in compiled})
+    return firewalls
+
+
 def server_sync(st: LabState, endpoints: Iterable[Endpoint]) -> list[str]:
     """The lab's server daemon serving the ports of ``endpoints`` (started, or reloaded)."""
     if st.no_servers:

@@ -207,14 +207,10 @@ class LabView:
         ids = {_canonical(ip): NODE for ip in st.gateways}
         for key, ep in st.endpoints.items():
             ids.update({_canonical(ip): key for ip in ep.ips})
-        firewalls = dict(st.firewalls)
-        missing = [k for k in st.cluster.pods if k not in firewalls]
-        if missing:  # a lab made before firewalls were kept in its state: compile them
-            from enforcer.compiler.compile import compile_cluster
+        from enforcer.lab import endpoints
 
-            compiled = compile_cluster(st.cluster, node_ips=st.gateways)
-            firewalls.update({k: compiled[k] for k in missing if k in compiled})
-        return cls({k: e.netns for k, e in st.endpoints.items() if e.kind == "pod"}, ids, firewalls)
+        return cls({k: e.netns for k, e in st.endpoints.items() if e.kind == "pod"}, ids,
+                   endpoints.firewalls_in_force(st))
 
     def drop(self, pod: str, packet: nflog.LogPacket, now: float) -> Drop | None:
         """The attributed drop of a packet logged in ``pod``'s namespace, or None when the

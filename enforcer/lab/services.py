@@ -131,14 +131,11 @@ def probe_rows(lab: str, ports: list[tuple[int, str]] | None = None, *, family: 
 
 def expected_rows(lab: str, ports: list[tuple[int, str]] | None = None, *, family: int = 4) -> list[dict]:
     """The model's rows for the same cases (the firewalls the lab installed)."""
-    from enforcer.compiler.compile import compile_cluster
-    from enforcer.lab import state
+    from enforcer.lab import endpoints, state
 
     with state.locked(lab):
         st = state.load(lab)
-    firewalls = dict(st.firewalls)
-    if any(k not in firewalls for k in st.cluster.pods):
-        firewalls = {**compile_cluster(st.cluster, node_ips=tuple(st.gateways)), **firewalls}
+    firewalls = endpoints.firewalls_in_force(st)
     return [r for r in S.matrix_rows(st.cluster, firewalls, ports, family) if r["protocol"] in _PROBED]
 
 
