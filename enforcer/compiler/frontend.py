@@ -6,8 +6,8 @@ is wanted at once).
     compile_cluster  = assign + compiler                  cli lint/validate (input loaded already)
     assign(lab=...)  + firewalls                          the lab: ``lab up`` (one node or
                                                           several), ``lab apply``
-    per object: manifests.decode_text / decode.decode_kind (what ``load`` runs per file),
-    then ``compiler``                                     the daemon (enforcer/daemon/syncer.py)
+    per object: manifests.decode_text, or decode.decode_kind and cnp.decode.decode_object
+    (what ``load`` runs per file and object), then ``compiler``: the daemon (daemon/syncer.py)
 
 The daemon does not take ``load`` or ``assign``: it decodes one file or API object at a time
 with the decoders ``load`` runs (keeping each object's last good version), and it never

@@ -9,8 +9,9 @@
 
 The front half is enforcer/compiler/frontend.py's, step by step: objects are decoded one
 at a time by the decoders its ``load`` runs per file (``manifests.decode_text`` for files,
-``decode.decode_kind`` for API objects), and the compiler comes from its ``compiler``
-(here the incremental BatchCompiler). Two of its steps the daemon does not take:
+``decode.decode_kind`` and ``cnp.decode.decode_object`` for API objects, apistore.py), and
+the compiler comes from its ``compiler`` (here the incremental BatchCompiler). Two of its
+steps the daemon does not take:
 ``load`` reads the input whole, where the daemon keeps each object's last good version
 (sources.py, apistore.py); ``assign`` invents addresses for pods that have none, which is
 wrong for a running cluster (a pod without status.podIP is nobody's peer until it has one).
