@@ -9,11 +9,12 @@ listing showed (a rollback), ``remove`` takes all of ours out.
 from __future__ import annotations
 
 import shlex
+import socket
 
 from backends import ipt_tiers
-from backends.ipt_render import FAMILIES, OWN_CHAINS, Ruleset, rule_line, rules_text
+from backends.ipt_render import FAMILIES, OWN_CHAINS, SET_PREFIX, TMP_PREFIX, Ruleset, rule_line, rules_text
 from backends.ipt_save import FamilyState, parse_save
-from enforcer import netns as nsmod
+from enforcer import netns as nsmod, nfnetlink as nfnl
 from enforcer.errors import BackendError
 
 
@@ -49,6 +50,68 @@ class StepFailed(Exception):
         super().__init__(message)
         self.stage = stage
         self.done = done
+
+
+NFT_MSG_GETTABLE, NFT_MSG_NEWTABLE, NFTA_TABLE_NAME = 1, 0, 1
+NFNL_SUBSYS_IPSET, IPSET_CMD_LIST, IPSET_PROTOCOL = 6, 7, 7
+IPSET_ATTR_PROTOCOL, IPSET_ATTR_SETNAME, IPSET_ATTR_FLAGS, IPSET_FLAG_LIST_SETNAME = 1, 2, 6, 1 << 1
+NLM_F_DUMP = 0x300
+IPT_FAMILIES = {socket.AF_INET, socket.AF_INET6}  # NFPROTO_IPV4 / _IPV6 share the numbers
+
+
+def untouched(netns: str) -> bool:
+    """Whether ``netns`` holds nothing an iptables-nft apply must read first: no
+    ``filter`` table of family ip or ip6 in nf_tables (where iptables-nft keeps every
+    filter rule, ours and anyone's jumps) and no ipset of ours (np.*, nt.*: a crash may
+    leave some without rules). Two netlink dumps from this process instead of
+    iptables-save twice and ipset list (~8 ms of CPU in processes). False when an answer
+    cannot be read: the caller then reads the usual way."""
+    try:
+        with nsmod.entered(netns):
+            s = nfnl.open_socket(timeout=2.0)
+    except OSError:
+        return False
+    tables = nfnl.nf_message(nfnl.type_of(nfnl.NFNL_SUBSYS_NFTABLES, NFT_MSG_GETTABLE),
+                             nfnl.NLM_F_REQUEST | NLM_F_DUMP, 1, socket.AF_UNSPEC)
+    ipsets = nfnl.message(nfnl.type_of(NFNL_SUBSYS_IPSET, IPSET_CMD_LIST), nfnl.NLM_F_REQUEST | NLM_F_DUMP, 2,
+                          nfnl.nfgenmsg(socket.AF_INET) + nfnl.attr(IPSET_ATTR_PROTOCOL, bytes([IPSET_PROTOCOL]))
+                          + nfnl.attr(IPSET_ATTR_FLAGS | nfnl.NLA_F_NET_BYTEORDER,
+                                      IPSET_FLAG_LIST_SETNAME.to_bytes(4, "big")))
+    try:
+        for request, ours in ((tables, _iptables_table), (ipsets, _our_ipset)):
+            s.send(request)
+            if _dump_finds(s, ours):
+                return False
+        return True
+    except (OSError, ValueError):
+        return False
+    finally:
+        s.close()
+
+
+def _dump_finds(s: socket.socket, wanted) -> bool:
+    """Read a dump's answers to its end: whether ``wanted(kind, body)`` held for one (an
+    error answer counts as found: the caller must not trust the dump)."""
+    found = False
+    while True:
+        for kind, _seq, body in nfnl.split_messages(s.recv(1 << 16)):
+            if kind == nfnl.NLMSG_DONE:
+                return found
+            if kind == nfnl.NLMSG_ERROR:
+                return True
+            found = found or wanted(kind, body)
+
+
+def _iptables_table(kind: int, body: bytes) -> bool:
+    if kind != nfnl.type_of(nfnl.NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWTABLE):
+        return False
+    family, _, attrs = nfnl.parse_nfgenmsg(body)
+    return family in IPT_FAMILIES and nfnl.parse_attrs(attrs).get(NFTA_TABLE_NAME, b"").rstrip(b"\0") == b"filter"
+
+
+def _our_ipset(kind: int, body: bytes) -> bool:
+    name = nfnl.parse_attrs(nfnl.parse_nfgenmsg(body)[2]).get(IPSET_ATTR_SETNAME, b"").decode(errors="replace")
+    return kind == nfnl.type_of(NFNL_SUBSYS_IPSET, IPSET_CMD_LIST) and name.startswith((SET_PREFIX, TMP_PREFIX))
 
 
 def run_steps(netns: str, steps: list[tuple[list[str], str]]) -> tuple[int, str] | None:
@@ -96,6 +159,11 @@ class _RestoreInstaller:
                          check=False)
         if proc.returncode != 0:
             raise _Refused(proc.stderr.strip())
+
+    def fresh(self, netns: str) -> bool:
+        """Whether ``netns`` holds nothing of iptables-nft nor sets of ours (untouched):
+        then its state is known without reading it."""
+        return untouched(netns)
 
     def install_all(self, netns: str, sets: str, rs: Ruleset, states: dict[int, FamilyState], cleanup: str) -> None:
         """A full apply's steps in one shell (run_steps): ``ipset restore`` of ``sets``

@@ -199,6 +199,9 @@ class _IptcInstaller(_RestoreInstaller):
     def install(self, netns: str, family: int, rs: Ruleset, state: FamilyState) -> None:
         self._write(netns, family, rs.rules[family], None, state)
 
+    def fresh(self, netns: str) -> bool:
+        return False  # x_tables are not in nf_tables: always read (iptables-legacy-save)
+
     def install_all(self, netns: str, sets: str, rs: Ruleset, states: dict[int, FamilyState], cleanup: str) -> None:
         """The steps of _RestoreInstaller.install_all, the rules written in-process
         (libiptc) between one ``ipset restore`` for the sets and one for the cleanup."""

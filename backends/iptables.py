@@ -34,7 +34,10 @@ If step 2 fails, the families already written are rolled back to what they were 
 sets are swapped back: the previous rules and elements stay in force. With the "nft"
 flavour the three steps run in ONE shell inside the namespace (ipt_install.run_steps:
 the tools are its children, fed here-documents), after one process that reads the
-namespace's state: two processes started from Python per pod instead of six. Honest limit: the
+namespace's state: two processes started from Python per pod instead of six. A namespace
+without any iptables-nft filter table nor ipset of ours (a cold apply: two netlink dumps
+say so, ipt_install.untouched) is not read at all, and its sets are made under their own
+names: one process, three tools. Honest limit: the
 sets and the rules change in separate transactions, so for about a millisecond the old
 rules see the new elements (nftables has no such window).
 
@@ -132,22 +135,36 @@ class IptablesBackend:
 
     def _full(self, netns: str, fw: PodFirewall, rs: Ruleset) -> None:
         inst = self._inst()
+        if inst.fresh(netns):
+            # Nothing of iptables nor sets of ours in the namespace (a cold apply, asked
+            # over netlink): its state is known without the three reading tools, and the
+            # sets are made under their own names (nothing to swap with, nothing to clean).
+            self._full_from(netns, fw, rs, {f: FamilyState() for f in FAMILIES}, set(), unread=True)
+            return
         states, listing = inst.read_all(netns, "list -n")
-        existing = {n for n in listing.split() if n[:3] in (SET_PREFIX, TMP_PREFIX)}
+        self._full_from(netns, fw, rs, states, {n for n in listing.split() if n[:3] in (SET_PREFIX, TMP_PREFIX)})
+
+    def _full_from(self, netns: str, fw: PodFirewall, rs: Ruleset, states: dict[int, FamilyState],
+                   existing: set[str], unread: bool = False) -> None:
+        """The full apply, given the namespace's rules (``states``) and our ipsets in it
+        (``existing``); ``unread``: the namespace holds neither (untouched)."""
+        inst = self._inst()
         fresh = [s.name for s in rs.sets if s.name not in existing]
-        # 1. build under temporary names, swap into place (tmp keeps the old elements)
-        build_lines = []
-        for s in rs.sets:
-            # A temporary left by a crash may lack the comment extension: create fails on
-            # a same-named set with other options, even with -exist.
+        build_lines: list[str] = []
+        swap_lines: list[str] = []
+        if unread:
+            for s in rs.sets:
+                build_lines += [s.create()] + [s.add(e) for e in s.elements]
+        for s in rs.sets if not unread else ():
+            # 1. build under temporary names, swap into place (tmp keeps the old
+            # elements). A temporary left by a crash may lack the comment extension:
+            # create fails on a same-named set with other options, even with -exist.
             build_lines += [f"destroy {s.tmp}"] * (s.tmp in existing)
             build_lines += [s.create(s.tmp), f"flush {s.tmp}"] + [s.add(e, s.tmp) for e in s.elements]
-        swap_lines = []
-        for s in rs.sets:
             # Only new live sets are created: one made by an older version (no comment
             # extension) swaps fine with the new temporary, but cannot be "created" again.
             swap_lines += [s.create()] * (s.name in fresh) + [f"swap {s.tmp} {s.name}"]
-        tmps = "".join(f"destroy {s.tmp}\n" for s in rs.sets)
+        tmps = "" if unread else "".join(f"destroy {s.tmp}\n" for s in rs.sets)
         # 3. (after the rules) drop the temporaries and the sets no rule refers to any more
         stale = sorted(n for n in existing if n.startswith(SET_PREFIX) and n not in rs.set_names())
         stale_tmp = sorted(n for n in existing if n.startswith(TMP_PREFIX))

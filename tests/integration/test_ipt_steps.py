@@ -5,6 +5,7 @@ Namespaces ``npt-is<pid>-*``, removed at the end; nothing in the host's namespac
 """
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -18,17 +19,20 @@ from enforcer.ir import AddrSet, AllowRule, DirectionPolicy, PodFirewall, PortMa
 pytestmark = pytest.mark.root
 
 PREFIX = f"npt-is{os.getpid()}"
-NS = f"{PREFIX}-a"
+_made = itertools.count()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ns():
-    netns.create(NS)
+    """A new namespace for each test: iptables-nft leaves its filter table behind once it
+    has been used, and a namespace without one is applied another way (unread)."""
+    name = f"{PREFIX}-{next(_made)}"
+    netns.create(name)
     try:
-        yield NS
+        yield name
     finally:
-        netns.remove(NS)
-    assert not netns.list_names(PREFIX)
+        netns.remove(name)
+    assert not netns.list_names(name)
 
 
 def fw(port: int, *members: str) -> PodFirewall:
@@ -114,5 +118,75 @@ def test_sets_refused_on_a_first_apply_leave_nothing(ns, monkeypatch):
     monkeypatch.setattr(ipt_install._RestoreInstaller, "install_all", install_all)
     with pytest.raises(ApplyError, match="ipset restore"):
         b.apply(ns, bad)
+    monkeypatch.undo()
+    assert b.read(ns) is None and ipsets(ns) == []
+
+
+def test_a_namespace_without_iptables_is_applied_unread_and_one_with_is_read(ns, monkeypatch):
+    b = IptablesBackend("nft")
+    b.check()
+    reads = []
+    real = ipt_install._RestoreInstaller.read_all
+    monkeypatch.setattr(ipt_install._RestoreInstaller, "read_all",
+                        lambda self, n, what: reads.append(n) or real(self, n, what))
+    first = fw(80, "10.0.0.1")
+    try:
+        assert ipt_install.untouched(ns)
+        b.apply(ns, first)
+        assert reads == []  # cold: nothing read
+        assert b.verify(ns, first) and not ipt_install.untouched(ns)
+        reads.clear()
+        second = fw(443, "10.0.0.2")
+        b.apply(ns, second, first)
+        assert reads == [ns] and b.verify(ns, second)
+    finally:
+        b.remove(ns)
+    # someone else's iptables rule (no jump of ours): the namespace is read, and kept
+    netns.run(ns, ["iptables", "-A", "INPUT", "-p", "udp", "--dport", "9", "-j", "ACCEPT"])
+    try:
+        assert not ipt_install.untouched(ns)
+        reads.clear()
+        b.apply(ns, first)
+        assert reads == [ns] and b.verify(ns, first)
+        assert "--dport 9 -j ACCEPT" in netns.run(ns, ["iptables-save", "-t", "filter"]).stdout
+    finally:
+        b.remove(ns)
+        netns.run(ns, ["iptables", "-D", "INPUT", "-p", "udp", "--dport", "9", "-j", "ACCEPT"])
+
+
+def test_sets_left_without_rules_make_the_namespace_read(ns):
+    # a crash between the sets and the rules: sets of ours, no filter table; the
+    # temporary was made with other options (no comment extension), so creating it again
+    # would fail: the namespace is read and applied the usual way
+    b = IptablesBackend("nft")
+    b.check()
+    assert ipt_install.untouched(ns)
+    netns.run(ns, ["ipset", "create", "nt.in0.ip4", "hash:ip", "family", "inet"])
+    assert not ipt_install.untouched(ns)
+    netns.run(ns, ["ipset", "destroy", "nt.in0.ip4"])
+    netns.run(ns, ["ipset", "create", "other", "hash:ip"])  # not ours: does not count
+    assert ipt_install.untouched(ns)
+    netns.run(ns, ["ipset", "create", "nt.in0.ip4", "hash:ip", "family", "inet"])
+    netns.run(ns, ["ipset", "create", "np.gone.ip4", "hash:ip", "family", "inet"])
+    try:
+        first = fw(80, "10.0.0.1")
+        b.apply(ns, first)
+        assert b.verify(ns, first)
+        assert ipsets(ns) == ["np.in0.ip4", "np.in0.ip6", "other"]  # our leftovers are gone
+    finally:
+        b.remove(ns)
+    assert ipsets(ns) == ["other"]
+
+
+def test_rules_refused_on_a_first_apply_leave_nothing(ns, monkeypatch):
+    b = IptablesBackend("nft")
+    b.check()
+    real = ipt_install._RestoreInstaller._rules_input
+    monkeypatch.setattr(ipt_install._RestoreInstaller, "_rules_input", lambda self, rs, family, state: (
+        real(self, rs, family, state).replace("COMMIT", "-A NOSUCHCHAIN -j ACCEPT\nCOMMIT") if family == 6
+        else real(self, rs, family, state)))
+    assert ipt_install.untouched(ns)
+    with pytest.raises(ApplyError, match="previous rules stay in force"):
+        b.apply(ns, fw(80, "10.0.0.1"))
     monkeypatch.undo()
     assert b.read(ns) is None and ipsets(ns) == []
