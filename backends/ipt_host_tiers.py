@@ -9,14 +9,16 @@ it is, while Pass must go on to the NetworkPolicy rules of the same chain. iptab
 the caller's caller. So a tiered direction of a pod is four chains::
 
     NPH-IN-<id>    fixed rules (replies, invalid, node), then  -g NPH-INA-<id>
-    NPH-INA-<id>   Admin rules: Accept -> RETURN (to NETPOL-HOST: allowed), Deny -> DROP,
-                   Pass -> -g NPH-INN-<id>; no match: -g NPH-INN-<id>
+    NPH-INA-<id>   Admin rules: Accept -> RETURN (to NETPOL-HOST: allowed), Deny -> NFLOG
+                   + DROP, Pass -> -g NPH-INN-<id>; no match: -g NPH-INN-<id>
     NPH-INN-<id>   the NetworkPolicy part as untiered (allows RETURN, NFLOG, DROP); not
                    isolated: -j NPH-INB-<id>, then RETURN
-    NPH-INB-<id>   Baseline rules: Accept and Pass -> RETURN, Deny -> DROP
+    NPH-INB-<id>   Baseline rules: Accept and Pass -> RETURN, Deny -> NFLOG + DROP
 
 (egress: NPH-EG-, -EGA-, -EGN-, -EGB-). Every outcome is RETURN to NETPOL-HOST (this
-direction allows) or a drop, as for an untiered pod.
+direction allows) or a drop, as for an untiered pod. A Deny is logged first, as in pod
+mode and in nftables host mode, so ``lab drops`` names the tier rule (the nflog prefix
+names the pod: the node's one log socket tells pods apart by it).
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ def split(fw: PodFirewall, direction: str, family: int, chain: str,
 
     def tier(name: str, pass_: tuple[str, ...]) -> Args:
         targets = {**ipt_tiers.TARGET, ir.ACCEPT: ("-j", "RETURN"), ir.PASS: pass_}
-        out = ipt_tiers.tier_args(fw, direction, name, family, targets, log=False)
+        out = ipt_tiers.tier_args(fw, direction, name, family, targets)
         return tuple(tuple(names.get(t, t) for t in a) for a in out)
 
     a = tier("Admin", ("-g", parts["N"])) + (_comment(ir.tier_end_comment(direction)) + ("-g", parts["N"]),)

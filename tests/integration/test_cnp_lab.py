@@ -114,10 +114,12 @@ spec:
 """
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=BACKENDS + ["nftables host", "iptables host"])
 def drops_lab(request, netpol_lab_module):
+    """Pod mode on every backend; host mode (the node's chains, the node's log socket) too."""
     from tests.unit.clusters import three_pods
-    return netpol_lab_module(three_pods() + DENIES, request.param)
+    backend, _, at = request.param.partition(" ")
+    return netpol_lab_module(three_pods() + DENIES, backend, enforce_at=at or "pod")
 
 
 def test_lab_drops_names_the_tier_rule_that_dropped_a_packet(drops_lab):

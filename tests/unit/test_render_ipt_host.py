@@ -123,7 +123,8 @@ def test_tiered_direction_is_four_chains_that_end_in_return_or_drop(fws):
 
     fw = fws["x/a"]
     admin = (TierRule(tier="Admin", policy="let-in", priority=1, direction="ingress", rule_index=0, action="Accept"),
-             TierRule(tier="Admin", policy="skip", priority=2, direction="ingress", rule_index=0, action="Pass"))
+             TierRule(tier="Admin", policy="skip", priority=2, direction="ingress", rule_index=0, action="Pass"),
+             TierRule(tier="Admin", policy="no", priority=3, direction="ingress", rule_index=0, action="Deny"))
     fw = dataclasses.replace(fw, ingress=dataclasses.replace(fw.ingress, admin=admin))
     pr = ipt_host.build(fw, "veth0")
     chain = ipt_host.chain_names("x/a")["ingress"]
@@ -133,6 +134,10 @@ def test_tiered_direction_is_four_chains_that_end_in_return_or_drop(fws):
     assert head[-1][-2:] == ("-g", parts["A"]) and head[0][-1] == "ACCEPT"  # replies stay final
     assert a[0][-2:] == ("-j", "RETURN") and "Admin let-in ingress[0] Accept" in a[0][-3]
     assert a[1][-2:] == ("-g", parts["N"]) and a[-1][-2:] == ("-g", parts["N"])
+    # a Deny logs first (as in pod mode and nftables host mode), its prefix naming the pod
+    assert a[2][a[2].index("-j"):] == ("-j", "NFLOG", "--nflog-prefix", "netpol drop ingress x/a: Admin no[0]",
+                                       "--nflog-group", "100")
+    assert a[3][-2:] == ("-j", "DROP") and "Admin no ingress[0] Deny" in a[3]
     assert n[-1][-2:] == ("-j", "DROP") and "ingress isolated by x/mixed" in n[-1]
     assert all(r[-1] in ("RETURN", "DROP", "NFLOG", "100") or r[-2] == "-g" for c in (a, n) for r in c)
     assert set(ipt_host.all_chains("x/a")) >= set(pr.chains[4])
