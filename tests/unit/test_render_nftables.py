@@ -358,3 +358,12 @@ def test_normalise_reads_dotted_ipv6_as_rendered():
     assert nft.normalise(listed) == nft.normalise(rendered)
     assert nft.normalise("ip saddr 10.0.0.1") == ["ip saddr 10.0.0.1"]
     assert nft.normalise("ip6 saddr ::173.80.0.0/112") != nft.normalise("ip6 saddr ::ad50:1/112")
+
+
+@pytest.mark.parametrize("addr", ["fd00:240::d", "::1", "::", "FD00::A", "fd00:0:0:1:0:0:0:1", "1:0:0:2:0:0:0:3",
+                                  "0:0:1::", "2001:db8:0:0:1:0:0:1", "::ffff:1.2.3.4", "::1.2.3.4",
+                                  "::ffff:102:304", "fd00:0000:0000::0001", "ffff:" * 7 + "ffff"])
+def test_ipv6_host_elements_are_written_as_ipaddress_writes_them(addr):
+    # (the fast path through inet_ntop must agree with the general one, IPv4 tails included)
+    cidr = f"{addr}/128"
+    assert nft._host(cidr, "s") == (nft._addr(cidr)[0], base.host_only(cidr, "s"))
