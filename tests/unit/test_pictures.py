@@ -69,3 +69,17 @@ def test_images_go_to_stdout_or_the_named_file_only(tmp_path):
     r = netpol("matrix", "-f", EX, "--ports", "3306/TCP", "-o", "svg", "--out-file", str(out), cwd=tmp_path)
     assert r.returncode == 0 and r.stdout == b"" and out.read_text().lstrip().startswith("<?xml")
     assert r.stderr.decode() == f"wrote {out}\n"
+
+
+def test_edges_to_and_from_a_namespace_box_merge_only_equal_verdicts():
+    # o/x reaches neither pod of a: one edge into a's box. From a's pods to o/x the
+    # verdicts differ: two edges, no box.
+    rows = [_row("o/x", "a/1", 80, False), _row("o/x", "a/2", 80, False),
+            _row("a/1", "o/x", 80, True), _row("a/2", "o/x", 80, False),
+            _row("a/1", "a/2", 80, True), _row("a/2", "a/1", 80, True)]
+    edges = [ln.strip() for ln in pictures.matrix_dot(rows).splitlines() if "->" in ln]
+    assert '"o/x" -> "a/1" [color=firebrick, style=dashed, arrowhead=tee, lhead=cluster_0];' in edges
+    assert not any(e.startswith('"o/x" -> "a/2"') for e in edges)
+    assert any(e.startswith('"a/1" -> "o/x"') and "ltail" not in e for e in edges)
+    assert any(e.startswith('"a/2" -> "o/x"') and "ltail" not in e for e in edges)
+    assert len(edges) == 5  # the box edge, a's two to o/x, a's two inside a
