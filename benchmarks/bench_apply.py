@@ -18,6 +18,7 @@ import argparse
 import ipaddress
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -94,6 +95,22 @@ def timed(fn) -> float:
     return (time.perf_counter() - t) * 1000
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and of its finished children (the tools iptables
+    runs), user + system: the kernel's work on our netlink messages counts too."""
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+def timed_cpu(fn) -> tuple[float, float]:
+    """(wall ms, CPU ms) of ``fn()``. CPU time is what bench-quick's apply ratios use: on
+    a shared 2-core machine the wall clock of a 3 ms delta also holds whatever else had
+    the cores (a full/delta ratio read 19 instead of ~45 under load), its CPU time much less."""
+    c = _cpu()
+    wall = timed(fn)
+    return wall, (_cpu() - c) * 1000
+
+
 def _many(b, jobs) -> list:
     results = b.apply_many(jobs)
     bad = [r for r in results if isinstance(r, Exception)]
@@ -115,25 +132,30 @@ def bench(name: str, names: list[str], before: list[PodFirewall], after: list[Po
         try:
             jobs = [(ns, fw, None) for ns, fw in zip(names, before)]
             if mode == "many":
-                cold = timed(lambda: _many(b, jobs))
+                cold, cold_cpu = timed_cpu(lambda: _many(b, jobs))
             else:
-                cold = timed(lambda: [b.apply(*j) for j in jobs])
+                cold, cold_cpu = timed_cpu(lambda: [b.apply(*j) for j in jobs])
             out[f"cold_{mode}_total_ms"] = round(cold, 1)
             out[f"cold_{mode}_per_pod_ms"] = round(cold / n, 3)
+            out[f"cold_{mode}_cpu_ms"] = round(cold_cpu, 1)
             if mode == "sequential":
                 continue
             out["method"] = getattr(b, "method", getattr(b, "flavour", ""))
-            warm = timed(lambda: _many(b, jobs))
+            warm, warm_cpu = timed_cpu(lambda: _many(b, jobs))
             out["warm_full_many_total_ms"] = round(warm, 1)
+            out["warm_full_many_cpu_ms"] = round(warm_cpu, 1)
             state = before
             runs: dict[str, list[float]] = {"many": [], "sequential": []}
+            cpu_runs: list[float] = []  # of the "many" deltas
             for i in range(repeat * 2):
                 target = after if i % 2 == 0 else before
                 how = "many" if (i // 2) % 2 == 0 else "sequential"
                 djobs = [(ns, fw, prev) for ns, fw, prev in zip(names, target, state)]
                 results: list = []
                 if how == "many":
-                    runs[how].append(timed(lambda: results.extend(_many(b, djobs))))
+                    wall, used = timed_cpu(lambda: results.extend(_many(b, djobs)))
+                    runs[how].append(wall)
+                    cpu_runs.append(used)
                 else:
                     runs[how].append(timed(lambda: results.extend(b.apply(*j) for j in djobs)))
                 assert {r.kind for r in results} == {"delta"}, {r.kind for r in results}
@@ -143,6 +165,7 @@ def bench(name: str, names: list[str], before: list[PodFirewall], after: list[Po
                 out[f"delta_{how}_total_ms_median"] = round(med, 2)
                 out[f"delta_{how}_per_pod_ms"] = round(med / n, 3)
                 out[f"delta_{how}_runs_ms"] = [round(v, 2) for v in values]
+            out["delta_many_cpu_runs_ms"] = [round(v, 2) for v in cpu_runs]
             out["verified"] = all(b.verify(ns, fw) for ns, fw in zip(names, state))
         finally:
             for ns in names:

@@ -100,6 +100,23 @@ def test_quick_ratios_from_raw_outputs():
     assert got["datapath: ipt-net rate, 10000 peers / 1 peer"] is None
 
 
+def test_apply_ratios_use_cpu_time_when_measured():
+    # wall clocks say a delta took long (load); CPU times say what the work cost
+    apply = {"results": [
+        {"backend": "nftables-libnft", "cold_many_total_ms": 150.0, "warm_full_many_total_ms": 120.0,
+         "delta_many_runs_ms": [9.0, 8.0], "cold_many_cpu_ms": 90.0, "warm_full_many_cpu_ms": 60.0,
+         "delta_many_cpu_runs_ms": [3.0, 2.0, 2.5]},
+        {"backend": "nftables-netlink", "cold_many_cpu_ms": 50.0},
+        {"backend": "iptables", "cold_many_total_ms": 1300.0, "delta_many_total_ms_median": 130.0,
+         "cold_many_cpu_ms": 200.0}]}
+    got = quick_ratios([], apply, None)
+    assert got["apply: nftables full apply / delta, 30 pods"] == pytest.approx(30.0)  # 60 / 2, not 120 / 8
+    assert got["apply: iptables full apply / delta, 30 pods"] == pytest.approx(10.0)  # no CPU deltas: wall
+    assert got["apply: iptables cold apply / nftables cold apply, CPU, 30 pods"] == pytest.approx(4.0)
+    assert quick_ratios([], {"results": apply["results"][:1]}, None)[
+        "apply: iptables cold apply / nftables cold apply, CPU, 30 pods"] is None
+
+
 def test_demand_ratio_comes_from_the_common_shape_rows_only():
     compile_runs = [[{"pods": 1500, "compile_s": 0.04}, {"pods": 15000, "compile_s": 0.8}],
                     [{"shape": "common", "pods": 15000, "compile_s": 2.0, "demand_1_pod_s": 0.6}],
