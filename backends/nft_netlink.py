@@ -52,7 +52,7 @@ from backends.nft_nlexpr import (_NAME, SET_CONCAT, SET_INTERVAL, T_IPV4, T_IPV6
 from enforcer import nfnetlink as nfnl
 
 # nf_tables messages (uapi/linux/netfilter/nf_tables.h)
-NEWTABLE, DELTABLE, NEWCHAIN, NEWRULE, NEWSET, NEWSETELEM = 0, 2, 3, 6, 9, 12
+NEWTABLE, DELTABLE, NEWCHAIN, NEWRULE, DELRULE, NEWSET, NEWSETELEM, DELSETELEM = 0, 2, 3, 6, 8, 9, 12, 14
 FAMILIES = {"inet": 1, "ip": 2, "ip6": 10}
 REQ = nfnl.NLM_F_REQUEST | nfnl.NLM_F_ACK  # (TableSocket keeps the ACK on the last message only)
 CREATE = REQ | nfnl.NLM_F_CREATE
@@ -181,9 +181,11 @@ def _element_key(words: list[str], fields: tuple, set_name: str) -> bytes:
     return _key_attr(1, raw + bytes([_proto(words[2]), 0, 0, 0]) + struct.pack(">H", _port(words[4])) + b"\0\0")
 
 
-def _element_messages(head: bytes, items: list[tuple[str, bytes]], what: str) -> list[Message]:
-    """NEWSETELEM messages of at most ELEMENTS_MAX bytes of elements each (one batch, so
-    still one transaction); nft numbers the elements of a list 1, 2, ..."""
+def _element_messages(head: bytes, items: list[tuple[str, bytes]], what: str, kind: int = NEWSETELEM,
+                      flags: int = CREATE, id_slot: bool = True) -> list[Message]:
+    """NEWSETELEM (or DELSETELEM) messages of at most ELEMENTS_MAX bytes of elements each
+    (one batch, so still one transaction); nft numbers the elements of a list 1, 2, ...
+    ``id_slot``: the set is new in the batch, the body names its id (a slot, _fill)."""
     msgs = []
     start = size = 0
     for j in range(len(items) + 1):
@@ -193,8 +195,9 @@ def _element_messages(head: bytes, items: list[tuple[str, bytes]], what: str) ->
             elems = b"".join(nfnl.ATTR_HEADER.pack(4 + len(b), nfnl.NLA_F_NESTED | (i + 1)) + b
                              for i, (_, b) in enumerate(chunk))
             shown = ", ".join(t for t, _ in chunk[:3]) + (f", ... ({len(chunk)} elements)" if len(chunk) > 3 else "")
-            msgs.append(Message(NEWSETELEM, CREATE, (nfnl.nfgenmsg(FAMILIES["inet"]) + head, *_id_attr(4, 0),
-                                                     nfnl.nested(3, elems)), f"{what} {{ {shown} }}"))
+            first = nfnl.nfgenmsg(FAMILIES["inet"]) + head
+            body = (first, *_id_attr(4, 0), nfnl.nested(3, elems)) if id_slot else first + nfnl.nested(3, elems)
+            msgs.append(Message(kind, flags, body, f"{what} {{ {shown} }}"))
             start, size = j, 0
         size += n
     return msgs
@@ -434,11 +437,17 @@ class TableSocket:
                 pass  # older kernels: whole requests echoed, no extended messages
         self._seq = 0
         self._buf = bytearray(1 << 16)
+        self._clean = True  # every answer of the last batch was read (none left to drain)
         self.lock = threading.Lock()
 
     def commit(self, msgs: Sequence[Message]) -> None:
-        """Send ``msgs`` as one transaction; raise Refused saying which message failed."""
-        self._drain()  # nothing left from an earlier batch may be taken for an answer
+        """Send ``msgs`` as one transaction; raise Refused saying which message failed.
+        Answers come in the order of the messages, a refused commit's before them all, so
+        reading stops at the last message's acknowledgement: no empty read after it (a
+        rule swap is a few hundred microseconds; each read is a system call)."""
+        if not self._clean:
+            self._drain()  # nothing left from an earlier batch may be taken for an answer
+        self._clean = False
         seq0 = self._seq = (self._seq + 1) & 0x3FFFFFFF
         end = seq0 + len(msgs) + 1
         self._seq = end
@@ -466,6 +475,9 @@ class TableSocket:
                     last = last or seq == end - 1
                     if err:
                         errors.append(f"{msgs[seq - seq0 - 1].what}: {os.strerror(err)}{_words(body(), flags)}")
+                    if last:
+                        self._clean = True
+                        break
         except OSError as e:  # ENOBUFS: answers lost, whatever happened
             raise Refused(f"reading the acknowledgements: {e.strerror or e}") from e
         if errors:

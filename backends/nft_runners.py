@@ -42,6 +42,12 @@ class _Runner:
         """Apply a delta in one transaction (raises _Refused)."""
         self.run(netns, d.commands())
 
+    def swap(self, netns: str, swap) -> str:
+        """Apply a rule swap (backends/nft_swap.py) in one transaction (raises _Refused);
+        returns a note when it went another way than asked ("" otherwise)."""
+        self.run(netns, swap.text)
+        return ""
+
     def forget(self, netns: str) -> None:
         pass
 
@@ -124,8 +130,10 @@ class NetlinkRunner(LibnftRunner):
     through libnftables: for a table that says something the encoder does not know
     (nft_netlink.Unsupported; none of what the renderer emits today, tested), and for a
     batch the kernel refused or whose answers were lost (the note says so; a refused batch
-    changed nothing, and a full swap is safe to repeat). Deltas, rule swaps, reads and
-    removals stay with libnftables and the element socket."""
+    changed nothing, and a full swap is safe to repeat). A rule swap (backends/nft_swap.py)
+    goes the same way, with the same fallback; so do element deltas of interval sets (a
+    refused one is the caller's to handle: the kernel's sets are not what it thought).
+    Hash set deltas stay with the element socket; reads and removals with libnftables."""
 
     tables = "netlink"
 
@@ -153,6 +161,45 @@ class NetlinkRunner(LibnftRunner):
         except _Refused as e:
             raise _Refused(f"{e}\n(as one netlink batch: {refused})") from e
         return f"netlink batch refused, applied as text: {refused.strip().splitlines()[0]}"
+
+    def swap(self, netns: str, swap) -> str:
+        from backends import nft_swap
+
+        try:
+            msgs = nft_swap.encode_swap(swap.table, swap.comment, swap.blocks, swap.delta.changes, swap.set_types)
+        except self._nl.Unsupported:
+            return super().swap(netns, swap)
+        try:
+            self._commit(netns, msgs)
+            return ""
+        except self._nl.Refused as e:
+            refused = str(e)
+        try:  # (a refused batch changed nothing: the same transaction as text)
+            super().swap(netns, swap)
+        except _Refused as e:
+            raise _Refused(f"{e}\n(as one netlink batch: {refused})") from e
+        return f"netlink batch refused, applied as text: {refused.strip().splitlines()[0]}"
+
+    def change_elements(self, netns: str, d) -> None:
+        if not d.interval:
+            return super().change_elements(netns, d)
+        from backends import nft_swap
+
+        try:
+            msgs = nft_swap.encode_elements(TABLE, d.changes)
+        except self._nl.Unsupported:
+            return super().change_elements(netns, d)
+        try:
+            self._commit(netns, msgs)
+        except self._nl.Refused as e:
+            raise _Refused(str(e)) from e
+
+    def _commit(self, netns: str, msgs) -> None:
+        if not msgs:
+            return  # (a swap of chains and elements that all stay as they are)
+        sock = self._tables.get(netns)
+        with sock.lock:
+            sock.commit(msgs)
 
     def forget(self, netns: str) -> None:
         super().forget(netns)

@@ -27,13 +27,15 @@ Applying (see ``apply``):
   ``delete`` succeed). By default sent as one raw netlink batch encoded from the rendered
   blocks (backends/nft_netlink.py: the same messages nft would send, without its parser),
   the text through libnftables being the fallback (backends/nft_runners.py);
-- delta: ``delete element`` / ``add element`` in one transaction. Through libnftables for
-  interval sets; for hash sets (pod addresses, address . protocol . port) as a raw
-  NEWSETELEM/DELSETELEM netlink batch (``libnft.ElementSocket``), ~20x cheaper. A refused
-  delta (the kernel's sets are not what ``previous`` says) becomes a full replace;
+- delta: ``delete element`` / ``add element`` in one transaction. For hash sets (pod
+  addresses, address . protocol . port) as a raw NEWSETELEM/DELSETELEM netlink batch
+  (``libnft.ElementSocket``), ~20x cheaper than libnftables; for interval sets by default
+  as one netlink batch too (backends/nft_swap.py ``encode_elements``). A refused delta
+  (the kernel's sets are not what ``previous`` says) becomes a full replace;
 - rules (backends/nft_swap.py): the rules changed but the sets are the same ones (elements
-  may differ): chains flushed and written again, element deltas, sets kept, one
-  transaction; a table of large sets is not re-sent for a port change;
+  may differ): the changed chains flushed and written again, element deltas, sets kept,
+  one transaction (by default one netlink batch, the text its fallback); a table of large
+  sets is not re-sent for a port change;
 - by default in-process through libnftables, one context (and one element socket, and
   one table socket) kept per namespace, made inside it; else (``method="cli"``, or no
   libnftables) ``nft -f -`` run inside the namespace. ``apply_many`` applies one

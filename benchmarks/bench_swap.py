@@ -1,13 +1,17 @@
 """A rule change in a table with a large set: the whole table replaced against the rules
-replaced with the sets kept (backends/nft_swap.py, issue 15). Root; one namespace of our
-own (``npt-sw<pid>``), removed at the end. Prints JSON.
+replaced with the sets kept (backends/nft_swap.py, issue 15), the latter as text through
+libnftables and as one raw netlink batch. Root; one namespace of our own
+(``npt-sw<pid>``), removed at the end. Prints JSON.
 
     sudo .venv/bin/python -m benchmarks.bench_swap [--elements 2000] [--repeat 9]
 
 The table is what a daemon at 150,000 pods holds for a pod whose policy admits a few
 namespaces' clients: one set of ``--elements`` addresses (with their comments) and one rule
-on it. Each change flips the rule's port; full and swap alternate, so load moves both
-alike; the median of each is reported, and their ratio (bench-quick guards it).
+on it. Each change flips the rule's port; the three ways take turns (whole table as text,
+swap as text, swap as a netlink batch), so load moves them alike; the median of each is
+reported, and two ratios (bench-quick guards both): whole table / swap (as text, what the
+swap saves by keeping the sets) and swap as text / as a netlink batch (what skipping
+libnftables' parser and its cache saves).
 """
 from __future__ import annotations
 
@@ -39,28 +43,39 @@ def peer_set(n: int) -> AddrSet:
 def measure(elements: int, repeat: int) -> dict:
     ns = f"npt-sw{os.getpid()}"
     netns.create(ns)
-    backend = NftablesBackend("libnft")
+    text, batch = NftablesBackend("libnft"), NftablesBackend("netlink")
+    ways = {"full": (text, False), "swap": (text, True), "swap_netlink": (batch, True)}
+    times: dict[str, list[float]] = {w: [] for w in ways}
     try:
         peers = peer_set(elements)
         installed = firewall(peers, 80)
-        backend.apply(ns, installed)
-        full, swap = [], []
-        for k in range(repeat * 2):
+        text.apply(ns, installed)
+        for backend in (text, batch):  # each opens its handles in the namespace before timing
+            backend.apply(ns, firewall(peers, 81), installed)
+            backend.apply(ns, installed, firewall(peers, 81))
+        for k in range(repeat * len(ways)):
+            way = list(ways)[k % len(ways)]
+            backend, keep_sets = ways[way]
             new = firewall(peers, 81 if k % 2 == 0 else 80)
             t = time.perf_counter()
             # previous=None: what a rule change cost before (the whole table, every element)
-            backend.apply(ns, new, installed if k % 4 in (1, 2) else None)
-            (swap if k % 4 in (1, 2) else full).append((time.perf_counter() - t) * 1000)
+            result = backend.apply(ns, new, installed if keep_sets else None)
+            times[way].append((time.perf_counter() - t) * 1000)
+            if result.note:
+                raise SystemExit(f"{way}: {result.note}")
             installed = new
-        if not backend.verify(ns, installed):
+        if not text.verify(ns, installed):
             raise SystemExit("the table read back is not the one applied last")
     finally:
-        backend.close()
+        text.close()
+        batch.close()
         netns.remove(ns)
-    f, s = statistics.median(full), statistics.median(swap)
+    f, s, n = (statistics.median(times[w]) for w in ways)
     return {"elements": elements, "repeat": repeat, "full_ms_median": round(f, 3), "swap_ms_median": round(s, 3),
-            "full_ms": [round(x, 3) for x in full], "swap_ms": [round(x, 3) for x in swap],
-            "full_over_swap": round(f / s, 2) if s > 0 else None}
+            "swap_netlink_ms_median": round(n, 3),
+            **{f"{w}_ms": [round(x, 3) for x in times[w]] for w in ways},
+            "full_over_swap": round(f / s, 2) if s > 0 else None,
+            "swap_text_over_netlink": round(s / n, 2) if n > 0 else None}
 
 
 def main() -> None:
