@@ -360,8 +360,12 @@ class Reconciler:
                                          "(someone else holds or changes the table)")
             else:
                 kind = self._apply(ns, fw, m.fw, pre).kind
+                if kind != "none" and pre is None and self.generation is not None:
+                    gen = self.generation(ns)  # (see _record: our own transaction, nobody else's)
+                    managed = Managed(key, fw, ino, fw if standin else None)
+                    return ("ok", "deny-only" if standin else kind, managed, before, gen)
             managed = Managed(key, fw, ino, fw if standin else None)
-            return ("ok", "deny-only" if standin else kind, managed, before)
+            return ("ok", "deny-only" if standin else kind, managed, before, None)
         except NetnsError as e:
             if not self.exists(ns):
                 return ("gone",)
@@ -392,7 +396,16 @@ class Reconciler:
                 out.gone_ips.update(m.fw.ips)
             return
         if tag == "ok":
-            _, kind, managed, before = result
+            _, kind, managed, before, gen = result
+            # A transaction of ours on a namespace last found right, and nobody else's since
+            # (its generation moved by exactly one): what it holds now is what we sent, so
+            # drift repair need not read it back (a read-back of 110 tables through
+            # libnftables is ~0.1-0.5 s, and a change arriving meanwhile waits for it).
+            clean = self._clean_gen.pop(ns, None)
+            if gen is not None and clean is not None and gen == (clean + 1) & 0xFFFFFFFF and managed.wanted is None:
+                self._clean_gen[ns] = gen
+            elif clean is not None and kind == "none":
+                self._clean_gen[ns] = clean
             self.managed[ns] = managed
             if managed.wanted is None:
                 self.failures.pop(ns, None)

@@ -318,6 +318,47 @@ def test_repair_reads_back_only_namespaces_whose_generation_moved():
     assert verified == ["ns-b"]
 
 
+def test_our_own_transaction_on_a_clean_namespace_needs_no_read_back():
+    """Issue 15: after a change, repair does not list every table again when the only
+    transaction since the last clean read-back was the change itself."""
+    w = World()
+    gens = {"ns-a": 5, "ns-b": 7, "ns-c": 9}
+    real_apply, real_verify = w.backend.apply, w.backend.verify
+
+    def apply(ns, fw, previous=None):  # every transaction moves the generation by one
+        result = real_apply(ns, fw, previous)
+        if result.kind != "none":
+            gens[ns] += 1
+        return result
+
+    w.backend.apply = apply
+    verified = []
+    w.backend.verify = lambda ns, fw: (verified.append(ns), real_verify(ns, fw))[1]
+    r = w.reconciler(generation=gens.get)
+    comp = Compiler(cluster([allow_from("a")]), node_ips=NODE)
+    r.converge(LOCAL, comp.firewall)
+    r.repair()  # the first round reads everything back (nothing known clean yet)
+    verified.clear()
+    changed = comp.sync(cluster([allow_from("c")]))
+    assert r.converge(LOCAL, comp.firewall, changed).applied == {"ns-b": "delta"}
+    r.repair()
+    assert verified == []  # ns-b moved by our delta alone
+    changed = comp.sync(cluster([allow_from("a")]))
+    gens["ns-b"] += 1  # someone else's transaction before ours: read back
+    r.converge(LOCAL, comp.firewall, changed)
+    r.repair()
+    assert verified == ["ns-b"]
+    verified.clear()
+    changed = comp.sync(cluster([allow_from("c")]))
+    real_gen = gens.get
+    r.generation = lambda ns: real_gen(ns) + 1 if ns == "ns-b" else real_gen(ns)  # and after ours
+    r.converge(LOCAL, comp.firewall, changed)
+    r.generation = real_gen
+    gens["ns-b"] += 1
+    r.repair()
+    assert verified == ["ns-b"]
+
+
 def test_failed_repair_stays_failed_until_a_read_back_shows_our_rules():
     """Issue 20, finding 1: a repair that cannot restore the rules is not 'recovered' at
     the next converge just because the desired firewall equals the recorded one."""
