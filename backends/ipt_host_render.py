@@ -85,10 +85,15 @@ def chain_rules(fw: PodFirewall, direction: str, family: int,
     set names, allow verdicts turned into RETURN, a tier jump into this pod's own tier
     part (ipt_host_tiers.jumps; ``build`` splits a tiered direction at it)."""
     names = set_names(fw) if names is None else names
-    to = ipt_host_tiers.jumps(chain_names(fw.pod)[direction])
+    to = ipt_host_tiers.jumps(chain_names(fw.pod)[direction]) if ipt_tiers.has_tiers(fw, direction) else {}
     return [(r, [_comment(r.comment) + to[r.tier]] if r.kind == "tier" else  # type: ignore[index]
-             [tuple(names.get(a, a) for a in args) for args in rules])
+             [_renamed(args, names) for args in rules])
             for r, rules in ipt_rules(fw, direction, family, allowed="RETURN")]
+
+
+def _renamed(args: tuple[str, ...], names: dict[str, str]) -> tuple[str, ...]:
+    # a set is named only after --match-set: most rules (fixed ones, ports alone) have none
+    return tuple(names.get(a, a) for a in args) if "--match-set" in args else args
 
 
 def pod_chain(fw: PodFirewall, direction: str, family: int,

@@ -210,7 +210,10 @@ def render_chain(fw: PodFirewall, direction: str, family: int,
     neighbour discovery, a node address is in one family, ports split into slices).
     ``allowed``: the target of the ACCEPT rules that are not fixed (allows, the open
     accept): host mode returns to the node's chain (backends/ipt_host_render.py)."""
-    return tuple(args for _, rules in chain_rules(fw, direction, family, allowed) for args in rules)
+    rules: list[tuple[str, ...]] = []
+    for r in ir.chain(fw, direction):  # (not through chain_rules: a pod's hot path)
+        rules.extend(_chain_rule(fw, direction, family, r, allowed))
+    return tuple(rules)
 
 
 def chain_rules(fw: PodFirewall, direction: str, family: int,
