@@ -61,4 +61,4 @@ def tier_args(fw: PodFirewall, direction: str, tier: str, family: int,
 def chains(fw: PodFirewall, family: int) -> dict[str, tuple[tuple[str, ...], ...]]:
     """The tier chains of one family (empty for a pod without tier rules)."""
     return {CHAINS[tier, d]: tier_args(fw, d, tier, family)
-            for d in base.DIRECTIONS if has_tiers(fw, d) for tier in ("Admin", "Baseline")}
+            for d in base.DIRECTIONS if has_tiers(fw, d) for tier in ir.TIERS}
