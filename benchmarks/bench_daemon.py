@@ -2,7 +2,13 @@
 local pods, idle CPU, resident memory with 5,000 pods in the cluster. Prints JSON.
 
     sudo .venv/bin/python benchmarks/bench_daemon.py [--local 110] [--cluster 5000] [--changes 40]
-        [--enforce-at pod|host|both] [--shape bench|common]
+        [--enforce-at pod|host|both] [--shape bench|common] [--profile PREFIX]
+
+``--profile PREFIX``: py-spy records the daemon (collapsed stacks: PREFIX-start.txt for the
+start and first sync, PREFIX-changes.txt for the changes; extra py-spy flags, e.g. ``-g``
+for the samples that hold the GIL, from $BENCH_SPY_ARGS). ``daemon_cpu_ms_per_change``: the
+daemon's CPU time per change, repair rounds included, which the load of a shared machine
+does not stretch as it stretches the wall times.
 
 ``--shape common --cluster 150000``: the other pods are issue 15's cluster (gen.common,
 10,000 namespaces and policies) in one JSON List: first sync and changes at that scale.
@@ -220,6 +226,24 @@ def bursts(d: DaemonProcess, work: str, watch: str) -> dict:
     return out
 
 
+def _spy(pid: int, path: str):
+    """py-spy recording ``pid`` into ``path`` (collapsed stacks, one line a stack) until _stop."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return subprocess.Popen([exe, "record", "-p", str(pid), "-r", "250", "-f", "raw", "-o", path, "--nonblocking", *os.environ.get("BENCH_SPY_ARGS", "").split()],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stop(spy) -> None:
+    import signal
+
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        spy.wait(timeout=60)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--local", type=int, default=110, help="server pods with a namespace here")
@@ -234,6 +258,9 @@ def main() -> None:
                     help="where the daemon enforces; both: pod mode, then host mode, on the same pods")
     ap.add_argument("--shape", choices=["bench", "common"], default="bench",
                     help="the rest of the cluster: 50 namespaces of this benchmark's own, or gen.common (issue 15)")
+    ap.add_argument("--profile", metavar="PREFIX",
+                    help="record the daemon with py-spy (collapsed stacks, PREFIX-start.txt for the start and "
+                         "first sync, PREFIX-changes.txt for the changes); needs py-spy on the PATH or in .venv")
     args = ap.parse_args()
 
     lab = f"npt-bd{uuid.uuid4().hex[:6]}"
@@ -279,8 +306,11 @@ def run_mode(args, mode: str, lab: str, prefix: str, work: str, watch: str, docs
                                 "--cleanup-on-exit", *where],
                           log_path=os.path.join(work, f"daemon-{mode}.log"), log_level="info")
         t = time.monotonic()
-        d.start(wait=120)
+        d.start(wait=0)
+        spy = _spy(d.proc.pid, f"{args.profile}-start.txt") if args.profile else None
+        d.wait_ready(600)
         out["start_to_ready_s"] = round(time.monotonic() - t, 2)
+        _stop(spy)
         first = d.logs("sync done")
         out["first_sync_ms"] = first[0]["ms"] if first else None
         st = d.state()
@@ -305,11 +335,20 @@ def run_mode(args, mode: str, lab: str, prefix: str, work: str, watch: str, docs
             return lat
 
         mark = len(d.logs("sync done"))
+        spy = _spy(d.proc.pid, f"{args.profile}-changes.txt") if args.profile else None
+        c0 = cpu_seconds(d.proc.pid)
         ports = measure("ports")
+        c1 = cpu_seconds(d.proc.pid)
         syncs = d.logs("sync done")[mark:]
         mark = len(d.logs("sync done"))
         peers = measure("peers")
+        c2 = cpu_seconds(d.proc.pid)
         syncs2 = d.logs("sync done")[mark:]
+        _stop(spy)
+        # The daemon's CPU time per change (user + system, its repair rounds included): what
+        # a change costs whatever the load of the machine, which stretches wall times.
+        out["daemon_cpu_ms_per_change"] = {"ports": round((c1 - c0) * 1000 / len(ports), 1),
+                                           "peers": round((c2 - c1) * 1000 / len(peers), 1)}
         out["change_to_enforced_probe"] = {"ports (full swap in every server namespace)": summary(ports),
                                            "peers (set-element delta in every server namespace)": summary(peers),
                                            "all": summary(ports + peers)}
@@ -317,6 +356,7 @@ def run_mode(args, mode: str, lab: str, prefix: str, work: str, watch: str, docs
         # here to compare with the later ones.
         out["first_change_after_start_ms"] = round(ports[0], 2)
         out["ports_runs_ms"] = [round(x, 2) for x in ports]
+        out["peers_runs_ms"] = [round(x, 2) for x in peers]  # the first: the first delta after start
         own = [s["delay_ms"] for s in syncs if s.get("delay_ms") is not None and s.get("files")]
         own2 = [s["delay_ms"] for s in syncs2 if s.get("delay_ms") is not None and s.get("files")]
         out["daemon_delay_event_to_enforced"] = {"ports": summary(own) if own else None,
