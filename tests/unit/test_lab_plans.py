@@ -4,10 +4,9 @@ node gets, and which node addresses each pod's firewall allows.
 
 Each firewall is pinned by the addresses it holds (its pod's, its node's, every set's
 elements), not by its rendering, which the goldens pin. The lab's own build and converge
-code runs here (enforcer/lab/converge.py, multinode.py,
-endpoints.py) with its two kernel seams replaced: the node (topology.Node, nodes.Fabric:
-links, addresses, routes), and namespaces, servers and the Services' DNAT. Everything the
-lab plans and compiles is real. The expected plans in data/lab_plans.json were written by
+code runs here (enforcer/lab/converge.py, multinode.py, endpoints.py) with its two kernel
+seams replaced: the node (topology.Node, nodes.Fabric: links, addresses, routes), and
+namespaces, servers and the Services' DNAT. Everything the lab plans and compiles is real. The expected plans in data/lab_plans.json were written by
 the code before the address step moved into enforcer/compiler/frontend.py; regenerate them
 (``python -m tests.unit.test_lab_plans``) only for a change that means to move addresses,
 and say so in its commit.
