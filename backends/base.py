@@ -220,17 +220,17 @@ def family_of(addr: str) -> int:
     return 6 if ":" in addr else 4
 
 
-def tier_chain_rules(fw: PodFirewall, direction: str, tier: str, log: Callable[[ChainRule], list] | None,
+def tier_chain_rules(fw: PodFirewall, direction: str, tier: str, log: Callable[[ChainRule], list],
                      rule: Callable[[ChainRule], list]) -> list:
     """A tier's chain (ir.tier_chain) in a backend's words: ``rule(r)`` renders a tier rule
     as one rule per family / protocol / port slice, ``log(r)`` the log rule before a Deny
-    with the same matches (None: no log rules). A log goes pair by pair before the rule
-    of the same match, so that what is logged is exactly what that rule drops next."""
+    with the same matches. A log goes pair by pair before the rule of the same match, so
+    that what is logged is exactly what that rule drops next."""
     out: list = []
     logs: list = []
     for r in tier_chain(fw, direction, tier):
         if r.kind == "tier log":
-            logs = log(r) if log is not None else []
+            logs = log(r)
             continue
         lines = rule(r)
         out += [x for pair in zip(logs, lines) for x in pair] if logs else lines

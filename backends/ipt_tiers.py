@@ -39,11 +39,10 @@ def jump(r: ir.ChainRule, direction: str) -> tuple[str, ...]:
 
 
 def tier_args(fw: PodFirewall, direction: str, tier: str, family: int,
-              targets: dict[str, tuple[str, ...]] = TARGET, log: bool = True) -> tuple[tuple[str, ...], ...]:
+              targets: dict[str, tuple[str, ...]] = TARGET) -> tuple[tuple[str, ...], ...]:
     """The argument lists of a tier's chain (ir.tier_chain): each tier rule's matches
-    (one per protocol and multiport slice) ending in ``targets[verdict]``. With ``log``,
-    a Deny's log rule comes first (rate-limited NFLOG, its prefix naming the tier rule:
-    base.tier_nflog_prefix); without, it is left out."""
+    (one per protocol and multiport slice) ending in ``targets[verdict]``, a Deny's log
+    rule first (rate-limited NFLOG, its prefix naming the tier rule: base.tier_nflog_prefix)."""
     from backends import ipt_render as I
 
     def log_args(r: ir.ChainRule) -> list[tuple[str, ...]]:
@@ -55,7 +54,7 @@ def tier_args(fw: PodFirewall, direction: str, tier: str, family: int,
     def rule_args(r: ir.ChainRule) -> list[tuple[str, ...]]:
         return I.match_args(fw, r.rule, direction, family, I._comment(r.comment) + targets[r.verdict])
 
-    return tuple(base.tier_chain_rules(fw, direction, tier, log_args if log else None, rule_args))
+    return tuple(base.tier_chain_rules(fw, direction, tier, log_args, rule_args))
 
 
 def chains(fw: PodFirewall, family: int) -> dict[str, tuple[tuple[str, ...], ...]]:
