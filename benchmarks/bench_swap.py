@@ -64,7 +64,10 @@ def measure(elements: int, repeat: int) -> dict:
             if result.note:
                 raise SystemExit(f"{way}: {result.note}")
             installed = new
-        if not text.verify(ns, installed):
+        # A dump of a hash set the kernel is still resizing (its deferred rehash after a
+        # whole table's elements went in, late on a loaded machine) may list an element
+        # twice and miss another: read again before calling it wrong.
+        if not any(text.verify(ns, installed) or time.sleep(0.05) for _ in range(5)):
             raise SystemExit("the table read back is not the one applied last")
     finally:
         text.close()

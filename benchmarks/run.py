@@ -155,6 +155,7 @@ def quick_ratios(compile_runs: list[list[dict]], apply: dict | None, datapath: d
     - apply: a whole nftables table as text through libnftables over as one netlink batch,
     - apply: iptables' cold apply over nftables' (netlink batches), in CPU time (lower better),
     - apply: a rule change replacing a table of 2,000 set elements over one keeping its sets,
+    - apply: that rule swap as text through libnftables over as one netlink batch,
     - datapath: 10,000 peers over 1 peer per layout, sets over rule-per-peer at 1,000.
     """
     out: dict[str, float | None] = {}
@@ -185,6 +186,7 @@ def quick_ratios(compile_runs: list[list[dict]], apply: dict | None, datapath: d
     out[f"apply: iptables cold apply / nftables cold apply, CPU, {QUICK_APPLY_PODS} pods"] = (
         ipt_cold / nft_cold if ipt_cold and nft_cold else None)
     out["apply: nftables rule change, whole table / sets kept, 2000 elements"] = (swap or {}).get("full_over_swap")
+    out["apply: nftables rule swap, text / netlink batch, 2000 elements"] = (swap or {}).get("swap_text_over_netlink")
     ratios = (datapath or {}).get("ratios", {})
     for lay in ("nft-set", "nft-interval", "ipt-set", "ipt-net"):
         r = ratios.get(f"{lay}: 10000 vs 1 peer")

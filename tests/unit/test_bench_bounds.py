@@ -194,3 +194,5 @@ def test_rule_swap_ratio_comes_from_bench_swap():
     name = "apply: nftables rule change, whole table / sets kept, 2000 elements"
     assert quick_ratios([], None, None, {"full_ms_median": 12.0, "swap_ms_median": 1.3, "full_over_swap": 9.23})[name] == 9.23
     assert quick_ratios([], None, None)[name] is None
+    name = "apply: nftables rule swap, text / netlink batch, 2000 elements"
+    assert quick_ratios([], None, None, {"swap_text_over_netlink": 2.7})[name] == 2.7
