@@ -332,8 +332,13 @@ class ApiSource:
         """Apply what the reflectors received to the store: (changes, events applied)."""
         with self._cond:
             queue, self._queue = self._queue, []
+            # Whether this queue holds every kind's list, judged with the queue: a list
+            # that lands after the swap (a reflector thread) makes complete() true while
+            # its items wait for the next poll; dropping the snapshot on that would compile
+            # a view without that kind (no policies: every pod open until the next sync).
+            complete = self.complete()
         changes: dict[ObjKey, object | None] = {}
-        if self._snapshot is not None and not self.complete():
+        if self._snapshot is not None and not complete:
             changes.update(self.store.restore(self._snapshot))
             self.from_snapshot = str(self._snapshot.get("saved") or "")
             self.log.warning("enforcing the last good state", saved=self.from_snapshot,
@@ -350,11 +355,11 @@ class ApiSource:
                     changes.update(self.store.delete(kind, obj))
                 elif etype in ("ADDED", "MODIFIED"):
                     changes.update(self.store.put(kind, obj))
-        if self.from_snapshot is not None and self.complete():
+        if self.from_snapshot is not None and complete:
             self.from_snapshot = None
             self.log.info("api state complete", reason="every kind listed; the snapshot is replaced")
         now = self.clock()
-        if (changes or queue) and self.complete():
+        if (changes or queue) and complete:
             if not self._snapshot_dirty:
                 self._dirty_at = now
             self._snapshot_dirty = True
