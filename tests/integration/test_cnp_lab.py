@@ -1,6 +1,9 @@
 """The ClusterNetworkPolicy conformance scenarios (tests/conformance/cnp/) with real
 packets, on each backend (nftables, iptables through iptables-restore, iptables-legacy through
-python-iptables): one lab per backend with upstream's model (base.yaml); each
+python-iptables): every scenario on nftables, and on one iptables flavour, the two taking
+turns (``SCENARIO_RUNS``; they render the same rules and differ in the loader, which every
+scenario exercises alike; pod mode's tier rules, read back and compared with the rendering,
+on all three: test_installed_rules_are_what_render_says_and_tiers_leave_cleanly). One lab per backend with upstream's model (base.yaml); each
 scenario's steps are applied in order (``lab.apply``, incremental as ``netpol lab apply``)
 and every probe of the step is a real connection from the client pod's namespace to the
 server pod's IP. Denied must be dropped (a timeout, or EPERM when the source's own egress
@@ -49,7 +52,31 @@ def _probe(lab, probes, timeout: float) -> list[str]:
     return wrong
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+IPT = ["iptables", "iptables-legacy"]
+
+
+def checkerboard(cases, pair: list[str]) -> dict[str, str]:
+    """Scenario name -> which of ``pair`` runs it: they alternate within each tier's
+    scenarios (Egress/Gress/Ingress x TCP/UDP/SCTP ...), the Baseline tier starting with
+    the other one. So each gets both directions, every protocol and both tiers, and a
+    protocol in one tier on both between them (plain alternation over the file would give
+    one of them every TCP scenario: the scenarios come as SCTP, TCP, UDP triples)."""
+    turn, seen = {}, {}
+    for c in cases:
+        tier = "Baseline" if c.name.startswith("CNPBaseline") else "Admin"
+        n = seen[tier] = seen.get(tier, -1) + 1
+        turn[c.name] = pair[(n + (tier == "Baseline")) % 2]
+    return turn
+
+
+# Every scenario on nftables and on one iptables flavour (checkerboard). pytest groups the
+# runs by backend, so each backend's lab still comes up once.
+IPT_TURN = checkerboard(CASES, IPT)
+SCENARIO_RUNS = [(b, c) for b in BACKENDS for c in CASES if b in ("nftables", IPT_TURN[c.name])]
+
+
+@pytest.mark.parametrize("lab, case", [pytest.param(b, c, id=f"{b}-{c.name}") for b, c in SCENARIO_RUNS],
+                         indirect=["lab"], scope="module")
 def test_scenario_with_real_packets(lab, case, tmp_path):
     for k, step in enumerate(case.steps):
         f = tmp_path / f"step{k}.yaml"
