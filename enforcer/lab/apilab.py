@@ -183,7 +183,10 @@ def agent_status(st: LabState, node: str) -> dict | None:
 
 
 def wait_agents(st: LabState, timeout: float = AGENT_WAIT) -> None:
-    """Until every agent enforces all the pods bound to its node (its state file says so)."""
+    """Until every agent enforces all the pods bound to its node from the API's objects (its
+    state file says so). The file must be the running agent's own: a restarted agent's
+    file holds its killed predecessor's last word (ok, every pod managed) until its first
+    sync, and that sync may still enforce the predecessor's API snapshot."""
     want = {n["name"]: sum(1 for e in st.endpoints.values() if e.kind == "pod" and e.node == n["name"])
             for n in st.nodes}
     deadline = time.monotonic() + timeout
@@ -197,7 +200,8 @@ def wait_agents(st: LabState, timeout: float = AGENT_WAIT) -> None:
             doc = agent_status(st, n["name"]) or {}
             counts = doc.get("counts") or {}
             sync = doc.get("last_sync") or {}
-            if not (sync.get("ok") and counts.get("managed", 0) >= want[n["name"]]):
+            ours = doc.get("pid") == int(rec["pid"]) and not (doc.get("source") or {}).get("from_snapshot")
+            if not (ours and sync.get("ok") and counts.get("managed", 0) >= want[n["name"]]):
                 late.append(n["name"])
         if not late:
             return
