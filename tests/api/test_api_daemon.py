@@ -20,6 +20,7 @@ import uuid
 
 import pytest
 
+from enforcer.daemon.kube import snapshot_path
 from enforcer.daemon.testing import policy_doc, pod_doc, wait_for
 from tests.api.apinode import NODE, ApiCluster, Prober, start_daemon, tcp_ok
 
@@ -238,7 +239,10 @@ def test_kill9_and_restart_while_the_api_server_is_down_keeps_enforcing(api, run
     d = run()
     api.apply([b_from("a")])
     assert enforced(lab, {("a", "b"): True, ("c", "b"): False})
-    time.sleep(3)  # the snapshot is written half a second after a change, at most every 2 s
+    # The snapshot is written half a second after a change, at most every 2 s: wait for the
+    # one that holds the policy (the restart below must start from it).
+    snap = snapshot_path(d.state_file)
+    assert wait_for(lambda: os.path.exists(snap) and '"b-in"' in open(snap).read(), 10, 0.1) is not None
     pairs = [(lab.ns("a"), IPS["b"], 80, True), (lab.ns("c"), IPS["b"], 80, False)]
     with Prober(pairs) as probe:
         cp.stop_apiserver()
