@@ -507,6 +507,8 @@ class NftablesBackend:
                 d = delta(previous, fw)  # type: ignore[arg-type]
             except (BackendError, ValueError) as e:
                 raise self._refused(fw, netns, e) from e
+            if not d.changes:
+                return ApplyResult("none")  # (no transaction: the daemon counts ours by the generation)
             try:
                 self._get_runner().change_elements(netns, d)
                 return ApplyResult("delta", d.added, d.removed)
@@ -515,6 +517,8 @@ class NftablesBackend:
                 # update): replace the whole table instead, still atomically.
                 note = f"delta refused, replaced the table: {first_line(str(e))}"
         elif previous is not None and (swap := nft_swap.rules_transaction(previous, fw)) is not None:
+            if not swap.blocks and not swap.delta.changes:  # nothing the kernel holds differs
+                return ApplyResult("none")
             try:  # rules changed, sets kept: their elements are not sent again
                 how = self._get_runner().swap(netns, swap)
                 return ApplyResult("full", swap.added, swap.removed, how)

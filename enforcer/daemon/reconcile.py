@@ -117,6 +117,7 @@ class Reconciler:
         # last clean read-back (None: no such counter, always read back).
         self.generation = generation
         self._clean_gen: dict[str, int] = {}
+        self._ours: dict[str, int] = {}  # our transactions in a namespace since its clean read
         # Called after every namespace applied or read back: a long sync (thousands of
         # namespaces) keeps systemd's watchdog fed while it makes progress.
         self.progress: Callable[[], None] = lambda: None
@@ -140,7 +141,7 @@ class Reconciler:
         for ns, m in list(self.managed.items()):
             if owner.get(ns) != m.pod or self.inode(ns) != m.inode:
                 del self.managed[ns]
-                self._clean_gen.pop(ns, None)
+                self._forget_clean(ns)
                 out.gone_ips.update(m.fw.ips)
                 (out.released if self.exists(ns) else out.vanished).append(ns)
         for ns in list(self.failures):
@@ -208,15 +209,21 @@ class Reconciler:
             if ns in self.failures:
                 continue  # converge retries it on its own backoff, with a read-back
             gen = self.generation(ns) if self.generation is not None else None
-            if gen is not None and self._clean_gen.get(ns) == gen:
-                continue  # no transaction in this namespace since it was last found right
+            clean = self._clean_gen.get(ns)
+            if gen is not None and clean is not None and gen == (clean + self._ours.get(ns, 0)) & 0xFFFFFFFF:
+                # No transaction in this namespace since it was last found right but our
+                # own applies (each exactly what we sent): after a policy change the round
+                # need not list every table again (110 tables through libnftables take
+                # 0.1-0.5 s, and a change arriving meanwhile waits for them).
+                continue
             stage = "read"
             try:
                 if self.backend.verify(ns, m.fw):
                     if gen is not None:
                         self._clean_gen[ns] = gen
+                        self._ours.pop(ns, None)
                     continue
-                self._clean_gen.pop(ns, None)
+                self._forget_clean(ns)
                 stage = "restore"
                 if self.per_node:
                     restores.append((ns, m))  # all of them in one transaction, below
@@ -360,12 +367,8 @@ class Reconciler:
                                          "(someone else holds or changes the table)")
             else:
                 kind = self._apply(ns, fw, m.fw, pre).kind
-                if kind != "none" and pre is None and self.generation is not None:
-                    gen = self.generation(ns)  # (see _record: our own transaction, nobody else's)
-                    managed = Managed(key, fw, ino, fw if standin else None)
-                    return ("ok", "deny-only" if standin else kind, managed, before, gen)
             managed = Managed(key, fw, ino, fw if standin else None)
-            return ("ok", "deny-only" if standin else kind, managed, before, None)
+            return ("ok", "deny-only" if standin else kind, managed, before)
         except NetnsError as e:
             if not self.exists(ns):
                 return ("gone",)
@@ -396,16 +399,16 @@ class Reconciler:
                 out.gone_ips.update(m.fw.ips)
             return
         if tag == "ok":
-            _, kind, managed, before, gen = result
-            # A transaction of ours on a namespace last found right, and nobody else's since
-            # (its generation moved by exactly one): what it holds now is what we sent, so
-            # drift repair need not read it back (a read-back of 110 tables through
-            # libnftables is ~0.1-0.5 s, and a change arriving meanwhile waits for it).
-            clean = self._clean_gen.pop(ns, None)
-            if gen is not None and clean is not None and gen == (clean + 1) & 0xFFFFFFFF and managed.wanted is None:
-                self._clean_gen[ns] = gen
-            elif clean is not None and kind == "none":
-                self._clean_gen[ns] = clean
+            _, kind, managed, before = result
+            # Every successful "full" or "delta" apply of a known namespace is exactly one
+            # transaction (a refused batch commits nothing, its fallback is the one; nothing
+            # to change is "none"): counted, so drift repair can tell our own transactions
+            # from anyone else's by the generation. (Host mode: one transaction per node for
+            # many pods; not counted, read back.)
+            if kind in ("full", "delta") and before is not None and ns in self._clean_gen and not self.per_node:
+                self._ours[ns] = self._ours.get(ns, 0) + 1
+            elif kind not in ("none", "adopted"):
+                self._forget_clean(ns)
             self.managed[ns] = managed
             if managed.wanted is None:
                 self.failures.pop(ns, None)
@@ -413,6 +416,7 @@ class Reconciler:
             if kind not in ("adopted", "none") and not (kind == "verified" and before == managed.fw):
                 out.changed[ns] = (before, managed.fw)
             return
+        self._forget_clean(ns)  # failed or stood in: a read-back decides again
         if tag == "standin":
             _, managed, err, before = result
             self.managed[ns] = managed
@@ -422,6 +426,10 @@ class Reconciler:
             return
         _, pod, err = result
         self._fail(out, pod, ns, err)
+
+    def _forget_clean(self, ns: str) -> None:
+        self._clean_gen.pop(ns, None)
+        self._ours.pop(ns, None)
 
     def _fail(self, out: Outcome, pod: str, ns: str, message: str) -> None:
         prev = self.failures.get(ns)

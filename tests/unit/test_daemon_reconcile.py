@@ -350,13 +350,15 @@ def test_our_own_transaction_on_a_clean_namespace_needs_no_read_back():
     assert verified == ["ns-b"]
     verified.clear()
     changed = comp.sync(cluster([allow_from("c")]))
-    real_gen = gens.get
-    r.generation = lambda ns: real_gen(ns) + 1 if ns == "ns-b" else real_gen(ns)  # and after ours
     r.converge(LOCAL, comp.firewall, changed)
-    r.generation = real_gen
-    gens["ns-b"] += 1
+    gens["ns-b"] += 1  # someone else's after ours
     r.repair()
     assert verified == ["ns-b"]
+    verified.clear()
+    for peer in "acac":  # several of ours in a row
+        r.converge(LOCAL, comp.firewall, comp.sync(cluster([allow_from(peer)])))
+    r.repair()
+    assert verified == []
 
 
 def test_failed_repair_stays_failed_until_a_read_back_shows_our_rules():
