@@ -2,6 +2,7 @@
 ``ipset save``, whether exactly a rendered Ruleset is installed, and rule counters."""
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 
@@ -30,6 +31,23 @@ class FamilyState:
 _OWN = frozenset(OWN_CHAINS)
 
 
+# A save line whose words are plain or "quoted" whole, apart from each other (no
+# backslash, no quote inside a word): what iptables-save writes for all our rules but
+# comments holding " or \.
+_WORD = r'"[^"\\\']*"|[^\s"\\\']+'
+_PLAIN_LINE = re.compile(rf"\s*(?:(?:{_WORD})(?:\s+(?:{_WORD}))*)?\s*")
+_PLAIN_WORD = re.compile(r'"([^"\\\']*)"|([^\s"\\\']+)')
+
+
+def split_words(line: str) -> list[str]:
+    """``shlex.split`` of a save line, ~20x faster for the plain lines that are nearly all
+    of them (a read-back of a pod's two families spent ~8 ms of CPU in shlex); the rest
+    still go through shlex."""
+    if _PLAIN_LINE.fullmatch(line):
+        return [q if w == "" else w for q, w in _PLAIN_WORD.findall(line)]
+    return shlex.split(line)
+
+
 def parse_save(text: str, own=_OWN.__contains__, hooks: tuple[str, ...] = tuple(HOOKS.values())) -> FamilyState:
     """Our chains (``own(chain)``: pod mode's by default; host mode passes its own) with
     their rules and counters, and the jumps to them from ``hooks``, with their positions."""
@@ -56,7 +74,7 @@ def parse_save(text: str, own=_OWN.__contains__, hooks: tuple[str, ...] = tuple(
         if len(head) < 2 or head[0] != "-A" or not (own(head[1]) or head[1] in hooks):
             continue  # not ours: not worth shlex (a node lists thousands of rules)
         try:
-            tokens = shlex.split(line)
+            tokens = split_words(line)
         except ValueError:
             continue
         if len(tokens) < 2 or tokens[0] != "-A":
