@@ -8,9 +8,13 @@ Run as root (creates namespaces ``npt-bench-<pid>-NNN`` and removes them at the 
 
     .venv/bin/python benchmarks/bench_apply.py [--pods 110] [--policies 20]
         [--backends nftables-libnft,nftables-netlink,nftables-cli,iptables,iptables-legacy] [--repeat 5]
+        [--out FILE]
 
-Prints one JSON document. Not a test: numbers swing on a shared 2-core machine, so every
-delta is repeated and the median reported.
+Prints one JSON document (and writes it to FILE). Not a test: numbers swing on a shared
+2-core machine, so every delta is repeated and the median reported, and every step's CPU
+time (the process and the tools it ran) is recorded beside its wall clock. The cold apply
+goes into namespaces that no backend has touched yet (iptables then skips reading them);
+the ``cold_sequential`` one comes after a removal.
 """
 from __future__ import annotations
 
@@ -182,6 +186,8 @@ def main() -> int:
     ap.add_argument("--policies", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--backends", default="nftables-libnft,nftables-cli,iptables,iptables-legacy")
+    ap.add_argument("--out", help="also write the JSON here (benchmarks/results/apply-cold.json: "
+                    "--pods 110 --backends nftables-netlink,nftables-libnft,iptables,iptables-legacy)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_apply: needs root (creates network namespaces)", file=sys.stderr)
@@ -192,6 +198,7 @@ def main() -> int:
     render_ms = timed(lambda: [nft.full_transaction(fw) for fw in before])
     fw0 = before[0]
     out = {"pods": args.pods, "policies_per_pod": args.policies,
+           "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "loadavg_1m": os.getloadavg()[0],
            "sets_per_pod": len(fw0.sets) * 2,
            "nft_rules_per_pod": nft.render(fw0).count("counter "),
            "nft_render_total_ms": round(render_ms, 1), "results": []}
@@ -205,7 +212,11 @@ def main() -> int:
     finally:
         for n in names:
             netns.remove(n)
+    out["loadavg_1m_end"] = os.getloadavg()[0]
     print(json.dumps(out, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(json.dumps(out, indent=2) + "\n")
     return 0
 
 
