@@ -336,9 +336,12 @@ def test_our_own_transaction_on_a_clean_namespace_needs_no_read_back():
     w.backend.verify = lambda ns, fw: (verified.append(ns), real_verify(ns, fw))[1]
     r = w.reconciler(generation=gens.get)
     comp = Compiler(cluster([allow_from("a")]), node_ips=NODE)
+    w.backend.installed["ns-a"] = comp.firewall("x/a")  # adopted at its generation
+    gens["ns-c"] += 5  # ns-c: someone else's transactions, but before our first contact
     r.converge(LOCAL, comp.firewall)
-    r.repair()  # the first round reads everything back (nothing known clean yet)
     verified.clear()
+    r.repair()  # first contact read the generations: no read-back needed
+    assert verified == []
     changed = comp.sync(cluster([allow_from("c")]))
     assert r.converge(LOCAL, comp.firewall, changed).applied == {"ns-b": "delta"}
     r.repair()
@@ -359,6 +362,27 @@ def test_our_own_transaction_on_a_clean_namespace_needs_no_read_back():
         r.converge(LOCAL, comp.firewall, comp.sync(cluster([allow_from(peer)])))
     r.repair()
     assert verified == []
+
+
+def test_first_contact_with_someone_elses_transaction_beside_ours_is_read_back():
+    w = World()
+    gens = {"ns-a": 5, "ns-b": 7, "ns-c": 9}
+    real_apply = w.backend.apply
+
+    def apply(ns, fw, previous=None):  # ours, and someone else's right after it in ns-b
+        result = real_apply(ns, fw, previous)
+        gens[ns] += 2 if ns == "ns-b" else 1
+        return result
+
+    w.backend.apply = apply
+    verified = []
+    real_verify = w.backend.verify
+    w.backend.verify = lambda ns, fw: (verified.append(ns), real_verify(ns, fw))[1]
+    r = w.reconciler(generation=gens.get)
+    r.converge(LOCAL, Compiler(cluster([allow_from("a")]), node_ips=NODE).firewall)
+    verified.clear()
+    r.repair()
+    assert verified == ["ns-b"]
 
 
 def test_failed_repair_stays_failed_until_a_read_back_shows_our_rules():
