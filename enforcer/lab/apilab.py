@@ -195,20 +195,49 @@ def wait_agents(st: LabState, timeout: float = AGENT_WAIT) -> None:
         for n in st.nodes:
             rec = st.api["agents"].get(n["name"]) or {}
             if not _alive(rec):
-                raise LabError(f"lab {st.name}: the agent of {n['name']} exited; its log: "
-                               f"{os.path.join(agent_dir(st.name), n['name'] + '.log')}")
-            doc = agent_status(st, n["name"]) or {}
-            counts = doc.get("counts") or {}
-            sync = doc.get("last_sync") or {}
-            ours = doc.get("pid") == int(rec["pid"]) and not (doc.get("source") or {}).get("from_snapshot")
-            if not (ours and sync.get("ok") and counts.get("managed", 0) >= want[n["name"]]):
-                late.append(n["name"])
+                log = os.path.join(agent_dir(st.name), n["name"] + ".log")
+                raise LabError(f"lab {st.name}: the agent of {n['name']} exited ({last_line(log)}); "
+                               f"its log: {log}")
+            why = _late(st, n["name"], int(rec["pid"]), want[n["name"]])
+            if why:
+                late.append(f"{n['name']} ({why})")
         if not late:
             return
         if time.monotonic() > deadline:
             raise LabError(f"lab {st.name}: the agents of {', '.join(late)} did not enforce their "
                            f"pods within {timeout:.0f}s (logs in {agent_dir(st.name)})")
         time.sleep(0.05)
+
+
+def _late(st: LabState, node: str, pid: int, want: int) -> str:
+    """Why agent ``pid`` of ``node`` does not enforce its ``want`` pods yet ("" if it does)."""
+    doc = agent_status(st, node) or {}
+    if doc.get("pid") != pid:
+        return "still starting: " + last_line(os.path.join(agent_dir(st.name), node + ".log"))
+    if (doc.get("source") or {}).get("from_snapshot"):
+        return "enforcing its snapshot: the API server has not answered it"
+    sync = doc.get("last_sync") or {}
+    if not sync.get("ok"):
+        return f"its last sync failed: {sync.get('error')}"
+    managed = (doc.get("counts") or {}).get("managed", 0)
+    if managed < want:
+        errors = doc.get("apply_errors") or []
+        first = f"; {errors[0].get('pod')}: {errors[0].get('message')}" if errors else ""
+        return f"{managed} of {want} pods{first}"
+    return ""
+
+
+def last_line(path: str, limit: int = 300) -> str:
+    """The last line of an agent's log (a crash's exception, or its last JSON record): the
+    error says why without the file, which ``lab down`` removes with the lab."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 4096))
+            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError as e:
+        return f"log unreadable: {e.strerror}"
+    text = lines[-1] if lines else "its log is empty"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def restart_agent(lab: str, node: str) -> int:

@@ -227,9 +227,20 @@ def test_agent_killed_mid_case_keeps_its_pods_rules_and_others_go_on(api_lab):
         time.sleep(1.0)  # and it stays so: nothing else touches the dead agent's pods
         assert _pairs(lab, set(want)) == want
     finally:
+        # Returns once the new agent's own state file says it enforces its node's pods from
+        # the API (a broken agent is a LabError naming its log's last line).
         lab.restart_agent(victim)
     opened = {("y/a", "x/a"): True, ("y/a", "x/b"): True, ("y/a", "x/c"): True}
-    assert _wait_pairs(lab, opened) == opened
+    got = _wait_pairs(lab, opened)
+    assert got == opened, f"{got}; the restarted agent of {victim} says: {_agent_pods(lab, victim)}"
+
+
+def _agent_pods(lab, node: str) -> list[str]:
+    from enforcer.lab import apilab
+
+    doc = apilab.agent_status(lab_state.load(lab.name), node) or {}
+    return [f"pid {doc.get('pid')}"] + [f"{p['pod']}: {p['state']}, ingress {p['ingress']}"
+                                        for p in doc.get("pods") or ()]
 
 
 def _list() -> list[dict]:

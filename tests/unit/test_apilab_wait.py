@@ -27,9 +27,9 @@ def lab(tmp_path, monkeypatch):
     return st
 
 
-def write_status(st, *, pid, managed=2, ok=True, from_snapshot=None):
-    doc = {"pid": pid, "last_sync": {"ok": ok}, "counts": {"managed": managed},
-           "source": {"type": "api", "from_snapshot": from_snapshot}}
+def write_status(st, *, pid, managed=2, ok=True, error=None, from_snapshot=None, apply_errors=()):
+    doc = {"pid": pid, "last_sync": {"ok": ok, "error": error}, "counts": {"managed": managed},
+           "source": {"type": "api", "from_snapshot": from_snapshot}, "apply_errors": list(apply_errors)}
     with open(os.path.join(apilab.agent_dir(st.name), "node1.json"), "w") as f:
         json.dump(doc, f)
 
@@ -39,13 +39,25 @@ def test_the_running_agents_own_file_saying_every_pod_is_enforced_ends_the_wait(
     apilab.wait_agents(lab, timeout=0)
 
 
-@pytest.mark.parametrize("status", [
-    dict(pid=1),  # a killed predecessor's last word: ok, every pod managed
-    dict(pid=os.getpid(), from_snapshot="2026-12-06T12:00:00Z"),  # the API has not answered yet
-    dict(pid=os.getpid(), managed=1),
-    dict(pid=os.getpid(), ok=False),
+@pytest.mark.parametrize("status,why", [
+    # a killed predecessor's last word (ok, every pod managed); the new one's log says where it is
+    (dict(pid=1), r"node1 \(still starting: importing\)"),
+    (dict(pid=os.getpid(), from_snapshot="2026-12-06T12:00:00Z"), r"node1 \(enforcing its snapshot"),
+    (dict(pid=os.getpid(), managed=1, apply_errors=[{"pod": "x/b", "message": "refused"}]),
+     r"node1 \(1 of 2 pods; x/b: refused\)"),
+    (dict(pid=os.getpid(), ok=False, error="boom"), r"node1 \(its last sync failed: boom\)"),
 ], ids=["predecessors-file", "snapshot", "a-pod-short", "sync-failed"])
-def test_the_wait_goes_on_until_then(lab, status):
+def test_the_wait_goes_on_until_then_and_says_why(lab, status, why):
     write_status(lab, **status)
-    with pytest.raises(LabError, match="the agents of node1 did not enforce their pods"):
+    with open(os.path.join(apilab.agent_dir(lab.name), "node1.log"), "w") as f:
+        f.write('{"msg": "started"}\n\nimporting\n\n')
+    with pytest.raises(LabError, match=f"the agents of {why}.* did not enforce their pods within 0s"):
+        apilab.wait_agents(lab, timeout=0)
+
+
+def test_an_agent_that_exited_is_named_with_the_last_line_of_its_log(lab):
+    lab.api["agents"]["node1"] = {"pid": os.getpid(), "start": "not this process's start"}
+    with open(os.path.join(apilab.agent_dir(lab.name), "node1.log"), "w") as f:
+        f.write("Traceback (most recent call last):\n  ...\nImportError: half-edited\n")
+    with pytest.raises(LabError, match=r"the agent of node1 exited \(ImportError: half-edited\); its log: "):
         apilab.wait_agents(lab, timeout=0)
