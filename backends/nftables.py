@@ -27,10 +27,10 @@ Applying (see ``apply``):
   ``delete`` succeed). By default sent as one raw netlink batch encoded from the rendered
   blocks (backends/nft_netlink.py: the same messages nft would send, without its parser),
   the text through libnftables being the fallback (backends/nft_runners.py);
-- delta: ``delete element`` / ``add element`` in one transaction. For hash sets (pod
-  addresses, address . protocol . port) as a raw NEWSETELEM/DELSETELEM netlink batch
-  (``libnft.ElementSocket``), ~20x cheaper than libnftables; for interval sets by default
-  as one netlink batch too (backends/nft_swap.py ``encode_elements``). A refused delta
+- delta: ``delete element`` / ``add element`` in one transaction, by default as one raw
+  DELSETELEM/NEWSETELEM netlink batch (backends/nft_swap.py ``encode_elements``, through
+  the namespace's table socket), ~20x cheaper than libnftables; with ``method="libnft"``
+  hash sets through ``libnft.ElementSocket`` and interval sets as text. A refused delta
   (the kernel's sets are not what ``previous`` says) becomes a full replace;
 - rules (backends/nft_swap.py): the rules changed but the sets are the same ones (elements
   may differ): the changed chains flushed and written again, element deltas, sets kept,
