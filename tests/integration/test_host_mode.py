@@ -1,14 +1,16 @@
 """Host mode with real packets (issue 13): the pods' chains in the node's table (nftables;
 the iptables flavours at the end of the module).
 
-- the upstream e2e conformance cases, probed through a lab switched to host mode;
+- the upstream e2e conformance cases, probed through a lab switched to host mode, every
+  case once: the three backends take turns (``HOST_TURNS``; pod mode runs every case on
+  nftables and iptables, tests/integration/test_conformance_lab.py);
 - the bypass test: a pod with CAP_NET_ADMIN flushes its own namespace (``nft flush
   ruleset``, ``iptables -F``): in host mode every denied connection stays denied; in pod
   mode the flush opens the pod (what the daemon's repair is for);
 - switching a lab between pod and host mode leaves no rules of ours in the old place;
 - a pod talking to itself and two pods of one node behave as Kubernetes says.
 
-The conformance module shares one lab, made in pod mode and moved to host mode with
+The nftables share of the cases uses one lab, made in pod mode and moved to host mode with
 ``lab apply --enforce-at host`` (so the switch is exercised on a whole lab too).
 """
 from __future__ import annotations
@@ -18,11 +20,22 @@ import pytest
 from enforcer import netns
 from enforcer.lab import control, hostmode
 from tests.conformance.cases import load_cases
-from tests.integration.test_conformance_lab import CONFIRM_TIMEOUT, FAST_TIMEOUT, NO_SCTP, _check_step
+from tests.integration.test_conformance_lab import CONFIRM_TIMEOUT, FAST_TIMEOUT, _check_step
 
 pytestmark = pytest.mark.root
 
 CASES = load_cases()
+# Host mode renders one node table per backend from the same IR chain; what differs is the
+# backend's rendering and loader, which every case exercises alike. So each probeable case
+# runs once in host mode, the backends taking turns in file order (nftables the 1st, 4th,
+# ... case; iptables the 2nd, 5th, ...; iptables-legacy the 3rd, 6th, ...): every kind of
+# case reaches every backend, in a third of the time of all cases on each.
+HOST_TURNS = ["nftables", "iptables", "iptables-legacy"]
+PROBEABLE = [c for c in CASES if c.probeable]  # SCTP-only cases: the model runner checks them
+
+
+def host_turn(backend: str) -> list:
+    return PROBEABLE[HOST_TURNS.index(backend)::len(HOST_TURNS)]
 
 
 def _tables(ns: str) -> str:
@@ -39,10 +52,8 @@ def lab(netpol_lab_module):
     return lab
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", host_turn("nftables"), ids=[c.id for c in host_turn("nftables")])
 def test_host_mode_matches_upstream_expectation(lab, case, tmp_path):
-    if not case.probeable:
-        pytest.skip(f"{case.id}: every check probes SCTP. {NO_SCTP}")
     for index, step in enumerate(case.steps):
         lab.apply([str(step.write(tmp_path, f"step{index + 1}"))])
         if not any(c.probeable for c in step.checks):
@@ -226,19 +237,26 @@ def test_several_nodes_each_table_holds_only_its_own_pods(netpol_lab, tmp_path):
 
 
 def _cnp_scenarios_in_host_mode(netpol_lab, tmp_path, backend: str):
-    """Every ClusterNetworkPolicy scenario in turn through one host-mode lab of ``backend``:
-    real packets for each step's probes, and each pod's rules on its node verified against
+    """``backend``'s share of the ClusterNetworkPolicy scenarios, in turn, through one
+    host-mode lab: nftables and iptables take turns (test_cnp_lab.checkerboard: each gets
+    both tiers, both directions and every protocol; every scenario runs in host mode once
+    and in pod mode on nftables and one iptables flavour, tests/integration/test_cnp_lab.py).
+    Real packets for each step's probes, and each pod's rules on its node verified against
     the rendering after each scenario. Returns the lab."""
     import yaml
 
     from tests.conformance.cnp.cases import BASE
     from tests.conformance.cnp.cases import load_cases as load_cnp_cases
-    from tests.integration.test_cnp_lab import _probe
+    from tests.integration.test_cnp_lab import _probe, checkerboard
 
     lab = netpol_lab(yaml.safe_load(BASE.read_text())["items"], backend)
     control.apply(lab.name, lab.cluster, enforce_at="host")
     problems = []
-    for case in load_cnp_cases():
+    cases = load_cnp_cases()
+    turn = checkerboard(cases, ["nftables", "iptables"])
+    mine = [c for c in cases if turn[c.name] == backend]
+    assert len(mine) >= 8
+    for case in mine:
         for k, step in enumerate(case.steps):
             f = tmp_path / f"{case.name}-{k}.yaml"
             f.write_text(step.manifests_text())
@@ -259,7 +277,8 @@ def _cnp_scenarios_in_host_mode(netpol_lab, tmp_path, backend: str):
 
 def test_cluster_network_policy_scenarios_in_host_mode(netpol_lab, tmp_path):
     """The ClusterNetworkPolicy conformance scenarios (tests/conformance/cnp/) with real
-    packets in nftables host mode: one lab, every scenario in turn. The tiers are chains of
+    packets in nftables host mode: one lab, its share of the scenarios in turn (iptables
+    host mode has the others). The tiers are chains of
     the pod in the node's table (backends/nft_host.py): an Admin Accept ends only that pod's
     direction, a Deny drops. After every scenario each pod's rules on the node are exactly
     its rendering, and once the ClusterNetworkPolicies are gone no tier chain is left."""
@@ -275,8 +294,8 @@ def test_cluster_network_policy_scenarios_in_host_mode(netpol_lab, tmp_path):
 
 
 # --------------------------------------------------------------------------------------
-# iptables host mode (backends/ipt_host.py): both flavours. The conformance cases run in
-# one test per flavour (one lab each, every case in turn) to keep the suite's time modest.
+# iptables host mode (backends/ipt_host.py): both flavours. Each flavour's turn of the
+# conformance cases (HOST_TURNS) runs in one test (one lab each, its cases in turn).
 
 IPT = ["iptables", "iptables-legacy"]
 SAVE = {"iptables": "iptables-save", "iptables-legacy": "iptables-legacy-save"}
@@ -302,16 +321,16 @@ def _flush_all(st, key: str) -> None:
 
 @pytest.mark.parametrize("backend", IPT)
 def test_iptables_host_mode_matches_upstream_cases_taking_turns(netpol_lab, tmp_path, backend):
-    """The two flavours render the same node rules (ipt_host_render) and differ only in the
-    tool that loads them, so they take turns: iptables gets the 1st, 3rd... probeable case,
-    iptables-legacy the 2nd, 4th... (each case on one flavour; together every case, in
-    half the time). Pod mode runs every case on both (test_conformance_lab.py)."""
+    """Each flavour's turn of the probeable cases (HOST_TURNS: with nftables, every case
+    once in host mode). The two flavours render the same node rules (ipt_host_render) and
+    differ only in the tool that loads them. Pod mode runs every case on nftables and iptables
+    (test_conformance_lab.py)."""
     base = [o for o in CASES[0].steps[0].objects if o["kind"] != "NetworkPolicy"]
     lab = netpol_lab(base, backend)
     control.apply(lab.name, lab.cluster, enforce_at="host")
     st = control.cluster_state(lab.name)
     problems = []
-    mine = [c for c in CASES if c.probeable][IPT.index(backend)::len(IPT)]
+    mine = host_turn(backend)
     assert len(mine) >= 10
     for case in mine:
         for index, step in enumerate(case.steps):
@@ -416,8 +435,9 @@ spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}
 
 
 def test_iptables_host_mode_cluster_network_policy_scenarios(netpol_lab, tmp_path):
-    """The ClusterNetworkPolicy conformance scenarios (tests/conformance/cnp/), once, in
-    iptables host mode (backends/ipt_host_tiers.py): one lab, every scenario in turn; the
+    """The ClusterNetworkPolicy conformance scenarios (tests/conformance/cnp/) in iptables
+    host mode (backends/ipt_host_tiers.py): one lab, its share of the scenarios in turn
+    (nftables host mode has the others); the
     kernel's rules are exactly the rendering after the tiered steps and after they go."""
     from backends import ipt_host
     from tests.conformance.cnp.cases import BASE
