@@ -24,8 +24,11 @@ demo: setup
 k8s: setup
 	@./scripts/build-k8s.sh
 
+# Two pytest runs at once: tests/integration beside tests/unit + tests/api (the API tests
+# mostly wait on a real API server), see tests/parallel.py. NETPOL_TEST_SERIAL=1 make test
+# runs one pytest over everything.
 test: setup $(if $(shell command -v go 2>/dev/null),k8s)
-	$(VENV)/bin/pytest -q tests
+	$(PY) -m tests.parallel -q
 
 test-unit: setup
 	$(VENV)/bin/pytest -q tests/unit
