@@ -581,7 +581,9 @@ def behind_section(res: dict) -> str:
     leg110 = cold_run(res, "iptables-legacy")
     if ipt110 and nft110:
         slow = ipt110["cold_many_total_ms"] / nft110["cold_many_total_ms"]
-        items.append(f"**iptables is slower to apply: x{slow:.0f} cold, more on deltas.** 110 pods cold: "
+        src = cold_words(res, "iptables").lstrip("; ")
+        items.append(f"**iptables is slower to apply: x{slow:.0f} cold, more on deltas.** 110 pods cold"
+                     f"{' (' + src + ' for iptables-nft)' if src else ''}: "
                      f"{ms(ipt110['cold_many_total_ms'])} (iptables-nft) and "
                      f"{ms(leg110['cold_many_total_ms']) if leg110 else 'n/a'} (legacy) against "
                      f"{ms(nft110['cold_many_total_ms'])} (nftables); a one-peer delta "
@@ -619,7 +621,11 @@ def behind_section(res: dict) -> str:
                      "keeps 10,000 ipBlocks at full speed, see Datapath), ~3% the per-CPU counters "
                      "(`lab stats` reads every rule's). Port lists are a rule per port since issue 15: the "
                      "kernel named each anonymous set by scanning every set of its table, and the "
-                     "20 of them a table cost ~17% of its CPU.")
+                     "20 of them a table cost ~17% of its CPU. Run in alternation with the code before "
+                     "that change (and before IPv6 elements were written without ipaddress), at the "
+                     "same loads: the floor's CPU ~20% lower, apply_many's ~20% lower. Compare within "
+                     "a run: at load 4-10 CPU times grow too (the cores' caches are shared), and this "
+                     "page's older rows were measured at load ~1-2.")
     elif nft110 and nft110.get("cold_many_total_ms", 0) > 300:
         items.append(f"**The nftables cold-apply target was missed in this run** "
                      f"({ms(nft110['cold_many_total_ms'])} for 110 pods, target 300 ms). A profile puts "
