@@ -147,37 +147,33 @@ class NetlinkRunner(LibnftRunner):
         self._tables = nsmod.Handles(nft_netlink.TableSocket)
 
     def full(self, netns: str, fw: PodFirewall) -> str:
-        try:
-            msgs = self._nl.encode_table(TABLE, _nft().table_comment(fw), _nft().table_blocks(fw))
-        except self._nl.Unsupported:
-            return super().full(netns, fw)
-        sock = self._tables.get(netns)
-        with sock.lock:
-            try:
-                sock.commit(msgs)
-                return ""
-            except self._nl.Refused as e:
-                refused = str(e)
-        try:
-            super().full(netns, fw)
-        except _Refused as e:
-            raise _Refused(f"{e}\n(as one netlink batch: {refused})") from e
-        return f"netlink batch refused, applied as text: {refused.strip().splitlines()[0]}"
+        return self._batch_or_text(
+            netns, lambda: self._nl.encode_table(TABLE, _nft().table_comment(fw), _nft().table_blocks(fw)),
+            lambda: super(NetlinkRunner, self).full(netns, fw))
 
     def swap(self, netns: str, swap) -> str:
         from backends import nft_swap
 
+        return self._batch_or_text(
+            netns, lambda: nft_swap.encode_swap(swap.table, swap.comment, swap.blocks, swap.delta.changes, swap.set_types),
+            lambda: super(NetlinkRunner, self).swap(netns, swap))
+
+    def _batch_or_text(self, netns: str, encode, as_text) -> str:
+        """One transaction as a netlink batch; as text through libnftables when the encoder
+        does not know a word, or when the kernel refuses the batch (a refused batch changed
+        nothing, so the same transaction goes again as text and its refusal, if any, names
+        both). Returns a note when it went as text after a refusal ("" otherwise)."""
         try:
-            msgs = nft_swap.encode_swap(swap.table, swap.comment, swap.blocks, swap.delta.changes, swap.set_types)
+            msgs = encode()
         except self._nl.Unsupported:
-            return super().swap(netns, swap)
+            return as_text()
         try:
             self._commit(netns, msgs)
             return ""
         except self._nl.Refused as e:
             refused = str(e)
-        try:  # (a refused batch changed nothing: the same transaction as text)
-            super().swap(netns, swap)
+        try:
+            as_text()
         except _Refused as e:
             raise _Refused(f"{e}\n(as one netlink batch: {refused})") from e
         return f"netlink batch refused, applied as text: {refused.strip().splitlines()[0]}"
