@@ -15,59 +15,24 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import pathlib
-from dataclasses import dataclass
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from backends import nft_netlink, nft_runners, nftables as nft
-from backends.nftables import NftablesBackend
 from enforcer import netns
-from enforcer.errors import ApplyError, InputError
-from enforcer.compiler.frontend import prepare
+from enforcer.errors import ApplyError
+from tests.integration import nft_pair
+from tests.integration.nft_pair import Pair, firewalls_of, listing, netlink_backend  # noqa: F401 (a fixture)
 from enforcer.ir import (TABLE, AddrPortSet, AddrSet, AllowRule, DirectionPolicy, PodFirewall,
                          PortMatch, Provenance, TierRule)
 
 pytestmark = pytest.mark.root
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 PREFIX = f"npt-nl{os.getpid()}"
-TEXT, NL = f"{PREFIX}-text", f"{PREFIX}-nl"
-
-
-@dataclass(repr=False)  # (hypothesis prints the arguments of a failing example)
-class Pair:
-    text: NftablesBackend  # libnftables, text: the reference
-    sock: nft_netlink.TableSocket  # opened in NL
-    seen: set
-
-
-@pytest.fixture(scope="module")
-def pair():
-    made = []
-    text = NftablesBackend("libnft")
-    sock = None
-    try:
-        for n in (TEXT, NL):
-            netns.create(n)
-            made.append(n)
-        text.check()
-        with netns.entered(NL):
-            sock = nft_netlink.TableSocket()
-        yield Pair(text, sock, set())
-    finally:
-        if sock is not None:
-            sock.close()
-        text.close()
-        for n in made:
-            netns.remove(n)
-    assert not netns.list_names(PREFIX)
-
-
-def listing(ns: str, *args: str) -> str:
-    return netns.run(ns, ["nft", *args, "list", "table", "inet", TABLE]).stdout
+TEXT, NL = nft_pair.names(PREFIX)
+pair = nft_pair.fixture(PREFIX)
 
 
 def same_both_ways(pair: Pair, fw: PodFirewall) -> bool:
@@ -79,35 +44,17 @@ def same_both_ways(pair: Pair, fw: PodFirewall) -> bool:
     pair.text.apply(TEXT, fw)
     msgs = nft_netlink.encode_table(TABLE, nft.table_comment(fw), nft.table_blocks(fw))  # never Unsupported
     pair.sock.commit(msgs)
-    for args in ((), ("-j",)):
-        want, got = listing(TEXT, *args), listing(NL, *args)
-        assert got == want, f"{fw.pod}: nft {' '.join(args)} list table differs\n{rendered}"
+    pair.compare(f"{fw.pod}\n{rendered}")
     assert pair.text.verify(NL, fw)
     return True
-
-
-def firewalls_of(*paths) -> list[PodFirewall]:
-    fws = prepare([str(p) for p in paths]).firewalls
-    return [fws[k] for k in sorted(fws)]
 
 
 # ---------------------------------------------------------------------------------------
 # what the renderer emits for real clusters
 
-EXAMPLES = ([[ROOT / "examples" / "three-tier"], [ROOT / "examples" / "shop"],
-             [ROOT / "tests" / "conformance" / "base.yaml", ROOT / "tests" / "golden" / "e2e-policy.yaml"]]
-            + [[d] for d in sorted((ROOT / "examples" / "recipes").iterdir()) if d.is_dir()]
-            + [[ROOT / "examples" / "concepts" / "cluster.yaml", f]  # a concept's files are variants
-               for f in sorted((ROOT / "examples" / "concepts").glob("*/*.yaml"))]
-            + [[ROOT / "examples" / "concepts" / "cluster.yaml", ROOT / "examples" / "concepts" / "12-deny"]])
-
-
-@pytest.mark.parametrize("paths", EXAMPLES, ids=lambda p: "+".join(x.name for x in p))
+@nft_pair.each_example
 def test_examples_and_golden_cluster(pair, paths):
-    try:
-        fws = firewalls_of(*paths)
-    except InputError:
-        pytest.skip("an example of input the tool refuses (concepts.md shows the error)")
+    fws = nft_pair.example_firewalls(paths)
     assert fws
     for fw in fws:
         same_both_ways(pair, fw)
@@ -271,14 +218,6 @@ def _fw(pod: str = "x/a") -> PodFirewall:
     s = AddrSet("in0", v4=("10.0.0.2/32",), v6=("fd00::2/128",))
     r = AllowRule(Provenance("x/p", "ingress", 0), peers="in0", ports=(PortMatch("TCP", 80), PortMatch("TCP", 443)))
     return PodFirewall(pod, ingress=DirectionPolicy(True, ("x/p",), (r,)), sets=(s,))
-
-
-@pytest.fixture
-def netlink_backend(pair):
-    b = NftablesBackend("netlink")
-    b.check()
-    yield b
-    b.close()
 
 
 def test_netlink_method_loads_tables_without_libnftables(pair, netlink_backend):

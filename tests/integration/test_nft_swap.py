@@ -19,67 +19,28 @@ import dataclasses
 import ipaddress
 import os
 import random
-from dataclasses import dataclass
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from backends import base, nft_netlink, nft_swap, nftables as nft
-from backends.nftables import NftablesBackend
-from enforcer import netns
-from enforcer.errors import InputError
 from enforcer.ir import TABLE, AddrPortSet, AddrSet, AllowRule, DirectionPolicy, PodFirewall, PortMatch, Provenance
-from tests.integration.test_nft_netlink import EXAMPLES, firewalls, firewalls_of
+from tests.integration import nft_pair
+from tests.integration.nft_pair import Pair, netlink_backend  # noqa: F401 (a fixture)
+from tests.integration.nft_pair import firewalls_of
+from tests.integration.test_nft_netlink import firewalls
 
 pytestmark = pytest.mark.root
 
 PREFIX = f"npt-swp{os.getpid()}"
-TEXT, NL = f"{PREFIX}-text", f"{PREFIX}-nl"
-
-
-@dataclass(repr=False)
-class Pair:
-    text: NftablesBackend  # libnftables, text: the reference
-    sock: nft_netlink.TableSocket  # opened in NL
-    seen: set
-
-
-@pytest.fixture(scope="module")
-def pair():
-    made = []
-    text = NftablesBackend("libnft")
-    sock = None
-    try:
-        for n in (TEXT, NL):
-            netns.create(n)
-            made.append(n)
-        text.check()
-        with netns.entered(NL):
-            sock = nft_netlink.TableSocket()
-        yield Pair(text, sock, set())
-    finally:
-        if sock is not None:
-            sock.close()
-        text.close()
-        for n in made:
-            netns.remove(n)
-    assert not netns.list_names(PREFIX)
-
-
-def listing(ns: str, *args: str) -> str:
-    return netns.run(ns, ["nft", *args, "list", "table", "inet", TABLE]).stdout
+TEXT, NL = nft_pair.names(PREFIX)
+pair = nft_pair.fixture(PREFIX)
 
 
 def install(pair: Pair, fw: PodFirewall) -> None:
     """``fw``'s table in both namespaces, the same way (a fresh table: the same history)."""
     for ns in (TEXT, NL):
         pair.text._run(ns, nft.full_transaction(fw))
-
-
-def compare(what: str) -> None:
-    for args in ((), ("-j",)):
-        want, got = listing(TEXT, *args), listing(NL, *args)
-        assert got == want, f"{what}: nft {' '.join(args)} list table differs"
 
 
 def swapped_both_ways(pair: Pair, before: PodFirewall, after: PodFirewall) -> bool:
@@ -96,7 +57,7 @@ def swapped_both_ways(pair: Pair, before: PodFirewall, after: PodFirewall) -> bo
     pair.text._run(TEXT, swap.text)
     msgs = nft_swap.encode_swap(swap.table, swap.comment, swap.blocks, swap.delta.changes, swap.set_types)
     pair.sock.commit(msgs)  # never Unsupported: everything the renderer emits is known
-    compare(f"{before.pod} swap\n{swap.text}")
+    pair.compare(f"{before.pod} swap\n{swap.text}")
     assert pair.text.verify(NL, after)
     return True
 
@@ -109,7 +70,7 @@ def delta_both_ways(pair: Pair, before: PodFirewall, after: PodFirewall) -> bool
     install(pair, before)
     pair.text._run(TEXT, d.commands())
     pair.sock.commit(nft_swap.encode_elements(TABLE, d.changes))
-    compare(f"{before.pod} delta\n{d.commands()}")
+    pair.compare(f"{before.pod} delta\n{d.commands()}")
     assert pair.text.verify(NL, after)
     return True
 
@@ -167,12 +128,9 @@ def variant(fw: PodFirewall, seed: int, rules: bool = True) -> PodFirewall:
 # ---------------------------------------------------------------------------------------
 # what the renderer emits for real clusters, and their variants
 
-@pytest.mark.parametrize("paths", EXAMPLES, ids=lambda p: "+".join(x.name for x in p))
+@nft_pair.each_example
 def test_examples_and_golden_cluster(pair, paths):
-    try:
-        fws = firewalls_of(*paths)
-    except InputError:
-        pytest.skip("an example of input the tool refuses (concepts.md shows the error)")
+    fws = nft_pair.example_firewalls(paths)
     swapped = 0
     for i, fw in enumerate(fws):
         for seed in (i, i + 1000):
@@ -256,14 +214,6 @@ def _fw(port: int = 80, nets: tuple[str, ...] = ("10.9.0.0/16",), pod: str = "x/
     q = AllowRule(Provenance("x/q", "egress", 0), peers="nb", ports=(PortMatch("UDP", port),))
     return PodFirewall(pod, ingress=DirectionPolicy(True, ("x/p",), (r,)),
                        egress=DirectionPolicy(True, ("x/q",), (q,)), sets=(s, n))
-
-
-@pytest.fixture
-def netlink_backend(pair):
-    b = NftablesBackend("netlink")
-    b.check()
-    yield b
-    b.close()
 
 
 def test_netlink_method_swaps_rules_and_interval_deltas_without_libnftables(pair, netlink_backend):
