@@ -55,3 +55,26 @@ def api_namespace_prefix(request) -> str:
     (a test appends up to ~25 characters of its own)."""
     name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower().removeprefix("test_")).strip("-")
     return f"t{next(_counter)}-{name[:30].strip('-')}-"
+
+
+CNP_CRD_NAME = "clusternetworkpolicies.policy.networking.k8s.io"
+
+
+def install_cnp_crd(cp, crd_file: str, timeout: float = 60.0) -> None:
+    """``kubectl apply`` the ClusterNetworkPolicy CRD, then wait until it is Established and
+    its resource is served. Not ``kubectl wait --for=condition=Established``: kubectl 1.34
+    exits 1 ("status.conditions accessor error: <nil>") instead of waiting when it reads the
+    CRD before the API server has written any condition, which a loaded machine shows."""
+    import time
+
+    cp.kubectl("apply", "-f", crd_file)
+    path = "/apis/" + "/".join(("apiextensions.k8s.io", "v1", "customresourcedefinitions", CNP_CRD_NAME))
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cp.api("GET", path)
+        conds = {c.get("type"): c.get("status") for c in (got.body.get("status") or {}).get("conditions") or ()}
+        # Established can come a moment before the group is served to a fresh discovery.
+        if conds.get("Established") == "True" and cp.api("GET", "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies").ok:
+            return
+        assert time.monotonic() < deadline, f"the CRD {CNP_CRD_NAME} not established within {timeout:g} s: {conds}"
+        time.sleep(0.1)

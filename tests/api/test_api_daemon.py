@@ -23,6 +23,7 @@ import pytest
 from enforcer.daemon.kube import snapshot_path
 from enforcer.daemon.testing import policy_doc, pod_doc, wait_for
 from tests.api.apinode import NODE, ApiCluster, Prober, start_daemon, tcp_ok
+from tests.api.conftest import install_cnp_crd
 
 pytestmark = pytest.mark.root
 
@@ -289,11 +290,7 @@ def test_cluster_network_policy_applied_and_deleted_with_kubectl(api, run, lab, 
     assert line["kind"] == "ClusterNetworkPolicy" and "not installed" in line["reason"]
     assert d0.state()["source"]["kinds"]["ClusterNetworkPolicy"]["listed"]
     d0.close()
-    cp.kubectl("apply", "-f", CNP_CRD)
-    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-               "crd/clusternetworkpolicies.policy.networking.k8s.io")
-    assert wait_for(lambda: cp.api("GET", "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies").ok,
-                    10, 0.1) is not None
+    install_cnp_crd(cp, CNP_CRD)
     d = run(backend="nftables")
     assert d.state()["source"]["kinds"]["ClusterNetworkPolicy"]["listed"]
     assert lab.ok("a", "b") and lab.ok("c", "b")

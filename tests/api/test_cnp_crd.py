@@ -7,12 +7,12 @@ Known differences (we are stricter, on purpose) are strict xfails, so the list s
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.api.conftest import install_cnp_crd
 from tests.unit import test_cnp_decode as corpus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,14 +25,7 @@ KNOWN: dict[str, str] = {}
 
 @pytest.fixture(scope="module")
 def crd(control_plane):
-    control_plane.kubectl("apply", "-f", str(CRD))
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                          "crd/clusternetworkpolicies.policy.networking.k8s.io")
-    # Established can come a moment before the group is served to a fresh discovery.
-    for _ in range(100):
-        if control_plane.api("GET", PATH).ok:
-            break
-        time.sleep(0.1)
+    install_cnp_crd(control_plane, str(CRD))
     return control_plane
 
 
