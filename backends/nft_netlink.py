@@ -46,9 +46,9 @@ import threading
 from collections import OrderedDict
 from typing import NamedTuple, Sequence
 
-from backends.nft_nlexpr import (_NAME, SET_CONCAT, SET_INTERVAL, T_IPV4, T_IPV6, T_PROTO, T_SERVICE,
+from backends.nft_nlexpr import (NAME_RE, SET_CONCAT, SET_INTERVAL, T_IPV4, T_IPV6, T_PROTO, T_SERVICE,
                                  UD_BIG_ENDIAN, UD_CONCAT, Unsupported, _addr, _Anon, _fill, _id_attr,
-                                 _last, _port, _proto, _quoted, _rule, _str, _tokens, _udata)
+                                 _last, _port, _proto, _quoted, _rule, str_attr, _tokens, _udata)
 from enforcer import nfnetlink as nfnl
 
 # nf_tables messages (uapi/linux/netfilter/nf_tables.h)
@@ -74,7 +74,7 @@ class Message(NamedTuple):
 # ---------------------------------------------------------------------------------------
 # Named sets
 
-_SET_TYPES = {  # "type" line -> (key fields, key type, key length, interval)
+SET_TYPES = {  # "type" line -> (key fields, key type, key length, interval)
     "ipv4_addr": (("ip",), T_IPV4, 4, False),
     "ipv6_addr": (("ip6",), T_IPV6, 16, False),
     "ipv4_addr . inet_proto": (("ip", "proto"), T_IPV4 << 6 | T_PROTO, 8, True),
@@ -94,13 +94,13 @@ class _Set(NamedTuple):
 def _set_block(lines: tuple[str, ...], table: str) -> _Set:
     """A ``set NAME { ... }`` block as NEWSET and its elements as NEWSETELEM messages."""
     m = re.fullmatch(r"\tset (\S+) \{", lines[0])
-    if not m or lines[-1] != "\t}" or len(lines) < 3 or not _NAME.match(m.group(1)):
+    if not m or lines[-1] != "\t}" or len(lines) < 3 or not NAME_RE.match(m.group(1)):
         raise Unsupported(f"set block {lines[0]!r}")
     name = m.group(1)
     body = [ln.strip() for ln in lines[1:-1]]
-    if not body[0].startswith("type ") or body[0][5:] not in _SET_TYPES:
+    if not body[0].startswith("type ") or body[0][5:] not in SET_TYPES:
         raise Unsupported(f"set {name}: {body[0]!r}")
-    fields, key_type, key_len, interval = _SET_TYPES[body[0][5:]]
+    fields, key_type, key_len, interval = SET_TYPES[body[0][5:]]
     rest = body[1:]
     if interval != (rest[:1] == ["flags interval"]):
         raise Unsupported(f"set {name}: flags")
@@ -108,7 +108,7 @@ def _set_block(lines: tuple[str, ...], table: str) -> _Set:
     elements = " ".join(rest)
     if rest and not (elements.startswith("elements = {") and elements.endswith("}")):
         raise Unsupported(f"set {name}: {rest[0]!r}")
-    head = _str(1, table) + _str(2, name)
+    head = str_attr(1, table) + str_attr(2, name)
     flags = SET_INTERVAL | SET_CONCAT if interval else 0
     desc = b""
     if interval:  # the field lengths of the concatenation, in bytes
@@ -119,12 +119,12 @@ def _set_block(lines: tuple[str, ...], table: str) -> _Set:
                                      + nfnl.be32(4, key_type) + nfnl.be32(5, key_len), *_id_attr(10, 0),
                                      desc + nfnl.attr(13, udata)), what)]
     if rest:
-        items = _element_list(elements[len("elements = {"):-1], fields, name)
-        msgs += _element_messages(head, items, f"add element inet {table} {name}")
+        items = element_list(elements[len("elements = {"):-1], fields, name)
+        msgs += element_messages(head, items, f"add element inet {table} {name}")
     return _Set(name, fields, interval, tuple(msgs))
 
 
-def _element_list(text: str, fields: tuple, set_name: str) -> list[tuple[str, bytes]]:
+def element_list(text: str, fields: tuple, set_name: str) -> list[tuple[str, bytes]]:
     """``a comment "x", b, ...`` -> [(element text, element attribute body)]. The hot path
     of a cold apply (hundreds of elements a pod): headers packed whole, comments cached."""
     out: list[tuple[str, bytes]] = []
@@ -181,7 +181,7 @@ def _element_key(words: list[str], fields: tuple, set_name: str) -> bytes:
     return _key_attr(1, raw + bytes([_proto(words[2]), 0, 0, 0]) + struct.pack(">H", _port(words[4])) + b"\0\0")
 
 
-def _element_messages(head: bytes, items: list[tuple[str, bytes]], what: str, kind: int = NEWSETELEM,
+def element_messages(head: bytes, items: list[tuple[str, bytes]], what: str, kind: int = NEWSETELEM,
                       flags: int = CREATE, id_slot: bool = True) -> list[Message]:
     """NEWSETELEM (or DELSETELEM) messages of at most ELEMENTS_MAX bytes of elements each
     (one batch, so still one transaction); nft numbers the elements of a list 1, 2, ...
@@ -206,7 +206,7 @@ def _element_messages(head: bytes, items: list[tuple[str, bytes]], what: str, ki
 # ---------------------------------------------------------------------------------------
 # Chains and the table
 
-_HOOK = re.compile(r"type filter hook (\w+) priority (filter|-?\d+); policy (accept|drop);\Z")
+HOOK_RE = re.compile(r"type filter hook (\w+) priority (filter|-?\d+); policy (accept|drop);\Z")
 
 
 class _Chain(NamedTuple):
@@ -217,20 +217,20 @@ class _Chain(NamedTuple):
 
 def _chain_block(lines: Sequence[str], table: str) -> _Chain:
     m = re.fullmatch(r"\tchain (\S+) \{", lines[0])
-    if not m or lines[-1] != "\t}" or not _NAME.match(m.group(1)):
+    if not m or lines[-1] != "\t}" or not NAME_RE.match(m.group(1)):
         raise Unsupported(f"chain block {lines[0]!r}")
     name = m.group(1)
     rules = [ln[2:] for ln in lines[1:-1]]
     if any(not ln.startswith("\t\t") or not ln.strip() for ln in lines[1:-1]):
         raise Unsupported(f"chain {name}: a line not indented as a rule")
-    attrs = _str(1, table) + _str(3, name)
+    attrs = str_attr(1, table) + str_attr(3, name)
     what = f"add chain inet {table} {name}"
-    hook = _HOOK.match(rules[0]) if rules else None
+    hook = HOOK_RE.match(rules[0]) if rules else None
     if hook:
         if hook.group(1) not in HOOKS:
             raise Unsupported(f"chain {name}: hook {hook.group(1)}")
         prio = 0 if hook.group(2) == "filter" else int(hook.group(2))
-        attrs += (_str(7, "filter") + nfnl.be32(5, 1 if hook.group(3) == "accept" else 0)
+        attrs += (str_attr(7, "filter") + nfnl.be32(5, 1 if hook.group(3) == "accept" else 0)
                   + nfnl.nested(4, nfnl.be32(1, HOOKS[hook.group(1)]), nfnl.attr(2, struct.pack(">i", prio))))
         what += f" {{ {rules[0]} }}"
         rules = rules[1:]
@@ -244,10 +244,10 @@ def encode_table(table: str, comment: str | None, blocks: Sequence[Sequence[str]
     chain block as backends.nftables renders it, lines with their tabs): add the table
     (so that the delete succeeds on a first apply), delete it, then create it anew.
     Raises Unsupported for anything outside the vocabulary this module knows."""
-    if not _NAME.match(table):
+    if not NAME_RE.match(table):
         raise Unsupported(f"table name {table!r}")
     fam = nfnl.nfgenmsg(FAMILIES["inet"])
-    name = _str(1, table)
+    name = str_attr(1, table)
     what = f"inet {table}"
     msgs = [Message(NEWTABLE, REQ, fam + name + nfnl.be32(2, 0), f"add table {what}"),
             Message(DELTABLE, REQ, fam + name, f"delete table {what}"),
@@ -278,11 +278,11 @@ def encode_table(table: str, comment: str | None, blocks: Sequence[Sequence[str]
     for c in chains:
         for line in c.rules:
             refs = named = ()
-            names = _set_names(line)
+            names = set_names(line)
             if names:
                 known = [info[n] for n in names if n in info]
                 refs, named = tuple(k for k, _ in known), tuple(i for _, i in known)
-            rule_msgs = _rule_messages(table, c.name, line, refs, next_id, named)
+            rule_msgs = rule_messages(table, c.name, line, refs, next_id, named)
             next_id += len(rule_msgs) // 2  # an anonymous set is two messages
             msgs += rule_msgs
     return msgs
@@ -331,23 +331,23 @@ _SETS = _Sets()
 
 
 @functools.lru_cache(maxsize=1 << 14)
-def _set_names(line: str) -> tuple[str, ...]:
+def set_names(line: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_SETREF.findall(line)))
 
 
 @functools.lru_cache(maxsize=1 << 14)
-def _rule_messages(table: str, chain: str, line: str, refs: tuple, first_id: int,
+def rule_messages(table: str, chain: str, line: str, refs: tuple, first_id: int,
                    named: tuple[int, ...]) -> tuple[Message, ...]:
     """A rule's anonymous sets (ids from ``first_id``) and the rule itself (looking up
     named sets of ids ``named``), cached as a whole for the same reason."""
     r = _rule(line, refs)
     ids = list(range(first_id, first_id + len(r.anons)))
-    table_attr = _str(1, table)
+    table_attr = str_attr(1, table)
     where = f"inet {table} {chain}"
     msgs: list[Message] = []
     for k, a in enumerate(r.anons):
         msgs += _anon_messages(a, table_attr, ids[k], where)
-    body = nfnl.nfgenmsg(FAMILIES["inet"]) + table_attr + _str(2, chain) + _fill(r.parts, ids, named)
+    body = nfnl.nfgenmsg(FAMILIES["inet"]) + table_attr + str_attr(2, chain) + _fill(r.parts, ids, named)
     msgs.append(Message(NEWRULE, APPEND, body, f"add rule {where} {line}"))
     return tuple(msgs)
 
@@ -357,7 +357,7 @@ _SETREF = re.compile(r"@([A-Za-z0-9_.\-]+)")
 
 def _anon_messages(a: _Anon, table_attr: bytes, set_id: int, where: str) -> list[Message]:
     fam = nfnl.nfgenmsg(FAMILIES["inet"])
-    anon = _str(2, "__set%d")
+    anon = str_attr(2, "__set%d")
     sid = struct.pack(">I", set_id)
     new = Message(NEWSET, CREATE, fam + table_attr + anon + nfnl.be32(3, a.flags) + nfnl.be32(4, a.key_type)
                   + nfnl.be32(5, a.key_len) + nfnl.attr(10, sid) + nfnl.nested(9, nfnl.be32(1, a.size))

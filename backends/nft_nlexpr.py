@@ -95,7 +95,7 @@ def _id_attr(kind: int, k: int) -> Parts:
     return (nfnl.ATTR_HEADER.pack(8, kind), k)
 
 
-def _str(kind: int, text: str) -> bytes:
+def str_attr(kind: int, text: str) -> bytes:
     return nfnl.attr(kind, text.encode() + b"\0")
 
 
@@ -115,7 +115,7 @@ def _data(kind: int, value: bytes) -> bytes:
 # Expressions
 
 def _expr(name: str, *attrs: bytes | Parts) -> Parts:
-    return _nest(1, _str(1, name), _nest(2, *attrs))  # NFTA_LIST_ELEM { NAME, DATA }
+    return _nest(1, str_attr(1, name), _nest(2, *attrs))  # NFTA_LIST_ELEM { NAME, DATA }
 
 
 def _meta(key: int, reg: int = REG_1) -> Parts:
@@ -137,15 +137,15 @@ def _bitwise(mask: bytes) -> Parts:
 
 
 def _lookup_named(name: str, slot: int) -> Parts:
-    return _expr("lookup", nfnl.be32(2, REG_1), _str(1, name), _id_attr(4, slot))
+    return _expr("lookup", nfnl.be32(2, REG_1), str_attr(1, name), _id_attr(4, slot))
 
 
 def _lookup_anon(k: int) -> Parts:
-    return _expr("lookup", nfnl.be32(2, REG_1), _str(1, "__set%d"), _id_attr(4, k))
+    return _expr("lookup", nfnl.be32(2, REG_1), str_attr(1, "__set%d"), _id_attr(4, k))
 
 
 def _verdict(code: int, chain: str | None = None) -> Parts:
-    inner = nfnl.be32(1, code & 0xFFFFFFFF) + (_str(2, chain) if chain else b"")
+    inner = nfnl.be32(1, code & 0xFFFFFFFF) + (str_attr(2, chain) if chain else b"")
     return _expr("immediate", nfnl.be32(1, REG_VERDICT), nfnl.nested(2, nfnl.nested(2, inner)))
 
 
@@ -315,7 +315,7 @@ def _icmpv6_set(items: list[str]) -> _Anon:
 # ---------------------------------------------------------------------------------------
 # Rules
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
 SetKinds = dict  # set name -> (key fields, interval): ("ip",), ("ip", "proto"), ("ip6", "proto", "port")
 
 
@@ -435,14 +435,14 @@ def _rule(line: str, sets: tuple[tuple[str, tuple, bool], ...]) -> _Rule:
             group = c.take()
             if "$" in prefix or len(prefix.encode()) > 127 or not group.isdigit() or int(group) > 0xFFFF:
                 raise Unsupported(f"log in {line!r}")
-            exprs.append(_expr("log", _str(2, prefix), nfnl.be16(1, int(group))))
+            exprs.append(_expr("log", str_attr(2, prefix), nfnl.be16(1, int(group))))
         elif tok in VERDICTS:
             need(1, tok)
             stage = 2
             chain = None
             if tok in ("jump", "goto"):
                 chain = c.take()
-                if not _NAME.match(chain):
+                if not NAME_RE.match(chain):
                     raise Unsupported(f"chain name {chain!r}")
             exprs.append(_verdict(VERDICTS[tok], chain))
         else:

@@ -24,9 +24,9 @@ from typing import Sequence
 
 from backends import nft_tiers
 from backends.base import DIRECTIONS
-from backends.nft_netlink import (_HOOK, _NAME, _SET_TYPES, CREATE, DELRULE, DELSETELEM, FAMILIES, NEWSETELEM, REQ,
-                                  Message, Unsupported, _element_list, _element_messages, _rule_messages, _set_names,
-                                  _str)
+from backends.nft_netlink import (HOOK_RE, NAME_RE, SET_TYPES, CREATE, DELRULE, DELSETELEM, FAMILIES, NEWSETELEM, REQ,
+                                  Message, Unsupported, element_list, element_messages, rule_messages, set_names,
+                                  str_attr)
 from enforcer import nfnetlink as nfnl
 from enforcer.ir import PodFirewall
 
@@ -115,19 +115,19 @@ def encode_swap(table: str, comment: str | None, blocks: Sequence[Sequence[str]]
     (``ipv4_addr . inet_proto``); the sets a rule looks up by name are there already (nft
     names them, with set id 0). ``comment`` is the table's (unused: nothing re-declares
     it). Raises Unsupported as encode_table does."""
-    if not _NAME.match(table):
+    if not NAME_RE.match(table):
         raise Unsupported(f"table name {table!r}")
     kinds = _kinds(set_types)
     fam = nfnl.nfgenmsg(FAMILIES["inet"])
-    name = _str(1, table)
+    name = str_attr(1, table)
     chains = [_chain_rules(b) for b in blocks]
-    msgs = [Message(DELRULE, REQ, fam + name + _str(2, c), f"flush chain inet {table} {c}") for c, _ in chains]
+    msgs = [Message(DELRULE, REQ, fam + name + str_attr(2, c), f"flush chain inet {table} {c}") for c, _ in chains]
     msgs += encode_elements(table, changes, set_types)
     next_id = 1  # anonymous sets' ids in this batch
     for c, rules in chains:
         for line in rules:
-            refs = tuple(kinds[n] for n in _set_names(line) if n in kinds)
-            rule_msgs = _rule_messages(table, c, line, refs, next_id, (0,) * len(refs))
+            refs = tuple(kinds[n] for n in set_names(line) if n in kinds)
+            rule_msgs = rule_messages(table, c, line, refs, next_id, (0,) * len(refs))
             next_id += len(rule_msgs) // 2
             msgs += rule_msgs
     return msgs
@@ -137,10 +137,10 @@ def _chain_rules(block: Sequence[str]) -> tuple[str, Sequence[str]]:
     """(chain name, its rule lines) of a rendered chain block; a hook chain's type line is
     not a rule (the chain keeps it)."""
     name = block[0][len("\tchain "):-2] if block[0].startswith("\tchain ") and block[0].endswith(" {") else ""
-    if not _NAME.match(name) or block[-1] != "\t}":
+    if not NAME_RE.match(name) or block[-1] != "\t}":
         raise Unsupported(f"chain block {block[0]!r}")
     rules = [ln[2:] for ln in block[1:-1]]
-    if rules and _HOOK.match(rules[0]):
+    if rules and HOOK_RE.match(rules[0]):
         rules = rules[1:]
     if any(not ln.startswith("\t\t") for ln in block[1:-1]):
         raise Unsupported(f"chain {name}: a line not indented as a rule")
@@ -159,7 +159,7 @@ def encode_elements(table: str, changes: Sequence[tuple[str, str, Sequence[str]]
     fam = nfnl.nfgenmsg(FAMILIES["inet"])
     msgs: list[Message] = []
     for verb, set_name, elements in changes:
-        if verb not in ("add", "delete") or not _NAME.match(set_name) or not elements:
+        if verb not in ("add", "delete") or not NAME_RE.match(set_name) or not elements:
             raise Unsupported(f"{verb} element {set_name} {{ {', '.join(elements)} }}")
         if kinds is not None:
             if set_name not in kinds:
@@ -167,9 +167,9 @@ def encode_elements(table: str, changes: Sequence[tuple[str, str, Sequence[str]]
             fields = kinds[set_name][1]
         else:
             fields = _fields_of(elements[0], set_name)
-        items = _element_list(", ".join(elements), fields, set_name)
+        items = element_list(", ".join(elements), fields, set_name)
         kind, flags = (NEWSETELEM, CREATE) if verb == "add" else (DELSETELEM, REQ)
-        msgs += _element_messages(_str(1, table) + _str(2, set_name), items, f"{verb} element inet {table} {set_name}",
+        msgs += element_messages(str_attr(1, table) + str_attr(2, set_name), items, f"{verb} element inet {table} {set_name}",
                                   kind, flags, id_slot=False)
     return msgs
 
@@ -178,9 +178,9 @@ def _kinds(set_types: dict[str, str]) -> dict[str, tuple[str, tuple, bool]]:
     """Set name -> (name, key fields, interval), as a rule's set references want them."""
     out = {}
     for n, t in set_types.items():
-        if t not in _SET_TYPES or not _NAME.match(n):
+        if t not in SET_TYPES or not NAME_RE.match(n):
             raise Unsupported(f"set {n}: type {t!r}")
-        fields, _, _, interval = _SET_TYPES[t]
+        fields, _, _, interval = SET_TYPES[t]
         out[n] = (n, fields, interval)
     return out
 
