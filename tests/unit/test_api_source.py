@@ -12,7 +12,7 @@ import pytest
 
 from backends.base import FakeBackend
 from enforcer.daemon import logs
-from enforcer.daemon.apistore import ApiStore, decode_object
+from enforcer.daemon.apistore import ApiStore, decode_object, load_snapshot
 from enforcer.daemon.discovery import Discovery
 from enforcer.daemon.kube import ApiSource, Backoff
 from enforcer.daemon.kubeclient import ApiError
@@ -346,12 +346,26 @@ def test_backoff_grows_to_its_cap_and_resets():
 # ---------------------------------------------------------------------- snapshot
 
 
-def test_a_restart_while_the_api_is_down_enforces_the_saved_state(tmp_path):
+def _listed(tmp_path):
+    """A source that listed the test cluster and applied it once (its snapshot not saved yet:
+    that waits for the next poll)."""
     api = FakeApi()
     cluster(api)
     src, _ = make_source(api, tmp_path)
     sync_all(src)
     src.poll()
+    return api, src
+
+
+def _restarted(api, tmp_path):
+    """A new process's source, given the snapshot the last one saved."""
+    src2, log2 = make_source(api, tmp_path)
+    src2._snapshot, _ = load_snapshot(str(tmp_path / "snap.json"))
+    return src2, log2
+
+
+def test_a_restart_while_the_api_is_down_enforces_the_saved_state(tmp_path):
+    api, src = _listed(tmp_path)
     assert not (tmp_path / "snap.json").exists()  # not on the way to enforcing a change
     assert src.next_ready() is not None
     src.poll()  # the daemon's next sync, with nothing to apply
@@ -361,8 +375,7 @@ def test_a_restart_while_the_api_is_down_enforces_the_saved_state(tmp_path):
     # A new process; the API server is down.
     down = FakeApi()
     down.fail = ApiError(0, "connection refused")
-    src2, log2 = make_source(down, tmp_path)
-    src2._snapshot, _ = __import__("enforcer.daemon.apistore", fromlist=["x"]).load_snapshot(str(tmp_path / "snap.json"))
+    src2, log2 = _restarted(down, tmp_path)
     changes, _ = src2.poll()
     assert ("NetworkPolicy", "x/b-in") in changes and src2.store.is_local("x/a")
     assert src2.store.cluster() == src.store.cluster()
@@ -399,16 +412,9 @@ class _ListLandsAfterSwap:
 
 
 def test_a_list_landing_while_the_queue_is_applied_keeps_the_snapshot_for_its_kind(tmp_path):
-    from enforcer.daemon.apistore import load_snapshot
-
-    api = FakeApi()
-    cluster(api)
-    src, _ = make_source(api, tmp_path)
-    sync_all(src)
-    src.poll()
+    api, src = _listed(tmp_path)
     src.poll()  # saved
-    src2, _ = make_source(api, tmp_path)
-    src2._snapshot, _ = load_snapshot(str(tmp_path / "snap.json"))
+    src2, _ = _restarted(api, tmp_path)
     for kind in ("Namespace", "Pod", "ClusterNetworkPolicy"):
         src2.step(kind)
     src2._cond = _ListLandsAfterSwap(src2._cond, lambda: src2.step("NetworkPolicy"))
@@ -420,6 +426,7 @@ def test_a_list_landing_while_the_queue_is_applied_keeps_the_snapshot_for_its_ki
     src2.poll()  # the list: the API's state from here on
     assert src2.from_snapshot is None and src2.health()[0]
     assert set(src2.store.cluster().policies) == {"x/b-in"}
+
 
 def test_a_tampered_snapshot_is_decoded_like_api_objects(tmp_path):
     store = ApiStore(node=NODE)
