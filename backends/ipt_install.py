@@ -8,10 +8,9 @@ listing showed (a rollback), ``remove`` takes all of ours out.
 """
 from __future__ import annotations
 
-import shlex
 import socket
 
-from backends import ipt_tiers
+from backends import ipset_netlink, ipt_tiers
 from backends.ipt_render import FAMILIES, OWN_CHAINS, SET_PREFIX, TMP_PREFIX, Ruleset, rule_line, rules_text
 from backends.ipt_save import FamilyState, parse_save
 from enforcer import netns as nsmod, nfnetlink as nfnl
@@ -23,23 +22,50 @@ class _Refused(Exception):
 
 
 def ipset_restore(netns: str, text: str, what: str) -> None:
-    """One ``ipset -exist restore`` of ``text`` in ``netns`` (raises _Refused)."""
+    """``ipset -exist restore`` of ``text`` in ``netns`` (raises _Refused): over netlink
+    from this process (backends/ipset_netlink.py), through the ipset tool when the encoder
+    does not speak a line, or when the kernel refused a line before any swap (the text is
+    then run again by the tool, whose refusal names both; after a swap it would undo it)."""
     if not text:
         return
-    proc = nsmod.run(netns, ["ipset", "-exist", "restore"], input=text, check=False)
+    try:
+        ipset_netlink.restore(netns, text)
+        return
+    except ipset_netlink.Unsupported:
+        pass
+    except ipset_netlink.Refused as e:
+        if e.swapped:
+            raise _Refused(f"ipset restore ({what}, over netlink): {e}") from e
+        try:
+            ipset_tool(netns, text, what)
+        except _Refused as t:
+            raise _Refused(f"{t}\n(over netlink: {e})") from e
+        return
+    ipset_tool(netns, text, what)
+
+
+def ipset_tool(netns: str, text: str, what: str) -> None:
+    """One ``ipset -exist restore`` process in ``netns`` (raises _Refused)."""
+    proc = nsmod.run_entered(netns, ["ipset", "-exist", "restore"], input=text)
     if proc.returncode != 0:
         raise _Refused(f"ipset restore ({what}): {proc.stderr.strip()}")
 
 
 def ipset_quietly(netns: str, text: str) -> None:
-    """Best-effort cleanup: a line that fails must not stop the others."""
+    """Best-effort cleanup: a line that fails must not stop the others (over netlink every
+    line is sent whatever the kernel says to the others)."""
     if not text:
         return
     try:
-        ipset_restore(netns, text, "cleanup")
+        ipset_netlink.restore(netns, text, quiet=True)
+        return
+    except (ipset_netlink.Unsupported, ipset_netlink.Refused):
+        pass
+    try:
+        ipset_tool(netns, text, "cleanup")
     except _Refused:
         for line in text.splitlines():
-            nsmod.run(netns, ["ipset", "-exist"] + line.split(), check=False)
+            nsmod.run_entered(netns, ["ipset", "-exist"] + line.split())
 
 
 class StepFailed(Exception):
@@ -114,31 +140,6 @@ def _our_ipset(kind: int, body: bytes) -> bool:
     return kind == nfnl.type_of(NFNL_SUBSYS_IPSET, IPSET_CMD_LIST) and name.startswith((SET_PREFIX, TMP_PREFIX))
 
 
-def run_steps(netns: str, steps: list[tuple[list[str], str]]) -> tuple[int, str] | None:
-    """Run the tools of ``steps`` one after the other in ONE shell inside ``netns``, each
-    fed its text as a here-document, stopping at the first that fails: None when all
-    succeeded, else (index of the step that failed, the tools' stderr). Why one shell: a
-    process started from Python through nsenter costs ~2 ms of CPU before the tool runs
-    (two execs), a shell's child much less, and a cold apply of a pod was six of them.
-    Steps with no text are skipped. The script goes in on stdin (an argument is limited
-    to 128 KiB, a pod's sets are not)."""
-    script = []
-    for i, (argv, text) in enumerate(steps):
-        if not text:
-            continue
-        end = f"NETPOL_STEP_{i}_END"  # no line of ipset or iptables-restore input is this
-        body = text if text.endswith("\n") else text + "\n"
-        script.append(f"{' '.join(shlex.quote(a) for a in argv)} <<'{end}' || exit {100 + i}\n{body}{end}\n")
-    if not script:
-        return None
-    proc = nsmod.run(netns, ["sh", "-s"], input="".join(script) + "exit 0\n", check=False)
-    if proc.returncode == 0:
-        return None
-    if 100 <= proc.returncode < 100 + len(steps):
-        return proc.returncode - 100, proc.stderr.strip()
-    raise _Refused(f"sh in {netns} exited {proc.returncode}: {proc.stderr.strip()}")
-
-
 class _RestoreInstaller:
     """The host's iptables (iptables-nft on Debian 12): iptables-restore --noflush."""
 
@@ -155,8 +156,8 @@ class _RestoreInstaller:
                           drop_chains=tuple(c for c in ipt_tiers.ALL if c in state.chains and c not in rs.rules[family]))
 
     def install(self, netns: str, family: int, rs: Ruleset, state: FamilyState) -> None:
-        proc = nsmod.run(netns, [self.restore[family], "--noflush"], input=self._rules_input(rs, family, state),
-                         check=False)
+        proc = nsmod.run_entered(netns, [self.restore[family], "--noflush"],
+                                 input=self._rules_input(rs, family, state))
         if proc.returncode != 0:
             raise _Refused(proc.stderr.strip())
 
@@ -166,21 +167,22 @@ class _RestoreInstaller:
         return untouched(netns)
 
     def install_all(self, netns: str, sets: str, rs: Ruleset, states: dict[int, FamilyState], cleanup: str) -> None:
-        """A full apply's steps in one shell (run_steps): ``ipset restore`` of ``sets``
-        (build and swap), each family's rules, then ``cleanup`` (best effort: a line that
-        fails is retried alone, the others still run). Raises StepFailed; the caller rolls
-        back."""
-        steps = [(["ipset", "-exist", "restore"], sets)]
-        steps += [([self.restore[f], "--noflush"], self._rules_input(rs, f, states[f])) for f in FAMILIES]
-        steps.append((["ipset", "-exist", "restore"], cleanup))
-        failed = run_steps(netns, steps)
-        if failed is None:
-            return
-        i, err = failed
-        if i == 0:
-            raise StepFailed("sets", (), f"ipset restore: {err}")
-        if i <= len(FAMILIES):
-            raise StepFailed("rules", FAMILIES[:i - 1], err)
+        """A full apply's steps: the sets (``sets``, build and swap: ipset_restore, over
+        netlink), each family's rules (iptables-restore started inside the namespace, no
+        nsenter nor shell: netns.run_entered), then ``cleanup`` (best effort: a line that
+        fails does not stop the others). Raises StepFailed; the caller rolls back. Two
+        processes a pod (a cold pod was five: nsenter, a shell and three tools)."""
+        try:
+            ipset_restore(netns, sets, "sets")
+        except _Refused as e:
+            raise StepFailed("sets", (), str(e)) from e
+        done: list[int] = []
+        for fam in FAMILIES:
+            try:
+                self.install(netns, fam, rs, states[fam])
+            except _Refused as e:
+                raise StepFailed("rules", tuple(done), str(e)) from e
+            done.append(fam)
         ipset_quietly(netns, cleanup)
 
     def restore_state(self, netns: str, family: int, state: FamilyState) -> None:
@@ -200,7 +202,7 @@ class _RestoreInstaller:
             for args in reversed(arglist):
                 lines.append(rule_line(hook, args, "-I"))
         lines.append("COMMIT")
-        proc = nsmod.run(netns, [self.restore[family], "--noflush"], input="\n".join(lines) + "\n", check=False)
+        proc = nsmod.run_entered(netns, [self.restore[family], "--noflush"], input="\n".join(lines) + "\n")
         if proc.returncode != 0:
             raise _Refused(proc.stderr.strip())
 
@@ -212,7 +214,7 @@ class _RestoreInstaller:
 
     def save_text(self, netns: str, family: int, counters: bool = False) -> str:
         argv = [self.save[family], "-t", "filter"] + (["-c"] if counters else [])
-        proc = nsmod.run(netns, argv, check=False)
+        proc = nsmod.run_entered(netns, argv)
         if proc.returncode != 0:
             raise BackendError(f"{argv[0]} in {netns} failed: {proc.stderr.strip()}")
         return proc.stdout
@@ -226,7 +228,7 @@ class _RestoreInstaller:
         mark = "#netpol-enforcer-split"
         script = (f"{self.save[4]} -t filter && echo '{mark}' && {self.save[6]} -t filter "
                   f"&& echo '{mark}' && ipset {ipset}")
-        proc = nsmod.run(netns, ["sh", "-c", script], check=False)
+        proc = nsmod.run_entered(netns, ["sh", "-c", script])
         parts = proc.stdout.split(mark + "\n")
         if proc.returncode != 0 or len(parts) != 3:
             raise BackendError(f"reading the firewall of {netns} failed: {proc.stderr.strip()}")

@@ -31,21 +31,26 @@ A full apply (see ``IptablesBackend.apply``):
 2. per family: flush our chains and write them anew, fix the jumps, in one transaction;
 3. ``ipset restore``: destroy the temporaries and the sets no rule uses any more.
 If step 2 fails, the families already written are rolled back to what they were and the
-sets are swapped back: the previous rules and elements stay in force. With the "nft"
-flavour the three steps run in ONE shell inside the namespace (ipt_install.run_steps:
-the tools are its children, fed here-documents), after one process that reads the
-namespace's state: two processes started from Python per pod instead of six. A namespace
-without any iptables-nft filter table nor ipset of ours (a cold apply: two netlink dumps
-say so, ipt_install.untouched) is not read at all, and its sets are made under their own
-names: one process, three tools. Honest limit: the
-sets and the rules change in separate transactions, so for about a millisecond the old
+sets are swapped back: the previous rules and elements stay in force. The ``ipset
+restore`` steps go over netlink from this process (backends/ipset_netlink.py: the same
+lines as ipset netlink messages, no swap after a refused line; the ipset tool when the
+encoder does not speak a line or the kernel refused one before any swap), and the
+"nft" flavour's iptables-restore runs are started inside the namespace without nsenter
+nor a shell (netns.run_entered), after one process that reads the namespace's state. A
+namespace without any iptables-nft filter table nor ipset of ours (a cold apply: two
+netlink dumps say so, ipt_install.untouched) is not read at all, and its sets are made
+under their own names: two processes a pod (iptables-restore, ip6tables-restore; five
+before issue 15's last round: nsenter, a shell and three tools). Honest limit: the sets
+and the rules change in separate transactions, so for about a millisecond the old
 rules see the new elements (nftables has no such window).
 
-A delta is one ``ipset restore`` of ``del`` and ``add`` lines (``-exist``: idempotent).
+A delta is one ``ipset restore`` of ``del`` and ``add`` lines (``-exist``: idempotent),
+over netlink: no process at all.
 
 This module is the Backend (and re-exports the public names below); the work is in
 ipt_render.py (the rules and sets, pure), ipt_save.py (reading save listings back, pure),
-ipt_install.py (iptables-restore) and ipt_libiptc.py (python-iptables), ipt_tiers.py (the
+ipt_install.py (iptables-restore), ipset_netlink.py (ipset restore over netlink) and
+ipt_libiptc.py (python-iptables), ipt_tiers.py (the
 ClusterNetworkPolicy tier chains); ipt_host.py is the node's placement (host mode).
 """
 from __future__ import annotations
@@ -169,9 +174,9 @@ class IptablesBackend:
         stale = sorted(n for n in existing if n.startswith(SET_PREFIX) and n not in rs.set_names())
         stale_tmp = sorted(n for n in existing if n.startswith(TMP_PREFIX))
         cleanup = tmps + "".join(f"destroy {n}\n" for n in stale + stale_tmp)
-        # 1, 2 and 3 in one go (the nft flavour: one shell, ipt_install.run_steps): sets
-        # built and swapped in one ``ipset restore``, then the rules, one transaction per
-        # family, then the cleanup; on a refusal, roll back what was done
+        # 1, 2 and 3 in one go (install_all): sets built and swapped in one ``ipset
+        # restore`` (over netlink), then the rules, one transaction per family, then the
+        # cleanup; on a refusal, roll back what was done
         try:
             inst.install_all(netns, "\n".join(build_lines + swap_lines) + "\n", rs, states, cleanup)
         except StepFailed as e:

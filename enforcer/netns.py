@@ -212,6 +212,31 @@ def popen(name: str, argv: Sequence[str], **kwargs) -> subprocess.Popen:
     return subprocess.Popen(_in_netns(name, argv), **kwargs)
 
 
+def run_entered(name: str, argv: Sequence[str], *, input: str | None = None,
+                timeout: float = 30.0) -> subprocess.CompletedProcess:
+    """``run`` without nsenter: the process is started by this thread while the thread is
+    inside the namespace (a child is born in its parent thread's network namespace), so
+    it costs one exec instead of two (nsenter's was ~2 ms of CPU a process, a pod's
+    iptables cold apply runs two tools). The thread is home again before the tool ends:
+    only the start happens inside. Never raises for an exit status (``check`` is the
+    caller's)."""
+    if not exists(name):
+        raise NetnsError(f"network namespace {name} does not exist")
+    try:
+        with entered(name):
+            proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+    except FileNotFoundError as e:
+        raise NetnsError(f"{argv[0]}: not installed ({e})") from e
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        proc.kill()
+        proc.communicate()
+        raise NetnsError(f"{' '.join(argv)} in {name}: timed out after {timeout}s") from e
+    return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+
+
 def _in_netns(name: str, argv: Sequence[str]) -> list[str]:
     """argv run through nsenter: a preexec_fn would force Python into a full fork (measured
     6.6 ms per command); nsenter lets it use vfork/posix_spawn (2.4 ms)."""

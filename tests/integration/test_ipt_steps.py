@@ -1,5 +1,5 @@
-"""A pod's iptables full apply as steps in one shell (backends/ipt_install.run_steps), and
-its rollbacks (root).
+"""A pod's iptables full apply (backends/ipt_install: the sets over netlink, the tools started
+inside the namespace by netns.run_entered), and its rollbacks (root).
 
 Namespaces ``npt-is<pid>-*``, removed at the end; nothing in the host's namespace.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 
 import pytest
 
@@ -46,27 +47,18 @@ def ipsets(ns: str) -> list[str]:
     return sorted(netns.run(ns, ["ipset", "list", "-n"]).stdout.split())
 
 
-def test_steps_stop_at_the_first_refusal_and_say_which(ns):
-    ok = (["sh", "-c", "cat >/dev/null"], "x\n")
-    bad = (["sh", "-c", "cat >/dev/null; echo nope >&2; exit 3"], "y\n")
-    marker = f"/tmp/{PREFIX}-ran"
-    after = (["sh", "-c", f"cat >/dev/null; touch {marker}"], "z\n")
-    assert ipt_install.run_steps(ns, [ok, ok]) is None
-    assert ipt_install.run_steps(ns, [ok, bad, after]) == (1, "nope")
-    assert not os.path.exists(marker)  # nothing runs after the refused step
-    assert ipt_install.run_steps(ns, [(["false"], "")]) is None  # a step without text is skipped
+def test_run_entered_starts_the_tool_inside_the_namespace_and_comes_home(ns):
+    home = os.readlink(f"/proc/self/task/{threading.get_native_id()}/ns/net")
+    out = netns.run_entered(ns, ["readlink", "/proc/self/ns/net"]).stdout.strip()
+    assert out == f"net:[{netns.inode(ns)}]" and out != home
+    assert os.readlink(f"/proc/self/task/{threading.get_native_id()}/ns/net") == home
+    assert netns.run_entered(ns, ["sh", "-c", "echo nope >&2; exit 3"]).returncode == 3
 
 
 def test_step_texts_reach_the_tool_literally(ns):
-    # no expansion, no quoting, and a line that only looks like the here-document's end
+    # no expansion, no quoting: the text is the tool's stdin
     text = "literal $HOME `id` $(id) 'q' \"d\" \\n NETPOL_STEP_0_ENDX\n NETPOL_STEP_0_END\nlast\n"
-    out = f"/tmp/{PREFIX}-text"
-    assert ipt_install.run_steps(ns, [(["sh", "-c", f"cat > {out}"], text)]) is None
-    try:
-        with open(out) as f:
-            assert f.read() == text
-    finally:
-        os.unlink(out)
+    assert netns.run_entered(ns, ["cat"], input=text).stdout == text
 
 
 @pytest.mark.parametrize("flavour", ["nft", "legacy"])
