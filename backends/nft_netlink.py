@@ -404,6 +404,7 @@ SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # not in Python's socket module
 _HEAD = nfnl.HEADER
 _ERR = struct.Struct(nfnl.HEADER.format + "i")  # a header and an NLMSG_ERROR's error code
 _SUBSYS = nfnl.NFNL_SUBSYS_NFTABLES << 8
+_NEWRULE = _SUBSYS | NEWRULE
 BUFFER = 16 << 20
 
 
@@ -440,8 +441,13 @@ class TableSocket:
         self._clean = True  # every answer of the last batch was read (none left to drain)
         self.lock = threading.Lock()
 
-    def commit(self, msgs: Sequence[Message]) -> None:
+    def commit(self, msgs: Sequence[Message], genid: int | None = None, echoed: list | None = None) -> None:
         """Send ``msgs`` as one transaction; raise Refused saying which message failed.
+        ``genid``: only if the namespace's ruleset generation is still that (else refused,
+        "batch: ...should be restarted", nothing applied). ``echoed``: gets the (seq, body)
+        of every rule the kernel echoes back (NEWRULE messages sent with NLM_F_ECHO: their
+        handles; the kernel sends them while it commits, before the acknowledgements).
+        Both for backends/nft_edit.py.
         Answers come in the order of the messages, a refused commit's before them all, so
         reading stops at the last message's acknowledgement: no empty read after it (a
         rule swap is a few hundred microseconds; each read is a system call)."""
@@ -460,14 +466,14 @@ class TableSocket:
             if n % 4:  # (never: bodies are whole words)
                 wire.append(b"\0" * (-n % 4))
         try:
-            self._sock.send(nfnl.batch([b"".join(wire)], seq0, end))
+            self._sock.send(nfnl.batch([b"".join(wire)], seq0, end, genid=genid))
         except OSError as e:
             raise Refused(f"sending the batch ({len(msgs)} messages): {e.strerror or e}") from e
         errors: list[str] = []
         acked = 0
         last = False
         try:
-            for seq, err, flags, body in self._answers():
+            for seq, err, flags, body in self._answers(echoed):
                 if seq == seq0 and err:  # the batch as a whole (permissions, the commit)
                     errors.append(f"batch: {os.strerror(err)}{_words(body(), flags)}")
                 elif seq0 < seq < end:
@@ -485,11 +491,46 @@ class TableSocket:
         if msgs and not last or self.ack_each and acked != len(msgs):
             raise Refused(f"{len(msgs) - acked} of {len(msgs)} messages not acknowledged")
 
-    def _answers(self):
+    def ask(self, kind: int, flags: int, body: bytes) -> list[tuple[int, int, bytes]]:
+        """One request outside any batch (a GETGEN, a dump): its answers as (type, flags,
+        body), until a dump's NLMSG_DONE or, without NLM_F_DUMP, the first answer. An error
+        answer raises Refused."""
+        if not self._clean:
+            self._drain()
+        seq = self._seq = (self._seq + 1) & 0x3FFFFFFF
+        self._sock.send(nfnl.HEADER.pack(nfnl.HEADER.size + len(body), _SUBSYS | kind, flags, seq, 0) + body)
+        dump = flags & nfnl.NLM_F_DUMP == nfnl.NLM_F_DUMP
+        out: list[tuple[int, int, bytes]] = []
+        buf = self._buf  # (a dump's datagram is at most 32 KiB: netlink_dump's cap)
+        while True:
+            n = self._sock.recv_into(buf)
+            data = memoryview(buf)[:n]
+            off = 0
+            while off + nfnl.HEADER.size <= n:
+                length, mkind, mflags, mseq, _ = nfnl.HEADER.unpack_from(data, off)
+                if length < nfnl.HEADER.size:
+                    break
+                body_ = bytes(data[off + nfnl.HEADER.size:off + length])
+                off += nfnl.align(length)
+                if mseq != seq:
+                    continue  # (an earlier request's leftover)
+                if mkind == nfnl.NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", body_)[0] if len(body_) >= 4 else 0
+                    if code:
+                        raise Refused(f"request {kind}: {os.strerror(code)}")
+                    return out
+                if mkind == nfnl.NLMSG_DONE:
+                    return out
+                out.append((mkind & 0xFF, mflags, body_))
+                if not dump:
+                    return out
+
+    def _answers(self, echoed: list | None = None):
         """(seq, errno, flags, body()) of every NLMSG_ERROR queued on the socket (errno 0: an
-        acknowledgement). nf_tables handles a batch inside send() and queues its answers
-        before send() returns, so reading until nothing is left is all. One answer per
-        datagram, hundreds a table: the common case is kept to one unpack."""
+        acknowledgement); echoed rules go to ``echoed``. nf_tables handles a batch inside
+        send() and queues its answers before send() returns, so reading until nothing is
+        left is all. One answer per datagram, hundreds a table: the common case is kept to
+        one unpack."""
         buf, recv = self._buf, self._sock.recv_into
         while True:
             try:
@@ -504,6 +545,8 @@ class TableSocket:
                 if kind == nfnl.NLMSG_ERROR:
                     start, stop = off + nfnl.HEADER.size, off + length
                     yield seq, -code, flags, (lambda a=start, b=stop: bytes(buf[a:b]))
+                elif kind == _NEWRULE and echoed is not None:
+                    echoed.append((seq, bytes(buf[off + nfnl.HEADER.size:off + length])))
                 off += nfnl.align(length)
 
     def _drain(self) -> None:

@@ -145,15 +145,30 @@ class NetlinkRunner(LibnftRunner):
 
         self._nl = nft_netlink
         self._tables = nsmod.Handles(nft_netlink.TableSocket)
+        # What our last rule edit left in each namespace (backends/nft_edit.py): dropped by
+        # any other transaction of ours there; anyone else's is caught by its generation.
+        self._installed: dict[str, object] = {}
 
     def full(self, netns: str, fw: PodFirewall) -> str:
+        self._installed.pop(netns, None)
         return self._batch_or_text(
             netns, lambda: self._nl.encode_table(TABLE, _nft().table_comment(fw), _nft().table_blocks(fw)),
             lambda: super(NetlinkRunner, self).full(netns, fw))
 
     def swap(self, netns: str, swap) -> str:
-        from backends import nft_swap
+        from backends import nft_edit, nft_swap
 
+        known = self._installed.pop(netns, None)
+        if swap.blocks:  # rules changed: only those that differ, by handle, if it can be done
+            sock = self._tables.get(netns)
+            try:
+                with sock.lock:
+                    now = nft_edit.apply(sock, swap, known)
+                if now is not None:
+                    self._installed[netns] = now
+                    return ""
+            except (self._nl.Refused, self._nl.Unsupported, OSError):
+                pass  # nothing applied (a commit in between, a handle gone): the flush swap goes
         return self._batch_or_text(
             netns, lambda: nft_swap.encode_swap(swap.table, swap.comment, swap.blocks, swap.delta.changes, swap.set_types),
             lambda: super(NetlinkRunner, self).swap(netns, swap))
@@ -181,6 +196,7 @@ class NetlinkRunner(LibnftRunner):
     def change_elements(self, netns: str, d) -> None:
         from backends import nft_swap
 
+        known = self._installed.pop(netns, None)
         try:
             msgs = nft_swap.encode_elements(TABLE, d.changes)
         except self._nl.Unsupported:
@@ -189,6 +205,9 @@ class NetlinkRunner(LibnftRunner):
             self._commit(netns, msgs)
         except self._nl.Refused as e:
             raise _Refused(str(e)) from e
+        if known is not None and msgs:  # one transaction of ours, rules untouched
+            known.gen = (known.gen + 1) & 0xFFFFFFFF  # type: ignore[attr-defined]
+            self._installed[netns] = known
 
     def _commit(self, netns: str, msgs) -> None:
         if not msgs:
@@ -197,9 +216,15 @@ class NetlinkRunner(LibnftRunner):
         with sock.lock:
             sock.commit(msgs)
 
+    def run(self, netns: str, commands: str) -> str:
+        if not commands.startswith("list "):  # a transaction by text (a removal, a fallback)
+            self._installed.pop(netns, None)
+        return super().run(netns, commands)
+
     def forget(self, netns: str) -> None:
         super().forget(netns)
         self._tables.forget(netns)
+        self._installed.pop(netns, None)
 
     def close(self) -> None:
         super().close()

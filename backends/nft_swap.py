@@ -43,6 +43,7 @@ class RulesSwap:
     blocks: tuple[tuple[str, ...], ...]
     delta: object  # backends.nftables.Delta
     set_types: dict = field(default_factory=dict)
+    previous: PodFirewall | None = None  # what is installed (old_blocks renders its chains)
 
     @property
     def chains(self) -> list[str]:
@@ -96,7 +97,19 @@ def rules_transaction(previous: PodFirewall, fw: PodFirewall) -> RulesSwap | Non
     blocks += [render_chain(fw, d) for d in DIRECTIONS
                if fw.node_ips != previous.node_ips or fw.direction(d) != previous.direction(d)]
     types = {set_name(s.name, fam): _set_type(s, fam) for s in fw.sets for fam in (4, 6)}
-    return RulesSwap(TABLE, table_comment(fw), tuple(tuple(b) for b in blocks), delta(previous, fw), types)
+    return RulesSwap(TABLE, table_comment(fw), tuple(tuple(b) for b in blocks), delta(previous, fw), types, previous)
+
+
+def old_blocks(swap: RulesSwap) -> list[tuple[str, ...]]:
+    """The chains of ``swap.blocks`` as ``swap.previous`` has them (rendered only when
+    asked: backends/nft_edit.py's first edit of a namespace)."""
+    from backends.nftables import CHAINS, render_chain
+
+    assert swap.previous is not None
+    hooks = {CHAINS[d][0]: d for d in DIRECTIONS}
+    tiers = {b[0]: b for b in nft_tiers.chains(swap.previous)}
+    return [tuple(render_chain(swap.previous, hooks[c]) if c in hooks else tiers[f"\tchain {c} {{"])
+            for c in swap.chains]
 
 
 # ---------------------------------------------------------------------------------------
@@ -117,10 +130,10 @@ def encode_swap(table: str, comment: str | None, blocks: Sequence[Sequence[str]]
     it). Raises Unsupported as encode_table does."""
     if not NAME_RE.match(table):
         raise Unsupported(f"table name {table!r}")
-    kinds = _kinds(set_types)
+    kinds = set_kinds(set_types)
     fam = nfnl.nfgenmsg(FAMILIES["inet"])
     name = str_attr(1, table)
-    chains = [_chain_rules(b) for b in blocks]
+    chains = [chain_block_rules(b) for b in blocks]
     msgs = [Message(DELRULE, REQ, fam + name + str_attr(2, c), f"flush chain inet {table} {c}") for c, _ in chains]
     msgs += encode_elements(table, changes, set_types)
     next_id = 1  # anonymous sets' ids in this batch
@@ -133,7 +146,7 @@ def encode_swap(table: str, comment: str | None, blocks: Sequence[Sequence[str]]
     return msgs
 
 
-def _chain_rules(block: Sequence[str]) -> tuple[str, Sequence[str]]:
+def chain_block_rules(block: Sequence[str]) -> tuple[str, Sequence[str]]:
     """(chain name, its rule lines) of a rendered chain block; a hook chain's type line is
     not a rule (the chain keeps it)."""
     name = block[0][len("\tchain "):-2] if block[0].startswith("\tchain ") and block[0].endswith(" {") else ""
@@ -155,7 +168,7 @@ def encode_elements(table: str, changes: Sequence[tuple[str, str, Sequence[str]]
     its elements' text: ``ADDR``, ``CIDR . lo-hi`` (an interval set), ``ADDR . proto .
     port``. Interval elements go as start and end keys (the concatenated interval sets'
     layout), so a delta of an ipBlock set needs no libnftables either."""
-    kinds = _kinds(set_types) if set_types is not None else None
+    kinds = set_kinds(set_types) if set_types is not None else None
     fam = nfnl.nfgenmsg(FAMILIES["inet"])
     msgs: list[Message] = []
     for verb, set_name, elements in changes:
@@ -174,7 +187,7 @@ def encode_elements(table: str, changes: Sequence[tuple[str, str, Sequence[str]]
     return msgs
 
 
-def _kinds(set_types: dict[str, str]) -> dict[str, tuple[str, tuple, bool]]:
+def set_kinds(set_types: dict[str, str]) -> dict[str, tuple[str, tuple, bool]]:
     """Set name -> (name, key fields, interval), as a rule's set references want them."""
     out = {}
     for n, t in set_types.items():

@@ -206,7 +206,7 @@ def main() -> None:
 
         out["kubectl_apply_to_enforced_probe"] = {
             "peers (set-element delta in every server namespace)": summary(peers["total"]),
-            "ports (full swap in every server namespace)": summary(ports["total"])}
+            "ports (rules edited in every server namespace)": summary(ports["total"])}
         out["api_event_to_enforced_probe"] = {"peers": summary(peers["after_event"]),
                                               "ports": summary(ports["after_event"])}
         out["kubectl_start_to_our_watch_event"] = {"peers": summary(peers["watched"]),

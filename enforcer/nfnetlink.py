@@ -42,6 +42,7 @@ NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
+NLM_F_ECHO = 0x8  # a request: send the object back as made (nf_tables: a new rule with its handle)
 NLM_F_CREATE = 0x400
 NLM_F_APPEND = 0x800
 NLM_F_CAPPED = 0x100  # on an NLMSG_ERROR: the request was not echoed, only its header
@@ -65,6 +66,9 @@ NFNL_SUBSYS_ULOG = 4
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
+NFNL_BATCH_GENID = 1  # a batch begin's attribute: the generation the batch was computed against
+NLM_F_DUMP = 0x300  # a request: every object that matches (answers end with NLMSG_DONE)
+NLM_F_DUMP_INTR = 0x10  # on a dump's answer: the ruleset changed while it was dumped
 
 
 def align(n: int) -> int:
@@ -133,9 +137,13 @@ def nf_message(kind: int, flags: int, seq: int, family: int, payload: bytes = b"
     return message(kind, flags, seq, nfgenmsg(family, res_id) + payload)
 
 
-def batch(messages: list[bytes], begin_seq: int, end_seq: int, subsystem: int = NFNL_SUBSYS_NFTABLES) -> bytes:
-    """``messages`` between a batch begin and a batch end for ``subsystem``: one transaction."""
-    return (nf_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, begin_seq, socket.AF_UNSPEC, res_id=subsystem)
+def batch(messages: list[bytes], begin_seq: int, end_seq: int, subsystem: int = NFNL_SUBSYS_NFTABLES,
+          genid: int | None = None) -> bytes:
+    """``messages`` between a batch begin and a batch end for ``subsystem``: one transaction.
+    ``genid``: commit only if the ruleset generation is still that one (NFNL_BATCH_GENID:
+    the kernel refuses the whole batch with ERESTART otherwise, nothing of it applied)."""
+    guard = be32(NFNL_BATCH_GENID, genid) if genid is not None else b""
+    return (nf_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, begin_seq, socket.AF_UNSPEC, guard, res_id=subsystem)
             + b"".join(messages)
             + nf_message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, end_seq, socket.AF_UNSPEC, res_id=subsystem))
 
