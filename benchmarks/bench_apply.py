@@ -8,7 +8,7 @@ Run as root (creates namespaces ``npt-bench-<pid>-NNN`` and removes them at the 
 
     .venv/bin/python benchmarks/bench_apply.py [--pods 110] [--policies 20]
         [--backends nftables-libnft,nftables-netlink,nftables-cli,iptables,iptables-legacy] [--repeat 5]
-        [--out FILE]
+        [--ipt-floor] [--out FILE]
 
 Prints one JSON document (and writes it to FILE). Not a test: numbers swing on a shared
 2-core machine, so every delta is repeated and the median reported, and every step's CPU
@@ -180,12 +180,50 @@ def bench(name: str, names: list[str], before: list[PodFirewall], after: list[Po
     return out
 
 
+def ipt_floor(names: list[str], fws: list[PodFirewall]) -> dict:
+    """What stands in the way of iptables' cold apply: the same pods' iptables-restore and
+    ip6tables-restore runs (the texts a cold apply sends), started the cheapest way we
+    have (netns.run_entered: no nsenter, no shell), two pods at a time as apply_many does,
+    into namespaces whose sets were made beforehand (untimed). Nothing else: no
+    rendering, no reading, no sets. The iptables backend's cold apply is this plus
+    its Python (rendering, the sets over netlink)."""
+    from backends import base, ipt_install
+    from backends.ipt_render import build, sets_text
+    from backends.ipt_save import FamilyState
+
+    inst = ipt_install._RestoreInstaller()
+    texts = []
+    for ns, fw in zip(names, fws):
+        rs = build(fw)
+        ipt_install.ipset_restore(ns, sets_text(rs.sets), "floor")
+        texts.append((ns, [inst._rules_input(rs, fam, FamilyState()) for fam in (4, 6)]))
+
+    def tools(ns: str, inputs: list[str]):
+        for fam, text in zip((4, 6), inputs):
+            proc = netns.run_entered(ns, [inst.restore[fam], "--noflush"], input=text)
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr)
+        return base.ApplyResult("full")
+
+    wall, cpu = timed_cpu(lambda: _many_plain(base.run_jobs(tools, texts, workers=2)))
+    return {"backend": "iptables-floor", "pods": len(names), "cold_many_total_ms": round(wall, 1),
+            "cold_many_cpu_ms": round(cpu, 1), "what": "2 x iptables-restore a pod, nothing else"}
+
+
+def _many_plain(results: list) -> None:
+    bad = [r for r in results if isinstance(r, Exception)]
+    if bad:
+        raise bad[0]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pods", type=int, default=110)
     ap.add_argument("--policies", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--backends", default="nftables-libnft,nftables-cli,iptables,iptables-legacy")
+    ap.add_argument("--ipt-floor", action="store_true",
+                    help="also time the iptables tools alone, the floor of its cold apply (ipt_floor)")
     ap.add_argument("--out", help="also write the JSON here (benchmarks/results/apply-cold.json: "
                     "--pods 110 --backends nftables-netlink,nftables-libnft,iptables,iptables-legacy)")
     args = ap.parse_args()
@@ -209,6 +247,16 @@ def main() -> int:
         for name in args.backends.split(","):
             out["results"].append(bench(name.strip(), names, before, after, args.repeat))
             print(json.dumps(out["results"][-1]), file=sys.stderr)
+        if args.ipt_floor:
+            floor_names = [f"{PREFIX}-f{i:03d}" for i in range(args.pods)]
+            try:
+                for n in floor_names:
+                    netns.create(n)
+                out["results"].append(ipt_floor(floor_names, before))
+                print(json.dumps(out["results"][-1]), file=sys.stderr)
+            finally:
+                for n in floor_names:
+                    netns.remove(n)
     finally:
         for n in names:
             netns.remove(n)
