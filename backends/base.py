@@ -66,6 +66,9 @@ class Backend(Protocol):
     apply_in_threads: bool  # applies to different namespaces may run on several threads at once
     nf_generation: bool  # rules live in nf_tables, whose generation id moves on every change in
     #                      the namespace (by anyone): reading it tells the daemon whether to verify
+    # Optional, looked up with getattr: ``learn(netns, fw)``, told that ``netns`` now holds
+    # ``fw`` (applied or adopted), reads what the next rule change needs (nftables: the
+    # rules' handles, backends/nft_edit.py); never raises.
 
     def check(self) -> None:
         """Probe tools and kernel features; raise BackendUnavailable with what is missing."""

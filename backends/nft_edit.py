@@ -7,9 +7,10 @@ one port changed rewrote a pod's whole chain for one rule's sake, in each of 110
 Here the same change goes as edits:
 
     1. the changed chains' rules and their handles, with the ruleset generation they are
-       true at: remembered from our last edit of the namespace (``Installed``), or else
-       read (NFT_MSG_GETGEN, then one GETRULE dump a chain, checked against the rules
-       ``previous`` renders: same count, same comments)
+       true at: remembered from our last edit of the namespace or from a reading made
+       when the table went in (``Installed``), or else read now (NFT_MSG_GETGEN, then one
+       GETRULE dump a chain, checked against the rules ``previous`` renders: same count,
+       same comments)
     2. the rules both old and new chain start and end with stay where they are (their
        counters too); the old ones between are deleted by handle, the new ones between
        are inserted after the last rule kept before them (NFTA_RULE_POSITION), sent with
@@ -124,16 +125,17 @@ def opcodes(old: Sequence[str], new: Sequence[str]) -> tuple[int, int, int]:
     return a, n - b, m - b
 
 
-def _read(sock: TableSocket, swap: "nft_swap.RulesSwap") -> Installed | None:
-    """Step 1 without a memory of the namespace: the generation, then each changed chain
-    listed and checked against the rules ``swap.previous`` renders."""
+def read(sock: TableSocket, table: str, blocks: Sequence[Sequence[str]]) -> Installed | None:
+    """Step 1 without a memory of the namespace: the generation, then each chain of
+    ``blocks`` (rendered chains: what the table should hold) listed and checked against
+    them; None when a listing does not match or a commit interrupted it."""
     gen = generation(sock)
     if gen is None:
         return None
     known = Installed(sock, gen)
-    for chain, block in zip(swap.chains, nft_swap.old_blocks(swap)):
-        rules = chain_rules(sock, swap.table, chain)
-        _, old = nft_swap.chain_block_rules(block)
+    for block in blocks:
+        chain, old = nft_swap.chain_block_rules(block)
+        rules = chain_rules(sock, table, chain)
         if rules is None or len(rules) != len(old) or any(ud != udata_of(ln) for (_, ud), ln in zip(rules, old)):
             return None
         known.chains[chain] = (tuple(old), tuple(h for h, _ in rules))
@@ -188,7 +190,7 @@ def apply(sock: TableSocket, swap: "nft_swap.RulesSwap", known: Installed | None
     when the swap cannot go as edits (nothing sent). Raises nft_netlink.Refused when the
     kernel refused the batch (nothing applied: a commit in between, a handle gone)."""
     if known is None or known.sock is not sock or any(c not in known.chains for c in swap.chains):
-        known = _read(sock, swap)
+        known = read(sock, swap.table, nft_swap.old_blocks(swap))
         if known is None:
             return None
     edits = encode_edits(swap, known)

@@ -304,10 +304,12 @@ def table_blocks(fw: PodFirewall) -> list[list[str]]:
     for s in sorted(fw.sets, key=lambda s: s.name):
         for fam in (4, 6):
             blocks.append(render_set(s, fam))
-    blocks.extend(nft_tiers.chains(fw))  # before the hook chains that jump to them
-    for d in base.DIRECTIONS:
-        blocks.append(render_chain(fw, d))
-    return blocks
+    return blocks + chain_blocks(fw)
+
+
+def chain_blocks(fw: PodFirewall) -> list[list[str]]:
+    """The table's chains: the tier chains, then the hook chains that jump to them."""
+    return nft_tiers.chains(fw) + [render_chain(fw, d) for d in base.DIRECTIONS]
 
 
 def table_comment(fw: PodFirewall) -> str:
@@ -538,6 +540,18 @@ class NftablesBackend:
         # (a missing namespace is not caught here: its NetnsError goes up as it is)
         return ApplyError(f"nftables: applying the firewall of {fw.pod} in {netns} failed; "
                           f"the previous rules stay in force:\n{e}")
+
+    def learn(self, netns: str, fw: PodFirewall) -> None:
+        """``netns`` holds ``fw`` (just applied or adopted): read what its first rule change
+        needs to go as edits (the netlink method; nothing otherwise). Never raises: a
+        namespace that cannot be read is read at its first change instead."""
+        runner = self._get_runner()
+        learn = getattr(runner, "learn", None)
+        if learn is not None:
+            try:
+                learn(netns, fw)
+            except Exception:  # (NetnsError: gone; the next apply says so)
+                pass
 
     def apply_many(self, jobs) -> list:
         """One namespace after the other. Threads were faster (~2.6 ms instead of ~3.5 ms

@@ -373,6 +373,9 @@ class Reconciler:
                                          "(someone else holds or changes the table)")
                     gen1 = self.generation(ns) if gen0 is not None and kind == "full" else None
                     clean = gen1 if gen1 is not None and gen1 == (gen0 + 1) & 0xFFFFFFFF else None  # ours alone
+                learn = getattr(self.backend, "learn", None)
+                if learn is not None and pre is None:
+                    learn(ns, fw)  # what the first rule change needs, read now (nftables: handles)
             else:
                 kind = self._apply(ns, fw, m.fw, pre).kind
             managed = Managed(key, fw, ino, fw if standin else None)

@@ -110,7 +110,7 @@ def test_one_port_changed_edits_a_few_rules_and_keeps_the_others(pair):
         pair.text._run(ns, nft.full_transaction(a))
     before = dict(nft_edit.chain_rules(pair.sock, TABLE, "input"))
     swap = nft_swap.rules_transaction(a, b)
-    msgs, _ = nft_edit.encode_edits(swap, nft_edit._read(pair.sock, swap))
+    msgs, _ = nft_edit.encode_edits(swap, nft_edit.read(pair.sock, TABLE, nft_swap.old_blocks(swap)))
     deleted = sum(m.kind == nft_netlink.DELRULE and " input " in m.what for m in msgs)
     added = sum(m.kind == nft_netlink.NEWRULE and " input " in m.what for m in msgs)
     assert deleted == added and 2 <= deleted < len(before) - 4
@@ -140,12 +140,20 @@ def test_the_backend_edits_from_memory_and_falls_back_to_the_flush_swap(pair, mo
     try:
         fws = [_fw(p, pod="x/m") for p in (80, 81, 82, 83)]
         assert b.apply(NL, fws[0]).kind == "full"
-        assert b.apply(NL, fws[1], fws[0]).kind == "full"  # read, then edited
         reads = []
         real = nft_edit.chain_rules
         monkeypatch.setattr(nft_edit, "chain_rules", lambda *a: reads.append(a) or real(*a))
+        assert b.apply(NL, fws[1], fws[0]).kind == "full"
+        assert reads  # nothing remembered after a whole table: read, then edited
+        reads.clear()
         assert b.apply(NL, fws[2], fws[1]).note == ""
         assert not reads  # from memory
+        assert b.verify(NL, fws[2])
+        assert b.apply(NL, fws[0]).kind == "full"  # a whole table again: forgotten ...
+        b.learn(NL, fws[0])  # ... and read when told what it holds (the daemon, at first contact)
+        reads.clear()
+        assert b.apply(NL, fws[2], fws[0]).note == ""
+        assert not reads
         assert b.verify(NL, fws[2])
         netns.run(NL, ["nft", "add table inet someone_else"])
         try:

@@ -79,6 +79,20 @@ def test_start_adopts_exactly_matching_tables_and_never_flushes():
     assert w.backend.installed["ns-b"] == comp.firewall("x/b")
 
 
+def test_a_backend_that_learns_is_told_what_each_namespace_holds_at_first_contact_only():
+    w = World()
+    told = []
+    w.backend.learn = lambda ns, fw: told.append((ns, fw))
+    comp = Compiler(cluster([allow_from("a")]), node_ips=NODE)
+    w.backend.installed["ns-a"] = comp.firewall("x/a")  # adopted: learnt too
+    r = w.reconciler()
+    r.converge(LOCAL, comp.firewall)
+    assert sorted(told) == sorted((ns, comp.firewall(k)) for k, ns in LOCAL.items())
+    told.clear()
+    r.converge(LOCAL, comp.firewall, comp.sync(cluster([allow_from("c")])))
+    assert told == []  # later changes: the backend remembers on its own
+
+
 def test_new_namespaces_are_applied_first_isolated_first():
     w = World(("ns-a", "ns-b", "ns-c", "ns-d"))
     pods = [Pod("x", n, {"app": n}, (f"10.244.0.{i + 2}",)) for i, n in enumerate("abcd")]
