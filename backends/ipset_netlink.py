@@ -303,7 +303,10 @@ def restore(netns: str, text: str, quiet: bool = False) -> None:
     cleanup)."""
     if not text.strip():
         return
-    s = _open(netns)
+    try:
+        s = _open(netns)
+    except OSError as e:  # (no netlink socket for us here: the tool may still do it)
+        raise Refused(f"ipset netlink in {netns}: {e}", False) from e
     try:
         lines = encode(text, lambda typ, family: _ask_revision(s, typ, family))
         _send(s, lines, quiet)
@@ -327,8 +330,12 @@ def _send(s: socket.socket, lines: list[Line], quiet: bool) -> None:
         for line in run:
             seq += 1
             msgs.append(_message(line, seq))
-        s.send(b"".join(msgs))
-        failed = _acks(s, seq - len(run) + 1, seq)
+        try:
+            s.send(b"".join(msgs))
+            failed = _acks(s, seq - len(run) + 1, seq)
+        except OSError as e:
+            # answers lost: a swap in this run may have happened, so it counts as one
+            raise Refused(f"ipset netlink: {e}", swapped or any(x.command == "swap" for x in run)) from e
         if failed and not quiet:
             i, code, words = failed
             line = run[i]

@@ -204,3 +204,33 @@ def test_sets_are_made_in_the_namespace_only(pair):
     assert names(ns) == [name]
     host = os.popen("ipset list -n").read().split()  # (a read of the host's sets)
     assert name not in host and not any(n.startswith(TMP_PREFIX + f"host{os.getpid()}") for n in host)
+
+
+def test_no_socket_is_the_tools_job_and_lost_answers_after_a_swap_count_as_swapped(pair, monkeypatch):
+    ns = pair[1]
+    reset(ns)
+
+    def no_socket(netns_):
+        raise PermissionError(1, "no netlink for the test")
+
+    monkeypatch.setattr(inl, "_open", no_socket)
+    ipt_install.ipset_restore(ns, LIVE, "sets")  # the tool did it
+    monkeypatch.undo()
+    assert members(ns, "np.a.ip4") == ["10.9.9.9"]
+
+    def lost(s, first, last):
+        raise TimeoutError("answers lost for the test")
+
+    monkeypatch.setattr(inl, "_acks", lost)
+    with pytest.raises(inl.Refused) as e:
+        inl.restore(ns, "create nt.a.ip4 hash:ip family inet comment\n")
+    assert not e.value.swapped
+    monkeypatch.undo()
+    reset(ns)
+    inl.restore(ns, LIVE + "create nt.a.ip4 hash:ip family inet comment\n")
+    monkeypatch.setattr(inl, "_acks", lost)
+    with pytest.raises(inl.Refused) as e:
+        inl.restore(ns, "swap nt.a.ip4 np.a.ip4\n")
+    assert e.value.swapped  # (it did happen: the kernel got the message)
+    monkeypatch.undo()
+    assert members(ns, "np.a.ip4") == [] and members(ns, "nt.a.ip4") == ["10.9.9.9"]
