@@ -156,6 +156,8 @@ def quick_ratios(compile_runs: list[list[dict]], apply: dict | None, datapath: d
     - apply: iptables' cold apply over nftables' (netlink batches), in CPU time (lower better),
     - apply: a rule change replacing a table of 2,000 set elements over one keeping its sets,
     - apply: that rule swap as text through libnftables over as one netlink batch,
+    - apply: one policy's rules changed among 40, the chain flushed and written again over
+      only the changed rules edited (both netlink batches, CPU time),
     - datapath: 10,000 peers over 1 peer per layout, sets over rule-per-peer at 1,000.
     """
     out: dict[str, float | None] = {}
@@ -187,6 +189,8 @@ def quick_ratios(compile_runs: list[list[dict]], apply: dict | None, datapath: d
         ipt_cold / nft_cold if ipt_cold and nft_cold else None)
     out["apply: nftables rule change, whole table / sets kept, 2000 elements"] = (swap or {}).get("full_over_swap")
     out["apply: nftables rule swap, text / netlink batch, 2000 elements"] = (swap or {}).get("swap_text_over_netlink")
+    out["apply: nftables rule change, flush swap / edits, CPU, 40 policies"] = ((swap or {}).get("edits") or {}).get(
+        "flush_over_edits")
     ratios = (datapath or {}).get("ratios", {})
     for lay in ("nft-set", "nft-interval", "ipt-set", "ipt-net"):
         r = ratios.get(f"{lay}: 10000 vs 1 peer")
