@@ -125,6 +125,7 @@ class Reconciler:
         # for all the pods of a round, instead of one per pod.
         self.per_node = getattr(backend, "placement", "pod") == "host"
         self._pool: ThreadPoolExecutor | None = None
+        self._inodes: dict[str, int | None] = {}  # this converge round's, of the managed namespaces
 
     # ------------------------------------------------------------------ converge
 
@@ -138,8 +139,11 @@ class Reconciler:
         netns_of = dict(local)
         owner = {ns: key for key, ns in netns_of.items()}
         # 1. Namespaces we manage that no longer belong to the same pod: release them.
+        # (The inodes read here serve this round's applies too: a stat a namespace.)
+        self._inodes = {}
         for ns, m in list(self.managed.items()):
-            if owner.get(ns) != m.pod or self.inode(ns) != m.inode:
+            ino = self._inodes[ns] = self.inode(ns)
+            if owner.get(ns) != m.pod or ino != m.inode:
                 del self.managed[ns]
                 self._forget_clean(ns)
                 out.gone_ips.update(m.fw.ips)
@@ -171,8 +175,11 @@ class Reconciler:
             jobs.append((m is not None, key, ns, fw))
         # New namespaces first (fail closed: isolation before anything else), isolated first.
         jobs.sort(key=lambda j: (j[0], not isolated(j[3]), j[2]))
-        for ns, result in self._run(jobs):
-            self._record(out, ns, result)
+        try:
+            for ns, result in self._run(jobs):
+                self._record(out, ns, result)
+        finally:
+            self._inodes = {}
         return out
 
     def isolate_only(self, local: Mapping[str, str], isolation: Callable[[str], PodFirewall | None]) -> Outcome:
@@ -346,7 +353,7 @@ class Reconciler:
         ("standin", Managed, message, before). Runs on a pool thread: touches nothing shared
         (``pre``: this round's answers from ``_batch``, host mode)."""
         known, key, ns, fw = job
-        ino = self.inode(ns)
+        ino = self._inodes.get(ns) or self.inode(ns)
         if ino is None:
             return ("gone",)
         m = self.managed.get(ns)
