@@ -10,7 +10,9 @@ Built on pyroute2: ``pyroute2.netns`` removes namespaces (bind mounts under /run
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import shutil
 import subprocess
 import threading
 from typing import Callable, Generic, Iterator, Sequence, TypeVar
@@ -227,9 +229,10 @@ def run_entered(name: str, argv: Sequence[str], *, input: str | None = None,
     caller's)."""
     if not exists(name):
         raise NetnsError(f"network namespace {name} does not exist")
+    argv = [_which(argv[0]), *argv[1:]]
     try:
         with entered(name):
-            proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
     except FileNotFoundError as e:
         raise NetnsError(f"{argv[0]}: not installed ({e})") from e
@@ -240,6 +243,13 @@ def run_entered(name: str, argv: Sequence[str], *, input: str | None = None,
         proc.communicate()
         raise NetnsError(f"{' '.join(argv)} in {name}: timed out after {timeout}s") from e
     return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+
+
+@functools.lru_cache(maxsize=64)
+def _which(tool: str) -> str:
+    """A tool's path, looked up once: the child otherwise tries execve in each PATH
+    directory in turn (ten failed calls a tool on this machine)."""
+    return tool if "/" in tool else (shutil.which(tool) or tool)
 
 
 def _in_netns(name: str, argv: Sequence[str]) -> list[str]:
