@@ -82,8 +82,9 @@ class Unsupported(Exception):
 
 
 class Refused(Exception):
-    """The kernel refused a line (``line``, its number from 1); ``swapped``: a swap was
-    applied before it (the text must not simply run again)."""
+    """The kernel refused a line (the message names it: its number, command and set), or
+    its answers were lost; ``swapped``: a swap was (or may have been) applied before it,
+    so the text must not simply run again."""
 
     def __init__(self, message: str, swapped: bool) -> None:
         super().__init__(message)

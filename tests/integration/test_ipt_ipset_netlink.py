@@ -12,12 +12,12 @@ import os
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
 
 from backends import ipset_netlink as inl, ipt_install
 from backends.ipt_render import TMP_PREFIX, build, delta_text, sets_text
 from enforcer import netns
-from tests.integration.nft_pair import EXAMPLES, each_example, example_firewalls  # noqa: F401
+from tests.integration.nft_pair import each_example, example_firewalls
 from tests.integration.test_nft_netlink import firewalls
 
 pytestmark = pytest.mark.root
