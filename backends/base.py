@@ -50,13 +50,11 @@ class ApplyResult:
 
 def plan(previous: PodFirewall | None, desired: PodFirewall) -> str:
     """Which kind of apply turns ``previous`` into ``desired`` (shared by every backend)."""
-    if previous is None:
+    if previous is None or not same_structure(previous, desired):
         return "full"
-    if previous == desired:
-        return "none"
-    if same_structure(previous, desired):
-        return "delta"
-    return "full"
+    # Same structure: equal exactly when the sets are (their rules were compared once,
+    # not twice: this runs for every changed pod on every change).
+    return "none" if previous.sets == desired.sets else "delta"
 
 
 @runtime_checkable
