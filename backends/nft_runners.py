@@ -13,6 +13,8 @@ this one).
 """
 from __future__ import annotations
 
+import functools
+
 from enforcer import netns as nsmod
 from enforcer.ir import TABLE, PodFirewall
 
@@ -211,11 +213,9 @@ class NetlinkRunner(LibnftRunner):
             self._installed[netns] = known
 
     def change_elements(self, netns: str, d) -> None:
-        from backends import nft_swap
-
         known = self._installed.pop(netns, None)
         try:
-            msgs = nft_swap.encode_elements(TABLE, d.changes)
+            msgs = _element_batch(d.changes)
         except self._nl.Unsupported:
             return super().change_elements(netns, d)
         try:
@@ -246,3 +246,12 @@ class NetlinkRunner(LibnftRunner):
     def close(self) -> None:
         super().close()
         self._tables.close()
+
+
+@functools.lru_cache(maxsize=16)
+def _element_batch(changes: tuple) -> tuple:
+    """``encode_elements`` of a delta, kept: a peer change is the same delta in every pod
+    its policy selects (the same sets by name), encoded once for all of them."""
+    from backends import nft_swap
+
+    return tuple(nft_swap.encode_elements(TABLE, changes))
