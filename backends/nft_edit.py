@@ -146,7 +146,7 @@ def encode_edits(swap: "nft_swap.RulesSwap", known: Installed) -> tuple[list[Mes
     """The batch of ``swap`` as edits of the chains ``known`` holds, and each chain's
     handles after it (an int, or the index of the echoed rule that fills it); None when a
     chain keeps no rule."""
-    kinds = nft_swap.set_kinds(swap.set_types)
+    types = swap.set_types
     fam = nfnl.nfgenmsg(FAMILIES["inet"])
     table = str_attr(1, swap.table)
     dels: list[Message] = []
@@ -172,7 +172,7 @@ def encode_edits(swap: "nft_swap.RulesSwap", known: Installed) -> tuple[list[Mes
         slots: list = [None] * len(lines)
         for k in order:
             line = lines[k]
-            refs = tuple(kinds[n] for n in set_names(line) if n in kinds)
+            refs = tuple(nft_swap.set_kind(n, types[n]) for n in set_names(line) if n in types)
             msgs = rule_messages(swap.table, chain, line, refs, next_id, (0,) * len(refs))
             next_id += len(msgs) // 2
             rule = msgs[-1]

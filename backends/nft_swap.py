@@ -19,6 +19,7 @@ tests/integration/test_nft_swap.py applies every swap both ways and compares the
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -168,6 +169,8 @@ def encode_elements(table: str, changes: Sequence[tuple[str, str, Sequence[str]]
     its elements' text: ``ADDR``, ``CIDR . lo-hi`` (an interval set), ``ADDR . proto .
     port``. Interval elements go as start and end keys (the concatenated interval sets'
     layout), so a delta of an ipBlock set needs no libnftables either."""
+    if not changes:
+        return []
     kinds = set_kinds(set_types) if set_types is not None else None
     fam = nfnl.nfgenmsg(FAMILIES["inet"])
     msgs: list[Message] = []
@@ -189,13 +192,16 @@ def encode_elements(table: str, changes: Sequence[tuple[str, str, Sequence[str]]
 
 def set_kinds(set_types: dict[str, str]) -> dict[str, tuple[str, tuple, bool]]:
     """Set name -> (name, key fields, interval), as a rule's set references want them."""
-    out = {}
-    for n, t in set_types.items():
-        if t not in SET_TYPES or not NAME_RE.match(n):
-            raise Unsupported(f"set {n}: type {t!r}")
-        fields, _, _, interval = SET_TYPES[t]
-        out[n] = (n, fields, interval)
-    return out
+    return {n: set_kind(n, t) for n, t in set_types.items()}
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def set_kind(name: str, type_text: str) -> tuple[str, tuple, bool]:
+    """(name, key fields, interval) of one set of type ``type_text``."""
+    if type_text not in SET_TYPES or not NAME_RE.match(name):
+        raise Unsupported(f"set {name}: type {type_text!r}")
+    fields, _, _, interval = SET_TYPES[type_text]
+    return name, fields, interval
 
 
 def _fields_of(element: str, set_name: str) -> tuple:
