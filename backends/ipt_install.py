@@ -168,8 +168,9 @@ class _RestoreInstaller:
 
     def install_all(self, netns: str, sets: str, rs: Ruleset, states: dict[int, FamilyState], cleanup: str) -> None:
         """A full apply's steps: the sets (``sets``, build and swap: ipset_restore, over
-        netlink), each family's rules (iptables-restore started inside the namespace, no
-        nsenter nor shell: netns.run_entered), then ``cleanup`` (best effort: a line that
+        netlink), each family's rules (``install``: iptables-restore started inside the
+        namespace, no nsenter nor shell: netns.run_entered; the legacy flavour writes them
+        in-process, backends/ipt_libiptc.py), then ``cleanup`` (best effort: a line that
         fails does not stop the others). Raises StepFailed; the caller rolls back. Two
         processes a pod (a cold pod was five: nsenter, a shell and three tools)."""
         try:

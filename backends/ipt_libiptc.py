@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import threading
 
-from backends.ipt_install import StepFailed, _Refused, _RestoreInstaller, ipset_quietly, ipset_restore
-from backends.ipt_render import FAMILIES, HOOKS, OWN_CHAINS, Ruleset, jump_rule
+from backends.ipt_install import _Refused, _RestoreInstaller
+from backends.ipt_render import HOOKS, OWN_CHAINS, Ruleset, jump_rule
 from backends.ipt_save import FamilyState
 from enforcer import netns as nsmod
 from enforcer.errors import BackendError, BackendUnavailable
@@ -201,22 +201,6 @@ class _IptcInstaller(_RestoreInstaller):
 
     def fresh(self, netns: str) -> bool:
         return False  # x_tables are not in nf_tables: always read (iptables-legacy-save)
-
-    def install_all(self, netns: str, sets: str, rs: Ruleset, states: dict[int, FamilyState], cleanup: str) -> None:
-        """The steps of _RestoreInstaller.install_all, the rules written in-process
-        (libiptc) between one ``ipset restore`` for the sets and one for the cleanup."""
-        try:
-            ipset_restore(netns, sets, "sets")
-        except _Refused as e:
-            raise StepFailed("sets", (), str(e)) from e
-        done: list[int] = []
-        for fam in FAMILIES:
-            try:
-                self.install(netns, fam, rs, states[fam])
-            except _Refused as e:
-                raise StepFailed("rules", tuple(done), str(e)) from e
-            done.append(fam)
-        ipset_quietly(netns, cleanup)
 
     def restore_state(self, netns: str, family: int, state: FamilyState) -> None:
         chains = {c: tuple(state.rules.get(c, [])) for c in OWN_CHAINS if c in state.chains}
