@@ -98,6 +98,24 @@ def test_conformance_steps(pair, tmp_path):
     assert edited > 10
 
 
+def test_cluster_network_policy_conformance_steps(pair, tmp_path):
+    """Tier chains (jumps, gotos, Deny logs) edited as the hook chains are."""
+    from tests.conformance.cnp.cases import load_cases
+
+    edited = 0
+    for case in load_cases():
+        by_pod: dict[str, list[PodFirewall]] = {}
+        for i, step in enumerate(case.steps):
+            path = tmp_path / f"{case.path.stem}-{i}.yaml"
+            path.write_text(step.manifests_text())
+            for fw in firewalls_of(path):
+                by_pod.setdefault(fw.pod, []).append(fw)
+        for fws in by_pod.values():
+            if len(fws) > 1:
+                edited += edit_chain(pair, fws)
+    assert edited > 5
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(fw=firewalls(), seed=st.integers(0, 2**16))
 def test_random_ir_firewalls(pair, fw, seed):
