@@ -38,9 +38,8 @@ from backends import nft_swap
 from backends.nft_netlink import APPEND, CREATE, DELRULE, FAMILIES, REQ, Message, TableSocket, rule_messages, set_names, str_attr
 from enforcer import nfnetlink as nfnl
 
-GETRULE, GETGEN, NEWGEN = 7, 16, 15
+GETRULE = 7
 NFTA_RULE_HANDLE, NFTA_RULE_POSITION, NFTA_RULE_USERDATA = 3, 6, 7
-NFTA_GEN_ID = 1
 _COMMENT = re.compile(r' comment "((?:[^"\\]|\\.)*)"\Z')
 _ATTR = struct.Struct("=HH")
 _U64 = struct.Struct(">Q")
@@ -59,10 +58,9 @@ class Installed:
 
 def generation(sock: TableSocket) -> int | None:
     """The namespace's nf_tables generation, read through ``sock``."""
-    for kind, _, body in sock.ask(GETGEN, nfnl.NLM_F_REQUEST, nfnl.nfgenmsg(socket.AF_UNSPEC)):
-        if kind == NEWGEN:
-            gen = nfnl.parse_attrs(body[nfnl.NFGENMSG.size:]).get(NFTA_GEN_ID, b"")
-            return int.from_bytes(gen[:4], "big") if len(gen) >= 4 else None
+    for kind, _, body in sock.ask(nfnl.NFT_MSG_GETGEN, nfnl.NLM_F_REQUEST, nfnl.nfgenmsg(socket.AF_UNSPEC)):
+        if kind == nfnl.NFT_MSG_NEWGEN:
+            return nfnl.generation_of(body)
     return None
 
 

@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import socket
 import threading
 from typing import Callable, Sequence
 
@@ -451,13 +450,12 @@ class NftHostBackend:
         try:
             s = self._gens.get(node)
             seq = next(self._seq) & 0xFFFFFFFF
-            s.send(nfnl.nf_message(nfnl.type_of(nfnl.NFNL_SUBSYS_NFTABLES, 16), nfnl.NLM_F_REQUEST,
-                                   seq, socket.AF_UNSPEC))  # NFT_MSG_GETGEN
+            s.send(nfnl.generation_request(seq))
+            newgen = nfnl.type_of(nfnl.NFNL_SUBSYS_NFTABLES, nfnl.NFT_MSG_NEWGEN)
             while True:
                 for kind, mseq, body in nfnl.split_messages(s.recv(65536)):
-                    if mseq == seq and kind == nfnl.type_of(nfnl.NFNL_SUBSYS_NFTABLES, 15):  # NEWGEN
-                        gen = nfnl.parse_attrs(nfnl.parse_nfgenmsg(body)[2]).get(1, b"")
-                        return int.from_bytes(gen[:4], "big") if len(gen) >= 4 else None
+                    if mseq == seq and kind == newgen:
+                        return nfnl.generation_of(body)
         except (OSError, NetnsError):
             self._gens.forget(node)
             return None

@@ -199,6 +199,21 @@ def parse_nfgenmsg(body: bytes) -> tuple[int, int, bytes]:
     return family, socket.ntohs(res_id), body[NFGENMSG.size:]
 
 
+NFT_MSG_NEWGEN, NFT_MSG_GETGEN, NFTA_GEN_ID = 15, 16, 1  # nf_tables' ruleset generation
+
+
+def generation_request(seq: int) -> bytes:
+    """NFT_MSG_GETGEN: the namespace's nf_tables generation, which every committed
+    transaction (anyone's) moves on; answered by one NFT_MSG_NEWGEN."""
+    return nf_message(type_of(NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN), NLM_F_REQUEST, seq, socket.AF_UNSPEC)
+
+
+def generation_of(body: bytes) -> int | None:
+    """The generation id in a NEWGEN message body (None when it carries none)."""
+    gen = parse_attrs(parse_nfgenmsg(body)[2]).get(NFTA_GEN_ID, b"")
+    return int.from_bytes(gen[:4], "big") if len(gen) >= 4 else None
+
+
 def error_code(body: bytes) -> int:
     """The (positive) errno of an NLMSG_ERROR body; 0 is an acknowledgement. A body too
     short to hold one is EIO."""

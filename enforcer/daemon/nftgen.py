@@ -17,18 +17,14 @@ import socket
 from enforcer import netns as nsmod, nfnetlink as nfnl
 from enforcer.errors import NetnsError
 
-NFT_MSG_NEWGEN = 15
-NFT_MSG_GETGEN = 16
-NFTA_GEN_ID = 1
-MSG_NEWGEN = nfnl.type_of(nfnl.NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN)
-MSG_GETGEN = nfnl.type_of(nfnl.NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN)
+MSG_NEWGEN = nfnl.type_of(nfnl.NFNL_SUBSYS_NFTABLES, nfnl.NFT_MSG_NEWGEN)
 _seq = itertools.count(1)
 
 
 def request() -> tuple[bytes, int]:
     """A GETGEN request and its sequence number (the reply carries the same)."""
     seq = next(_seq) & 0xFFFFFFFF
-    return nfnl.nf_message(MSG_GETGEN, nfnl.NLM_F_REQUEST, seq, socket.AF_UNSPEC), seq
+    return nfnl.generation_request(seq), seq
 
 
 def parse(data: bytes, seq: int | None = None) -> int | None:
@@ -37,8 +33,7 @@ def parse(data: bytes, seq: int | None = None) -> int | None:
     for kind, mseq, body in nfnl.split_messages(data):
         if kind != MSG_NEWGEN or (seq is not None and mseq != seq) or len(body) < nfnl.NFGENMSG.size:
             continue
-        gen_id = nfnl.parse_attrs(nfnl.parse_nfgenmsg(body)[2]).get(NFTA_GEN_ID, b"")
-        return int.from_bytes(gen_id[:4], "big") if len(gen_id) >= 4 else None
+        return nfnl.generation_of(body)
     return None
 
 
