@@ -269,11 +269,13 @@ def build(fw: PodFirewall) -> Ruleset:
                                      for fam in FAMILIES})
 
 
-_PLAIN_TOKEN = re.compile(r"[-_./:,\[\]!@%+=\w]+", re.ASCII)
+# Letters and digits (str.isalnum: what a Unicode pattern's \w matches besides "_") and a
+# few punctuation marks need no quotes.
+_PLAIN_TOKEN = re.compile(r"[-_./:,\[\]!@%+=\w]+")
 
 
 def quote(token: str) -> str:
-    if _PLAIN_TOKEN.fullmatch(token) or (token and all(c.isalnum() or c in "-_./:,[]!@%+=" for c in token)):
+    if _PLAIN_TOKEN.fullmatch(token):
         return token
     return '"' + token.replace('"', "'") + '"'
 
