@@ -582,7 +582,9 @@ def behind_section(res: dict) -> str:
     elif r:
         items.append(f"**Interval sets are not free.** 10,000 ipBlock ranges in nftables: {r['median']:.3f} of "
                      "the one-range rate (target 0.9, met in this run, but close).")
-    nft110 = cold_run(res, "nftables-libnft")
+    # Against nftables as it runs by default (each table one netlink batch), the text path
+    # when a run has no netlink row.
+    nft110 = cold_run(res, "nftables-netlink") or cold_run(res, "nftables-libnft")
     ipt110 = cold_run(res, "iptables")
     leg110 = cold_run(res, "iptables-legacy")
     ipt_floor = next((r for r in res.get("apply-cold", {}).get("results", []) if r.get("backend") == "iptables-floor"),
